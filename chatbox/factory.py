@@ -1,0 +1,110 @@
+"""The chat room: every connection, the ARNS registry, and broadcast.
+
+The factory is the one owner of who is connected and under which nickname.
+Events are encoded and framed once (`prepareMessage`) and the same frame is
+written to every recipient.
+"""
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from chatbox import __version__, codec, messages
+from chatbox.arns import Registry
+from chatbox.clock import Timestamps
+from chatbox.protocol import ChatProtocol
+from chatbox.store import DurableStore
+
+__all__ = ["ChatFactory"]
+
+CLOSE_GOING_AWAY = 1001
+
+
+class ChatFactory(WebSocketServerFactory):
+    protocol = ChatProtocol
+    logger = Logger()
+
+    def __init__(
+        self,
+        store: DurableStore,
+        reactor: IReactorTime,
+        history_cap: int = 10_000,
+    ) -> None:
+        super().__init__(server=f"chatbox/{__version__}", reactor=reactor)
+        self.store = store
+        self.history_cap = history_cap
+        self.timestamps = Timestamps(reactor.seconds)
+        self.registry = Registry()
+        self.connections: set[ChatProtocol] = set()
+        self._all_closed: list[Deferred[None]] = []
+        self.closing = False
+
+    # -- membership --
+
+    def connection_made(self, connection: ChatProtocol) -> None:
+        self.connections.add(connection)
+
+    def connection_lost(self, connection: ChatProtocol) -> None:
+        self.connections.discard(connection)
+        name = self.registry.release(connection)
+        if name is not None:
+            self.logger.info("{name!r} left ({peer})", name=name, peer=connection.peer)
+            if not self.closing:
+                self.broadcast(messages.left(name, self.timestamps.now()))
+        if not self.connections:
+            waiters, self._all_closed = self._all_closed, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def register(self, connection: ChatProtocol, name: str) -> str:
+        """Claim `name` and tell everyone else; raises NameTaken."""
+        self.registry.claim(connection, name)
+        timestamp = self.timestamps.now()
+        self.broadcast(messages.joined(name, timestamp), exclude=connection)
+        return timestamp
+
+    def rename(self, connection: ChatProtocol, name: str) -> str:
+        """Swap the connection's nickname and tell everyone else; raises NameTaken."""
+        old = self.registry.rename(connection, name)
+        timestamp = self.timestamps.now()
+        self.broadcast(messages.renamed(old, name, timestamp), exclude=connection)
+        return timestamp
+
+    # -- sending to many --
+
+    def broadcast(
+        self, event: messages.Message, exclude: ChatProtocol | None = None
+    ) -> None:
+        """Send an event to every registered connection but `exclude`."""
+        prepared = self.prepareMessage(codec.encode(event))
+        for connection in self.registry.owners():
+            if connection is not exclude and connection.can_send:
+                connection.sendPreparedMessage(prepared)
+
+    def ping_everyone(self, interval: float) -> None:
+        """v2's JSON keepalive, to every open connection, registered or not."""
+        prepared = self.prepareMessage(codec.encode(messages.ping(interval)))
+        for connection in list(self.connections):
+            if connection.can_send:
+                connection.sendPreparedMessage(prepared)
+
+    # -- shutdown --
+
+    def close_all(self, reason: str = "server shutting down") -> "Deferred[None]":
+        """Close every connection with 1001; fires when all are gone.
+
+        Autobahn drops a peer that does not answer the close within its close
+        handshake timeout, so this always finishes.
+        """
+        self.closing = True
+        if not self.connections:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._all_closed.append(done)
+        for connection in list(self.connections):
+            if connection.can_send:
+                connection.sendClose(CLOSE_GOING_AWAY, reason)
+            else:
+                connection.dropConnection(abort=True)
+        return done

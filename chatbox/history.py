@@ -1,0 +1,45 @@
+"""The committed history in memory: ids and encoded entries, oldest first.
+
+Entries are kept as the exact JSON bytes that go into data.json and into
+`get` replies, so answering `get` is a slice and a join, never an encode.
+Only the store appends, and only after the entry is durable.
+"""
+
+from array import array
+from bisect import bisect_left, bisect_right
+
+__all__ = ["History"]
+
+
+class History:
+    def __init__(self) -> None:
+        self._ids = array("q")
+        self._entries: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def last_id(self) -> int:
+        """The newest id, or 0 for an empty history."""
+        return self._ids[-1] if self._ids else 0
+
+    @property
+    def entries(self) -> list[bytes]:
+        """The live list: append-only, so a prefix of it never changes."""
+        return self._entries
+
+    def append(self, message_id: int, entry: bytes) -> None:
+        if message_id <= self.last_id:
+            raise ValueError(f"id {message_id} is not after {self.last_id}")
+        self._ids.append(message_id)
+        self._entries.append(entry)
+
+    def page(
+        self, limit: int, before: int | None = None, after: int | None = None
+    ) -> list[bytes]:
+        """The newest `limit` entries with after < id < before, oldest first."""
+        low = 0 if after is None else bisect_right(self._ids, after)
+        high = len(self._ids) if before is None else bisect_left(self._ids, before)
+        low = max(low, high - limit)
+        return self._entries[low:high] if low < high else []

@@ -1,0 +1,246 @@
+"""Every JSON shape chatbox puts on the wire, each made by one function.
+
+docs/PROTOCOL.md is the contract; the names here follow its sections. Field
+names and types are v2's exactly, including the `username` key of the two
+send-failure replies and `"type": null` for UnknownType. Extensions only add
+fields (`id`) and reasons, never rename or retype a v2 field.
+"""
+
+from typing import Any
+
+from chatbox import codec
+
+__all__ = [
+    "Refused",
+    "change_ok",
+    "change_refused",
+    "get_ok",
+    "get_refused",
+    "history_entry",
+    "joined",
+    "left",
+    "not_enough_key",
+    "ping",
+    "posted",
+    "register_ok",
+    "register_refused",
+    "renamed",
+    "send_ok",
+    "send_refused",
+    "unknown_register",
+    "unknown_type",
+    "wrong_argument",
+    "wrong_format_json",
+]
+
+Message = dict[str, Any]
+
+
+class Refused(Exception):
+    """A request that gets a `status: false` reply instead of being applied."""
+
+    def __init__(self, reply: Message) -> None:
+        super().__init__(reply["reason"])
+        self.reply = reply
+
+    @property
+    def reason(self) -> str:
+        return self.reply["reason"]
+
+
+def _with_error(reply: Message, error: str | None) -> Message:
+    if error is not None:
+        reply["error"] = error
+    return reply
+
+
+# -- name -------------------------------------------------------------------
+
+
+def register_ok(name: str, timestamp: str) -> Message:
+    return {
+        "type": "name",
+        "action": "register",
+        "name": name,
+        "status": True,
+        "timestamp": timestamp,
+    }
+
+
+def register_refused(name: Any, reason: str, error: str | None = None) -> Message:
+    reply = {
+        "type": "name",
+        "action": "register",
+        "name": name,
+        "status": False,
+        "reason": reason,
+    }
+    return _with_error(reply, error)
+
+
+def change_ok(old: str, new: str, timestamp: str) -> Message:
+    return {
+        "type": "name",
+        "action": "change",
+        "oldname": old,
+        "newname": new,
+        "status": True,
+        "timestamp": timestamp,
+    }
+
+
+def change_refused(
+    old: str, new: Any, reason: str, error: str | None = None
+) -> Message:
+    reply = {
+        "type": "name",
+        "action": "change",
+        "oldname": old,
+        "newname": new,
+        "status": False,
+        "reason": reason,
+    }
+    return _with_error(reply, error)
+
+
+# -- send -------------------------------------------------------------------
+
+
+def send_ok(name: str, content: str, timestamp: str, message_id: int) -> Message:
+    return {
+        "type": "send",
+        "name": name,
+        "content": content,
+        "status": True,
+        "timestamp": timestamp,
+        "id": message_id,
+    }
+
+
+def send_refused(
+    name: str, content: Any, reason: str, error: str | None = None
+) -> Message:
+    # v2 really uses `username` here, unlike every other reply.
+    reply = {
+        "type": "send",
+        "username": name,
+        "content": content,
+        "status": False,
+        "reason": reason,
+    }
+    return _with_error(reply, error)
+
+
+# -- get --------------------------------------------------------------------
+
+
+def history_entry(message_id: int, name: str, content: str, timestamp: str) -> Message:
+    """One stored message, as kept in data.json and sent in `get`."""
+    return {"id": message_id, "name": name, "content": content, "timestamp": timestamp}
+
+
+def get_ok(name: str, timestamp: str, entries: list[bytes], online: list[str]) -> bytes:
+    """The `get` reply, already encoded.
+
+    History entries are kept encoded, so the reply is spliced from them
+    instead of decoding and re-encoding up to the whole history cap.
+    """
+    head = codec.encode(
+        {"type": "get", "status": True, "name": name, "timestamp": timestamp}
+    )
+    return b"".join(
+        (
+            head[:-1],
+            b',"data":{"message":[',
+            b",".join(entries),
+            b'],"online":',
+            codec.encode(online),
+            b"}}",
+        )
+    )
+
+
+def get_refused(name: str, reason: str, error: str | None = None) -> Message:
+    return _with_error(
+        {"type": "get", "name": name, "status": False, "reason": reason}, error
+    )
+
+
+# -- refusals shared by every request type ------------------------------------
+
+
+def unknown_register(request_type: str) -> Message:
+    return {"type": request_type, "status": False, "reason": "UnknownRegister"}
+
+
+def not_enough_key(request_type: str, need: str) -> Message:
+    return {
+        "type": request_type,
+        "status": False,
+        "reason": "NotEnoughKey",
+        "need": need,
+    }
+
+
+def wrong_argument(request_type: str, field: str) -> Message:
+    """ext: an optional field (such as `limit` of `get`) has a bad value."""
+    return {
+        "type": request_type,
+        "status": False,
+        "reason": "WrongFormatArgument",
+        "field": field,
+    }
+
+
+def wrong_format_json() -> Message:
+    return {"status": False, "reason": "WrongFormatJSON"}
+
+
+def unknown_type() -> Message:
+    return {"type": None, "status": False, "reason": "UnknownType"}
+
+
+# -- events to everyone else ----------------------------------------------------
+
+
+def joined(name: str, timestamp: str) -> Message:
+    return {
+        "type": "receive",
+        "datatype": "register",
+        "name": name,
+        "timestamp": timestamp,
+    }
+
+
+def renamed(old: str, new: str, timestamp: str) -> Message:
+    return {
+        "type": "receive",
+        "datatype": "change",
+        "oldname": old,
+        "newname": new,
+        "timestamp": timestamp,
+    }
+
+
+def posted(name: str, content: str, timestamp: str, message_id: int) -> Message:
+    return {
+        "type": "receive",
+        "datatype": "message",
+        "name": name,
+        "content": content,
+        "timestamp": timestamp,
+        "id": message_id,
+    }
+
+
+def left(name: str, timestamp: str) -> Message:
+    return {
+        "type": "receive",
+        "datatype": "leave",
+        "name": name,
+        "timestamp": timestamp,
+    }
+
+
+def ping(timeout: float) -> Message:
+    return {"type": "ping", "timeout": timeout}

@@ -1,0 +1,258 @@
+"""One WebSocket connection speaking the classic-chatbox v2 protocol.
+
+docs/PROTOCOL.md is the wire contract this module implements. The class is a
+thin adapter: it parses each text frame, dispatches on `type` to one
+`handle_<type>` method, and turns every `Refused` into its `status: false`
+reply in one place (`onMessage`). Shared state (who is registered, the
+history) belongs to the factory and the store; a connection owns only what
+is its own: its place in the ordering of its own replies.
+
+Ordering: replies to `send` go out when the message is durable, which can
+be after replies to later requests. A `get` waits for the same
+connection's earlier sends, so a client always sees its own messages.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatbox import codec, messages
+from chatbox.arns import NameTaken, is_valid_name
+from chatbox.content import is_valid_content
+from chatbox.messages import Refused
+from chatbox.store import StoreError
+
+if TYPE_CHECKING:
+    from chatbox.factory import ChatFactory
+
+__all__ = ["ChatProtocol"]
+
+CLOSE_UNSUPPORTED_DATA = 1003
+_INTERNAL_ERROR = "internal error"
+
+
+def _optional_id(request: dict[str, Any], field: str) -> int | None:
+    value = request.get(field)
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise Refused(messages.wrong_argument("get", field))
+    return value
+
+
+class ChatProtocol(WebSocketServerProtocol):
+    logger = Logger()
+    factory: "ChatFactory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sends_in_flight = 0
+        self._send_waiters: list[Deferred[None]] = []
+
+    # -- connection life --
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.connection_made(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.factory.connection_lost(self)
+
+    def onOpen(self) -> None:
+        self.logger.info("connection from {peer}", peer=self.peer)
+
+    @property
+    def can_send(self) -> bool:
+        return self.state == WebSocketProtocol.STATE_OPEN
+
+    def send(self, message: messages.Message | bytes) -> None:
+        """Send one JSON message to this client, if it is still there."""
+        if self.can_send:
+            payload = message if isinstance(message, bytes) else codec.encode(message)
+            self.sendMessage(payload)
+
+    # -- requests --
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self.logger.info("refused a binary frame from {peer}", peer=self.peer)
+            self.sendClose(CLOSE_UNSUPPORTED_DATA, "text frames only")
+            return
+        kind: object = None
+        request: dict[str, Any] = {}
+        try:
+            try:
+                request = codec.decode(payload)  # type: ignore[assignment]
+            except codec.DecodeError:
+                raise Refused(messages.wrong_format_json()) from None
+            if not isinstance(request, dict):
+                request = {}
+                raise Refused(messages.wrong_format_json())
+            kind = request.get("type")
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise Refused(messages.unknown_type())
+            handler(self, request)
+        except Refused as refusal:
+            self.refuse(kind, refusal)
+        except Exception:
+            self.logger.failure(
+                "fault handling {kind!r} from {peer}", kind=kind, peer=self.peer
+            )
+            self.send(self._fault(kind, request, _INTERNAL_ERROR))
+
+    def refuse(self, kind: object, refusal: Refused) -> None:
+        self.logger.info(
+            "refused {kind} from {peer}: {reason}",
+            kind=kind if isinstance(kind, str) else "request",
+            peer=self.peer,
+            reason=refusal.reason,
+        )
+        self.send(refusal.reply)
+
+    def _fault(
+        self, kind: object, request: dict[str, Any], error: str
+    ) -> messages.Message:
+        """The `ErrorWhen...` reply for a request the server failed to carry out."""
+        name = self.factory.registry.name_of(self)
+        if kind == "name":
+            if name is None:
+                return messages.register_refused(
+                    request.get("name"), "ErrorWhenRegister", error
+                )
+            return messages.change_refused(
+                name, request.get("name"), "ErrorWhenChange", error
+            )
+        if kind == "send":
+            return messages.send_refused(
+                name, request.get("content"), "ErrorWhenSend", error
+            )
+        return messages.get_refused(name, "ErrorWhenGet", error)
+
+    def _registered_name(self, kind: str) -> str:
+        name = self.factory.registry.name_of(self)
+        if name is None:
+            raise Refused(messages.unknown_register(kind))
+        return name
+
+    def handle_name(self, request: dict[str, Any]) -> None:
+        if "name" not in request:
+            raise Refused(messages.not_enough_key("name", "name"))
+        name = request["name"]
+        old = self.factory.registry.name_of(self)
+        if old is None:
+            if not is_valid_name(name):
+                raise Refused(messages.register_refused(name, "WrongFormatName"))
+            try:
+                timestamp = self.factory.register(self, name)
+            except NameTaken:
+                raise Refused(
+                    messages.register_refused(name, "NameAlreadyUsed")
+                ) from None
+            self.send(messages.register_ok(name, timestamp))
+            self.logger.info("{peer} registered as {name!r}", peer=self.peer, name=name)
+        else:
+            if not is_valid_name(name):
+                raise Refused(messages.change_refused(old, name, "WrongFormatName"))
+            try:
+                timestamp = self.factory.rename(self, name)
+            except NameTaken:
+                raise Refused(
+                    messages.change_refused(old, name, "NameAlreadyUsed")
+                ) from None
+            self.send(messages.change_ok(old, name, timestamp))
+            self.logger.info("{old!r} is now {new!r}", old=old, new=name)
+
+    def handle_send(self, request: dict[str, Any]) -> None:
+        name = self._registered_name("send")
+        if "content" not in request:
+            raise Refused(messages.not_enough_key("send", "content"))
+        content = request["content"]
+        if not is_valid_content(content):
+            raise Refused(messages.send_refused(name, content, "WrongFormatContent"))
+        timestamp = self.factory.timestamps.now()
+        self._sends_in_flight += 1
+        stored = self.factory.store.append(name, content, timestamp)
+
+        def durable(message_id: int) -> None:
+            self.send(messages.send_ok(name, content, timestamp, message_id))
+            self.factory.broadcast(
+                messages.posted(name, content, timestamp, message_id), exclude=self
+            )
+            self.logger.info(
+                "{name!r} posted message {id} ({length} characters)",
+                name=name,
+                id=message_id,
+                length=len(content),
+            )
+
+        def failed(failure: Failure) -> None:
+            failure.trap(StoreError)
+            reply = messages.send_refused(
+                name, content, "ErrorWhenSend", str(failure.value)
+            )
+            self.refuse("send", Refused(reply))
+
+        def settled(_: object) -> None:
+            self._sends_in_flight -= 1
+            if not self._sends_in_flight:
+                waiters, self._send_waiters = self._send_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+
+        stored.addCallbacks(durable, failed)
+        stored.addErrback(
+            lambda f: self.logger.failure(
+                "fault after storing from {peer}", f, peer=self.peer
+            )
+        )
+        stored.addBoth(settled)
+
+    def handle_get(self, request: dict[str, Any]) -> None:
+        self._registered_name("get")
+        cap = self.factory.history_cap
+        limit = request.get("limit")
+        if limit is None:
+            limit = cap
+        elif type(limit) is not int or limit < 1:
+            raise Refused(messages.wrong_argument("get", "limit"))
+        before = _optional_id(request, "before")
+        after = _optional_id(request, "after")
+        query = (min(limit, cap), before, after)
+        if not self._sends_in_flight:
+            self._answer_get(query)
+            return
+        waiter: Deferred[None] = Deferred()
+        self._send_waiters.append(waiter)
+        waiter.addCallback(lambda _: self._answer_get(query))
+        waiter.addErrback(
+            lambda f: (
+                self.logger.failure(
+                    "fault answering get from {peer}", f, peer=self.peer
+                ),
+                self.send(self._fault("get", request, _INTERNAL_ERROR)),
+            )
+        )
+
+    def _answer_get(self, query: tuple[int, int | None, int | None]) -> None:
+        name = self.factory.registry.name_of(self)
+        if name is None:  # Disconnected while waiting for its own sends.
+            return
+        entries = self.factory.store.history.page(*query)
+        self.send(
+            messages.get_ok(
+                name,
+                self.factory.timestamps.now(),
+                entries,
+                self.factory.registry.online(),
+            )
+        )
+
+    _handlers = {"name": handle_name, "send": handle_send, "get": handle_get}

@@ -1,0 +1,116 @@
+"""The services twistd runs: the chat itself and the listening port.
+
+Shutdown order matters for "lose nothing": the port stops accepting first
+(MultiService stops children in reverse), then every pending send is made
+durable and acknowledged, then every client is closed with 1001, then the
+journal is folded into data.json. `stopService` returns that Deferred, so
+twistd exits only when it has finished.
+"""
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IStreamServerEndpoint,
+)
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatbox.factory import ChatFactory
+from chatbox.store import DurableStore
+
+__all__ = ["ChatService", "ListenerService"]
+
+
+class ChatService(Service):
+    log = Logger()
+
+    def __init__(
+        self, factory: ChatFactory, store: DurableStore, ping_interval: float
+    ) -> None:
+        self.factory = factory
+        self.store = store
+        self.ping_interval = ping_interval
+        self._pinger: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.start()
+        if self.ping_interval > 0:
+            self._pinger = LoopingCall(self.factory.ping_everyone, self.ping_interval)
+            self._pinger.clock = self.factory.reactor
+            self._pinger.start(self.ping_interval, now=False)
+
+    def stopService(self) -> "Deferred[None]":
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        await self.store.flush()
+        await self.factory.close_all()
+        await self.store.close()
+        self.log.info(
+            "history saved: {count} messages in {path}",
+            count=len(self.store.history),
+            path=self.store.path,
+        )
+
+
+class ListenerService(Service):
+    """Listens on an endpoint; a port that cannot be opened stops start-up."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: ChatFactory,
+        scheme: str,
+        reactor: IReactorCore,
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.scheme = scheme
+        self.reactor = reactor
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.listening = self.endpoint.listen(self.factory)
+        failures: list[Failure] = []
+        self.listening.addCallbacks(self._listened, failures.append)
+        if failures:  # Failed at once, as TCP does for a busy port: stop twistd.
+            failures[0].raiseException()
+        self.listening.addErrback(self._failed)
+
+    def startService(self) -> None:
+        if self.listening is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        address = port.getHost()
+        where = (
+            f"{self.scheme}://{address.host}:{address.port}"
+            if hasattr(address, "port")
+            else str(address)
+        )
+        self.log.info("chatbox listening on {where}", where=where)
+        return port
+
+    def _failed(self, failure: Failure) -> None:
+        self.log.failure("could not listen", failure)
+        self.reactor.stop()
+
+    def stopService(self) -> "Deferred[None] | None":
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return port.stopListening()

@@ -1,0 +1,252 @@
+"""The durable history: the Deferred-based JSON writer with group commit.
+
+`append` returns a Deferred that fires with the message's id once the
+message is written and fsync'd to the journal; only then does it enter the
+in-memory history (and so `get`), and only then may the caller acknowledge
+and broadcast it. One batch is on the disk at a time; everything that
+arrives meanwhile waits in the queue and goes down as the next batch, so
+concurrent senders share one write and one fsync (group commit).
+
+The journal is folded into data.json (see chatbox.datafile for the files)
+on a second thread once it outgrows data.json itself, so the cost per
+message stays constant as history grows and writing is never paused for
+the fold. On clean shutdown everything is folded, leaving data.json
+complete and v2-readable.
+"""
+
+import os
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from chatbox import codec, datafile, messages
+from chatbox.history import History
+
+__all__ = ["DurableStore", "StoreError"]
+
+DEFAULT_FOLD_THRESHOLD = 16 * 1024 * 1024
+
+
+class StoreError(Exception):
+    """A message could not be made durable; str() is safe to show a client."""
+
+
+def _short(failure: Failure) -> str:
+    error = failure.value
+    if isinstance(error, OSError) and error.errno is not None:
+        return os.strerror(error.errno)
+    return "storage failure"
+
+
+class DurableStore:
+    log = Logger()
+
+    def __init__(
+        self,
+        path: str,
+        reactor: IReactorThreads,
+        fold_threshold: int = DEFAULT_FOLD_THRESHOLD,
+    ) -> None:
+        self.path = path
+        self.history = History()
+        self._reactor = reactor
+        self._fold_threshold = fold_threshold
+        self._journal_path, self._old_path = datafile.journal_paths(path)
+        self._journal: datafile.Journal | None = None
+        self._pool = ThreadPool(minthreads=0, maxthreads=2, name="chatbox-store")
+        self._next_id = 1
+        self._array_bytes = 0
+        self._queue: list[tuple[int, bytes, Deferred[int]]] = []
+        self._writing = False
+        self._folding: Deferred[None] | None = None
+        self._idle_waiters: list[Deferred[None]] = []
+        self.healthy = True
+
+    # -- start-up (blocking: runs before anything listens) ---------------------
+
+    def load(self) -> None:
+        """Read the history from disk; raises datafile.HistoryFileError.
+
+        A journal left by a crash is folded into data.json right away, so the
+        server always starts with data.json complete and the journal empty.
+        """
+        loaded = datafile.load(self.path)
+        for message_id, entry in zip(loaded.ids, loaded.entries, strict=True):
+            self.history.append(message_id, entry)
+        self._next_id = self.history.last_id + 1
+        self._array_bytes = sum(map(len, loaded.entries))
+        self._journal = datafile.Journal(self._journal_path)
+        if loaded.needs_fold:
+            datafile.write_array(self.path, self.history.entries, len(self.history))
+            datafile.remove_durably(self._old_path)
+            self._journal.truncate()
+
+    def start(self) -> None:
+        self._pool.start()
+
+    # -- serving --
+
+    def append(self, name: str, content: str, timestamp: str) -> "Deferred[int]":
+        """Store one message; fires with its id once durable, or StoreError."""
+        message_id = self._next_id
+        self._next_id += 1
+        entry = codec.encode(
+            messages.history_entry(message_id, name, content, timestamp)
+        )
+        done: Deferred[int] = Deferred()
+        self._queue.append((message_id, entry, done))
+        self._write_next()
+        return done
+
+    def _in_thread(self, f: Callable[..., object], *args: object) -> Deferred:
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def _write_next(self) -> None:
+        if self._writing:
+            return
+        if not self._queue:
+            self._notify_idle()
+            return
+        batch, self._queue = self._queue, []
+        self._writing = True
+        data = b"".join(entry + b"\n" for _, entry, _ in batch)
+        assert self._journal is not None
+        written = self._in_thread(self._journal.append, data)
+        written.addBoth(self._batch_done, batch)
+
+    def _batch_done(
+        self, result: object, batch: list[tuple[int, bytes, Deferred[int]]]
+    ) -> None:
+        self._writing = False
+        if isinstance(result, Failure):
+            self.healthy = False
+            self.log.failure(
+                "could not write {count} message(s) to {path}",
+                result,
+                count=len(batch),
+                path=self._journal_path,
+            )
+            error = StoreError(_short(result))
+            for _, _, done in batch:
+                done.errback(error)
+        else:
+            if not self.healthy:
+                self.log.info("writing to {path} works again", path=self._journal_path)
+            self.healthy = True
+            for message_id, entry, _ in batch:
+                self.history.append(message_id, entry)
+            for message_id, _, done in batch:
+                done.callback(message_id)
+            if self._should_fold():
+                self._retire_journal()
+                return
+        self._write_next()
+
+    # -- folding the journal into data.json ----------------------------------------
+
+    def _should_fold(self) -> bool:
+        assert self._journal is not None
+        threshold = max(self._fold_threshold, self._array_bytes)
+        return self._folding is None and self._journal.size > threshold
+
+    def _retire_journal(self) -> None:
+        """Between two batches: swap in a fresh journal, then fold the old one."""
+        assert self._journal is not None
+        self._writing = True
+        count = len(self.history)
+        retired = self._in_thread(self._journal.retire, self._old_path)
+
+        def retired_ok(_: object) -> None:
+            self._folding = self._fold(count)
+
+        def retire_failed(failure: Failure) -> None:
+            self.log.failure(
+                "could not retire the journal {path}", failure, path=self._journal_path
+            )
+
+        retired.addCallbacks(retired_ok, retire_failed)
+        retired.addBoth(self._resume_writing)
+
+    def _resume_writing(self, _: object) -> None:
+        self._writing = False
+        self._write_next()
+
+    def _fold(self, count: int) -> "Deferred[None]":
+        entries = self.history.entries
+
+        def fold() -> None:
+            datafile.write_array(self.path, entries, count)
+            datafile.remove_durably(self._old_path)
+
+        def folded(_: object) -> None:
+            self._array_bytes = sum(map(len, entries[:count]))
+            self.log.info(
+                "folded {count} messages into {path}", count=count, path=self.path
+            )
+
+        def failed(failure: Failure) -> None:
+            # The retired journal stays; start-up or the next fold retries.
+            self.log.failure(
+                "could not fold the journal into {path}", failure, path=self.path
+            )
+
+        def finished(_: object) -> None:
+            self._folding = None
+            self._notify_idle()
+
+        folding = self._in_thread(fold)
+        folding.addCallbacks(folded, failed)
+        folding.addBoth(finished)
+        return folding
+
+    # -- flushing and shutdown --
+
+    def _notify_idle(self) -> None:
+        if self._writing or self._queue or self._folding is not None:
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def flush(self) -> "Deferred[None]":
+        """Fires once every message appended so far is settled on disk."""
+        if not (self._writing or self._queue or self._folding is not None):
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    async def close(self) -> None:
+        """Flush, fold everything into data.json, and release the threads."""
+        await self.flush()
+        journal = self._journal
+        if journal is not None:
+            count = len(self.history)
+            needs_fold = journal.size > 0 or os.path.exists(self._old_path)
+
+            def final_fold() -> None:
+                try:
+                    if needs_fold:
+                        datafile.write_array(self.path, self.history.entries, count)
+                        datafile.remove_durably(self._old_path)
+                        journal.truncate()
+                finally:
+                    journal.close()
+
+            try:
+                await self._in_thread(final_fold)
+            except OSError as e:
+                # The journal keeps everything; the next start-up folds it.
+                self.log.error(
+                    "could not fold history into {path}: {error}; "
+                    "the journal keeps it for the next start",
+                    path=self.path,
+                    error=e.strerror,
+                )
+            self._journal = None
+        self._pool.stop()

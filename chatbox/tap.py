@@ -1,0 +1,152 @@
+"""`twistd chatbox`: the options and the service they build.
+
+makeService takes the reactor as an argument so tests build exactly what
+twistd runs, listening on port 0 in the test's own reactor.
+"""
+
+import sys
+from typing import Any
+
+from twisted.application.service import IServiceCollection, MultiService
+from twisted.python import usage
+
+from chatbox import datafile
+from chatbox.endpoints import EndpointError, server_endpoint
+from chatbox.factory import ChatFactory
+from chatbox.service import ChatService, ListenerService
+from chatbox.store import DEFAULT_FOLD_THRESHOLD, DurableStore
+
+__all__ = ["Options", "makeService"]
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError("must be 0 or more seconds")
+    return number
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "A WebSocket chat server speaking the classic-chatbox v2 protocol. "
+        "Clients connect to ws://HOST:PORT/ (wss:// with TLS)."
+    )
+    optParameters = [
+        [
+            "port",
+            "p",
+            "9000",
+            "Where to listen: a port number, or a Twisted endpoint string such "
+            "as tcp:9000:interface=127.0.0.1 or "
+            "ssl:9443:privateKey=key.pem:certKey=cert.pem.",
+        ],
+        [
+            "data",
+            "d",
+            "data.json",
+            "History file (a JSON array). Its journal is kept beside it as "
+            "PATH.journal.",
+        ],
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM certificate (leaf first, then any intermediates) to serve wss:// on "
+            "--port. Needs --tls-key.",
+        ],
+        ["tls-key", None, None, "PEM private key for --tls-cert."],
+        [
+            "history-cap",
+            None,
+            10_000,
+            "Most messages one get returns (a bare get returns the newest this many).",
+            _positive_int,
+        ],
+        [
+            "json-ping",
+            None,
+            5.0,
+            'Seconds between v2\'s JSON {"type":"ping"} keepalives; 0 turns them off.',
+            _seconds,
+        ],
+        [
+            "ws-ping-interval",
+            None,
+            10.0,
+            "Seconds between WebSocket pings to each client; 0 turns dead-peer "
+            "detection off.",
+            _seconds,
+        ],
+        [
+            "ws-ping-timeout",
+            None,
+            10.0,
+            "Seconds a client has to answer a WebSocket ping before it is "
+            "disconnected and its nickname freed.",
+            _seconds,
+        ],
+        [
+            "max-message-size",
+            None,
+            65_536,
+            "Largest WebSocket message in bytes; bigger ones are refused with "
+            "close code 1009.",
+            _positive_int,
+        ],
+        [
+            "fold-threshold",
+            None,
+            DEFAULT_FOLD_THRESHOLD,
+            "Journal bytes before it is folded into the history file (at least "
+            "the history file's own size, so the cost per message stays flat).",
+            _positive_int,
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+
+
+def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:
+    """Build the chat service; exits with a one-line error if it cannot start."""
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        endpoint, scheme = server_endpoint(
+            reactor, str(config["port"]), config["tls-cert"], config["tls-key"]
+        )
+        store = DurableStore(config["data"], reactor, config["fold-threshold"])
+        store.load()
+    except (EndpointError, datafile.HistoryFileError) as e:
+        raise SystemExit(f"chatbox: cannot start: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"chatbox: cannot start: {e.filename}: {e.strerror}") from None
+
+    factory = ChatFactory(store, reactor, history_cap=config["history-cap"])
+    factory.noisy = False
+    factory.setProtocolOptions(
+        maxFramePayloadSize=config["max-message-size"],
+        maxMessagePayloadSize=config["max-message-size"],
+        autoPingInterval=config["ws-ping-interval"],
+        autoPingTimeout=config["ws-ping-timeout"],
+    )
+
+    top = MultiService()
+    ChatService(factory, store, config["json-ping"]).setServiceParent(top)
+    listener = ListenerService(endpoint, factory, scheme, reactor)
+    listener.setName("listener")
+    listener.setServiceParent(top)
+    return top
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for `python -m`
+    sys.exit("run chatbox with: twistd -n chatbox --port 9000")
