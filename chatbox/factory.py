@@ -103,8 +103,5 @@ class ChatFactory(WebSocketServerFactory):
         done: Deferred[None] = Deferred()
         self._all_closed.append(done)
         for connection in list(self.connections):
-            if connection.can_send:
-                connection.sendClose(CLOSE_GOING_AWAY, reason)
-            else:
-                connection.dropConnection(abort=True)
+            connection.close_with(CLOSE_GOING_AWAY, reason)
         return done

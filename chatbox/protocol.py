@@ -72,6 +72,15 @@ class ChatProtocol(WebSocketServerProtocol):
     def can_send(self) -> bool:
         return self.state == WebSocketProtocol.STATE_OPEN
 
+    def close_with(self, code: int, reason: str) -> None:
+        """Close with any RFC 6455 code; Autobahn's sendClose allows only 1000
+        and 3000-4999, but 1001 (going away) and 1003 (unsupported data) are
+        the codes RFC 6455 gives these situations."""
+        if self.can_send:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
+        else:
+            self.dropConnection(abort=True)
+
     def send(self, message: messages.Message | bytes) -> None:
         """Send one JSON message to this client, if it is still there."""
         if self.can_send:
@@ -83,7 +92,7 @@ class ChatProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
             self.logger.info("refused a binary frame from {peer}", peer=self.peer)
-            self.sendClose(CLOSE_UNSUPPORTED_DATA, "text frames only")
+            self.close_with(CLOSE_UNSUPPORTED_DATA, "text frames only")
             return
         kind: object = None
         request: dict[str, Any] = {}

@@ -138,6 +138,9 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         maxMessagePayloadSize=config["max-message-size"],
         autoPingInterval=config["ws-ping-interval"],
         autoPingTimeout=config["ws-ping-timeout"],
+        # Refuse bad frames with a close frame carrying the RFC code (1007,
+        # 1009) instead of silently dropping TCP, so clients can tell why.
+        failByDrop=False,
     )
 
     top = MultiService()

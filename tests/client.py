@@ -1,0 +1,115 @@
+"""A real WebSocket chat client for tests, speaking the protocol as v2 clients do.
+
+What arrives is sorted the way a client reads it: `receive` events, v2's JSON
+`ping`s, and replies (everything else), each in its own queue, so a test can
+say `await an.reply()` and `await bo.event()` without caring how they
+interleave on the wire.
+"""
+
+import json
+from typing import Any
+from urllib.parse import urlparse
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredQueue, TimeoutError
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+TIMEOUT = 10
+
+
+class ChatClientProtocol(WebSocketClientProtocol):
+    answer_pings = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: DeferredQueue = DeferredQueue()
+        self.events: DeferredQueue = DeferredQueue()
+        self.pings: DeferredQueue = DeferredQueue()
+        self.opened: Deferred = Deferred()
+        self.closed: Deferred = Deferred()
+        self.raw: list[Any] = []
+
+    def onOpen(self) -> None:
+        self.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        assert not isBinary, "the server must only send text frames"
+        message = json.loads(payload.decode("utf-8"))
+        self.raw.append(message)
+        queue = {"receive": self.events, "ping": self.pings}.get(
+            message.get("type") if isinstance(message, dict) else None, self.replies
+        )
+        queue.put(message)
+
+    def onPing(self, payload: bytes) -> None:
+        if self.answer_pings:
+            super().onPing(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.opened.called:
+            self.opened.errback(ConnectionError(f"handshake failed: {code} {reason}"))
+        self.closed.callback((code, reason))
+
+    # -- reading ---------------------------------------------------------------
+
+    @staticmethod
+    def _within(queue: DeferredQueue, timeout: float) -> Deferred:
+        return queue.get().addTimeout(timeout, reactor)
+
+    async def reply(self, timeout: float = TIMEOUT) -> dict:
+        return await self._within(self.replies, timeout)
+
+    async def event(self, timeout: float = TIMEOUT) -> dict:
+        return await self._within(self.events, timeout)
+
+    async def ping(self, timeout: float = TIMEOUT) -> dict:
+        return await self._within(self.pings, timeout)
+
+    async def no_event(self, wait: float = 0.3) -> None:
+        """Assert nothing is broadcast to this client within `wait` seconds."""
+        try:
+            event = await self._within(self.events, wait)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected event {event!r}")
+
+    async def wait_closed(self, timeout: float = TIMEOUT) -> tuple:
+        return await self.closed.addTimeout(timeout, reactor)
+
+    # -- writing -------------------------------------------------------------------
+
+    def send_json(self, message: Any) -> None:
+        self.sendMessage(json.dumps(message, ensure_ascii=False).encode("utf-8"))
+
+    async def request(self, message: Any) -> dict:
+        self.send_json(message)
+        return await self.reply()
+
+    async def register(self, name: Any) -> dict:
+        return await self.request({"type": "name", "name": name})
+
+    async def say(self, content: Any) -> dict:
+        return await self.request({"type": "send", "content": content})
+
+    async def get(self, **query: Any) -> dict:
+        return await self.request({"type": "get", **query})
+
+    def abort(self) -> None:
+        """Vanish without a close frame, as a crashed browser or cut cable does."""
+        self.transport.abortConnection()
+
+
+async def connect(url: str, tls: Any = None, **protocol_fields: Any) -> ChatClientProtocol:
+    """Open a WebSocket to `url`; `tls` is the client TLS options for wss://."""
+    parsed = urlparse(url)
+    factory = WebSocketClientFactory(url)
+    factory.protocol = ChatClientProtocol
+    factory.setProtocolOptions(autoPingInterval=0)
+    endpoint = HostnameEndpoint(reactor, parsed.hostname, parsed.port)
+    if parsed.scheme == "wss":
+        endpoint = wrapClientTLS(tls, endpoint)
+    protocol = await endpoint.connect(factory)
+    for key, value in protocol_fields.items():
+        setattr(protocol, key, value)
+    return await protocol.opened.addTimeout(TIMEOUT, reactor)

@@ -1,0 +1,82 @@
+"""Fixtures: the real chatbox service, listening on port 0 in the test reactor."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from chatbox import tap
+from chatbox.factory import ChatFactory
+from chatbox.service import ListenerService
+from tests.client import ChatClientProtocol, connect
+
+
+@dataclass
+class RunningServer:
+    service: Any
+    listener: ListenerService
+    data: Path
+    scheme: str = "ws"
+
+    @property
+    def factory(self) -> ChatFactory:
+        return self.listener.factory
+
+    @property
+    def port(self) -> int:
+        assert self.listener.port is not None
+        return self.listener.port.getHost().port
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    async def client(self, **fields: Any) -> ChatClientProtocol:
+        return await connect(self.url, **fields)
+
+    async def user(self, name: str) -> ChatClientProtocol:
+        """A connected client registered as `name`."""
+        client = await self.client()
+        reply = await client.register(name)
+        assert reply["status"] is True, reply
+        return client
+
+    async def stop(self) -> None:
+        if self.service.running:
+            await self.service.stopService()
+
+
+def options(data: Path, *args: str) -> tap.Options:
+    config = tap.Options()
+    config.parseOptions(
+        [
+            "--port=tcp:0:interface=127.0.0.1",
+            f"--data={data}",
+            "--json-ping=0",
+            *args,
+        ]
+    )
+    return config
+
+
+async def start_server(data: Path, *args: str, scheme: str = "ws") -> RunningServer:
+    service = tap.makeService(options(data, *args), reactor)
+    service.startService()
+    listener = service.getServiceNamed("listener")
+    await listener.listening
+    return RunningServer(service, listener, data, scheme)
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    return tmp_path / "data.json"
+
+
+@pytest_twisted.async_yield_fixture
+async def server(data_file: Path):
+    running = await start_server(data_file)
+    yield running
+    await running.stop()
