@@ -7,7 +7,9 @@ Let's Encrypt's fullchain.pem does) serves the whole chain.
 
 import re
 
-from OpenSSL import crypto
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
 from twisted.internet import endpoints, ssl
 from twisted.internet.interfaces import IStreamServerEndpoint
 
@@ -40,17 +42,17 @@ def tls_options(cert_path: str, key_path: str) -> ssl.CertificateOptions:
     if not certificates:
         raise EndpointError(f"no PEM certificate found in {cert_path}")
     try:
-        leaf, *chain = (
-            crypto.load_certificate(crypto.FILETYPE_PEM, pem) for pem in certificates
+        leaf, *chain = (x509.load_pem_x509_certificate(pem) for pem in certificates)
+        key = serialization.load_pem_private_key(_read(key_path, "key"), password=None)
+        options = ssl.CertificateOptions(
+            privateKey=key, certificate=leaf, extraCertChain=chain
         )
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, _read(key_path, "key"))
-        return ssl.CertificateOptions(
-            privateKey=key, certificate=leaf, extraCertChain=list(chain)
-        )
-    except (crypto.Error, ValueError) as e:
+        options.getContext()  # A key that does not match fails here, at start-up.
+    except (SSL.Error, ValueError, TypeError) as e:
         raise EndpointError(
             f"TLS certificate {cert_path} and key {key_path} cannot be used: {e}"
         ) from e
+    return options
 
 
 def _tcp_arguments(description: str) -> tuple[int, str]:

@@ -50,11 +50,18 @@ class ChatClientProtocol(WebSocketClientProtocol):
         if not self.opened.called:
             self.opened.errback(ConnectionError(f"handshake failed: {code} {reason}"))
         self.closed.callback((code, reason))
+        # Whoever waits for more learns at once that nothing more will come.
+        for queue in (self.replies, self.events, self.pings):
+            while queue.waiting:
+                queue.waiting.pop(0).errback(
+                    ConnectionError(f"closed: {code} {reason}")
+                )
 
     # -- reading ---------------------------------------------------------------
 
-    @staticmethod
-    def _within(queue: DeferredQueue, timeout: float) -> Deferred:
+    def _within(self, queue: DeferredQueue, timeout: float) -> Deferred:
+        if self.closed.called and not queue.pending:
+            raise ConnectionError("connection closed")
         return queue.get().addTimeout(timeout, reactor)
 
     async def reply(self, timeout: float = TIMEOUT) -> dict:
@@ -100,7 +107,9 @@ class ChatClientProtocol(WebSocketClientProtocol):
         self.transport.abortConnection()
 
 
-async def connect(url: str, tls: Any = None, **protocol_fields: Any) -> ChatClientProtocol:
+async def connect(
+    url: str, tls: Any = None, **protocol_fields: Any
+) -> ChatClientProtocol:
     """Open a WebSocket to `url`; `tls` is the client TLS options for wss://."""
     parsed = urlparse(url)
     factory = WebSocketClientFactory(url)

@@ -95,7 +95,9 @@ async def test_oversize_message_is_refused_with_1009(server):
     code, _ = await client.wait_closed()
     assert code == 1009
     assert (await bystander.say("fine"))["status"] is True
-    assert [m["content"] for m in (await bystander.get())["data"]["message"]] == ["fine"]
+    assert [m["content"] for m in (await bystander.get())["data"]["message"]] == [
+        "fine"
+    ]
 
 
 @ensureDeferred

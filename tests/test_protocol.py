@@ -9,7 +9,7 @@ from twisted.internet import reactor
 TIMESTAMP = re.compile(r"^\d{2}/\d{2}/\d{4}, \d{2}:\d{2}:\d{2}$")
 
 
-# -- name: register ---------------------------------------------------------------
+# -- name: register --
 
 
 @ensureDeferred
@@ -100,7 +100,7 @@ async def test_name_without_name_key(server):
     }
 
 
-# -- name: change -------------------------------------------------------------------
+# -- name: change --
 
 
 @ensureDeferred
@@ -187,7 +187,7 @@ async def test_change_to_a_malformed_name_is_refused(server, name):
     }
 
 
-# -- send ----------------------------------------------------------------------------------
+# -- send --
 
 
 @ensureDeferred
@@ -254,7 +254,9 @@ async def test_send_refuses_malformed_content_with_v2s_username_key(server, cont
     assert (await an.get())["data"]["message"] == []
 
 
-@pytest.mark.parametrize("content", ["x", "x" * 4000, "😀" * 4000, "a\nb\tc", "<b>hi</b>"])
+@pytest.mark.parametrize(
+    "content", ["x", "x" * 4000, "😀" * 4000, "a\nb\tc", "<b>hi</b>"]
+)
 @ensureDeferred
 async def test_send_accepts_any_text_of_1_to_4000_characters(server, content):
     an = await server.user("An")
@@ -270,7 +272,7 @@ async def test_send_is_acknowledged_only_once_on_disk(server):
     assert reply["status"] is True
 
 
-# -- get ---------------------------------------------------------------------------------------
+# -- get --
 
 
 @ensureDeferred
@@ -287,8 +289,18 @@ async def test_get_returns_history_oldest_first_and_who_is_online(server):
         "timestamp": reply["timestamp"],
         "data": {
             "message": [
-                {"id": 1, "name": "An", "content": "one", "timestamp": first["timestamp"]},
-                {"id": 2, "name": "Bo", "content": "two", "timestamp": second["timestamp"]},
+                {
+                    "id": 1,
+                    "name": "An",
+                    "content": "one",
+                    "timestamp": first["timestamp"],
+                },
+                {
+                    "id": 2,
+                    "name": "Bo",
+                    "content": "two",
+                    "timestamp": second["timestamp"],
+                },
             ],
             "online": ["An", "Bo"],
         },
@@ -311,7 +323,11 @@ async def test_online_keeps_registration_order_through_renames_and_leaves(server
 @ensureDeferred
 async def test_get_before_registering(server):
     client = await server.client()
-    assert await client.get() == {"type": "get", "status": False, "reason": "UnknownRegister"}
+    assert await client.get() == {
+        "type": "get",
+        "status": False,
+        "reason": "UnknownRegister",
+    }
 
 
 @ensureDeferred
@@ -352,8 +368,17 @@ async def test_get_paging_with_limit_before_and_after(server):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("limit", 0), ("limit", -1), ("limit", "5"), ("limit", 2.5), ("limit", True),
-     ("before", -1), ("before", "x"), ("after", [1]), ("after", False)],
+    [
+        ("limit", 0),
+        ("limit", -1),
+        ("limit", "5"),
+        ("limit", 2.5),
+        ("limit", True),
+        ("before", -1),
+        ("before", "x"),
+        ("after", [1]),
+        ("after", False),
+    ],
 )
 @ensureDeferred
 async def test_get_refuses_bad_paging_arguments(server, field, value):
@@ -383,7 +408,7 @@ async def test_bare_get_is_capped_to_the_newest(data_file):
         await server.stop()
 
 
-# -- leave -----------------------------------------------------------------------------------------
+# -- leave --
 
 
 @ensureDeferred
@@ -422,11 +447,15 @@ async def test_unregistered_connections_leave_silently(server):
 
 
 @ensureDeferred
-async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_name_freed(data_file):
+async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_name_freed(
+    data_file,
+):
     from tests.conftest import start_server
 
     # Autobahn batches its timers in 0.2 s buckets; 1 s leaves room for that.
-    server = await start_server(data_file, "--ws-ping-interval=1", "--ws-ping-timeout=1")
+    server = await start_server(
+        data_file, "--ws-ping-interval=1", "--ws-ping-timeout=1"
+    )
     try:
         bo = await server.user("Bo")
         ghost = await server.client(answer_pings=False)
@@ -441,7 +470,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_name_freed(d
         await server.stop()
 
 
-# -- keepalive ---------------------------------------------------------------------------------------
+# -- keepalive --
 
 
 @ensureDeferred
@@ -458,7 +487,7 @@ async def test_v2_json_ping_goes_to_every_connection(data_file):
         await server.stop()
 
 
-# -- ordering and races ------------------------------------------------------------------------------
+# -- ordering and races --
 
 
 @ensureDeferred

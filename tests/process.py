@@ -1,0 +1,86 @@
+"""chatbox under the real twistd, as a child process of the test.
+
+The child listens on port 0; its log line "chatbox listening on ws://..."
+tells the test where. Output is kept for assertions and failure messages.
+"""
+
+import os
+import re
+import signal
+import sysconfig
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+
+TWISTD = str(Path(sysconfig.get_path("scripts")) / "twistd")
+LISTENING = re.compile(rb"chatbox listening on (wss?://[^\s]+)")
+START_TIMEOUT = 30
+
+
+class ServerProcess(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.url: str | None = None
+        self.started: Deferred = Deferred()
+        self.ended: Deferred = Deferred()
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        match = LISTENING.search(self.output)
+        if match and not self.started.called:
+            self.url = match.group(1).decode()
+            self.started.callback(self.url)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        self.exit_code = reason.value.exitCode
+        self.signal = reason.value.signal
+        if not self.started.called:
+            self.started.errback(
+                RuntimeError(f"chatbox exited: {self.output.decode(errors='replace')}")
+            )
+        self.ended.callback(self.exit_code)
+
+    @property
+    def stopped_cleanly(self) -> bool:
+        """Finished its shutdown: twistd exits 0, or re-raises the SIGTERM or
+        SIGINT it was stopped with once shutdown is complete."""
+        ended_ok = self.exit_code == 0 or self.signal in (signal.SIGTERM, signal.SIGINT)
+        return ended_ok and b"history saved" in self.output
+
+    def kill(self, signum: int = signal.SIGKILL) -> Deferred:
+        if not self.ended.called:
+            os.kill(self.transport.pid, signum)
+        return self.ended.addTimeout(30, reactor)
+
+
+def spawn(workdir: Path, *args: str) -> ServerProcess:
+    """Start `twistd -n chatbox` in `workdir` (its data.json lives there)."""
+    process = ServerProcess()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    reactor.spawnProcess(
+        process,
+        TWISTD,
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "chatbox",
+            "--port=tcp:0:interface=127.0.0.1",
+            *args,
+        ],
+        env=env,
+        path=str(workdir),
+    )
+    return process
+
+
+async def start(workdir: Path, *args: str) -> ServerProcess:
+    process = spawn(workdir, *args)
+    await process.started.addTimeout(START_TIMEOUT, reactor)
+    return process

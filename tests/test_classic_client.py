@@ -1,0 +1,84 @@
+"""The classic v2 browser client's session, as a browser puts it on the wire.
+
+The classic client connects to ws://HOST:PORT with no path, sends an Origin
+header, offers permessage-deflate, and then goes: name, get, send, rename,
+get, close. Its JavaScript reads exactly the fields asserted here.
+"""
+
+from autobahn.twisted.websocket import WebSocketClientFactory
+from autobahn.websocket.compress import PerMessageDeflateOffer
+from pytest_twisted import ensureDeferred
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from tests.client import ChatClientProtocol
+
+
+async def browser(port):
+    url = f"ws://127.0.0.1:{port}"  # no path, as the classic client writes it
+    factory = WebSocketClientFactory(url, origin="http://classic.example")
+    factory.protocol = ChatClientProtocol
+    factory.setProtocolOptions(perMessageCompressionOffers=[PerMessageDeflateOffer()])
+    protocol = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    return await protocol.opened
+
+
+@ensureDeferred
+async def test_a_classic_session(server):
+    an = await browser(server.port)
+    bo = await browser(server.port)
+
+    reply = await an.register("An")
+    assert (reply["type"], reply["action"], reply["status"]) == (
+        "name",
+        "register",
+        True,
+    )
+    await bo.register("Bo")
+    joined = await an.event()
+    assert (joined["datatype"], joined["name"]) == ("register", "Bo")
+
+    update = await an.get()
+    assert update["data"]["online"] == ["An", "Bo"] and update["data"]["message"] == []
+
+    sent = await an.say("Chào cả lớp!")
+    assert (sent["type"], sent["status"], sent["name"], sent["content"]) == (
+        "send",
+        True,
+        "An",
+        "Chào cả lớp!",
+    )
+    message = await bo.event()
+    assert (
+        message["datatype"],
+        message["name"],
+        message["content"],
+        message["timestamp"],
+    ) == ("message", "An", "Chào cả lớp!", sent["timestamp"])
+
+    renamed = await bo.register("Bảo")
+    assert (renamed["action"], renamed["oldname"], renamed["newname"]) == (
+        "change",
+        "Bo",
+        "Bảo",
+    )
+    change = await an.event()
+    assert (change["datatype"], change["oldname"], change["newname"]) == (
+        "change",
+        "Bo",
+        "Bảo",
+    )
+
+    update = await bo.get()
+    assert update["name"] == "Bảo"
+    assert update["data"]["online"] == ["An", "Bảo"]
+    assert [(m["name"], m["content"]) for m in update["data"]["message"]] == [
+        ("An", "Chào cả lớp!")
+    ]
+
+    bo.sendClose(1000)
+    left = await an.event()
+    assert (left["datatype"], left["name"]) == ("leave", "Bảo")
+    # The browser never got a frame it could not parse, nor a compressed one.
+    assert all(isinstance(m, dict) for m in an.raw + bo.raw)
+    assert an._perMessageCompress is None

@@ -1,0 +1,49 @@
+"""twistd finds chatbox in the installed package, from any working folder."""
+
+import subprocess
+from importlib import metadata
+
+from tests.process import TWISTD
+
+
+def test_installed_distribution_carries_the_plugin_and_nothing_of_twisteds():
+    files = {str(f) for f in metadata.files("chatbox") or []}
+    assert "twisted/plugins/chatbox_plugin.py" in files
+    # Shipping these would overwrite Twisted's own package files.
+    assert "twisted/plugins/__init__.py" not in files
+    assert "twisted/__init__.py" not in files
+
+
+def test_twistd_chatbox_help_from_a_folder_outside_the_repo(tmp_path):
+    result = subprocess.run(
+        [TWISTD, "chatbox", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage: twistd [options] chatbox [options]" in result.stdout
+    for option in (
+        "--port",
+        "--data",
+        "--tls-cert",
+        "--tls-key",
+        "--history-cap",
+        "--json-ping",
+        "--ws-ping-interval",
+        "--ws-ping-timeout",
+        "--max-message-size",
+        "--fold-threshold",
+    ):
+        assert option in result.stdout
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())  # no twistd.pid or stray files
+
+
+def test_twistd_lists_chatbox_among_its_commands(tmp_path):
+    result = subprocess.run(
+        [TWISTD, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert "chatbox" in result.stdout and "classic-chatbox v2" in result.stdout

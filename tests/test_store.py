@@ -1,0 +1,138 @@
+"""The Deferred-based writer: durability, group commit, folding, failures."""
+
+import json
+
+import pytest_twisted
+from pytest_twisted import ensureDeferred
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList
+
+from chatbox import datafile
+from chatbox.store import DurableStore, StoreError
+
+
+@pytest_twisted.async_yield_fixture
+async def store(tmp_path):
+    s = DurableStore(str(tmp_path / "data.json"), reactor)
+    s.load()
+    s.start()
+    yield s
+    await s.close()
+
+
+def reopen(path):
+    s = DurableStore(path, reactor)
+    s.load()
+    return s
+
+
+@ensureDeferred
+async def test_an_append_fires_after_it_is_in_the_journal(store):
+    message_id = await store.append("An", "hi", "t")
+    assert message_id == 1
+    journal, _ = datafile.journal_paths(store.path)
+    with open(journal) as f:
+        assert json.loads(f.readline()) == {
+            "id": 1,
+            "name": "An",
+            "content": "hi",
+            "timestamp": "t",
+        }
+    assert len(store.history) == 1
+
+
+@ensureDeferred
+async def test_concurrent_appends_share_writes(store):
+    batches = []
+    append = store._journal.append
+
+    def counting_append(data):
+        batches.append(data.count(b"\n"))
+        append(data)
+
+    store._journal.append = counting_append
+    results = await DeferredList([store.append("An", f"m{i}", "t") for i in range(200)])
+    assert [r for ok, r in results] == list(range(1, 201))
+    assert sum(batches) == 200
+    assert len(batches) < 50, batches  # one fsync served many messages
+
+
+@ensureDeferred
+async def test_history_only_shows_durable_messages(store):
+    pending = store.append("An", "in flight", "t")
+    assert len(store.history) == 0
+    await pending
+    assert len(store.history) == 1
+
+
+@ensureDeferred
+async def test_close_folds_everything_into_data_json(tmp_path):
+    store = reopen(str(tmp_path / "data.json"))
+    store.start()
+    for i in range(10):
+        await store.append("An", f"m{i}", "t")
+    await store.close()
+    saved = json.loads((tmp_path / "data.json").read_text())
+    assert [m["content"] for m in saved] == [f"m{i}" for i in range(10)]
+    assert (tmp_path / "data.json.journal").stat().st_size == 0
+
+
+@ensureDeferred
+async def test_the_journal_is_folded_when_it_outgrows_data_json(tmp_path):
+    path = str(tmp_path / "data.json")
+    store = DurableStore(path, reactor, fold_threshold=2_000)
+    store.load()
+    store.start()
+    try:
+        for i in range(300):
+            await store.append("An", f"message {i}", "t")
+        await store.flush()
+        saved = json.loads((tmp_path / "data.json").read_text())
+        assert len(saved) > 100  # folded at least once while running
+        assert [m["id"] for m in saved] == list(range(1, len(saved) + 1))
+        assert not (tmp_path / "data.json.journal.old").exists()
+    finally:
+        await store.close()
+    again = reopen(path)
+    assert len(again.history) == 300 and again.history.last_id == 300
+
+
+@ensureDeferred
+async def test_start_up_folds_a_journal_left_by_a_crash(tmp_path):
+    path = str(tmp_path / "data.json")
+    store = reopen(path)
+    store.start()
+    for i in range(5):
+        await store.append("An", f"m{i}", "t")
+    store._pool.stop()  # "crash": no close, no fold
+    assert (tmp_path / "data.json.journal").stat().st_size > 0
+    again = reopen(path)
+    assert again.history.last_id == 5
+    assert len(json.loads((tmp_path / "data.json").read_text())) == 5
+    assert (tmp_path / "data.json.journal").stat().st_size == 0
+    assert (await _append_after(again)) == 6
+
+
+async def _append_after(store):
+    store.start()
+    try:
+        return await store.append("An", "next", "t")
+    finally:
+        await store.close()
+
+
+@ensureDeferred
+async def test_a_failed_write_is_refused_and_the_next_one_succeeds(store):
+    real = store._journal
+    store._journal = datafile.Journal("/dev/full")
+    try:
+        await store.append("An", "lost", "t")
+    except StoreError as e:
+        assert str(e) == "No space left on device"
+    else:
+        raise AssertionError("append to a full disk succeeded")
+    assert not store.healthy and len(store.history) == 0
+    store._journal = real
+    assert await store.append("An", "kept", "t") == 2
+    assert store.healthy
+    assert [json.loads(e)["content"] for e in store.history.entries] == ["kept"]

@@ -1,0 +1,128 @@
+"""twistd options, endpoints, and refusing to start on bad input."""
+
+import json
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    UNIXServerEndpoint,
+)
+from twisted.python import usage
+
+from chatbox import tap
+from chatbox.endpoints import EndpointError, server_endpoint
+
+
+def test_a_bare_port_is_tcp_on_every_interface():
+    endpoint, scheme = server_endpoint(reactor, "9000")
+    assert isinstance(endpoint, TCP4ServerEndpoint) and scheme == "ws"
+    assert endpoint._port == 9000 and endpoint._interface == ""
+
+
+def test_endpoint_strings_pass_through(tmp_path):
+    endpoint, _ = server_endpoint(reactor, "tcp:9001:interface=127.0.0.1")
+    assert endpoint._interface == "127.0.0.1"
+    endpoint, scheme = server_endpoint(reactor, f"unix:{tmp_path}/chat.sock")
+    assert isinstance(endpoint, UNIXServerEndpoint) and scheme == "ws"
+
+
+def test_tls_shortcut(tmp_path):
+    import trustme
+
+    cert = trustme.CA().issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "k.pem"))
+    endpoint, scheme = server_endpoint(
+        reactor,
+        "tcp:9443:interface=\\:\\:1",
+        str(tmp_path / "c.pem"),
+        str(tmp_path / "k.pem"),
+    )
+    assert isinstance(endpoint, SSL4ServerEndpoint) and scheme == "wss"
+    assert endpoint._port == 9443 and endpoint._interface == "::1"
+
+
+def test_a_key_that_does_not_match_the_certificate_stops_start_up(tmp_path):
+    import trustme
+
+    trustme.CA().issue_cert("localhost").cert_chain_pems[0].write_to_path(
+        str(tmp_path / "c.pem")
+    )
+    trustme.CA().issue_cert("localhost").private_key_pem.write_to_path(
+        str(tmp_path / "k.pem")
+    )
+    with pytest.raises(EndpointError, match="cannot be used"):
+        server_endpoint(
+            reactor, "9443", str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--port=nonsense:1"], "is not an endpoint"),
+        (
+            ["--tls-cert=/nonexistent/c.pem", "--tls-key=/nonexistent/k.pem"],
+            "cannot read the TLS certificate",
+        ),
+        (
+            ["--port=unix:/x", "--tls-cert=c", "--tls-key=k"],
+            "need --port to be a number or a tcp: endpoint",
+        ),
+    ],
+)
+def test_bad_listening_options_stop_start_up_with_one_line(tmp_path, args, says):
+    config = tap.Options()
+    config.parseOptions([f"--data={tmp_path}/data.json", *args])
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(config, reactor)
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--tls-cert=c.pem"],
+        ["--history-cap=0"],
+        ["--json-ping=-1"],
+        ["--max-message-size=x"],
+    ],
+)
+def test_bad_option_values_are_usage_errors(args):
+    with pytest.raises(usage.UsageError):
+        tap.Options().parseOptions(args)
+
+
+def test_corrupt_history_stops_start_up_and_is_left_alone(tmp_path):
+    data = tmp_path / "data.json"
+    data.write_text('[{"name": "An", "content": "hi", "timestamp": "t"},]')
+    config = tap.Options()
+    config.parseOptions([f"--data={data}", "--port=tcp:0"])
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(config, reactor)
+    assert str(caught.value).startswith(
+        f"chatbox: cannot start: {data}: not valid JSON"
+    )
+    assert "line 1 column" in str(caught.value)
+    assert data.read_text() == '[{"name": "An", "content": "hi", "timestamp": "t"},]'
+
+
+def test_v2_history_loads(tmp_path):
+    data = tmp_path / "data.json"
+    data.write_text(
+        json.dumps(
+            [{"name": "An", "content": "cũ", "timestamp": "01/01/2020, 10:00:00"}]
+        )
+    )
+    config = tap.Options()
+    config.parseOptions([f"--data={data}", "--port=tcp:0"])
+    service = tap.makeService(config, reactor)
+    store = service.getServiceNamed("listener").factory.store
+    assert json.loads(store.history.entries[0]) == {
+        "id": 1,
+        "name": "An",
+        "content": "cũ",
+        "timestamp": "01/01/2020, 10:00:00",
+    }
