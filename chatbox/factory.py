@@ -48,7 +48,9 @@ class ChatFactory(WebSocketServerFactory):
     def connection_lost(self, connection: ChatProtocol) -> None:
         self.connections.discard(connection)
         name = self.registry.release(connection)
-        if name is not None:
+        if name is None:
+            self.logger.info("connection from {peer} closed", peer=connection.peer)
+        else:
             self.logger.info("{name!r} left ({peer})", name=name, peer=connection.peer)
             if not self.closing:
                 self.broadcast(messages.left(name, self.timestamps.now()))
@@ -97,7 +99,6 @@ class ChatFactory(WebSocketServerFactory):
         Autobahn drops a peer that does not answer the close within its close
         handshake timeout, so this always finishes.
         """
-        self.closing = True
         if not self.connections:
             return succeed(None)
         done: Deferred[None] = Deferred()

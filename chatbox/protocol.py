@@ -186,6 +186,12 @@ class ChatProtocol(WebSocketServerProtocol):
         content = request["content"]
         if not is_valid_content(content):
             raise Refused(messages.send_refused(name, content, "WrongFormatContent"))
+        if self.factory.closing:
+            raise Refused(
+                messages.send_refused(
+                    name, content, "ErrorWhenSend", "server shutting down"
+                )
+            )
         timestamp = self.factory.timestamps.now()
         self._sends_in_flight += 1
         stored = self.factory.store.append(name, content, timestamp)

@@ -50,6 +50,8 @@ class ChatService(Service):
     async def _stop(self) -> None:
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
+        # From here new sends are refused, so every stored one is acknowledged.
+        self.factory.closing = True
         await self.store.flush()
         await self.factory.close_all()
         await self.store.close()

@@ -179,12 +179,13 @@ class DurableStore:
     def _fold(self, count: int) -> "Deferred[None]":
         entries = self.history.entries
 
-        def fold() -> None:
+        def fold() -> int:
             datafile.write_array(self.path, entries, count)
             datafile.remove_durably(self._old_path)
+            return sum(map(len, entries[:count]))
 
-        def folded(_: object) -> None:
-            self._array_bytes = sum(map(len, entries[:count]))
+        def folded(array_bytes: int) -> None:
+            self._array_bytes = array_bytes
             self.log.info(
                 "folded {count} messages into {path}", count=count, path=self.path
             )

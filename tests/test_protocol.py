@@ -533,3 +533,17 @@ async def test_swapping_names_through_renames_never_lets_two_hold_one(server):
     assert (await an.register("bo"))["status"] is True
     assert (await bo.register("An"))["status"] is True
     assert (await an.get())["data"]["online"] == ["bo", "An"]
+
+
+@ensureDeferred
+async def test_sends_during_shutdown_are_refused_not_silently_dropped(server):
+    an = await server.user("An")
+    server.factory.closing = True  # what ChatService.stopService sets first
+    assert await an.say("too late") == {
+        "type": "send",
+        "username": "An",
+        "content": "too late",
+        "status": False,
+        "reason": "ErrorWhenSend",
+        "error": "server shutting down",
+    }
