@@ -19,6 +19,7 @@ already holds, so a crash between any two steps loses nothing.
 """
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -147,13 +148,27 @@ def _replay_journal(path: str, loaded: Loaded) -> None:
     # acknowledged, because acknowledgement waits for the fsync.
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Loading makes no reference cycles, but a parsed history is millions of
+    live objects that every collection would walk again: 60% of load time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load(path: str) -> Loaded:
     """Read data.json and replay both journals; raises HistoryFileError."""
     loaded = Loaded()
-    _read_array(path, loaded)
     current, old = journal_paths(path)
-    _replay_journal(old, loaded)
-    _replay_journal(current, loaded)
+    with _cyclic_gc_paused():
+        _read_array(path, loaded)
+        _replay_journal(old, loaded)
+        _replay_journal(current, loaded)
     return loaded
 
 
