@@ -82,14 +82,19 @@ def _entry(
     return message_id, codec.encode(entry)
 
 
-def _read_array(path: str, loaded: Loaded) -> None:
+def _read_file(path: str) -> bytes:
+    """The file's bytes; a missing file reads as empty."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except FileNotFoundError:
-        return
+        return b""
     except OSError as e:
         raise HistoryFileError(f"{path}: cannot read: {e.strerror}") from e
+
+
+def _read_array(path: str, loaded: Loaded) -> None:
+    raw = _read_file(path)
     if not raw.strip():
         return  # An empty file is an empty history, as in v2.
     try:
@@ -117,13 +122,7 @@ def _journal_lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def _replay_journal(path: str, loaded: Loaded) -> None:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise HistoryFileError(f"{path}: cannot read: {e.strerror}") from e
+    raw = _read_file(path)
     if raw:
         loaded.needs_fold = True
     bad: str | None = None
