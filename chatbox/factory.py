@@ -5,7 +5,10 @@ Events are encoded and framed once (`prepareMessage`) and the same frame is
 written to every recipient.
 """
 
+from collections import Counter
+
 from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -13,6 +16,7 @@ from twisted.logger import Logger
 from chatbox import __version__, codec, messages
 from chatbox.arns import Registry
 from chatbox.clock import Timestamps
+from chatbox.limits import Limits, origin_allowed
 from chatbox.protocol import ChatProtocol
 from chatbox.store import DurableStore
 
@@ -30,13 +34,16 @@ class ChatFactory(WebSocketServerFactory):
         store: DurableStore,
         reactor: IReactorTime,
         history_cap: int = 10_000,
+        limits: Limits | None = None,
     ) -> None:
         super().__init__(server=f"chatbox/{__version__}", reactor=reactor)
         self.store = store
         self.history_cap = history_cap
         self.timestamps = Timestamps(reactor.seconds)
+        self.limits = limits or Limits()
         self.registry = Registry()
         self.connections: set[ChatProtocol] = set()
+        self._per_address: Counter[str] = Counter()
         self._all_closed: list[Deferred[None]] = []
         self.closing = False
 
@@ -45,8 +52,35 @@ class ChatFactory(WebSocketServerFactory):
     def connection_made(self, connection: ChatProtocol) -> None:
         self.connections.add(connection)
 
+    def admit(self, connection: ChatProtocol, address: str, origin: str | None) -> None:
+        """Let a handshake through, or refuse it with an HTTP status."""
+        limits = self.limits
+        refusal = None
+        if not origin_allowed(origin, limits.allowed_origins):
+            refusal = ConnectionDeny(403, "origin not allowed")
+        elif limits.max_connections and len(self.connections) > limits.max_connections:
+            refusal = ConnectionDeny(503, "server full, try again later")
+        elif (
+            limits.max_connections_per_address
+            and self._per_address[address] >= limits.max_connections_per_address
+        ):
+            refusal = ConnectionDeny(429, "too many connections from your address")
+        if refusal is not None:
+            self.logger.info(
+                "refused connection from {address} (origin {origin}): {reason}",
+                address=address,
+                origin=origin,
+                reason=refusal.reason,
+            )
+            raise refusal
+        self._per_address[address] += 1
+
     def connection_lost(self, connection: ChatProtocol) -> None:
         self.connections.discard(connection)
+        if connection.address is not None:
+            self._per_address[connection.address] -= 1
+            if not self._per_address[connection.address]:
+                del self._per_address[connection.address]
         name = self.registry.release(connection)
         if name is None:
             self.logger.info("connection from {peer} closed", peer=connection.peer)

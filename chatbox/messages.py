@@ -22,6 +22,7 @@ __all__ = [
     "not_enough_key",
     "ping",
     "posted",
+    "rate_limited",
     "register_ok",
     "register_refused",
     "renamed",
@@ -189,6 +190,16 @@ def wrong_argument(request_type: str, field: str) -> Message:
         "status": False,
         "reason": "WrongFormatArgument",
         "field": field,
+    }
+
+
+def rate_limited(request_type: str | None, retry_after: float) -> Message:
+    """ext: the connection sent faster than allowed; nothing was applied."""
+    return {
+        "type": request_type,
+        "status": False,
+        "reason": "RateLimited",
+        "retry_after": retry_after,
     }
 
 

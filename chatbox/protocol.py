@@ -16,13 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatbox import codec, messages
 from chatbox.arns import NameTaken, is_valid_name
+from chatbox.backpressure import PendingOutput
 from chatbox.content import is_valid_content
+from chatbox.limits import TokenBucket, client_address
 from chatbox.messages import Refused
 from chatbox.store import StoreError
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["ChatProtocol"]
 
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_TRY_AGAIN_LATER = 1013
 _INTERNAL_ERROR = "internal error"
 
 
@@ -52,12 +56,48 @@ class ChatProtocol(WebSocketServerProtocol):
         super().__init__()
         self._sends_in_flight = 0
         self._send_waiters: list[Deferred[None]] = []
+        self.address: str | None = None  # set once the handshake is admitted
+        self._cut_off = False
 
     # -- connection life --
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        limits = self.factory.limits
+        self._requests = TokenBucket(
+            limits.rate, limits.burst, self.factory.reactor.seconds()
+        )
+        self._output = PendingOutput(limits.max_pending_output, self.transport)
+        self.registerProducer(self._output, True)
         self.factory.connection_made(self)
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """Admit or refuse the handshake (origin, connection limits)."""
+        peer = self.transport.getPeer()
+        self.address = None
+        address = client_address(
+            getattr(peer, "host", str(peer)),
+            request.headers.get("x-forwarded-for"),
+            self.factory.limits.trusted_proxies,
+        )
+        self.factory.admit(self, address, request.headers.get("origin"))
+        self.address = address
+
+    def sendData(
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        if not self._cut_off and self._output.over_limit(len(data)):
+            # Whole frames are dropped, so the stream stays valid up to the
+            # close frame; Autobahn's close handshake timeout then drops TCP.
+            self._cut_off = True
+            self.logger.info(
+                "cutting off {peer}: stopped reading, {unsent} bytes unread",
+                peer=self.peer,
+                unsent=self._output.unsent,
+            )
+            self.close_with(CLOSE_TRY_AGAIN_LATER, "too slow: stopped reading")
+            return
+        super().sendData(data, sync, chopsize)
 
     def connectionLost(self, reason: Failure) -> None:
         try:
@@ -94,17 +134,20 @@ class ChatProtocol(WebSocketServerProtocol):
             self.logger.info("refused a binary frame from {peer}", peer=self.peer)
             self.close_with(CLOSE_UNSUPPORTED_DATA, "text frames only")
             return
-        kind: object = None
-        request: dict[str, Any] = {}
         try:
-            try:
-                request = codec.decode(payload)  # type: ignore[assignment]
-            except codec.DecodeError:
-                raise Refused(messages.wrong_format_json()) from None
-            if not isinstance(request, dict):
-                request = {}
+            decoded = codec.decode(payload)
+        except codec.DecodeError:
+            decoded = None
+        request: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
+        kind = request.get("type")
+        try:
+            wait = self._requests.take(self.factory.reactor.seconds())
+            if wait:
+                raise Refused(
+                    messages.rate_limited(kind if isinstance(kind, str) else None, wait)
+                )
+            if not isinstance(decoded, dict):
                 raise Refused(messages.wrong_format_json())
-            kind = request.get("type")
             handler = self._handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise Refused(messages.unknown_type())

@@ -13,6 +13,7 @@ from twisted.python import usage
 from chatbox import datafile
 from chatbox.endpoints import EndpointError, server_endpoint
 from chatbox.factory import ChatFactory
+from chatbox.limits import Limits
 from chatbox.service import ChatService, ListenerService
 from chatbox.store import DEFAULT_FOLD_THRESHOLD, DurableStore
 
@@ -23,6 +24,13 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise ValueError("must be at least 1")
+    return number
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
     return number
 
 
@@ -109,6 +117,70 @@ class Options(usage.Options):
             "the history file's own size, so the cost per message stays flat).",
             _positive_int,
         ],
+        [
+            "rate",
+            None,
+            5.0,
+            "Requests per second one connection may keep up; faster ones get "
+            "RateLimited with retry_after. 0 turns rate limiting off.",
+            _seconds,
+        ],
+        [
+            "burst",
+            None,
+            20,
+            "Requests one connection may send at once before --rate applies.",
+            _positive_int,
+        ],
+        [
+            "max-connections",
+            None,
+            10_000,
+            "Open connections in total; more are refused with HTTP 503. "
+            "0 means no limit.",
+            _count,
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            200,
+            "Open connections from one client address; more are refused with "
+            "HTTP 429. 0 means no limit. (A class behind one NAT shares one.)",
+            _count,
+        ],
+        [
+            "allowed-origins",
+            None,
+            "",
+            "Comma-separated Origin patterns whose pages may connect, such as "
+            "https://chat.example.org,https://*.example.org. Others are refused "
+            "with HTTP 403. Empty (the default, as v2) allows any; clients that "
+            "send no Origin (programs, not browsers) are always let in.",
+        ],
+        [
+            "trusted-proxies",
+            None,
+            0,
+            "Reverse proxies in front of chatbox whose X-Forwarded-For header "
+            "names the client address (for --max-connections-per-ip and logs). "
+            "Leave 0 unless a proxy really is there: the header is easy to forge.",
+            _count,
+        ],
+        [
+            "max-pending-output",
+            None,
+            4 * 1024 * 1024,
+            "Bytes a client may leave unread before it is disconnected "
+            "(close code 1013) as too slow. 0 means no limit.",
+            _count,
+        ],
+        [
+            "handshake-timeout",
+            None,
+            5.0,
+            "Seconds a new connection has to complete the WebSocket handshake.",
+            _seconds,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -131,16 +203,36 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     except OSError as e:
         raise SystemExit(f"chatbox: cannot start: {e.filename}: {e.strerror}") from None
 
-    factory = ChatFactory(store, reactor, history_cap=config["history-cap"])
+    limits = Limits(
+        rate=config["rate"],
+        burst=config["burst"],
+        max_connections=config["max-connections"],
+        max_connections_per_address=config["max-connections-per-ip"],
+        allowed_origins=tuple(
+            origin.strip()
+            for origin in config["allowed-origins"].split(",")
+            if origin.strip()
+        ),
+        trusted_proxies=config["trusted-proxies"],
+        max_pending_output=config["max-pending-output"],
+    )
+    factory = ChatFactory(
+        store, reactor, history_cap=config["history-cap"], limits=limits
+    )
     factory.noisy = False
     factory.setProtocolOptions(
         maxFramePayloadSize=config["max-message-size"],
         maxMessagePayloadSize=config["max-message-size"],
         autoPingInterval=config["ws-ping-interval"],
         autoPingTimeout=config["ws-ping-timeout"],
+        openHandshakeTimeout=config["handshake-timeout"],
         # Refuse bad frames with a close frame carrying the RFC code (1007,
         # 1009) instead of silently dropping TCP, so clients can tell why.
         failByDrop=False,
+        # setProtocolOptions resets this to False whenever it is called, which
+        # would refuse pages opened from a file (Origin: null), as the classic
+        # client often is. chatbox's own --allowed-origins check decides.
+        allowNullOrigin=True,
     )
 
     top = MultiService()

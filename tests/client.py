@@ -13,7 +13,13 @@ from urllib.parse import urlparse
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue, TimeoutError
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.internet.protocol import Protocol
 
 TIMEOUT = 10
 
@@ -122,3 +128,38 @@ async def connect(
     for key, value in protocol_fields.items():
         setattr(protocol, key, value)
     return await protocol.opened.addTimeout(TIMEOUT, reactor)
+
+
+class _RawHTTP(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.done: Deferred = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if b"\r\n\r\n" in self.received and not self.done.called:
+            self.done.callback(self.received)
+
+    def connectionLost(self, reason=None) -> None:
+        if not self.done.called:
+            self.done.callback(self.received)
+
+
+async def handshake_status(port: int, **headers: str) -> int:
+    """The HTTP status a bare WebSocket handshake to 127.0.0.1:`port` gets."""
+    lines = [
+        "GET / HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
+    ]
+    protocol = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port), _RawHTTP()
+    )
+    protocol.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    response = await protocol.done.addTimeout(TIMEOUT, reactor)
+    protocol.transport.loseConnection()
+    return int(response.split(b" ", 2)[1])

@@ -56,6 +56,9 @@ def options(data: Path, *args: str) -> tap.Options:
             "--port=tcp:0:interface=127.0.0.1",
             f"--data={data}",
             "--json-ping=0",
+            # Tests pipeline bursts of requests; tests/test_limits.py starts
+            # servers with the limits it exercises.
+            "--rate=0",
             *args,
         ]
     )
