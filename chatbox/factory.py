@@ -140,3 +140,8 @@ class ChatFactory(WebSocketServerFactory):
         for connection in list(self.connections):
             connection.close_with(CLOSE_GOING_AWAY, reason)
         return done
+
+    def abort_all(self) -> None:
+        """Drop whatever is still connected, without waiting for anyone."""
+        for connection in list(self.connections):
+            connection.transport.abortConnection()

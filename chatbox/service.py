@@ -8,7 +8,7 @@ twistd exits only when it has finished.
 """
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorCore,
@@ -28,11 +28,16 @@ class ChatService(Service):
     log = Logger()
 
     def __init__(
-        self, factory: ChatFactory, store: DurableStore, ping_interval: float
+        self,
+        factory: ChatFactory,
+        store: DurableStore,
+        ping_interval: float,
+        shutdown_timeout: float = 10.0,
     ) -> None:
         self.factory = factory
         self.store = store
         self.ping_interval = ping_interval
+        self.shutdown_timeout = shutdown_timeout
         self._pinger: LoopingCall | None = None
 
     def startService(self) -> None:
@@ -48,18 +53,32 @@ class ChatService(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        reactor = self.factory.reactor
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         # From here new sends are refused, so every stored one is acknowledged.
         self.factory.closing = True
         await self.store.flush()
-        await self.factory.close_all()
-        await self.store.close()
+        try:
+            await self.factory.close_all().addTimeout(self.shutdown_timeout, reactor)
+        except TimeoutError:
+            # Acknowledged messages are durable already; nothing is lost.
+            self.log.warn(
+                "{count} client(s) did not close in time; dropping them",
+                count=len(self.factory.connections),
+            )
+            self.factory.abort_all()
+        complete = await self.store.close()
         self.log.info(
             "history saved: {count} messages in {path}",
             count=len(self.store.history),
             path=self.store.path,
         )
+        # twistd re-raises the SIGTERM/SIGINT it stopped on, so the exit status
+        # would say "killed". A clean shutdown exits 0; an unclean one keeps
+        # the signal, so supervisors see it.
+        if complete and getattr(reactor, "_exitSignal", None) is not None:
+            reactor._exitSignal = None
 
 
 class ListenerService(Service):

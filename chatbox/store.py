@@ -30,6 +30,7 @@ from chatbox.history import History
 __all__ = ["DurableStore", "StoreError"]
 
 DEFAULT_FOLD_THRESHOLD = 16 * 1024 * 1024
+FOLD_RETRY_SECONDS = 10.0
 
 
 class StoreError(Exception):
@@ -64,6 +65,9 @@ class DurableStore:
         self._queue: list[tuple[int, bytes, Deferred[int]]] = []
         self._writing = False
         self._folding: Deferred[None] | None = None
+        # A retired journal is on disk, not yet folded into data.json.
+        self._retired_pending = False
+        self._retry_at = 0.0
         self._idle_waiters: list[Deferred[None]] = []
         self.healthy = True
 
@@ -113,46 +117,75 @@ class DurableStore:
             self._notify_idle()
             return
         batch, self._queue = self._queue, []
+        if self._journal is None:  # Closed: nothing may be acknowledged now.
+            for _, _, done in batch:
+                done.errback(StoreError("server shutting down"))
+            return
         self._writing = True
         data = b"".join(entry + b"\n" for _, entry, _ in batch)
-        assert self._journal is not None
         written = self._in_thread(self._journal.append, data)
         written.addBoth(self._batch_done, batch)
 
     def _batch_done(
         self, result: object, batch: list[tuple[int, bytes, Deferred[int]]]
     ) -> None:
+        """Settle the store's own state first and acknowledge last: an ack's
+        callback may do anything, even close the store, and must find it
+        consistent."""
         self._writing = False
+        swapping = False
         if isinstance(result, Failure):
             self.healthy = False
-            self.log.failure(
-                "could not write {count} message(s) to {path}",
+            self._log_failure(
                 result,
+                "could not write {count} message(s) to {path}",
                 count=len(batch),
                 path=self._journal_path,
             )
-            error = StoreError(_short(result))
-            for _, _, done in batch:
-                done.errback(error)
         else:
             if not self.healthy:
                 self.log.info("writing to {path} works again", path=self._journal_path)
             self.healthy = True
             for message_id, entry, _ in batch:
                 self.history.append(message_id, entry)
+            swapping = self._maybe_fold()
+        if isinstance(result, Failure):
+            error = StoreError(_short(result))
+            for _, _, done in batch:
+                done.errback(error)
+        else:
             for message_id, _, done in batch:
                 done.callback(message_id)
-            if self._should_fold():
-                self._retire_journal()
-                return
-        self._write_next()
+        if not swapping:  # A swap resumes writing when it is done.
+            self._write_next()
 
-    # -- folding the journal into data.json ----------------------------------------
+    def _log_failure(self, failure: Failure, message: str, **fields: object) -> None:
+        """Disk trouble is one line in the system's words; anything else is
+        a bug and gets its traceback."""
+        if isinstance(failure.value, OSError):
+            self.log.error(message + ": {error}", error=_short(failure), **fields)
+        else:
+            self.log.failure(message, failure, **fields)
 
-    def _should_fold(self) -> bool:
-        assert self._journal is not None
-        threshold = max(self._fold_threshold, self._array_bytes)
-        return self._folding is None and self._journal.size > threshold
+    # -- folding the journal into data.json --
+
+    def _maybe_fold(self) -> bool:
+        """Start folding if it is due; True if the writer must wait for a swap.
+
+        A retired journal that could not be folded yet (disk full) is folded
+        before another is retired, so it is never renamed over.
+        """
+        if self._journal is None or self._folding is not None:
+            return False
+        if self._reactor.seconds() < self._retry_at:
+            return False
+        if self._retired_pending:
+            self._folding = self._fold(len(self.history))
+            return False
+        if self._journal.size > max(self._fold_threshold, self._array_bytes):
+            self._retire_journal()
+            return True
+        return False
 
     def _retire_journal(self) -> None:
         """Between two batches: swap in a fresh journal, then fold the old one."""
@@ -162,11 +195,13 @@ class DurableStore:
         retired = self._in_thread(self._journal.retire, self._old_path)
 
         def retired_ok(_: object) -> None:
+            self._retired_pending = True
             self._folding = self._fold(count)
 
         def retire_failed(failure: Failure) -> None:
-            self.log.failure(
-                "could not retire the journal {path}", failure, path=self._journal_path
+            self._retry_at = self._reactor.seconds() + FOLD_RETRY_SECONDS
+            self._log_failure(
+                failure, "could not swap the journal {path}", path=self._journal_path
             )
 
         retired.addCallbacks(retired_ok, retire_failed)
@@ -177,6 +212,8 @@ class DurableStore:
         self._write_next()
 
     def _fold(self, count: int) -> "Deferred[None]":
+        """Rewrite data.json with the first `count` messages, which include
+        every message of the retired journal."""
         entries = self.history.entries
 
         def fold() -> int:
@@ -186,14 +223,16 @@ class DurableStore:
 
         def folded(array_bytes: int) -> None:
             self._array_bytes = array_bytes
+            self._retired_pending = False
             self.log.info(
                 "folded {count} messages into {path}", count=count, path=self.path
             )
 
         def failed(failure: Failure) -> None:
-            # The retired journal stays; start-up or the next fold retries.
-            self.log.failure(
-                "could not fold the journal into {path}", failure, path=self.path
+            # The retired journal stays on disk and is folded on a later try.
+            self._retry_at = self._reactor.seconds() + FOLD_RETRY_SECONDS
+            self._log_failure(
+                failure, "could not fold the journal into {path}", path=self.path
             )
 
         def finished(_: object) -> None:
@@ -222,13 +261,18 @@ class DurableStore:
         self._idle_waiters.append(waiter)
         return waiter
 
-    async def close(self) -> None:
-        """Flush, fold everything into data.json, and release the threads."""
+    async def close(self) -> bool:
+        """Flush, fold everything into data.json, and release the threads.
+
+        True when data.json now holds the whole history; False when the fold
+        failed (the journal keeps everything and start-up folds it).
+        """
         await self.flush()
-        journal = self._journal
+        journal, self._journal = self._journal, None
+        complete = True
         if journal is not None:
             count = len(self.history)
-            needs_fold = journal.size > 0 or os.path.exists(self._old_path)
+            needs_fold = journal.size > 0 or self._retired_pending
 
             def final_fold() -> None:
                 try:
@@ -242,12 +286,12 @@ class DurableStore:
             try:
                 await self._in_thread(final_fold)
             except OSError as e:
-                # The journal keeps everything; the next start-up folds it.
+                complete = False
                 self.log.error(
                     "could not fold history into {path}: {error}; "
                     "the journal keeps it for the next start",
                     path=self.path,
                     error=e.strerror,
                 )
-            self._journal = None
         self._pool.stop()
+        return complete

@@ -175,6 +175,14 @@ class Options(usage.Options):
             _count,
         ],
         [
+            "shutdown-timeout",
+            None,
+            10.0,
+            "Seconds SIGTERM/SIGINT waits for clients to close before dropping "
+            "them; pending messages are acknowledged and saved first either way.",
+            _seconds,
+        ],
+        [
             "handshake-timeout",
             None,
             5.0,
@@ -236,7 +244,9 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     )
 
     top = MultiService()
-    ChatService(factory, store, config["json-ping"]).setServiceParent(top)
+    ChatService(
+        factory, store, config["json-ping"], config["shutdown-timeout"]
+    ).setServiceParent(top)
     listener = ListenerService(endpoint, factory, scheme, reactor)
     listener.setName("listener")
     listener.setServiceParent(top)

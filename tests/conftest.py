@@ -1,5 +1,6 @@
 """Fixtures: the real chatbox service, listening on port 0 in the test reactor."""
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import globalLogPublisher
 
 from chatbox import tap
 from chatbox.factory import ChatFactory
@@ -71,6 +73,23 @@ async def start_server(data: Path, *args: str, scheme: str = "ws") -> RunningSer
     listener = service.getServiceNamed("listener")
     await listener.listening
     return RunningServer(service, listener, data, scheme)
+
+
+@pytest.fixture(autouse=True)
+def no_logged_failures():
+    """Fail any test during which something logged a failure: an unhandled
+    error in a Deferred, or a fault chatbox caught but did not expect."""
+    failures: list[str] = []
+
+    def observe(event: dict) -> None:
+        if "log_failure" in event:
+            failures.append(event["log_failure"].getTraceback())
+
+    globalLogPublisher.addObserver(observe)
+    yield failures
+    gc.collect()  # Unhandled errors in Deferreds are logged when collected.
+    globalLogPublisher.removeObserver(observe)
+    assert not failures, "logged failures:\n" + "\n".join(failures)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ and so is the recovery from whatever the disk held at that instant.
 import json
 import signal
 
+import pytest
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
@@ -116,7 +117,8 @@ async def test_corrupt_history_refuses_to_start_and_names_the_file(tmp_path):
     data = tmp_path / "data.json"
     data.write_text('[{"name": "An", "content": "x", "timestamp": "t"}\n{"oops"}]')
     process = spawn(tmp_path)
-    await process.ended.addTimeout(30, reactor)
+    with pytest.raises(RuntimeError, match="chatbox exited"):
+        await process.started
     assert process.exit_code != 0
     output = process.output.decode()
     assert "chatbox: cannot start:" in output and "data.json: not valid JSON" in output
@@ -132,9 +134,9 @@ async def test_corrupt_history_refuses_to_start_and_names_the_file(tmp_path):
 async def test_history_that_is_not_an_array_refuses_to_start(tmp_path):
     (tmp_path / "data.json").write_text('{"name": "An"}')
     process = spawn(tmp_path)
-    await process.ended.addTimeout(30, reactor)
+    with pytest.raises(RuntimeError, match="expected a JSON array of messages"):
+        await process.started
     assert process.exit_code != 0
-    assert b"expected a JSON array of messages" in process.output
 
 
 @ensureDeferred

@@ -136,3 +136,45 @@ async def test_a_failed_write_is_refused_and_the_next_one_succeeds(store):
     assert await store.append("An", "kept", "t") == 2
     assert store.healthy
     assert [json.loads(e)["content"] for e in store.history.entries] == ["kept"]
+
+
+@ensureDeferred
+async def test_a_failed_fold_keeps_the_retired_journal_until_a_retry_folds_it(
+    tmp_path, monkeypatch
+):
+    import errno
+    import os
+
+    path = str(tmp_path / "data.json")
+    old = tmp_path / "data.json.journal.old"
+    real_write_array = datafile.write_array
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    store = DurableStore(path, reactor, fold_threshold=500)
+    store.load()
+    store.start()
+    try:
+        monkeypatch.setattr(datafile, "write_array", disk_full)
+        for i in range(20):  # enough to pass the threshold and retire
+            await store.append("An", f"early {i}", "t")
+        await store.flush()
+        assert old.exists()
+        retired = old.read_bytes()
+        for i in range(40):  # the journal outgrows the threshold again
+            await store.append("An", f"late {i}", "t")
+        await store.flush()
+        assert old.read_bytes() == retired  # never renamed over
+        assert store.healthy  # acknowledged writes kept working throughout
+
+        monkeypatch.setattr(datafile, "write_array", real_write_array)
+        store._retry_at = 0  # the retry is due
+        await store.append("An", "after the disk has room", "t")
+        await store.flush()
+        assert not old.exists()
+        saved = json.loads((tmp_path / "data.json").read_text())
+        assert [m["content"] for m in saved][:20] == [f"early {i}" for i in range(20)]
+    finally:
+        await store.close()
+    assert len(reopen(path).history) == 61
