@@ -48,10 +48,8 @@ class ServerProcess(ProcessProtocol):
 
     @property
     def stopped_cleanly(self) -> bool:
-        """Finished its shutdown: twistd exits 0, or re-raises the SIGTERM or
-        SIGINT it was stopped with once shutdown is complete."""
-        ended_ok = self.exit_code == 0 or self.signal in (signal.SIGTERM, signal.SIGINT)
-        return ended_ok and b"history saved" in self.output
+        """Finished its whole shutdown and said so with exit status 0."""
+        return self.exit_code == 0 and b"history saved" in self.output
 
     def kill(self, signum: int = signal.SIGKILL) -> Deferred:
         if not self.ended.called:

@@ -96,8 +96,7 @@ async def test_sigterm_acknowledges_pending_sends_then_closes_with_1001(tmp_path
         client.send_json({"type": "send", "content": f"m{i}"})
     await deferLater(reactor, 0.05)
     ended = server.kill(signal.SIGTERM)
-    code, _ = await client.wait_closed()
-    assert code == 1001
+    assert await client.close_code_from_server() == 1001
     acked = [
         r
         for r in [

@@ -1,0 +1,174 @@
+"""Faults a public server meets: signals, slow shutdowns, full disks, bad files.
+
+The server runs under the real twistd as a child process, so signals, exit
+statuses and the file system are the real ones.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+from pytest_twisted import ensureDeferred
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from tests.client import connect
+from tests.process import spawn, start
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@ensureDeferred
+async def test_a_stop_signal_closes_everyone_with_1001_saves_and_exits_0(
+    tmp_path, signum
+):
+    server = await start(tmp_path)
+    an = await connect(server.url)
+    lurker = await connect(server.url)
+    await an.register("An")
+    acked = [await an.say(f"m{i}") for i in range(5)]
+    started = reactor.seconds()
+    ended = server.kill(signum)
+    assert await an.close_code_from_server() == 1001
+    assert await lurker.close_code_from_server() == 1001
+    await ended
+    assert server.exit_code == 0, server.output.decode()
+    assert reactor.seconds() - started < 5
+    saved = json.loads((tmp_path / "data.json").read_text())
+    assert [m["id"] for m in saved] == [r["id"] for r in acked]
+
+
+@ensureDeferred
+async def test_shutdown_is_bounded_even_with_a_client_that_stopped_reading(tmp_path):
+    server = await start(tmp_path, "--shutdown-timeout=2")
+    sleeper = await connect(server.url)
+    await sleeper.register("Sleeper")
+    sleeper.transport.pauseProducing()
+    started = reactor.seconds()
+    await server.kill(signal.SIGTERM)
+    assert reactor.seconds() - started < 6
+    assert server.exit_code == 0, server.output.decode()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (
+            '[{"name": "An", "content": "x", "timestamp": "t"}\n{"oops"}]',
+            "not valid JSON",
+        ),
+        ('{"name": "An"}', "expected a JSON array of messages, found dict"),
+        ('[{"name": "An", "content": 42, "timestamp": "t"}]', "message #1: 'content'"),
+        ('[{"name": "An", "content": "x"}]', "message #1: 'timestamp' is missing"),
+    ],
+)
+@ensureDeferred
+async def test_a_bad_history_file_stops_start_up_with_one_line(tmp_path, content, says):
+    data = tmp_path / "data.json"
+    data.write_text(content)
+    process = spawn(tmp_path)
+    with pytest.raises(RuntimeError):
+        await process.started
+    assert process.exit_code != 0
+    lines = [line for line in process.output.decode().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert (
+        lines[0].startswith("chatbox: cannot start: data.json: ") and says in lines[0]
+    )
+    assert data.read_text() == content
+
+
+# -- a full disk, for real: a tiny tmpfs --
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk, leave: int) -> None:
+    """Fill the disk but for about `leave` bytes."""
+    free = shutil.disk_usage(disk).free
+    with open(disk / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+
+
+@ensureDeferred
+async def test_a_full_disk_refuses_sends_then_recovers_losing_nothing(tiny_disk):
+    server = await start(tiny_disk)
+    try:
+        an = await connect(server.url)
+        bo = await connect(server.url)
+        await an.register("An")
+        await bo.register("Bo")
+        acked = [(await an.say(f"before {i}"))["id"] for i in range(20)]
+
+        fill(tiny_disk, leave=0)
+        # tmpfs hands out whole pages, so the journal's last page may still
+        # take a message or two: send until the disk says no.
+        refusals = []
+        for i in range(200):
+            reply = await an.say(f"while full {i} " + "x" * 3900)
+            if reply["status"]:
+                acked.append(reply["id"])
+            else:
+                refusals.append(reply)
+                break
+        assert refusals, "the disk never filled up"
+        assert refusals[0]["reason"] == "ErrorWhenSend"
+        assert refusals[0]["error"] == "No space left on device"  # no path, no trace
+        assert (await bo.get())["status"] is True  # the server is up
+
+        os.unlink(tiny_disk / "filler")
+        for i in range(20):
+            reply = await an.say(f"after {i}")
+            assert reply["status"] is True, reply
+            acked.append(reply["id"])
+    finally:
+        await server.kill(signal.SIGKILL)
+
+    again = await start(tiny_disk)
+    try:
+        reader = await connect(again.url)
+        await reader.register("Reader")
+        history = (await reader.get())["data"]["message"]
+        assert [m["id"] for m in history] == acked  # all acked, nothing refused
+    finally:
+        await again.kill(signal.SIGTERM)
+    assert again.exit_code == 0
+    saved = json.loads((tiny_disk / "data.json").read_text())
+    assert [m["id"] for m in saved] == acked
+
+
+@ensureDeferred
+async def test_a_disk_that_fills_at_shutdown_keeps_everything_for_the_next_start(
+    tiny_disk,
+):
+    server = await start(tiny_disk)
+    an = await connect(server.url)
+    await an.register("An")
+    acked = [(await an.say(f"m{i} " + "y" * 800))["id"] for i in range(100)]
+    fill(tiny_disk, leave=0)  # the final fold cannot write data.json.tmp
+    await server.kill(signal.SIGTERM)
+    assert server.exit_code != 0  # not a clean save: say so
+    assert b"the journal keeps it for the next start" in server.output
+    os.unlink(tiny_disk / "filler")
+    await deferLater(reactor, 0)
+    again = await start(tiny_disk)
+    await again.kill(signal.SIGTERM)
+    saved = json.loads((tiny_disk / "data.json").read_text())
+    assert [m["id"] for m in saved] == acked
