@@ -5,25 +5,27 @@ and so is the recovery from whatever the disk held at that instant.
 """
 
 import json
+import os
 import signal
+import time
 
 import pytest
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from tests.client import connect
 from tests.process import spawn, start
+from tests.rawclient import RawClient
 
 SENDERS = 6
 IN_FLIGHT = 8
 
 
-async def chatter(url, index, acked, stop):
+async def chatter(client, index, acked, stop):
     """Send numbered messages with IN_FLIGHT outstanding until told to stop."""
-    client = await connect(url)
-    assert (await client.register(f"sender{index}"))["status"] is True
     sent = 0
 
     def send():
@@ -49,11 +51,15 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path):
     server = await start(tmp_path)
     acked: list[tuple[int, str]] = []
     stop: list[bool] = []
+    clients = [await connect(server.url) for _ in range(SENDERS)]
+    for i, client in enumerate(clients):
+        assert (await client.register(f"sender{i}"))["status"] is True
     chatters = DeferredList(
         [
-            Deferred.fromCoroutine(chatter(server.url, i, acked, stop))
-            for i in range(SENDERS)
-        ]
+            Deferred.fromCoroutine(chatter(client, i, acked, stop))
+            for i, client in enumerate(clients)
+        ],
+        consumeErrors=True,
     )
     while len(acked) < 600:
         await deferLater(reactor, 0.01)
@@ -90,25 +96,32 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path):
 @ensureDeferred
 async def test_sigterm_acknowledges_pending_sends_then_closes_with_1001(tmp_path):
     server = await start(tmp_path)
-    client = await connect(server.url)
-    await client.register("An")
-    for i in range(50):
-        client.send_json({"type": "send", "content": f"m{i}"})
-    await deferLater(reactor, 0.05)
-    ended = server.kill(signal.SIGTERM)
-    assert await client.close_code_from_server() == 1001
-    acked = [
-        r
-        for r in [
-            client.replies.pending.pop(0) for _ in range(len(client.replies.pending))
-        ]
-        if r.get("status")
-    ]
-    await ended
+    port = int(server.url.rsplit(":", 1)[1])
+
+    def session() -> tuple[list[dict], int | None]:
+        client = RawClient(port)
+        assert client.request({"type": "name", "name": "An"})["status"] is True
+        for i in range(50):
+            client.send(json.dumps({"type": "send", "content": f"m{i}"}).encode())
+        time.sleep(0.05)
+        os.kill(server.transport.pid, signal.SIGTERM)
+        replies = []
+        while True:
+            opcode, payload = client.frame()
+            if opcode == 8:
+                return replies, int.from_bytes(payload[:2], "big")
+            replies.append(json.loads(payload))
+
+    replies, code = await deferToThread(session)
+    assert code == 1001
+    await server.ended.addTimeout(10, reactor)
     assert server.stopped_cleanly, server.output.decode()
+    acked = [r["content"] for r in replies if r.get("status") is True]
+    refused = [r for r in replies if r.get("status") is False]
+    assert all(r["error"] == "server shutting down" for r in refused)
     saved = [m["content"] for m in json.loads((tmp_path / "data.json").read_text())]
-    assert {r["content"] for r in acked} <= set(saved)
-    assert saved == [f"m{i}" for i in range(len(saved))]
+    # Everything acknowledged is saved, in order, and nothing else is.
+    assert saved == acked == [f"m{i}" for i in range(len(acked))]
 
 
 @ensureDeferred

@@ -14,9 +14,11 @@ import pytest
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from tests.client import connect
 from tests.process import spawn, start
+from tests.rawclient import RawClient
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -25,19 +27,23 @@ async def test_a_stop_signal_closes_everyone_with_1001_saves_and_exits_0(
     tmp_path, signum
 ):
     server = await start(tmp_path)
-    an = await connect(server.url)
-    lurker = await connect(server.url)
-    await an.register("An")
-    acked = [await an.say(f"m{i}") for i in range(5)]
+    port = int(server.url.rsplit(":", 1)[1])
+
+    def session() -> tuple[list[int], int | None, int | None]:
+        an, lurker = RawClient(port), RawClient(port)
+        assert an.request({"type": "name", "name": "An"})["status"] is True
+        ids = [an.request({"type": "send", "content": f"m{i}"})["id"] for i in range(5)]
+        os.kill(server.transport.pid, signum)
+        return ids, an.close_code(), lurker.close_code()
+
     started = reactor.seconds()
-    ended = server.kill(signum)
-    assert await an.close_code_from_server() == 1001
-    assert await lurker.close_code_from_server() == 1001
-    await ended
+    acked, an_code, lurker_code = await deferToThread(session)
+    assert (an_code, lurker_code) == (1001, 1001)
+    await server.ended.addTimeout(10, reactor)
     assert server.exit_code == 0, server.output.decode()
     assert reactor.seconds() - started < 5
     saved = json.loads((tmp_path / "data.json").read_text())
-    assert [m["id"] for m in saved] == [r["id"] for r in acked]
+    assert [m["id"] for m in saved] == acked
 
 
 @ensureDeferred
