@@ -74,7 +74,6 @@ class ChatProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> None:
         """Admit or refuse the handshake (origin, connection limits)."""
         peer = self.transport.getPeer()
-        self.address = None
         address = client_address(
             getattr(peer, "host", str(peer)),
             request.headers.get("x-forwarded-for"),
@@ -106,7 +105,9 @@ class ChatProtocol(WebSocketServerProtocol):
             self.factory.connection_lost(self)
 
     def onOpen(self) -> None:
-        self.logger.info("connection from {peer}", peer=self.peer)
+        self.logger.info(
+            "connection from {address} ({peer})", address=self.address, peer=self.peer
+        )
 
     @property
     def can_send(self) -> bool:

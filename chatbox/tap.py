@@ -4,10 +4,12 @@ makeService takes the reactor as an argument so tests build exactly what
 twistd runs, listening on port 0 in the test's own reactor.
 """
 
+import resource
 import sys
 from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from chatbox import datafile
@@ -18,6 +20,8 @@ from chatbox.service import ChatService, ListenerService
 from chatbox.store import DEFAULT_FOLD_THRESHOLD, DurableStore
 
 __all__ = ["Options", "makeService"]
+
+log = Logger()
 
 
 def _positive_int(value: str) -> int:
@@ -196,6 +200,20 @@ class Options(usage.Options):
             raise usage.UsageError("--tls-cert and --tls-key go together")
 
 
+def raise_open_file_limit() -> tuple[int, int]:
+    """Each connection is a file descriptor, and Debian's default soft limit
+    (1024) would cap chatbox far below --max-connections. The hard limit is
+    the operator's to set; up to it, take what is allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65_536)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            return soft, soft
+    return soft, wanted if soft < wanted else soft
+
+
 def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:
     """Build the chat service; exits with a one-line error if it cannot start."""
     if reactor is None:
@@ -242,6 +260,21 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         # client often is. chatbox's own --allowed-origins check decides.
         allowNullOrigin=True,
     )
+
+    before, after = raise_open_file_limit()
+    if after < config["max-connections"] + 64:
+        log.warn(
+            "open file limit {limit} is below --max-connections {max}; raise it "
+            "(ulimit -n, or LimitNOFILE= under systemd)",
+            limit=after,
+            max=config["max-connections"],
+        )
+    elif after != before:
+        log.info(
+            "open file limit raised from {before} to {after}",
+            before=before,
+            after=after,
+        )
 
     top = MultiService()
     ChatService(

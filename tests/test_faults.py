@@ -178,3 +178,20 @@ async def test_a_disk_that_fills_at_shutdown_keeps_everything_for_the_next_start
     await again.kill(signal.SIGTERM)
     saved = json.loads((tiny_disk / "data.json").read_text())
     assert [m["id"] for m in saved] == acked
+
+
+@ensureDeferred
+async def test_start_up_raises_a_low_open_file_limit(tmp_path):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("the hard open file limit here is too low to show a raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        server = spawn(tmp_path)  # inherits the soft limit of 256
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    await server.started
+    await server.kill(signal.SIGTERM)
+    assert b"open file limit raised from 256 to " in server.output
