@@ -47,3 +47,21 @@ def test_twistd_lists_chatbox_among_its_commands(tmp_path):
         [TWISTD, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert "chatbox" in result.stdout and "classic-chatbox v2" in result.stdout
+
+
+def test_every_option_is_documented_in_the_readme(tmp_path):
+    import re
+    from pathlib import Path
+
+    result = subprocess.run(
+        [TWISTD, "chatbox", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    options = set(re.findall(r"--([a-z][a-z0-9-]+)=", result.stdout))
+    assert len(options) > 15
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    undocumented = {o for o in options if f"`--{o}`" not in readme}
+    assert not undocumented
