@@ -17,6 +17,7 @@ from chatbox import __version__, codec, messages
 from chatbox.arns import Registry
 from chatbox.clock import Timestamps
 from chatbox.limits import Limits, origin_allowed
+from chatbox.metrics import Metrics
 from chatbox.protocol import ChatProtocol
 from chatbox.store import DurableStore
 
@@ -35,6 +36,7 @@ class ChatFactory(WebSocketServerFactory):
         reactor: IReactorTime,
         history_cap: int = 10_000,
         limits: Limits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(server=f"chatbox/{__version__}", reactor=reactor)
         self.store = store
@@ -44,6 +46,12 @@ class ChatFactory(WebSocketServerFactory):
         self.registry = Registry()
         self.connections: set[ChatProtocol] = set()
         self._per_address: Counter[str] = Counter()
+        self.metrics = metrics or Metrics()
+        self.metrics.observe(
+            connections=lambda: len(self.connections),
+            registered=lambda: len(self.registry),
+            messages=lambda: len(self.store.history),
+        )
         self._all_closed: list[Deferred[None]] = []
         self.closing = False
 

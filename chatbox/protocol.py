@@ -68,7 +68,13 @@ class ChatProtocol(WebSocketServerProtocol):
             limits.rate, limits.burst, self.factory.reactor.seconds()
         )
         self._output = PendingOutput(limits.max_pending_output, self.transport)
-        self.registerProducer(self._output, True)
+        try:
+            self.registerProducer(self._output, True)
+        except RuntimeError:
+            # Taken over from twisted.web's HTTPChannel, which registered
+            # itself and will never unregister: the connection is ours now.
+            self.unregisterProducer()
+            self.registerProducer(self._output, True)
         self.factory.connection_made(self)
 
     def onConnect(self, request: ConnectionRequest) -> None:
@@ -89,6 +95,7 @@ class ChatProtocol(WebSocketServerProtocol):
             # Whole frames are dropped, so the stream stays valid up to the
             # close frame; Autobahn's close handshake timeout then drops TCP.
             self._cut_off = True
+            self.factory.metrics.slow_consumers.inc()
             self.logger.info(
                 "cutting off {peer}: stopped reading, {unsent} bytes unread",
                 peer=self.peer,
@@ -96,6 +103,7 @@ class ChatProtocol(WebSocketServerProtocol):
             )
             self.close_with(CLOSE_TRY_AGAIN_LATER, "too slow: stopped reading")
             return
+        self.factory.metrics.bytes_out.inc(len(data))
         super().sendData(data, sync, chopsize)
 
     def connectionLost(self, reason: Failure) -> None:
@@ -123,9 +131,19 @@ class ChatProtocol(WebSocketServerProtocol):
             self.dropConnection(abort=True)
 
     def send(self, message: messages.Message | bytes) -> None:
-        """Send one JSON message to this client, if it is still there."""
+        """Send one reply to this client, if it is still there.
+
+        Every reply passes here, so this is where outcomes are counted; only
+        the `get` reply comes already encoded.
+        """
+        if isinstance(message, bytes):
+            self.factory.metrics.request("get", "ok")
+            payload = message
+        else:
+            outcome = "ok" if message.get("status") else message.get("reason", "?")
+            self.factory.metrics.request(message.get("type"), outcome)
+            payload = codec.encode(message)
         if self.can_send:
-            payload = message if isinstance(message, bytes) else codec.encode(message)
             self.sendMessage(payload)
 
     # -- requests --

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from chatbox.factory import ChatFactory
 from chatbox.store import DurableStore
@@ -89,11 +90,13 @@ class ListenerService(Service):
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
+        site: Site,
         factory: ChatFactory,
         scheme: str,
         reactor: IReactorCore,
     ) -> None:
         self.endpoint = endpoint
+        self.site = site
         self.factory = factory
         self.scheme = scheme
         self.reactor = reactor
@@ -102,7 +105,7 @@ class ListenerService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self.listening = self.endpoint.listen(self.factory)
+        self.listening = self.endpoint.listen(self.site)
         failures: list[Failure] = []
         self.listening.addCallbacks(self._listened, failures.append)
         if failures:  # Failed at once, as TCP does for a busy port: stop twistd.

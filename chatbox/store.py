@@ -15,6 +15,7 @@ complete and v2-readable.
 """
 
 import os
+import time
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -26,6 +27,7 @@ from twisted.python.threadpool import ThreadPool
 
 from chatbox import codec, datafile, messages
 from chatbox.history import History
+from chatbox.metrics import Metrics
 
 __all__ = ["DurableStore", "StoreError"]
 
@@ -52,6 +54,7 @@ class DurableStore:
         path: str,
         reactor: IReactorThreads,
         fold_threshold: int = DEFAULT_FOLD_THRESHOLD,
+        metrics: Metrics | None = None,
     ) -> None:
         self.path = path
         self.history = History()
@@ -70,6 +73,7 @@ class DurableStore:
         self._retry_at = 0.0
         self._idle_waiters: list[Deferred[None]] = []
         self.healthy = True
+        self.metrics = metrics or Metrics()
 
     # -- start-up (blocking: runs before anything listens) ---------------------
 
@@ -122,8 +126,16 @@ class DurableStore:
                 done.errback(StoreError("server shutting down"))
             return
         self._writing = True
+        self.metrics.batch_size.observe(len(batch))
         data = b"".join(entry + b"\n" for _, entry, _ in batch)
-        written = self._in_thread(self._journal.append, data)
+        journal = self._journal
+
+        def timed_append() -> float:
+            started = time.perf_counter()
+            journal.append(data)
+            return time.perf_counter() - started
+
+        written = self._in_thread(timed_append)
         written.addBoth(self._batch_done, batch)
 
     def _batch_done(
@@ -146,6 +158,7 @@ class DurableStore:
             if not self.healthy:
                 self.log.info("writing to {path} works again", path=self._journal_path)
             self.healthy = True
+            self.metrics.fsync_seconds.observe(result)
             for message_id, entry, _ in batch:
                 self.history.append(message_id, entry)
             swapping = self._maybe_fold()

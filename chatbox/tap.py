@@ -16,8 +16,10 @@ from chatbox import datafile
 from chatbox.endpoints import EndpointError, server_endpoint
 from chatbox.factory import ChatFactory
 from chatbox.limits import Limits
+from chatbox.metrics import Metrics
 from chatbox.service import ChatService, ListenerService
 from chatbox.store import DEFAULT_FOLD_THRESHOLD, DurableStore
+from chatbox.web import make_site
 
 __all__ = ["Options", "makeService"]
 
@@ -222,7 +224,8 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         endpoint, scheme = server_endpoint(
             reactor, str(config["port"]), config["tls-cert"], config["tls-key"]
         )
-        store = DurableStore(config["data"], reactor, config["fold-threshold"])
+        metrics = Metrics()
+        store = DurableStore(config["data"], reactor, config["fold-threshold"], metrics)
         store.load()
     except (EndpointError, datafile.HistoryFileError) as e:
         raise SystemExit(f"chatbox: cannot start: {e}") from None
@@ -243,7 +246,11 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         max_pending_output=config["max-pending-output"],
     )
     factory = ChatFactory(
-        store, reactor, history_cap=config["history-cap"], limits=limits
+        store,
+        reactor,
+        history_cap=config["history-cap"],
+        limits=limits,
+        metrics=metrics,
     )
     factory.noisy = False
     factory.setProtocolOptions(
@@ -280,7 +287,13 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     ChatService(
         factory, store, config["json-ping"], config["shutdown-timeout"]
     ).setServiceParent(top)
-    listener = ListenerService(endpoint, factory, scheme, reactor)
+    listener = ListenerService(
+        endpoint,
+        make_site(factory, config["handshake-timeout"]),
+        factory,
+        scheme,
+        reactor,
+    )
     listener.setName("listener")
     listener.setServiceParent(top)
     return top

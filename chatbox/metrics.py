@@ -1,0 +1,74 @@
+"""What chatbox counts for Prometheus, in one place.
+
+Each server has its own registry, so tests can run several servers in one
+process. Gauges that mirror state someone else owns (connections, who is
+registered, history size) read that state when scraped instead of keeping a
+copy that could drift.
+"""
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.connections = Gauge(
+            "chatbox_connections", "Open connections.", registry=self.registry
+        )
+        self.registered = Gauge(
+            "chatbox_registered_users",
+            "Connections holding a nickname.",
+            registry=self.registry,
+        )
+        self.messages_stored = Gauge(
+            "chatbox_messages_stored",
+            "Messages in the history.",
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "chatbox_requests",
+            "Requests by type and outcome (ok, or the refusal reason).",
+            ["type", "outcome"],
+            registry=self.registry,
+        )
+        self.bytes_out = Counter(
+            "chatbox_bytes_out",
+            "Bytes written to WebSocket clients.",
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "chatbox_persistence_batch_messages",
+            "Messages written by one journal write and fsync (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=self.registry,
+        )
+        self.fsync_seconds = Histogram(
+            "chatbox_persistence_write_seconds",
+            "Time to write and fsync one batch to the journal.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.slow_consumers = Counter(
+            "chatbox_slow_consumer_disconnects",
+            "Clients cut off because they stopped reading.",
+            registry=self.registry,
+        )
+
+    def observe(
+        self,
+        connections: Callable[[], float],
+        registered: Callable[[], float],
+        messages: Callable[[], float],
+    ) -> None:
+        """Read these when scraped; their owners keep the truth."""
+        self.connections.set_function(connections)
+        self.registered.set_function(registered)
+        self.messages_stored.set_function(messages)
+
+    def request(self, kind: object, outcome: str) -> None:
+        known = kind if kind in ("name", "send", "get") else "other"
+        self.requests.labels(type=known, outcome=outcome).inc()

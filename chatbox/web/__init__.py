@@ -1,0 +1,90 @@
+"""The HTTP side of the chat port: the page, the socket, health and metrics.
+
+One port serves everything, as v2 users expect `ws://HOST:PORT`:
+
+- any request with `Upgrade: websocket` is the chat socket (docs/PROTOCOL.md);
+- `GET /` is the bundled browser client, `/static/...` its files;
+- `/healthz` says whether the server can do its job (JSON; 503 if not);
+- `/metrics` is Prometheus' text format.
+"""
+
+from importlib import resources
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from prometheus_client.twisted import MetricsResource
+from twisted.web import pages, static
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from chatbox import codec
+from chatbox.factory import ChatFactory
+
+__all__ = ["make_site"]
+
+STATIC = resources.files("chatbox.web") / "static"
+
+
+def _is_websocket(request: Request) -> bool:
+    upgrade = request.getHeader(b"upgrade") or b""
+    return b"websocket" in upgrade.lower()
+
+
+class ChatSocket(WebSocketResource):
+    def render(self, request: Request) -> Any:
+        # twisted.web would time the connection out as an idle HTTP channel
+        # (after 12 hours) even though the WebSocket has taken it over.
+        request.channel.setTimeout(None)
+        return super().render(request)
+
+
+class Health(Resource):
+    isLeaf = True
+
+    def __init__(self, factory: ChatFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def render_GET(self, request: Request) -> bytes:
+        store = self.factory.store
+        healthy = store.healthy
+        request.setResponseCode(200 if healthy else 503)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return codec.encode(
+            {
+                "status": "up" if healthy else "failing",
+                "connections": len(self.factory.connections),
+                "registered": len(self.factory.registry),
+                "history": len(store.history),
+                "persistence": "ok" if healthy else "failing",
+            }
+        )
+
+
+class Root(Resource):
+    def __init__(self, factory: ChatFactory) -> None:
+        super().__init__()
+        self.socket = ChatSocket(factory)
+        self.page = static.File(str(STATIC / "index.html"), defaultType="text/html")
+        self.putChild(b"static", static.File(str(STATIC)))
+        self.putChild(b"healthz", Health(factory))
+        self.putChild(b"metrics", MetricsResource(factory.metrics.registry))
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        if _is_websocket(request):
+            return self.socket  # The classic client connects to any path.
+        if path == b"":
+            return self.page
+        return super().getChildWithDefault(path, request)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return pages.notFound()  # Escapes what it shows, unlike the default.
+
+
+def make_site(factory: ChatFactory, handshake_timeout: float = 5.0) -> Site:
+    """Before the upgrade a connection is plain HTTP: one that sends nothing
+    for `handshake_timeout` seconds is closed, as Autobahn would have."""
+    site = Site(Root(factory), timeout=handshake_timeout or None)
+    site.noisy = False
+    return site

@@ -1,0 +1,111 @@
+"""The HTTP side of the chat port: the page, /healthz and /metrics."""
+
+import json
+import re
+
+from pytest_twisted import ensureDeferred
+from twisted.internet import reactor
+from twisted.web.client import Agent, readBody
+
+from chatbox import datafile
+
+
+async def fetch(server, path: str) -> tuple[int, dict, bytes]:
+    response = await Agent(reactor).request(
+        b"GET", f"http://127.0.0.1:{server.port}{path}".encode()
+    )
+    body = await readBody(response)
+    headers = {
+        k.decode().lower(): v[0].decode()
+        for k, v in response.headers.getAllRawHeaders()
+    }
+    return response.code, headers, body
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = (
+        rf"^{re.escape(name)}{{{re.escape(wanted)}}} (\S+)$"
+        if labels
+        else rf"^{name} (\S+)$"
+    )
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+@ensureDeferred
+async def test_the_page_and_its_files_are_served_on_the_chat_port(server):
+    code, headers, body = await fetch(server, "/")
+    assert code == 200 and headers["content-type"].startswith("text/html")
+    assert b'<script src="/static/app.js">' in body
+    for path, kind in (
+        ("/static/app.js", "javascript"),
+        ("/static/style.css", "text/css"),
+    ):
+        code, headers, _ = await fetch(server, path)
+        assert code == 200 and kind in headers["content-type"], path
+    code, _, _ = await fetch(server, "/nothing-here")
+    assert code == 404
+
+
+@ensureDeferred
+async def test_healthz_reports_and_turns_503_when_persistence_fails(server):
+    an = await server.user("An")
+    await an.say("hello")
+    code, headers, body = await fetch(server, "/healthz")
+    assert code == 200 and headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "status": "up",
+        "connections": 1,
+        "registered": 1,
+        "history": 1,
+        "persistence": "ok",
+    }
+
+    store = server.factory.store
+    journal, store._journal = store._journal, datafile.Journal("/dev/full")
+    try:
+        assert (await an.say("lost"))["reason"] == "ErrorWhenSend"
+        code, _, body = await fetch(server, "/healthz")
+        assert code == 503
+        assert json.loads(body)["persistence"] == "failing"
+    finally:
+        store._journal = journal
+    await an.say("works again")
+    code, _, _ = await fetch(server, "/healthz")
+    assert code == 200
+
+
+@ensureDeferred
+async def test_metrics_change_as_messages_flow(server):
+    _, headers, before = await fetch(server, "/metrics")
+    assert headers["content-type"].startswith("text/plain")
+    before = before.decode()
+    assert metric(before, "chatbox_messages_stored") == 0
+
+    an = await server.user("An")
+    bo = await server.user("Bo")
+    for i in range(5):
+        await an.say(f"m{i}")
+    await bo.get()
+    await bo.say("")  # refused: WrongFormatContent
+    _, _, after = await fetch(server, "/metrics")
+    after = after.decode()
+    assert metric(after, "chatbox_connections") == 2
+    assert metric(after, "chatbox_registered_users") == 2
+    assert metric(after, "chatbox_messages_stored") == 5
+    assert metric(after, "chatbox_requests_total", type="send", outcome="ok") == 5
+    assert metric(after, "chatbox_requests_total", type="name", outcome="ok") == 2
+    assert metric(after, "chatbox_requests_total", type="get", outcome="ok") == 1
+    assert (
+        metric(
+            after, "chatbox_requests_total", type="send", outcome="WrongFormatContent"
+        )
+        == 1
+    )
+    assert metric(after, "chatbox_bytes_out_total") > metric(
+        before, "chatbox_bytes_out_total"
+    )
+    assert metric(after, "chatbox_persistence_batch_messages_count") >= 1
+    assert metric(after, "chatbox_persistence_write_seconds_count") >= 1
+    assert "chatbox_slow_consumer_disconnects_total 0.0" in after
