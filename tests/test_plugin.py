@@ -65,3 +65,15 @@ def test_every_option_is_documented_in_the_readme(tmp_path):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     undocumented = {o for o in options if f"`--{o}`" not in readme}
     assert not undocumented
+
+
+def test_installed_metadata_declares_the_runtime_dependencies():
+    requires = " ".join(metadata.requires("chatbox") or [])
+    for package in (
+        "twisted",
+        "autobahn",
+        "service-identity",
+        "orjson",
+        "prometheus-client",
+    ):
+        assert package in requires, requires
