@@ -79,7 +79,7 @@ def _entry(
     entry = messages.history_entry(
         message_id, record["name"], record["content"], record["timestamp"]
     )
-    return message_id, codec.encode(entry)
+    return message_id, codec.encode_compact(entry)
 
 
 def _read_file(path: str) -> bytes:

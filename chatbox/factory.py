@@ -46,11 +46,13 @@ class ChatFactory(WebSocketServerFactory):
         self.registry = Registry()
         self.connections: set[ChatProtocol] = set()
         self._per_address: Counter[str] = Counter()
+        self.bytes_out = 0  # every byte written to clients; read by /metrics
         self.metrics = metrics or Metrics()
         self.metrics.observe(
             connections=lambda: len(self.connections),
             registered=lambda: len(self.registry),
             messages=lambda: len(self.store.history),
+            bytes_out=lambda: self.bytes_out,
         )
         self._all_closed: list[Deferred[None]] = []
         self.closing = False
@@ -123,15 +125,14 @@ class ChatFactory(WebSocketServerFactory):
         """Send an event to every registered connection but `exclude`."""
         prepared = self.prepareMessage(codec.encode(event))
         for connection in self.registry.owners():
-            if connection is not exclude and connection.can_send:
-                connection.sendPreparedMessage(prepared)
+            if connection is not exclude:
+                connection.deliver(prepared)
 
     def ping_everyone(self, interval: float) -> None:
         """v2's JSON keepalive, to every open connection, registered or not."""
         prepared = self.prepareMessage(codec.encode(messages.ping(interval)))
         for connection in list(self.connections):
-            if connection.can_send:
-                connection.sendPreparedMessage(prepared)
+            connection.deliver(prepared)
 
     # -- shutdown --
 

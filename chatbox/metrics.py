@@ -6,9 +6,10 @@ registered, history size) read that state when scraped instead of keeping a
 copy that could drift.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 __all__ = ["Metrics"]
 
@@ -35,11 +36,8 @@ class Metrics:
             ["type", "outcome"],
             registry=self.registry,
         )
-        self.bytes_out = Counter(
-            "chatbox_bytes_out",
-            "Bytes written to WebSocket clients.",
-            registry=self.registry,
-        )
+        self._bytes_out: Callable[[], float] = lambda: 0
+        self.registry.register(_BytesOut(self))
         self.batch_size = Histogram(
             "chatbox_persistence_batch_messages",
             "Messages written by one journal write and fsync (group commit).",
@@ -63,12 +61,30 @@ class Metrics:
         connections: Callable[[], float],
         registered: Callable[[], float],
         messages: Callable[[], float],
+        bytes_out: Callable[[], float],
     ) -> None:
-        """Read these when scraped; their owners keep the truth."""
+        """Read these when scraped; their owners keep the truth. Bytes out is
+        counted on the broadcast hot path as a plain integer, not through a
+        locked Prometheus counter."""
         self.connections.set_function(connections)
         self.registered.set_function(registered)
         self.messages_stored.set_function(messages)
+        self._bytes_out = bytes_out
 
     def request(self, kind: object, outcome: str) -> None:
         known = kind if kind in ("name", "send", "get") else "other"
         self.requests.labels(type=known, outcome=outcome).inc()
+
+
+class _BytesOut:
+    """Exposes the factory's byte count as a counter when scraped."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "chatbox_bytes_out",
+            "Bytes written to WebSocket clients.",
+            value=self.metrics._bytes_out(),
+        )

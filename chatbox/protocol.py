@@ -15,7 +15,7 @@ connection's earlier sends, so a client always sees its own messages.
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -91,6 +91,23 @@ class ChatProtocol(WebSocketServerProtocol):
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
     ) -> None:
+        if self._admit_output(data):
+            super().sendData(data, sync, chopsize)
+
+    def deliver(self, prepared: PreparedMessage) -> None:
+        """Broadcast fast path: the frame is complete and shared by every
+        recipient, so it goes straight to the transport, with none of
+        Autobahn's per-frame bookkeeping."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        if self._perMessageCompress is not None:  # never negotiated today
+            self.sendPreparedMessage(prepared)
+        elif self._admit_output(prepared.payloadHybi):
+            self.transport.write(prepared.payloadHybi)
+
+    def _admit_output(self, data: bytes) -> bool:
+        """Count outgoing bytes; False once a client that stopped reading
+        has had all it may have (it is then closed with 1013)."""
         if not self._cut_off and self._output.over_limit(len(data)):
             # Whole frames are dropped, so the stream stays valid up to the
             # close frame; Autobahn's close handshake timeout then drops TCP.
@@ -102,9 +119,9 @@ class ChatProtocol(WebSocketServerProtocol):
                 unsent=self._output.unsent,
             )
             self.close_with(CLOSE_TRY_AGAIN_LATER, "too slow: stopped reading")
-            return
-        self.factory.metrics.bytes_out.inc(len(data))
-        super().sendData(data, sync, chopsize)
+            return False
+        self.factory.bytes_out += len(data)
+        return True
 
     def connectionLost(self, reason: Failure) -> None:
         try:

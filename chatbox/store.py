@@ -103,7 +103,7 @@ class DurableStore:
         """Store one message; fires with its id once durable, or StoreError."""
         message_id = self._next_id
         self._next_id += 1
-        entry = codec.encode(
+        entry = codec.encode_compact(
             messages.history_entry(message_id, name, content, timestamp)
         )
         done: Deferred[int] = Deferred()

@@ -1,0 +1,146 @@
+"""A smoke run of the benchmark programs, so they cannot rot.
+
+Asserts that they run and report consistent numbers, never how fast:
+figures come from bench/compare.py, on a quiet machine.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from pytest_twisted import ensureDeferred
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
+
+from chatbox import datafile
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+async def bench(script: str, *args: str) -> dict:
+    out, err, code = await getProcessOutputAndValue(
+        sys.executable,
+        [str(BENCH / script), *args],
+        env=dict(os.environ),
+        reactor=reactor,
+    )
+    assert code == 0, err.decode()
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+@ensureDeferred
+async def test_fanout_run_counts_every_delivery(server):
+    result = await bench(
+        "load.py",
+        server.url,
+        "--mode",
+        "fanout",
+        "--clients",
+        "6",
+        "--senders",
+        "2",
+        "--messages",
+        "25",
+        "--in-flight",
+        "4",
+        "--pid",
+        str(os.getpid()),
+    )
+    assert result["acked"] == 50
+    assert result["deliveries"] == result["deliveries_expected"] == 2 * 25 * 5
+    assert result["sends_per_s"] > 0 and result["deliveries_per_s"] > 0
+    for key in ("fanout_ms", "ack_ms"):
+        assert 0 <= result[key]["p50"] <= result[key]["p99"] <= result[key]["max"]
+    assert 0 < result["generator_cpu"] < 4
+    assert result["server_rss_kib_after"] > 0
+    assert len(server.factory.store.history) == 50
+
+
+@ensureDeferred
+async def test_paced_idle_and_get_runs(server):
+    paced = await bench(
+        "load.py",
+        server.url,
+        "--mode",
+        "paced",
+        "--clients",
+        "4",
+        "--senders",
+        "2",
+        "--rate",
+        "40",
+        "--seconds",
+        "1",
+    )
+    assert paced["acked"] == 40 and paced["deliveries"] == 40 * 3
+    idle = await bench(
+        "load.py",
+        server.url,
+        "--mode",
+        "idle",
+        "--clients",
+        "20",
+        "--pid",
+        str(os.getpid()),
+    )
+    assert idle["clients"] == 20 and idle["rss_kib_per_connection"] is not None
+    gets = await bench(
+        "load.py", server.url, "--mode", "gets", "--limit", "10", "--count", "20"
+    )
+    assert gets["count"] == 20 and gets["get_ms"]["p99"] > 0
+    assert gets["reply_bytes"] > 100
+
+
+@ensureDeferred
+async def test_prefill_writes_a_history_chatbox_loads(tmp_path):
+    path = tmp_path / "data.json"
+    result = await bench("load.py", "--prefill", str(path), "--history", "25000")
+    assert result["history"] == 25000
+    loaded = datafile.load(str(path))
+    assert loaded.ids == list(range(1, 25001))
+
+
+@ensureDeferred
+async def test_the_measuring_stick_speaks_what_the_generator_expects(tmp_path):
+    from twisted.internet.protocol import ProcessProtocol
+
+    class Stick(ProcessProtocol):
+        def __init__(self):
+            from twisted.internet.defer import Deferred
+
+            self.url = Deferred()
+            self.ended = Deferred()
+
+        def outReceived(self, data):
+            if not self.url.called and b"listening on" in data:
+                self.url.callback(data.split(b"listening on ")[1].split()[0].decode())
+
+        def processEnded(self, reason):
+            self.ended.callback(None)
+
+    stick = Stick()
+    process = reactor.spawnProcess(
+        stick,
+        sys.executable,
+        [sys.executable, str(BENCH / "stick.py"), "0"],
+        env=dict(os.environ),
+    )
+    try:
+        url = await stick.url.addTimeout(30, reactor)
+        result = await bench(
+            "load.py",
+            url,
+            "--mode",
+            "fanout",
+            "--clients",
+            "4",
+            "--senders",
+            "2",
+            "--messages",
+            "10",
+        )
+        assert result["acked"] == 20 and result["deliveries"] == 20 * 3
+    finally:
+        process.signalProcess("TERM")
+        await stick.ended
