@@ -14,15 +14,20 @@ def test_installed_distribution_carries_the_plugin_and_nothing_of_twisteds():
     assert "twisted/__init__.py" not in files
 
 
-def test_twistd_chatbox_help_from_a_folder_outside_the_repo(tmp_path):
-    result = subprocess.run(
+def chatbox_help(folder) -> subprocess.CompletedProcess:
+    """`twistd chatbox --help`, run from `folder` with a bare environment."""
+    return subprocess.run(
         [TWISTD, "chatbox", "--help"],
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=60,
         env={"PATH": "/usr/bin:/bin"},
     )
+
+
+def test_twistd_chatbox_help_from_a_folder_outside_the_repo(tmp_path):
+    result = chatbox_help(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Usage: twistd [options] chatbox [options]" in result.stdout
     for option in (
@@ -53,13 +58,7 @@ def test_every_option_is_documented_in_the_readme(tmp_path):
     import re
     from pathlib import Path
 
-    result = subprocess.run(
-        [TWISTD, "chatbox", "--help"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = chatbox_help(tmp_path)
     options = set(re.findall(r"--([a-z][a-z0-9-]+)=", result.stdout))
     assert len(options) > 15
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
