@@ -5,7 +5,6 @@ twistd runs, listening on port 0 in the test's own reactor.
 """
 
 import resource
-import sys
 from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService
@@ -297,7 +296,3 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     listener.setName("listener")
     listener.setServiceParent(top)
     return top
-
-
-if __name__ == "__main__":  # pragma: no cover - convenience for `python -m`
-    sys.exit("run chatbox with: twistd -n chatbox --port 9000")
