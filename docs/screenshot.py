@@ -4,7 +4,6 @@
 """
 
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,15 +13,8 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 HERE = Path(__file__).resolve().parent
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(HERE.parent))
+from tests import chromium  # noqa: E402  (one place knows how to start it)
 
 
 def main() -> None:
@@ -42,9 +34,7 @@ def main() -> None:
                 url = f"http://127.0.0.1:{match.group(1)}/"
                 break
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=shutil.which("chromium"), args=ARGS
-            )
+            browser = chromium.launch(p)
             pages = {}
             for name in ("Linh", "Minh", "An"):
                 page = browser.new_page(
@@ -61,7 +51,8 @@ def main() -> None:
                 ("An", "On my way, 5 minutes!"),
                 (
                     "Linh",
-                    "Great. Today: WebSockets and Twisted. Slides are in the shared folder.",
+                    "Great. Today: WebSockets and Twisted. "
+                    "Slides are in the shared folder.",
                 ),
                 ("Minh", "Chào cả lớp! Nhớ mang laptop nhé."),
             ]

@@ -6,7 +6,6 @@ posting as another user) cross back into the reactor.
 """
 
 import os
-import shutil
 from collections.abc import Callable
 
 import pytest
@@ -15,20 +14,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 
+from tests import chromium
 from tests.client import connect
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-if not CHROMIUM:
+if not chromium.PATH:
     if os.environ.get("CHATBOX_REQUIRE_BROWSER"):
         raise RuntimeError(
             "Chromium is required for the browser tests (scripts/test installs it)"
@@ -40,7 +29,7 @@ class Browser:
     """One Chromium, its pages, and every console error they show."""
 
     def __init__(self, playwright) -> None:
-        self.browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        self.browser = chromium.launch(playwright)
         self.errors: list[str] = []
         self.dialogs: list[str] = []
 
