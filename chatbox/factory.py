@@ -1,8 +1,10 @@
-"""The chat room: every connection, the ARNS registry, and broadcast.
+"""This process's side of the chat: its connections, admission, and delivery.
 
-The factory is the one owner of who is connected and under which nickname.
-Events are encoded and framed once (`prepareMessage`) and the same frame is
-written to every recipient.
+The factory is the one owner of who is connected to this process. Who holds
+which nickname and the history belong to the room (chatbox.room), which may
+be this process alone or a whole cluster. Events the room hands over are
+encoded and framed once (`prepareMessage`) and the same frame is written to
+every recipient.
 """
 
 from collections import Counter
@@ -14,16 +16,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from chatbox import __version__, codec, messages
-from chatbox.arns import Registry
 from chatbox.clock import Timestamps
 from chatbox.limits import Limits, origin_allowed
 from chatbox.metrics import Metrics
 from chatbox.protocol import ChatProtocol
-from chatbox.store import DurableStore
+from chatbox.room import IRoom
 
 __all__ = ["ChatFactory"]
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_SERVICE_RESTART = 1012
 
 
 class ChatFactory(WebSocketServerFactory):
@@ -32,30 +34,30 @@ class ChatFactory(WebSocketServerFactory):
 
     def __init__(
         self,
-        store: DurableStore,
+        room: IRoom,
         reactor: IReactorTime,
         history_cap: int = 10_000,
         limits: Limits | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(server=f"chatbox/{__version__}", reactor=reactor)
-        self.store = store
+        self.room = room
         self.history_cap = history_cap
         self.timestamps = Timestamps(reactor.seconds)
         self.limits = limits or Limits()
-        self.registry = Registry()
         self.connections: set[ChatProtocol] = set()
         self._per_address: Counter[str] = Counter()
         self.bytes_out = 0  # every byte written to clients; read by /metrics
         self.metrics = metrics or Metrics()
         self.metrics.observe(
             connections=lambda: len(self.connections),
-            registered=lambda: len(self.registry),
-            messages=lambda: len(self.store.history),
+            registered=room.registered_count,
+            messages=room.message_count,
             bytes_out=lambda: self.bytes_out,
         )
         self._all_closed: list[Deferred[None]] = []
         self.closing = False
+        room.attach(self.broadcast, self.names_lost)
 
     # -- membership --
 
@@ -91,40 +93,36 @@ class ChatFactory(WebSocketServerFactory):
             self._per_address[connection.address] -= 1
             if not self._per_address[connection.address]:
                 del self._per_address[connection.address]
-        name = self.registry.release(connection)
+        name = self.room.release(connection, self.timestamps.now())
         if name is None:
             self.logger.info("connection from {peer} closed", peer=connection.peer)
         else:
             self.logger.info("{name!r} left ({peer})", name=name, peer=connection.peer)
-            if not self.closing:
-                self.broadcast(messages.left(name, self.timestamps.now()))
         if not self.connections:
             waiters, self._all_closed = self._all_closed, []
             for waiter in waiters:
                 waiter.callback(None)
 
-    def register(self, connection: ChatProtocol, name: str) -> str:
-        """Claim `name` and tell everyone else; raises NameTaken."""
-        self.registry.claim(connection, name)
-        timestamp = self.timestamps.now()
-        self.broadcast(messages.joined(name, timestamp), exclude=connection)
-        return timestamp
-
-    def rename(self, connection: ChatProtocol, name: str) -> str:
-        """Swap the connection's nickname and tell everyone else; raises NameTaken."""
-        old = self.registry.rename(connection, name)
-        timestamp = self.timestamps.now()
-        self.broadcast(messages.renamed(old, name, timestamp), exclude=connection)
-        return timestamp
+    def names_lost(self, connections: list[ChatProtocol]) -> None:
+        """The room can no longer vouch for these connections' nicknames (a
+        cluster node that lost its lease): close them so their clients
+        reconnect and register again, rather than chat under a name someone
+        else may now hold."""
+        for connection in connections:
+            connection.close_with(CLOSE_SERVICE_RESTART, "nickname lost, reconnect")
 
     # -- sending to many --
 
-    def broadcast(
-        self, event: messages.Message, exclude: ChatProtocol | None = None
-    ) -> None:
-        """Send an event to every registered connection but `exclude`."""
+    def broadcast(self, event: messages.Message, exclude: object = None) -> None:
+        """Send an event to every registered connection but `exclude`.
+
+        Once shutdown has begun every local connection is being closed with
+        1001, so there is nobody left to tell.
+        """
+        if self.closing:
+            return
         prepared = self.prepareMessage(codec.encode(event))
-        for connection in self.registry.owners():
+        for connection in self.room.audience():
             if connection is not exclude:
                 connection.deliver(prepared)
 

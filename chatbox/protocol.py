@@ -4,14 +4,19 @@ docs/PROTOCOL.md is the wire contract this module implements. The class is a
 thin adapter: it parses each text frame, dispatches on `type` to one
 `handle_<type>` method, and turns every `Refused` into its `status: false`
 reply in one place (`onMessage`). Shared state (who is registered, the
-history) belongs to the factory and the store; a connection owns only what
+history) belongs to the room (chatbox.room); a connection owns only what
 is its own: its place in the ordering of its own replies.
 
 Ordering: replies to `send` go out when the message is durable, which can
 be after replies to later requests. A `get` waits for the same
-connection's earlier sends, so a client always sees its own messages.
+connection's earlier sends, so a client always sees its own messages. A
+`name` request may take a round trip to a cluster's shared state; requests
+that arrive meanwhile wait and are handled, in order, once it is settled, so
+a client that pipelines `name` then `send` is registered before it sends.
 """
 
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -27,7 +32,7 @@ from chatbox.backpressure import PendingOutput
 from chatbox.content import is_valid_content
 from chatbox.limits import TokenBucket, client_address
 from chatbox.messages import Refused
-from chatbox.store import StoreError
+from chatbox.room import RoomError
 
 if TYPE_CHECKING:
     from chatbox.factory import ChatFactory
@@ -37,6 +42,9 @@ __all__ = ["ChatProtocol"]
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_TRY_AGAIN_LATER = 1013
 _INTERNAL_ERROR = "internal error"
+# Requests held back behind a `name` request still in flight; past this a
+# client is pipelining far beyond any real use and is told to slow down.
+MAX_WAITING_REQUESTS = 256
 
 
 def _optional_id(request: dict[str, Any], field: str) -> int | None:
@@ -58,6 +66,8 @@ class ChatProtocol(WebSocketServerProtocol):
         self._send_waiters: list[Deferred[None]] = []
         self.address: str | None = None  # set once the handshake is admitted
         self._cut_off = False
+        self._naming = False  # a `name` request is in flight
+        self._waiting: deque[bytes] = deque()
 
     # -- connection life --
 
@@ -170,6 +180,15 @@ class ChatProtocol(WebSocketServerProtocol):
             self.logger.info("refused a binary frame from {peer}", peer=self.peer)
             self.close_with(CLOSE_UNSUPPORTED_DATA, "text frames only")
             return
+        if self._naming:
+            if len(self._waiting) < MAX_WAITING_REQUESTS:
+                self._waiting.append(payload)
+                return
+            self._handle(payload, overflowing=True)
+            return
+        self._handle(payload)
+
+    def _handle(self, payload: bytes, overflowing: bool = False) -> None:
         try:
             decoded = codec.decode(payload)
         except codec.DecodeError:
@@ -177,6 +196,10 @@ class ChatProtocol(WebSocketServerProtocol):
         request: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
         kind = request.get("type")
         try:
+            if overflowing:
+                raise Refused(
+                    messages.rate_limited(kind if isinstance(kind, str) else None, 1.0)
+                )
             wait = self._requests.take(self.factory.reactor.seconds())
             if wait:
                 raise Refused(
@@ -209,7 +232,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self, kind: object, request: dict[str, Any], error: str
     ) -> messages.Message:
         """The `ErrorWhen...` reply for a request the server failed to carry out."""
-        name = self.factory.registry.name_of(self)
+        name = self.factory.room.name_of(self)
         if kind == "name":
             if name is None:
                 return messages.register_refused(
@@ -225,7 +248,7 @@ class ChatProtocol(WebSocketServerProtocol):
         return messages.get_refused(name, "ErrorWhenGet", error)
 
     def _registered_name(self, kind: str) -> str:
-        name = self.factory.registry.name_of(self)
+        name = self.factory.room.name_of(self)
         if name is None:
             raise Refused(messages.unknown_register(kind))
         return name
@@ -234,29 +257,68 @@ class ChatProtocol(WebSocketServerProtocol):
         if "name" not in request:
             raise Refused(messages.not_enough_key("name", "name"))
         name = request["name"]
-        old = self.factory.registry.name_of(self)
+        old = self.factory.room.name_of(self)
+        timestamp = self.factory.timestamps.now()
         if old is None:
             if not is_valid_name(name):
                 raise Refused(messages.register_refused(name, "WrongFormatName"))
-            try:
-                timestamp = self.factory.register(self, name)
-            except NameTaken:
-                raise Refused(
-                    messages.register_refused(name, "NameAlreadyUsed")
-                ) from None
-            self.send(messages.register_ok(name, timestamp))
-            self.logger.info("{peer} registered as {name!r}", peer=self.peer, name=name)
+            claimed = self.factory.room.claim(self, name, timestamp)
+
+            def registered(_: object) -> None:
+                self.send(messages.register_ok(name, timestamp))
+                self.logger.info(
+                    "{peer} registered as {name!r}", peer=self.peer, name=name
+                )
+
+            def refused(reason: str, error: str | None = None) -> Refused:
+                return Refused(messages.register_refused(name, reason, error))
+
+            self._settle_name(claimed, registered, refused, "ErrorWhenRegister")
         else:
             if not is_valid_name(name):
                 raise Refused(messages.change_refused(old, name, "WrongFormatName"))
-            try:
-                timestamp = self.factory.rename(self, name)
-            except NameTaken:
-                raise Refused(
-                    messages.change_refused(old, name, "NameAlreadyUsed")
-                ) from None
-            self.send(messages.change_ok(old, name, timestamp))
-            self.logger.info("{old!r} is now {new!r}", old=old, new=name)
+            renamed = self.factory.room.rename(self, name, timestamp)
+
+            def changed(previous: str) -> None:
+                self.send(messages.change_ok(previous, name, timestamp))
+                self.logger.info("{old!r} is now {new!r}", old=previous, new=name)
+
+            def refused(reason: str, error: str | None = None) -> Refused:
+                return Refused(messages.change_refused(old, name, reason, error))
+
+            self._settle_name(renamed, changed, refused, "ErrorWhenChange")
+
+    def _settle_name(
+        self,
+        outcome: Deferred,
+        done: Callable[[Any], None],
+        refused: Callable[..., Refused],
+        fault: str,
+    ) -> None:
+        """Reply to a `name` request once the room has decided, holding back
+        this connection's later requests until then."""
+
+        def failed(failure: Failure) -> None:
+            if failure.check(NameTaken):
+                self.refuse("name", refused("NameAlreadyUsed"))
+            elif failure.check(RoomError):
+                self.refuse("name", refused(fault, str(failure.value)))
+            else:
+                self.logger.failure(
+                    "fault handling name from {peer}", failure, peer=self.peer
+                )
+                self.refuse("name", refused(fault, _INTERNAL_ERROR))
+
+        outcome.addCallbacks(done, failed)
+        if outcome.called:
+            return  # Decided at once, as a single process always does.
+        self._naming = True
+        outcome.addBoth(self._name_settled)
+
+    def _name_settled(self, _: object) -> None:
+        self._naming = False
+        while self._waiting and not self._naming:
+            self._handle(self._waiting.popleft())
 
     def handle_send(self, request: dict[str, Any]) -> None:
         name = self._registered_name("send")
@@ -273,13 +335,10 @@ class ChatProtocol(WebSocketServerProtocol):
             )
         timestamp = self.factory.timestamps.now()
         self._sends_in_flight += 1
-        stored = self.factory.store.append(name, content, timestamp)
+        stored = self.factory.room.post(self, name, content, timestamp)
 
         def durable(message_id: int) -> None:
             self.send(messages.send_ok(name, content, timestamp, message_id))
-            self.factory.broadcast(
-                messages.posted(name, content, timestamp, message_id), exclude=self
-            )
             self.logger.info(
                 "{name!r} posted message {id} ({length} characters)",
                 name=name,
@@ -288,7 +347,7 @@ class ChatProtocol(WebSocketServerProtocol):
             )
 
         def failed(failure: Failure) -> None:
-            failure.trap(StoreError)
+            failure.trap(RoomError)
             reply = messages.send_refused(
                 name, content, "ErrorWhenSend", str(failure.value)
             )
@@ -336,16 +395,28 @@ class ChatProtocol(WebSocketServerProtocol):
         )
 
     def _answer_get(self, query: tuple[int, int | None, int | None]) -> None:
-        name = self.factory.registry.name_of(self)
-        if name is None:  # Disconnected while waiting for its own sends.
-            return
-        entries = self.factory.store.history.page(*query)
-        self.send(
-            messages.get_ok(
-                name,
-                self.factory.timestamps.now(),
-                entries,
-                self.factory.registry.online(),
+        if self.factory.room.name_of(self) is None:
+            return  # Disconnected while waiting for its own sends.
+        paged = self.factory.room.page(*query)
+
+        def answer(found: tuple[list[bytes], list[str]]) -> None:
+            name = self.factory.room.name_of(self)
+            if name is not None:
+                entries, online = found
+                now = self.factory.timestamps.now()
+                self.send(messages.get_ok(name, now, entries, online))
+
+        def failed(failure: Failure) -> None:
+            failure.trap(RoomError)
+            name = self.factory.room.name_of(self)
+            if name is not None:
+                reply = messages.get_refused(name, "ErrorWhenGet", str(failure.value))
+                self.refuse("get", Refused(reply))
+
+        paged.addCallbacks(answer, failed)
+        paged.addErrback(
+            lambda f: self.logger.failure(
+                "fault answering get from {peer}", f, peer=self.peer
             )
         )
 

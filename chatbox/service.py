@@ -3,8 +3,9 @@
 Shutdown order matters for "lose nothing": the port stops accepting first
 (MultiService stops children in reverse), then every pending send is made
 durable and acknowledged, then every client is closed with 1001, then the
-journal is folded into data.json. `stopService` returns that Deferred, so
-twistd exits only when it has finished.
+room closes (a single process folds its journal into data.json; a cluster
+node releases its nicknames and its lease). `stopService` returns that
+Deferred, so twistd exits only when it has finished.
 """
 
 from twisted.application.service import Service
@@ -20,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from chatbox.factory import ChatFactory
-from chatbox.store import DurableStore
+from chatbox.room import IRoom
 
 __all__ = ["ChatService", "ListenerService"]
 
@@ -31,19 +32,19 @@ class ChatService(Service):
     def __init__(
         self,
         factory: ChatFactory,
-        store: DurableStore,
+        room: IRoom,
         ping_interval: float,
         shutdown_timeout: float = 10.0,
     ) -> None:
         self.factory = factory
-        self.store = store
+        self.room = room
         self.ping_interval = ping_interval
         self.shutdown_timeout = shutdown_timeout
         self._pinger: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
-        self.store.start()
+        self.room.start()
         if self.ping_interval > 0:
             self._pinger = LoopingCall(self.factory.ping_everyone, self.ping_interval)
             self._pinger.clock = self.factory.reactor
@@ -59,7 +60,7 @@ class ChatService(Service):
             self._pinger.stop()
         # From here new sends are refused, so every stored one is acknowledged.
         self.factory.closing = True
-        await self.store.flush()
+        await self.room.flush()
         try:
             await self.factory.close_all().addTimeout(self.shutdown_timeout, reactor)
         except TimeoutError:
@@ -69,11 +70,11 @@ class ChatService(Service):
                 count=len(self.factory.connections),
             )
             self.factory.abort_all()
-        complete = await self.store.close()
+        complete = await self.room.close()
         self.log.info(
-            "history saved: {count} messages in {path}",
-            count=len(self.store.history),
-            path=self.store.path,
+            "history saved: {count} messages in {where}",
+            count=self.room.message_count(),
+            where=self.room.where,
         )
         # twistd re-raises the SIGTERM/SIGINT it stopped on, so the exit status
         # would say "killed". A clean shutdown exits 0; an unclean one keeps

@@ -28,6 +28,7 @@ from twisted.python.threadpool import ThreadPool
 from chatbox import codec, datafile, messages
 from chatbox.history import History
 from chatbox.metrics import Metrics
+from chatbox.room import RoomError
 
 __all__ = ["DurableStore", "StoreError"]
 
@@ -35,7 +36,7 @@ DEFAULT_FOLD_THRESHOLD = 16 * 1024 * 1024
 FOLD_RETRY_SECONDS = 10.0
 
 
-class StoreError(Exception):
+class StoreError(RoomError):
     """A message could not be made durable; str() is safe to show a client."""
 
 

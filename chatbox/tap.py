@@ -15,6 +15,7 @@ from chatbox import datafile
 from chatbox.endpoints import EndpointError, server_endpoint
 from chatbox.factory import ChatFactory
 from chatbox.limits import Limits
+from chatbox.local_room import LocalRoom
 from chatbox.metrics import Metrics
 from chatbox.service import ChatService, ListenerService
 from chatbox.store import DEFAULT_FOLD_THRESHOLD, DurableStore
@@ -244,8 +245,9 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         trusted_proxies=config["trusted-proxies"],
         max_pending_output=config["max-pending-output"],
     )
+    room = LocalRoom(store)
     factory = ChatFactory(
-        store,
+        room,
         reactor,
         history_cap=config["history-cap"],
         limits=limits,
@@ -284,7 +286,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
 
     top = MultiService()
     ChatService(
-        factory, store, config["json-ping"], config["shutdown-timeout"]
+        factory, room, config["json-ping"], config["shutdown-timeout"]
     ).setServiceParent(top)
     listener = ListenerService(
         endpoint,

@@ -54,7 +54,7 @@ async def test_fanout_run_counts_every_delivery(server):
         assert 0 <= result[key]["p50"] <= result[key]["p99"] <= result[key]["max"]
     assert 0 < result["generator_cpu"] < 4
     assert result["server_rss_kib_after"] > 0
-    assert len(server.factory.store.history) == 50
+    assert len(server.factory.room.store.history) == 50
 
 
 @ensureDeferred

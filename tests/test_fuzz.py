@@ -285,7 +285,7 @@ async def run(pool: Pool, slot: int, action) -> None:
 
 
 async def check_arns(pool: Pool) -> None:
-    online = pool.server.factory.registry.online()
+    online = pool.server.factory.room.registry.online()
     keys = [name_key(name) for name in online]
     assert len(keys) == len(set(keys)), online
     assert online == pool.online()

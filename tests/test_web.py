@@ -62,7 +62,7 @@ async def test_healthz_reports_and_turns_503_when_persistence_fails(server):
         "persistence": "ok",
     }
 
-    store = server.factory.store
+    store = server.factory.room.store
     journal, store._journal = store._journal, datafile.Journal("/dev/full")
     try:
         assert (await an.say("lost"))["reason"] == "ErrorWhenSend"

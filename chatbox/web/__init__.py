@@ -46,8 +46,8 @@ class Health(Resource):
         self.factory = factory
 
     def render_GET(self, request: Request) -> bytes:
-        store = self.factory.store
-        healthy = store.healthy
+        room = self.factory.room
+        healthy = room.healthy
         request.setResponseCode(200 if healthy else 503)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
@@ -55,9 +55,9 @@ class Health(Resource):
             {
                 "status": "up" if healthy else "failing",
                 "connections": len(self.factory.connections),
-                "registered": len(self.factory.registry),
-                "history": len(store.history),
-                "persistence": "ok" if healthy else "failing",
+                "registered": room.registered_count(),
+                "history": room.message_count(),
+                **room.health(),
             }
         )
 
