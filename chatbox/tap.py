@@ -17,6 +17,9 @@ from chatbox.factory import ChatFactory
 from chatbox.limits import Limits
 from chatbox.local_room import LocalRoom
 from chatbox.metrics import Metrics
+from chatbox.redis_link import parse_redis_url
+from chatbox.redis_room import RedisRoom
+from chatbox.room import IRoom
 from chatbox.service import ChatService, ListenerService
 from chatbox.store import DEFAULT_FOLD_THRESHOLD, DurableStore
 from chatbox.web import make_site
@@ -195,11 +198,45 @@ class Options(usage.Options):
             "Seconds a new connection has to complete the WebSocket handshake.",
             _seconds,
         ],
+        [
+            "redis",
+            None,
+            None,
+            "Run as one node of a cluster: nicknames, history and events live in "
+            "Redis at this URL (redis://[:PASSWORD@]HOST:PORT/DB or "
+            "unix:///PATH?db=N), shared by every node given the same URL. "
+            "--data is not used then.",
+        ],
+        [
+            "redis-lease",
+            None,
+            15.0,
+            "With --redis: seconds within which the nicknames of a node that "
+            "died are released and their leaves sent to everyone.",
+            _seconds,
+        ],
+        [
+            "redis-timeout",
+            None,
+            5.0,
+            "With --redis: seconds to wait for Redis to answer a request before "
+            "the client gets ErrorWhen... and the connection is re-made.",
+            _seconds,
+        ],
     ]
 
     def postOptions(self) -> None:
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["redis"] is not None:
+            try:
+                self["redis"] = parse_redis_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"--redis: {e}") from None
+            if self["redis-lease"] < 1:
+                raise usage.UsageError("--redis-lease must be at least 1 second")
+            if not self["redis-timeout"] > 0:
+                raise usage.UsageError("--redis-timeout must be above 0")
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -216,6 +253,21 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, wanted if soft < wanted else soft
 
 
+def _make_room(config: dict[str, Any], reactor: Any, metrics: Metrics) -> IRoom:
+    """A cluster node's room in Redis, or this process's own with data.json
+    (loaded now, before anything listens; raises HistoryFileError)."""
+    if config["redis"] is not None:
+        return RedisRoom(
+            config["redis"],
+            reactor,
+            lease=config["redis-lease"],
+            timeout=config["redis-timeout"],
+        )
+    store = DurableStore(config["data"], reactor, config["fold-threshold"], metrics)
+    store.load()
+    return LocalRoom(store)
+
+
 def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:
     """Build the chat service; exits with a one-line error if it cannot start."""
     if reactor is None:
@@ -225,8 +277,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
             reactor, str(config["port"]), config["tls-cert"], config["tls-key"]
         )
         metrics = Metrics()
-        store = DurableStore(config["data"], reactor, config["fold-threshold"], metrics)
-        store.load()
+        room = _make_room(config, reactor, metrics)
     except (EndpointError, datafile.HistoryFileError) as e:
         raise SystemExit(f"chatbox: cannot start: {e}") from None
     except OSError as e:
@@ -245,7 +296,6 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         trusted_proxies=config["trusted-proxies"],
         max_pending_output=config["max-pending-output"],
     )
-    room = LocalRoom(store)
     factory = ChatFactory(
         room,
         reactor,

@@ -1,0 +1,533 @@
+"""A room shared by several chatbox nodes through Redis.
+
+Each node is one chatbox process. The cluster's state lives in Redis and is
+changed only by the Lua scripts of chatbox.redis_scripts, each atomic, each
+writing its event to one Redis stream in the same step. Why a stream and not
+pub/sub: pub/sub forgets what a node missed while its connection was down,
+so a Redis restart would silently lose joins and leaves. A stream keeps
+them: every node reads it from the last entry it handled, so after any
+reconnect it carries on with the next event, exactly once, in the one order
+Redis wrote them (which is each originating node's order too).
+
+A node keeps, for its own connections only, who is registered under which
+name (so a request is checked at once) and which holder id stands for each
+in Redis. A connection joins the node's audience at its own `register`
+event in the stream: from then on it gets every event, exactly once, and
+none from before. If the stream reaches that event before the claim's reply,
+reading waits for the reply, so the client sees its reply first.
+
+Leases: each node renews its lease every `lease / 5` seconds for `lease *
+3 / 5`, in Redis' clock. Whichever node's heartbeat first finds a lease run
+out releases that node's names, with a leave each (one script, so exactly
+once). So a node that dies has its names freed within `lease` seconds, and
+it survives two missed heartbeats. A node that finds its own lease gone
+closes its registered connections (1012) so their clients register again.
+"""
+
+import itertools
+import uuid
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chatbox import codec, messages
+from chatbox import redis_scripts as scripts
+from chatbox.arns import NameTaken, name_key
+from chatbox.clock import Timestamps
+from chatbox.redis_link import RedisAddress, RedisInDoubt, RedisLink
+from chatbox.room import Deliver, IRoom, RoomError
+
+__all__ = ["DEFAULT_PREFIX", "RedisRoom", "entry_template"]
+
+DEFAULT_PREFIX = "chatbox:"
+# Events kept in the stream (approximately; Redis trims whole blocks). A node
+# reads them as they come; this only bounds how long one may be away.
+STREAM_LENGTH = 100_000
+READ_BATCH = 1000
+READ_BLOCK_MS = 1000
+RETRY_SECONDS = 0.25
+
+_NOT_READY = "not connected to the chat cluster yet"
+_NAME_LOST = "nickname lost, reconnect"
+
+
+def entry_template(name: str, content: str, timestamp: str) -> tuple[bytes, bytes]:
+    """The history entry of chatbox.messages, split around its id, which
+    only Redis knows until the message is stored."""
+    encoded = codec.encode(messages.history_entry(0, name, content, timestamp))
+    head, _, tail = encoded.partition(b'"id":0')
+    return head + b'"id":', tail
+
+
+def _stream_id(raw: bytes) -> tuple[int, int]:
+    millis, _, sequence = raw.partition(b"-")
+    return int(millis), int(sequence or 0)
+
+
+def _event(fields: dict[bytes, bytes]) -> messages.Message:
+    """The wire event for one stream entry; its shape is chatbox.messages'."""
+    kind = fields[b"k"]
+    name = fields[b"n"].decode()
+    timestamp = fields[b"t"].decode()
+    if kind == b"message":
+        content = fields[b"c"].decode()
+        return messages.posted(name, content, timestamp, int(fields[b"id"]))
+    if kind == b"register":
+        return messages.joined(name, timestamp)
+    if kind == b"change":
+        return messages.renamed(fields[b"old"].decode(), name, timestamp)
+    return messages.left(name, timestamp)
+
+
+@implementer(IRoom)
+class RedisRoom:
+    log = Logger()
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        reactor: Any,
+        lease: float = 15.0,
+        timeout: float = 5.0,
+        prefix: str = DEFAULT_PREFIX,
+        node: str | None = None,
+    ) -> None:
+        self.node = node or uuid.uuid4().hex[:12]
+        self.where = str(address)
+        self._reactor = reactor
+        self._keys = scripts.keys(prefix)
+        self._events_key = self._keys[scripts.KEYS.index("events")]
+        self._lease_ms = int(lease * 1000 * 3 / 5)
+        self._beat_every = lease / 5
+        self._timestamps = Timestamps(reactor.seconds)
+        self._commands = RedisLink(address, reactor, timeout, "redis")
+        self._reader = RedisLink(address, reactor, timeout, "redis event reader")
+        self._deliver: Deliver = lambda event, exclude: None
+        self._lost: Callable[[list[Any]], None] = lambda owners: None
+
+        # This node's connections. Names are set when a claim's reply says
+        # so; the audience is joined at the claim's own event in the stream.
+        self._names: dict[Hashable, str] = {}
+        self._audience: dict[Hashable, None] = {}
+        self._holder_of: dict[Hashable, str] = {}
+        self._owner_of: dict[str, Hashable] = {}
+        self._claiming: set[Hashable] = set()
+        self._serial = itertools.count(1)
+        # Holders whose release Redis has not confirmed, with the leave's time.
+        self._unreleased: dict[str, str] = {}
+        self._releasing: set[str] = set()
+        self._in_flight: set[Deferred] = set()
+
+        self._leased = False
+        self._beating = False
+        self._heart = LoopingCall(self._beat)
+        self._heart.clock = reactor
+        self._messages = 0
+
+        self._reading = False
+        self._read_from: bytes | None = None  # the last entry received
+        self._backlog: deque[tuple[bytes, list[bytes]]] = deque()
+        self._held_for: Hashable | None = None  # reading waits for its reply
+        self._drained: Deferred[None] | None = None
+
+    # -- IRoom: set-up and state --
+
+    def attach(self, deliver: Deliver, lost: Callable[[list[Any]], None]) -> None:
+        self._deliver = deliver
+        self._lost = lost
+
+    def start(self) -> None:
+        self._commands.on_up(self._reconnected)
+        self._commands.start()
+        self._reader.start()
+        self._heart.start(self._beat_every, now=False)
+        self._reading = True
+        reading = Deferred.fromCoroutine(self._read_events())
+        reading.addErrback(lambda f: self.log.failure("the event reader stopped", f))
+
+    @property
+    def ready(self) -> bool:
+        """Leased, and reading the stream from a known place."""
+        return self._leased and self._read_from is not None
+
+    @property
+    def healthy(self) -> bool:
+        return self.ready and self._commands.up and self._reader.up
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "redis": "ok" if self._commands.up and self._reader.up else "unavailable",
+            "node": self.node,
+            "lease": "held" if self._leased else "none",
+        }
+
+    def name_of(self, owner: Hashable) -> str | None:
+        return self._names.get(owner)
+
+    def audience(self) -> Iterable[Hashable]:
+        return list(self._audience)
+
+    def registered_count(self) -> int:
+        return len(self._names)
+
+    def message_count(self) -> int:
+        return self._messages
+
+    # -- IRoom: requests --
+
+    def _script(self, script: str, *args: object) -> Deferred:
+        """Run a script; the Deferred is tracked until settled, for flush()."""
+        running = self._commands.eval(script.encode(), self._keys, args)
+        self._in_flight.add(running)
+
+        def settled(result: object) -> object:
+            self._in_flight.discard(running)
+            return result
+
+        return running.addBoth(settled)
+
+    def claim(self, owner: Hashable, name: str, timestamp: str) -> "Deferred[None]":
+        if not self.ready:
+            return fail(RoomError(_NOT_READY))
+        holder = f"{self.node}:{next(self._serial)}"
+        self._holder_of[owner] = holder
+        self._owner_of[holder] = owner
+        self._claiming.add(owner)
+        claimed = self._script(
+            scripts.CLAIM,
+            self.node,
+            holder,
+            name_key(name),
+            name,
+            timestamp,
+            STREAM_LENGTH,
+        )
+
+        def decided(result: object) -> None:
+            if result == 0:
+                raise NameTaken(name)
+            if result == -1:
+                raise RoomError(_NOT_READY)
+            if self._holder_of.get(owner) == holder:
+                self._names[owner] = name
+                if self._read_from is not None and _stream_id(
+                    self._read_from
+                ) >= _stream_id(result):
+                    # The stream passed the claim's event before this reply
+                    # (only if it was trimmed or read around): join now.
+                    self._audience[owner] = None
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(RedisInDoubt):
+                # The claim may have happened; free whatever it got, and a
+                # new claim gets a new holder.
+                self._forget_holder(owner, holder, timestamp)
+            elif self._holder_of.get(owner) == holder:
+                del self._holder_of[owner]
+                self._owner_of.pop(holder, None)
+            return failure
+
+        def finished(result: object) -> object:
+            self._claiming.discard(owner)
+            if self._held_for is owner:
+                # After the protocol has sent its reply.
+                self._reactor.callLater(0, self._resume)
+            return result
+
+        return claimed.addCallbacks(decided, failed).addBoth(finished)
+
+    def rename(self, owner: Hashable, name: str, timestamp: str) -> "Deferred[str]":
+        holder = self._holder_of.get(owner)
+        old = self._names.get(owner)
+        if holder is None or old is None:
+            return fail(RoomError(_NAME_LOST))
+        if not self.ready:
+            return fail(RoomError(_NOT_READY))
+        renamed = self._script(
+            scripts.RENAME,
+            self.node,
+            holder,
+            name_key(name),
+            name,
+            timestamp,
+            STREAM_LENGTH,
+        )
+
+        def decided(result: object) -> str:
+            if result == 0:
+                raise NameTaken(name)
+            if result == -1:
+                raise RoomError(_NAME_LOST)
+            if self._holder_of.get(owner) == holder:
+                self._names[owner] = name
+            return old
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(RedisInDoubt) and self._holder_of.get(owner) == holder:
+                # Which name it holds now is unknown here: have its client
+                # reconnect and register again, rather than guess.
+                self._reactor.callLater(0, self._lost, [owner])
+            return failure
+
+        return renamed.addCallbacks(decided, failed)
+
+    def release(self, owner: Hashable, timestamp: str) -> str | None:
+        name = self._names.pop(owner, None)
+        self._audience.pop(owner, None)
+        holder = self._holder_of.pop(owner, None)
+        if holder is not None:
+            self._owner_of.pop(holder, None)
+            self._unreleased[holder] = timestamp
+            self._release(holder)
+        return name
+
+    def _forget_holder(self, owner: Hashable, holder: str, timestamp: str) -> None:
+        if self._holder_of.get(owner) == holder:
+            del self._holder_of[owner]
+        self._names.pop(owner, None)
+        self._audience.pop(owner, None)
+        self._owner_of.pop(holder, None)
+        self._unreleased[holder] = timestamp
+        self._release(holder)
+
+    def _release(self, holder: str) -> None:
+        """Release in Redis; kept and retried until Redis confirms, so a
+        name is never stuck (the lease would free it in the end anyway)."""
+        if holder in self._releasing or not self._commands.up:
+            return
+        self._releasing.add(holder)
+        released = self._script(
+            scripts.RELEASE,
+            self.node,
+            holder,
+            self._unreleased[holder],
+            STREAM_LENGTH,
+        )
+
+        def done(_: object) -> None:
+            self._unreleased.pop(holder, None)
+
+        def failed(failure: Failure) -> None:
+            failure.trap(RoomError)
+            self.log.info(
+                "release of {holder} waits for redis: {error}",
+                holder=holder,
+                error=failure.value,
+            )
+
+        released.addCallbacks(done, failed)
+        released.addBoth(lambda _: self._releasing.discard(holder))
+
+    def post(
+        self, owner: Hashable, name: str, content: str, timestamp: str
+    ) -> "Deferred[int]":
+        holder = self._holder_of.get(owner)
+        if holder is None:
+            return fail(RoomError(_NAME_LOST))
+        head, tail = entry_template(name, content, timestamp)
+        posted = self._script(
+            scripts.POST,
+            self.node,
+            holder,
+            name,
+            content,
+            timestamp,
+            head,
+            tail,
+            STREAM_LENGTH,
+        )
+
+        def stored(result: object) -> int:
+            if result == -1:
+                raise RoomError(_NAME_LOST)
+            return int(result)
+
+        return posted.addCallback(stored)
+
+    def page(
+        self, limit: int, before: int | None, after: int | None
+    ) -> "Deferred[tuple[list[bytes], list[str]]]":
+        high = "+inf" if before is None else f"({before}"
+        low = "-inf" if after is None else f"({after}"
+        paged = self._script(scripts.PAGE, high, low, limit)
+
+        def found(result: list[list[bytes]]) -> tuple[list[bytes], list[str]]:
+            entries, names = result
+            entries.reverse()
+            return entries, [name.decode() for name in names]
+
+        return paged.addCallback(found)
+
+    # -- the lease --
+
+    def _reconnected(self) -> None:
+        self._beat()
+        for holder in list(self._unreleased):
+            self._release(holder)
+
+    def _beat(self) -> None:
+        if self._beating or not self._commands.up:
+            return
+        self._beating = True
+        beat = self._script(
+            scripts.HEARTBEAT,
+            self.node,
+            self._lease_ms,
+            self._timestamps.now(),
+            STREAM_LENGTH,
+            "0" if self._leased else "1",
+        )
+
+        def renewed(result: list[int]) -> None:
+            held, released, stored = result
+            self._messages = stored
+            if released:
+                self.log.info(
+                    "released {count} nickname(s) of nodes whose lease ran out",
+                    count=released,
+                )
+            if held:
+                if not self._leased:
+                    self.log.info(
+                        "node {node} joined the chat cluster at {where}",
+                        node=self.node,
+                        where=self.where,
+                    )
+                self._leased = True
+                for holder in list(self._unreleased):
+                    self._release(holder)
+            else:
+                self._lease_lost()
+
+        def failed(failure: Failure) -> None:
+            failure.trap(RoomError)
+            self.log.warn("heartbeat failed: {error}", error=failure.value)
+
+        def settled(_: object) -> None:
+            self._beating = False
+
+        beat.addCallbacks(renewed, failed)
+        beat.addBoth(settled)
+
+    def _lease_lost(self) -> None:
+        owners = list(self._names)
+        self.log.warn(
+            "node {node} lost its lease (redis heard no heartbeat in time); "
+            "its {count} nickname(s) were released, closing their connections",
+            node=self.node,
+            count=len(owners),
+        )
+        self._leased = False
+        for owner in owners:
+            holder = self._holder_of.pop(owner, None)
+            self._owner_of.pop(holder, None)
+        self._names.clear()
+        self._audience.clear()
+        self._lost(owners)
+        self._reactor.callLater(0, self._beat)  # join again at once
+
+    # -- the event stream --
+
+    async def _read_events(self) -> None:
+        while self._reading:
+            try:
+                if self._read_from is None:
+                    newest = await self._reader.execute(
+                        "XREVRANGE", self._events_key, "+", "-", "COUNT", 1
+                    )
+                    self._read_from = newest[0][0] if newest else b"0-0"
+                reply = await self._reader.execute(
+                    "XREAD",
+                    "COUNT",
+                    READ_BATCH,
+                    "BLOCK",
+                    READ_BLOCK_MS,
+                    "STREAMS",
+                    self._events_key,
+                    self._read_from,
+                )
+            except RoomError:
+                if self._reading:
+                    await deferLater(self._reactor, RETRY_SECONDS, lambda: None)
+                continue
+            if not reply:
+                continue
+            entries = reply[0][1]
+            self._read_from = entries[-1][0]
+            self._backlog.extend(entries)
+            self._dispatch()
+            if self._backlog:
+                self._drained = Deferred()
+                await self._drained
+
+    def _dispatch(self) -> None:
+        backlog = self._backlog
+        while backlog and self._held_for is None:
+            entry_id, flat = backlog[0]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            origin = self._owner_of.get(fields[b"o"].decode())
+            kind = fields[b"k"]
+            if kind == b"register" and origin is not None:
+                if origin in self._claiming:
+                    self._held_for = origin  # until its reply has gone out
+                    return
+                if origin in self._names:
+                    self._audience[origin] = None
+            elif kind == b"message":
+                self._messages += 1
+            backlog.popleft()
+            try:
+                self._deliver(_event(fields), origin)
+            except Exception:
+                self.log.failure("could not deliver event {id}", id=entry_id)
+        if not backlog and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    def _resume(self) -> None:
+        self._held_for = None
+        self._dispatch()
+
+    # -- shutdown --
+
+    def flush(self) -> "Deferred[None]":
+        if not self._in_flight:
+            return succeed(None)
+        waiting = DeferredList(list(self._in_flight), consumeErrors=True)
+        return waiting.addCallback(lambda _: None)
+
+    def close(self) -> "Deferred[bool]":
+        return Deferred.fromCoroutine(self._close())
+
+    async def _close(self) -> bool:
+        await self.flush()
+        if self._heart.running:
+            self._heart.stop()
+        complete = True
+        try:
+            released = await self._script(
+                scripts.RETIRE, self.node, self._timestamps.now(), STREAM_LENGTH
+            )
+            self.log.info(
+                "node {node} left the chat cluster ({count} nickname(s) released)",
+                node=self.node,
+                count=released,
+            )
+        except RoomError as e:
+            complete = False
+            self.log.warn(
+                "could not leave the cluster cleanly ({error}); other nodes "
+                "release this node's nicknames when its lease runs out",
+                error=e,
+            )
+        self._leased = False
+        self._reading = False
+        await self._reader.stop()
+        await self._commands.stop()
+        return complete

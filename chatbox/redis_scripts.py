@@ -1,0 +1,253 @@
+"""The Lua scripts that change a cluster's shared state, each atomic in Redis.
+
+Redis runs one script at a time, so a script's check and its change cannot
+be split by another node's request: two clients on two nodes racing for one
+nickname are decided by whichever script Redis runs first, and the loser
+sees the name taken. Each state change and the event that tells everyone
+about it are written by the same script, so there is exactly one event per
+change, never a change without its event or an event without its change.
+
+Every script gets the same KEYS, in the order of `KEYS` below:
+
+- owner    HASH  nickname key (NFKC + casefold) -> holder
+- held     HASH  holder -> nickname key
+- display  HASH  holder -> nickname as typed
+- online   ZSET  holders, scored by when they registered (v2's order)
+- joinseq  STRING  the last registration number
+- nodes    ZSET  node id -> lease expiry, in ms of Redis' own clock;
+                 `<nodes>:<node id>` is the SET of that node's holders
+- msgid    STRING  the last message id
+- history  ZSET  encoded history entries, scored by id
+- events   STREAM  every register / change / message / leave, in order
+
+A holder is one connection: `<node id>:<number>`. Leases use Redis' clock
+(TIME), so the nodes' clocks need not agree.
+"""
+
+__all__ = [
+    "CLAIM",
+    "HEARTBEAT",
+    "KEYS",
+    "PAGE",
+    "POST",
+    "RELEASE",
+    "RENAME",
+    "RETIRE",
+    "keys",
+]
+
+KEYS = (
+    "owner",
+    "held",
+    "display",
+    "online",
+    "joinseq",
+    "nodes",
+    "msgid",
+    "history",
+    "events",
+)
+
+
+def keys(prefix: str) -> list[str]:
+    return [f"{prefix}{name}" for name in KEYS]
+
+
+_PREAMBLE = """
+local owner, held, display, online, joinseq, nodes, msgid, history, events =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function holders_of(node)
+  return nodes .. ':' .. node
+end
+
+local function leased(node)
+  local expiry = redis.call('ZSCORE', nodes, node)
+  return expiry and tonumber(expiry) > now_ms()
+end
+
+local function emit(maxlen, ...)
+  return redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', ...)
+end
+
+-- Free whatever nickname `holder` has; returns it as typed, or false.
+local function drop(holder)
+  local key = redis.call('HGET', held, holder)
+  if not key then
+    return false
+  end
+  local name = redis.call('HGET', display, holder)
+  if redis.call('HGET', owner, key) == holder then
+    redis.call('HDEL', owner, key)
+  end
+  redis.call('HDEL', held, holder)
+  redis.call('HDEL', display, holder)
+  redis.call('ZREM', online, holder)
+  return name
+end
+
+-- Release every nickname a node holds, with a leave for each; forget the node.
+local function reap(node, ts, maxlen)
+  local released = 0
+  for _, holder in ipairs(redis.call('SMEMBERS', holders_of(node))) do
+    local name = drop(holder)
+    if name then
+      emit(maxlen, 'k', 'leave', 'o', holder, 'n', name, 't', ts)
+      released = released + 1
+    end
+  end
+  redis.call('DEL', holders_of(node))
+  redis.call('ZREM', nodes, node)
+  return released
+end
+"""
+
+# ARGV: node, holder, key, name, timestamp, maxlen.
+# Returns the stream id of the register event, 0 if the name is taken, -1 if
+# this node holds no lease. A holder that already holds a name (its earlier
+# claim's reply was lost) leaves it first, with its leave event.
+CLAIM = (
+    _PREAMBLE
+    + """
+local node, holder, key, name, ts, maxlen = unpack(ARGV)
+if not leased(node) then
+  return -1
+end
+local current = redis.call('HGET', owner, key)
+if current and current ~= holder then
+  return 0
+end
+local previous = drop(holder)
+if previous then
+  emit(maxlen, 'k', 'leave', 'o', holder, 'n', previous, 't', ts)
+end
+redis.call('HSET', owner, key, holder)
+redis.call('HSET', held, holder, key)
+redis.call('HSET', display, holder, name)
+redis.call('ZADD', online, redis.call('INCR', joinseq), holder)
+redis.call('SADD', holders_of(node), holder)
+return emit(maxlen, 'k', 'register', 'o', holder, 'n', name, 't', ts)
+"""
+)
+
+# ARGV: node, holder, key, name, timestamp, maxlen.
+# Returns the stream id of the change event, 0 if the name is taken (or is
+# exactly the current one, as v2), -1 if the holder's name is gone (lease lost).
+RENAME = (
+    _PREAMBLE
+    + """
+local node, holder, key, name, ts, maxlen = unpack(ARGV)
+local old_key = redis.call('HGET', held, holder)
+if not old_key or not leased(node) then
+  return -1
+end
+local old = redis.call('HGET', display, holder)
+if old == name then
+  return 0
+end
+local current = redis.call('HGET', owner, key)
+if current and current ~= holder then
+  return 0
+end
+redis.call('HDEL', owner, old_key)
+redis.call('HSET', owner, key, holder)
+redis.call('HSET', held, holder, key)
+redis.call('HSET', display, holder, name)
+return emit(maxlen, 'k', 'change', 'o', holder, 'old', old, 'n', name, 't', ts)
+"""
+)
+
+# ARGV: node, holder, timestamp, maxlen. Returns 1 if a name was released
+# (and its leave sent), 0 if the holder held none. Safe to repeat.
+RELEASE = (
+    _PREAMBLE
+    + """
+local node, holder, ts, maxlen = unpack(ARGV)
+redis.call('SREM', holders_of(node), holder)
+local name = drop(holder)
+if not name then
+  return 0
+end
+emit(maxlen, 'k', 'leave', 'o', holder, 'n', name, 't', ts)
+return 1
+"""
+)
+
+# ARGV: node, holder, name, content, timestamp, entry head, entry tail, maxlen.
+# The history entry is head .. id .. tail (chatbox.messages makes its shape).
+# Returns the new id, or -1 if the holder no longer holds `name`.
+POST = (
+    _PREAMBLE
+    + """
+local node, holder, name, content, ts, head, tail, maxlen = unpack(ARGV)
+if redis.call('HGET', display, holder) ~= name or not leased(node) then
+  return -1
+end
+local id = redis.call('INCR', msgid)
+redis.call('ZADD', history, id, head .. id .. tail)
+emit(maxlen, 'k', 'message', 'o', holder, 'n', name, 'c', content, 't', ts,
+     'id', id)
+return id
+"""
+)
+
+# ARGV: highest score, lowest score, limit (ZRANGE BYSCORE bounds, "(" for
+# exclusive). Returns {newest entries first, online names in order}.
+PAGE = (
+    _PREAMBLE
+    + """
+local high, low, limit = unpack(ARGV)
+local entries = redis.call('ZRANGE', history, high, low, 'BYSCORE', 'REV',
+                           'LIMIT', 0, limit)
+local holders = redis.call('ZRANGE', online, 0, -1)
+local names = {}
+for first = 1, #holders, 500 do
+  local last = math.min(first + 499, #holders)
+  local chunk = redis.call('HMGET', display, unpack(holders, first, last))
+  for i = 1, #chunk do
+    if chunk[i] then
+      names[#names + 1] = chunk[i]
+    end
+  end
+end
+return {entries, names}
+"""
+)
+
+# ARGV: node, lease ms, timestamp, maxlen, joining ("1" or "0").
+# First reaps every node whose lease has run out (this one too), sending a
+# leave for each of their names; being in one script, each dead node is
+# reaped exactly once, whichever node gets there first. Then renews this
+# node's lease, or, if it was reaped and is not joining, says so.
+# Returns {1 or 0 (lease lost), names released, messages in history}.
+HEARTBEAT = (
+    _PREAMBLE
+    + """
+local node, lease, ts, maxlen, joining = unpack(ARGV)
+local now = now_ms()
+local released = 0
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now)) do
+  released = released + reap(dead, ts, maxlen)
+end
+if joining ~= '1' and not redis.call('ZSCORE', nodes, node) then
+  return {0, released, redis.call('ZCARD', history)}
+end
+redis.call('ZADD', nodes, now + tonumber(lease), node)
+return {1, released, redis.call('ZCARD', history)}
+"""
+)
+
+# ARGV: node, timestamp, maxlen. A node leaving cleanly: its names are
+# released with their leaves and its lease is given up.
+RETIRE = (
+    _PREAMBLE
+    + """
+local node, ts, maxlen = unpack(ARGV)
+return reap(node, ts, maxlen)
+"""
+)
