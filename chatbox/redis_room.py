@@ -394,12 +394,8 @@ class RedisRoom:
                 )
             if held:
                 if not self._leased:
-                    self.log.info(
-                        "node {node} joined the chat cluster at {where}",
-                        node=self.node,
-                        where=self.where,
-                    )
-                self._leased = True
+                    self._leased = True
+                    self._announce_ready()
                 for holder in list(self._unreleased):
                     self._release(holder)
             else:
@@ -414,6 +410,14 @@ class RedisRoom:
 
         beat.addCallbacks(renewed, failed)
         beat.addBoth(settled)
+
+    def _announce_ready(self) -> None:
+        if self.ready:
+            self.log.info(
+                "node {node} joined the chat cluster at {where}",
+                node=self.node,
+                where=self.where,
+            )
 
     def _lease_lost(self) -> None:
         owners = list(self._names)
@@ -442,6 +446,7 @@ class RedisRoom:
                         "XREVRANGE", self._events_key, "+", "-", "COUNT", 1
                     )
                     self._read_from = newest[0][0] if newest else b"0-0"
+                    self._announce_ready()
                 reply = await self._reader.execute(
                     "XREAD",
                     "COUNT",

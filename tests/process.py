@@ -27,6 +27,7 @@ class ServerProcess(ProcessProtocol):
         self.ended: Deferred = Deferred()
         self.exit_code: int | None = None
         self.signal: int | None = None
+        self._awaited: list[tuple[re.Pattern, int, Deferred]] = []
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
@@ -34,6 +35,21 @@ class ServerProcess(ProcessProtocol):
         if match and not self.started.called:
             self.url = match.group(1).decode()
             self.started.callback(self.url)
+        for awaited in list(self._awaited):
+            pattern, count, waiter = awaited
+            if len(pattern.findall(self.output)) >= count:
+                self._awaited.remove(awaited)
+                waiter.callback(None)
+
+    def wait_for(self, pattern: bytes, count: int = 1, timeout: float = 30) -> Deferred:
+        """Fires once the output holds `pattern` `count` times."""
+        compiled = re.compile(pattern)
+        waiter: Deferred = Deferred()
+        if len(compiled.findall(self.output)) >= count:
+            waiter.callback(None)
+        else:
+            self._awaited.append((compiled, count, waiter))
+        return waiter.addTimeout(timeout, reactor)
 
     errReceived = outReceived
 

@@ -1,0 +1,343 @@
+"""Several chatbox nodes as one chat over a real redis-server.
+
+Every node here is `twistd -n chatbox --redis ...` as a child process, and
+Redis is a real redis-server child process, so kill -9 means kill -9.
+"""
+
+import json
+import signal
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, ensureDeferred, gatherResults
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.web.client import Agent, readBody
+
+from tests import process
+from tests.client import connect
+from tests.redis_server import RedisServer
+
+LEASE = 4.0  # seconds; a dead node's names must be freed within this
+CHATBOX_REDIS = str(Path(sysconfig.get_path("scripts")) / "chatbox-redis")
+
+
+async def start_node(tmp_path: Path, redis: RedisServer, name: str, *args: str):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    node = await process.start(
+        workdir, f"--redis={redis.url}", f"--redis-lease={LEASE}", *args
+    )
+    await node.wait_for(rb"joined the chat cluster")
+    return node
+
+
+@pytest_twisted.async_yield_fixture
+async def redis(tmp_path: Path):
+    server = RedisServer(tmp_path)
+    await server.start()
+    yield server
+    await server.kill(signal.SIGTERM)
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(tmp_path: Path, redis: RedisServer):
+    started = [await start_node(tmp_path, redis, f"node{i}") for i in (1, 2, 3)]
+    yield started
+    for node in started:
+        await node.kill(signal.SIGTERM)
+
+
+async def user(node, name: str):
+    client = await connect(node.url)
+    reply = await client.register(name)
+    assert reply["status"] is True, reply
+    return client
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def health(node) -> tuple[int, dict]:
+    url = node.url.replace("ws://", "http://") + "/healthz"
+    response = await Agent(reactor).request(b"GET", url.encode())
+    return response.code, json.loads(await readBody(response))
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_cross_nodes_once_each_in_order(nodes):
+    one, two, three = nodes
+    an = await user(one, "An")
+    bo = await user(two, "Bo")
+    joined = await an.event()
+    assert (joined["type"], joined["datatype"], joined["name"]) == (
+        "receive",
+        "register",
+        "Bo",
+    )
+    cy = await user(three, "Cy")
+    for watcher in (an, bo):
+        joined = await watcher.event()
+        assert (joined["datatype"], joined["name"]) == ("register", "Cy")
+
+    # 40 messages pipelined from one node arrive at the others in order.
+    for i in range(40):
+        an.send_json({"type": "send", "content": f"m{i}"})
+    acks = [await an.reply() for _ in range(40)]
+    assert all(ack["status"] for ack in acks)
+    ids = [ack["id"] for ack in acks]
+    assert ids == sorted(ids) and len(set(ids)) == 40
+    for watcher in (bo, cy):
+        got = [await watcher.event() for _ in range(40)]
+        assert [(e["datatype"], e["content"], e["id"]) for e in got] == [
+            ("message", f"m{i}", ids[i]) for i in range(40)
+        ]
+
+    assert (await bo.register("Bob"))["status"] is True
+    for watcher in (an, cy):
+        changed = await watcher.event()
+        assert (changed["oldname"], changed["newname"]) == ("Bo", "Bob")
+    bo.sendClose()
+    for watcher in (an, cy):
+        left = await watcher.event()
+        assert (left["datatype"], left["name"]) == ("leave", "Bob")
+    # Exactly once: nothing else arrives, and nobody hears their own events.
+    await an.no_event(0.5)
+    await cy.no_event(0.1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nickname_rules_hold_across_nodes(nodes):
+    one, two, _ = nodes
+    an = await user(one, "Alice")
+    bo = await connect(two.url)
+    for variant in ("alice", "ALICE", "Ａlice"):
+        reply = await bo.register(variant)
+        assert reply["reason"] == "NameAlreadyUsed", reply
+    assert (await bo.register("Bob"))["status"] is True
+    reply = await bo.register("ALICE")
+    assert (reply["action"], reply["reason"]) == ("change", "NameAlreadyUsed")
+    # A variant of one's own name is a normal change, seen by the other node.
+    assert (await an.register("ALICE"))["status"] is True
+    assert (await bo.event())["newname"] == "ALICE"
+    # Pipelined name then send: the send waits for the claim.
+    cy = await connect(two.url)
+    cy.send_json({"type": "name", "name": "Cy"})
+    cy.send_json({"type": "send", "content": "first words"})
+    assert (await cy.reply())["status"] is True
+    assert (await cy.reply())["status"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_get_on_every_node(nodes):
+    clients = [await user(node, name) for node, name in zip(nodes, "ABC", strict=True)]
+    for round_ in range(5):
+        for client in clients:
+            assert (await client.say(f"r{round_}"))["status"] is True
+    answers = [await client.get() for client in clients]
+    datas = [answer["data"] for answer in answers]
+    assert datas[0] == datas[1] == datas[2]
+    assert datas[0]["online"] == ["A", "B", "C"]  # registration order
+    assert len(datas[0]["message"]) == 15
+    ids = [m["id"] for m in datas[0]["message"]]
+    assert ids == sorted(ids)
+    pages = [await c.get(limit=4, before=ids[10], after=ids[2]) for c in clients]
+    assert pages[0]["data"] == pages[1]["data"] == pages[2]["data"]
+    assert [m["id"] for m in pages[0]["data"]["message"]] == ids[6:10]
+
+
+@pytest_twisted.ensureDeferred
+async def test_race_for_one_name_has_one_winner(nodes):
+    variants = ["Racer", "racer", "RACER", "Ｒacer", "rAcEr"]
+    for round_ in range(3):
+        clients = [
+            await connect(node.url) for node in nodes for _ in range(8)
+        ]  # 24 clients, 8 on each node
+        for i, client in enumerate(clients):
+            client.send_json({"type": "name", "name": variants[i % len(variants)]})
+        replies = [await client.reply() for client in clients]
+        winners = [r for r in replies if r["status"]]
+        assert len(winners) == 1, (round_, replies)
+        assert all(r["reason"] == "NameAlreadyUsed" for r in replies if not r["status"])
+        for client in clients:
+            client.sendClose()
+        await DeferredList([ensureDeferred(c.wait_closed()) for c in clients])
+        await sleep(0.2)  # leaves reach Redis before the next round
+
+
+@pytest_twisted.ensureDeferred
+async def test_killed_node_names_freed_and_left_once(nodes):
+    one, two, three = nodes
+    watchers = [await user(one, "Watcher1"), await user(three, "Watcher3")]
+    assert (await watchers[0].event())["name"] == "Watcher3"
+    victims = [await user(two, name) for name in ("Cy", "Di")]
+    for watcher in watchers:
+        for _ in victims:
+            assert (await watcher.event())["datatype"] == "register"
+
+    started = time.monotonic()
+    await two.kill(signal.SIGKILL)
+    for watcher in watchers:
+        left = [await watcher.event(timeout=LEASE + 5) for _ in victims]
+        assert sorted((e["datatype"], e["name"]) for e in left) == [
+            ("leave", "Cy"),
+            ("leave", "Di"),
+        ]
+    elapsed = time.monotonic() - started
+    assert elapsed < LEASE, f"names freed after {elapsed:.1f} s"
+    # Two surviving nodes both reap: still one leave per name.
+    for watcher in watchers:
+        await watcher.no_event(LEASE / 2)
+    again = await user(one, "cy")
+    assert (await again.get())["data"]["online"] == ["Watcher1", "Watcher3", "cy"]
+    for victim in victims:
+        await victim.wait_closed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_loses_no_acknowledged_message(nodes, redis):
+    one, two, _ = nodes
+    senders = [await user(one, "An"), await user(two, "Bo")]
+    acked: dict[int, str] = {}
+    refused: list[dict] = []
+    state = {"restarted": False}
+
+    async def chatter(client, who: str) -> None:
+        after_restart = 0
+        i = 0
+        while after_restart < 30:
+            i += 1
+            reply = await client.say(f"{who}{i}")
+            if reply["status"]:
+                acked[reply["id"]] = reply["content"]
+                after_restart += state["restarted"]
+            else:
+                refused.append(reply)
+                await sleep(0.05)
+
+    async def outage() -> None:
+        while len(acked) < 60:
+            await sleep(0.01)
+        await redis.kill(signal.SIGKILL)
+        await sleep(0.5)
+        await redis.start()
+        state["restarted"] = True
+
+    await gatherResults(
+        [
+            ensureDeferred(chatter(senders[0], "an")),
+            ensureDeferred(chatter(senders[1], "bo")),
+            ensureDeferred(outage()),
+        ]
+    )
+    assert refused, "the outage was never noticed"
+    for reply in refused:
+        assert reply["reason"] == "ErrorWhenSend" and reply["error"], reply
+    for node in nodes:
+        await until_healthy(node)
+    for node, client in zip(nodes[:2], senders, strict=True):
+        data = (await client.get())["data"]
+        stored = {m["id"]: m["content"] for m in data["message"]}
+        history = stored
+        missing = set(acked) - set(stored)
+        assert not missing, f"{node.url} lost acknowledged {sorted(missing)}"
+        assert all(stored[i] == acked[i] for i in acked)
+        assert list(stored) == sorted(stored)
+        assert data["online"] == ["An", "Bo"]
+    # The event stream outlived the restart: each stored message of the other
+    # sender reached each client once, in id order. (Stored can be more than
+    # acknowledged: a send whose reply was lost when Redis died is "in doubt"
+    # to its sender, and may have been stored.)
+    for client, other in zip(senders, ("bo", "an"), strict=True):
+        expected = sorted(i for i, text in history.items() if text.startswith(other))
+        seen = []
+        while len(seen) < len(expected):
+            event = await client.event()
+            if event["datatype"] == "message":
+                seen.append(event["id"])
+        assert seen == expected
+        await client.no_event(0.3)
+
+
+async def until_healthy(node, within: float = 15) -> None:
+    deadline = time.monotonic() + within
+    while (await health(node))[0] != 200:
+        assert time.monotonic() < deadline, f"{node.url} did not recover"
+        await sleep(0.1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_serves_errors_until_redis_comes(tmp_path):
+    redis = RedisServer(tmp_path)  # not started yet
+    workdir = tmp_path / "node"
+    workdir.mkdir()
+    node = await process.start(workdir, f"--redis={redis.url}")
+    try:
+        code, body = await health(node)
+        assert code == 503 and body["redis"] == "unavailable", body
+        client = await connect(node.url)
+        reply = await client.register("An")
+        assert reply["reason"] == "ErrorWhenRegister" and reply["error"], reply
+        await redis.start()
+        await node.wait_for(rb"joined the chat cluster")
+        assert (await client.register("An"))["status"] is True
+        assert (await client.say("made it"))["id"] == 1
+        code, body = await health(node)
+        assert code == 200 and (body["redis"], body["lease"]) == ("ok", "held")
+    finally:
+        await node.kill(signal.SIGTERM)
+        await redis.kill()
+    assert node.stopped_cleanly, node.output.decode()
+    assert b"left the chat cluster" in node.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_import_then_export_round_trip(tmp_path, redis):
+    v2 = tmp_path / "data.json"
+    stamp = "24/11/2026, 14:05:09"
+    v2.write_text(
+        json.dumps(
+            [
+                {"name": "An", "content": "xin chào", "timestamp": stamp},
+                {"name": "Bo", "content": '"id":0 }', "timestamp": stamp},
+            ],
+            ensure_ascii=False,
+        )
+    )
+    out, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["import", "--redis", redis.url, str(v2)]
+    )
+    assert code == 0, err
+    assert b"imported 2 messages" in out
+    out, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["import", "--redis", redis.url, str(v2)]
+    )
+    assert code == 1 and b"already has a history (2 messages)" in err
+
+    node = await start_node(tmp_path, redis, "node")
+    try:
+        client = await user(node, "Cy")
+        assert (await client.say("after import"))["id"] == 3
+        messages = (await client.get())["data"]["message"]
+        assert [(m["id"], m["content"]) for m in messages] == [
+            (1, "xin chào"),
+            (2, '"id":0 }'),
+            (3, "after import"),
+        ]
+    finally:
+        await node.kill(signal.SIGTERM)
+
+    exported = tmp_path / "exported.json"
+    out, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["export", "--redis", redis.url, str(exported)]
+    )
+    assert code == 0, err
+    assert json.loads(exported.read_text()) == messages
+    out, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["export", "--redis", redis.url, str(exported)]
+    )
+    assert code == 1 and b"--force" in err
