@@ -43,7 +43,7 @@ CHATBOX = [
 
 
 class Server:
-    def __init__(self, kind: str, workdir: str) -> None:
+    def __init__(self, kind: str, workdir: str, *extra: str) -> None:
         if kind == "chatbox":
             command = [
                 TWISTD,
@@ -52,6 +52,7 @@ class Server:
                 "chatbox",
                 "--port=tcp:0:interface=127.0.0.1",
                 *CHATBOX,
+                *extra,
             ]
         else:
             command = [PYTHON, str(HERE / "stick.py"), "0"]

@@ -6,6 +6,10 @@
     python bench/load.py URL --mode idle --clients 2000 --pid SERVER_PID
     python bench/load.py URL --mode gets --limit 50 --count 1000
     python bench/load.py --prefill data.json --history 100000
+    python bench/load.py ws://127.0.0.1:9001,ws://127.0.0.1:9002 --mode fanout
+
+Several comma-separated URLs (the nodes of a cluster) share the clients out
+in turn, senders included.
 
 Modes:
 - fanout: every client registers; `senders` of them send `messages` each,
@@ -170,10 +174,14 @@ async def connect(url: str, stats: Stats) -> Client:
 
 
 async def connect_many(url: str, count: int, stats: Stats, prefix: str) -> list[Client]:
+    urls = url.split(",")
     clients: list[Client] = []
     for start in range(0, count, 100):  # in waves, not a thundering herd
         wave = await asyncio.gather(
-            *(connect(url, stats) for _ in range(start, min(count, start + 100)))
+            *(
+                connect(urls[i % len(urls)], stats)
+                for i in range(start, min(count, start + 100))
+            )
         )
         clients.extend(wave)
     replies = await asyncio.gather(

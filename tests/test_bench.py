@@ -14,6 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
 from chatbox import datafile
+from tests.redis_server import require_redis
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -144,3 +145,13 @@ async def test_the_measuring_stick_speaks_what_the_generator_expects(tmp_path):
     finally:
         process.signalProcess("TERM")
         await stick.ended
+
+
+@ensureDeferred
+async def test_cluster_benchmark_runs_every_target():
+    require_redis()
+    figures = await bench("cluster.py", "--rounds", "1", "--quick")
+    # cluster.py itself fails if any delivery is missing.
+    for target in ("single", "1 node", "2 nodes"):
+        assert figures[target]["deliveries_per_s"] > 0
+        assert figures[target]["paced_fanout_p99_ms"] > 0

@@ -199,6 +199,34 @@ async def test_killed_node_names_freed_and_left_once(nodes):
 
 
 @pytest_twisted.ensureDeferred
+async def test_node_that_outlived_its_lease_closes_its_clients(nodes):
+    """A node frozen (or cut off) past its lease has had its names released
+    and handed to others; when it wakes it must not let its clients chat on
+    under them: they are closed with 1012 and may register again."""
+    one, two, _ = nodes
+    watcher = await user(one, "Watcher")
+    frozen = await user(two, "Frozen")
+    assert (await watcher.event())["name"] == "Frozen"
+    two.transport.signalProcess(signal.SIGSTOP)
+    try:
+        left = await watcher.event(timeout=LEASE + 5)
+        assert (left["datatype"], left["name"]) == ("leave", "Frozen")
+        taker = await user(one, "frozen")  # the name is free for others now
+    finally:
+        two.transport.signalProcess(signal.SIGCONT)
+    assert await frozen.close_code_from_server() == 1012
+    await two.wait_for(rb"lost its lease")
+    await two.wait_for(rb"joined the chat cluster", count=2)
+    again = await connect(two.url)
+    assert (await again.register("Frozen"))["reason"] == "NameAlreadyUsed"
+    assert (await again.register("Thawed"))["status"] is True
+    assert (await taker.event())["name"] == "Thawed"
+    joins = [(await watcher.event())["name"] for _ in range(2)]
+    assert joins == ["frozen", "Thawed"]
+    await watcher.no_event(0.3)
+
+
+@pytest_twisted.ensureDeferred
 async def test_redis_restart_loses_no_acknowledged_message(nodes, redis):
     one, two, _ = nodes
     senders = [await user(one, "An"), await user(two, "Bo")]
