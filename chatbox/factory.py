@@ -109,7 +109,7 @@ class ChatFactory(WebSocketServerFactory):
         reconnect and register again, rather than chat under a name someone
         else may now hold."""
         for connection in connections:
-            connection.close_with(CLOSE_SERVICE_RESTART, "nickname lost, reconnect")
+            connection.close_with(CLOSE_SERVICE_RESTART, "reconnect and register again")
 
     # -- sending to many --
 

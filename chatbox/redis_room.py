@@ -132,6 +132,8 @@ class RedisRoom:
 
         self._reading = False
         self._read_from: bytes | None = None  # the last entry received
+        self._entries_read = 0  # the stream's entries-added at _read_from
+        self._reader_came_back = False
         self._backlog: deque[tuple[bytes, list[bytes]]] = deque()
         self._held_for: Hashable | None = None  # reading waits for its reply
         self._drained: Deferred[None] | None = None
@@ -144,6 +146,7 @@ class RedisRoom:
 
     def start(self) -> None:
         self._commands.on_up(self._reconnected)
+        self._reader.on_up(self._reader_reconnected)
         self._commands.start()
         self._reader.start()
         self._heart.start(self._beat_every, now=False)
@@ -442,11 +445,11 @@ class RedisRoom:
         while self._reading:
             try:
                 if self._read_from is None:
-                    newest = await self._reader.execute(
-                        "XREVRANGE", self._events_key, "+", "-", "COUNT", 1
-                    )
-                    self._read_from = newest[0][0] if newest else b"0-0"
+                    newest, added, _ = await self._stream_state()
+                    self._read_from, self._entries_read = newest, added
                     self._announce_ready()
+                elif self._reader_came_back:
+                    await self._check_for_gap()
                 reply = await self._reader.execute(
                     "XREAD",
                     "COUNT",
@@ -465,11 +468,35 @@ class RedisRoom:
                 continue
             entries = reply[0][1]
             self._read_from = entries[-1][0]
+            self._entries_read += len(entries)
             self._backlog.extend(entries)
             self._dispatch()
             if self._backlog:
                 self._drained = Deferred()
                 await self._drained
+
+    def _stream_state(self) -> Deferred:
+        return self._reader.eval(scripts.STREAM_STATE.encode(), self._keys, [])
+
+    def _reader_reconnected(self) -> None:
+        self._reader_came_back = True
+
+    async def _check_for_gap(self) -> None:
+        """After a reconnect: if Redis trimmed events this node had not read
+        (it was away while more than the stream holds went by), its clients
+        missed joins, leaves or messages. Have them reconnect and register
+        again, which gives them the whole truth, rather than go on wrong."""
+        _, added, kept = await self._stream_state()
+        self._reader_came_back = False
+        if added - self._entries_read > kept:
+            owners = list(self._names)
+            self.log.warn(
+                "node {node} missed events trimmed from the stream while it was "
+                "away; closing its {count} registered connection(s)",
+                node=self.node,
+                count=len(owners),
+            )
+            self._lost(owners)
 
     def _dispatch(self) -> None:
         backlog = self._backlog

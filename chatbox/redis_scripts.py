@@ -33,6 +33,7 @@ __all__ = [
     "RELEASE",
     "RENAME",
     "RETIRE",
+    "STREAM_STATE",
     "keys",
 ]
 
@@ -249,5 +250,25 @@ RETIRE = (
     + """
 local node, ts, maxlen = unpack(ARGV)
 return reap(node, ts, maxlen)
+"""
+)
+
+# The stream's last generated id, entries ever added, and entries kept
+# ({"0-0", 0, 0} if it does not exist). A reader that has handled every
+# entry up to an id knows how many were added by then; the entries added
+# since must all still be kept, or some were trimmed before it read them.
+# (Redis 7.0's max-deleted-entry-id tells of XDEL only, not of trimming.)
+STREAM_STATE = (
+    _PREAMBLE
+    + """
+if redis.call('EXISTS', events) == 0 then
+  return {'0-0', 0, 0}
+end
+local info = redis.call('XINFO', 'STREAM', events)
+local state = {}
+for i = 1, #info, 2 do
+  state[info[i]] = info[i + 1]
+end
+return {state['last-generated-id'], state['entries-added'], state['length']}
 """
 )

@@ -6,6 +6,7 @@ Redis is a real redis-server child process, so kill -9 means kill -9.
 
 import json
 import signal
+import socket
 import sysconfig
 import time
 from pathlib import Path
@@ -224,6 +225,39 @@ async def test_node_that_outlived_its_lease_closes_its_clients(nodes):
     joins = [(await watcher.event())["name"] for _ in range(2)]
     assert joins == ["frozen", "Thawed"]
     await watcher.no_event(0.3)
+
+
+def redis_commands(redis: RedisServer, *commands: bytes) -> None:
+    """Send commands in one write, so Redis runs them back to back."""
+    with socket.create_connection(("127.0.0.1", redis.port)) as connection:
+        connection.sendall(b"".join(command + b"\r\n" for command in commands))
+        connection.shutdown(socket.SHUT_WR)
+        while connection.recv(4096):
+            pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_that_missed_trimmed_events_has_clients_register_again(nodes, redis):
+    one, _, _ = nodes
+    an = await user(one, "An")
+    # Every node is cut off, and the stream trimmed past where it was,
+    # before any can reconnect: they have missed events and must say so.
+    redis_commands(
+        redis,
+        b"CLIENT KILL TYPE normal SKIPME yes",
+        b"XADD chatbox:events * k message",
+        b"XTRIM chatbox:events MAXLEN 0",
+    )
+    assert await an.close_code_from_server() == 1012
+    await one.wait_for(rb"missed events trimmed from the stream")
+    deadline = time.monotonic() + 5
+    while True:  # the old connection's release is on its way to Redis
+        again = await connect(one.url)
+        if (await again.register("An"))["status"]:
+            break
+        assert time.monotonic() < deadline, "An was never released"
+        await sleep(0.1)
+    assert (await again.say("back"))["status"] is True
 
 
 @pytest_twisted.ensureDeferred
