@@ -16,11 +16,12 @@ event in the stream: from then on it gets every event, exactly once, and
 none from before. If the stream reaches that event before the claim's reply,
 reading waits for the reply, so the client sees its reply first.
 
-Leases: each node renews its lease every `lease / 5` seconds for `lease *
-3 / 5`, in Redis' clock. Whichever node's heartbeat first finds a lease run
+Leases: each node renews its lease every `lease / 6` seconds for `0.6 *
+lease`, in Redis' clock. Whichever node's heartbeat first finds a lease run
 out releases that node's names, with a leave each (one script, so exactly
-once). So a node that dies has its names freed within `lease` seconds, and
-it survives two missed heartbeats. A node that finds its own lease gone
+once). So a node that dies has its names freed within `0.6 + 1/6` of
+`lease` (plus a script's time), and a node survives two missed renewals
+(the third comes at half the lease). A node that finds its own lease gone
 closes its registered connections (1012) so their clients register again.
 """
 
@@ -103,8 +104,8 @@ class RedisRoom:
         self._reactor = reactor
         self._keys = scripts.keys(prefix)
         self._events_key = self._keys[scripts.KEYS.index("events")]
-        self._lease_ms = int(lease * 1000 * 3 / 5)
-        self._beat_every = lease / 5
+        self._lease_ms = int(lease * 1000 * 0.6)
+        self._beat_every = lease / 6
         self._timestamps = Timestamps(reactor.seconds)
         self._commands = RedisLink(address, reactor, timeout, "redis")
         self._reader = RedisLink(address, reactor, timeout, "redis event reader")
