@@ -196,6 +196,25 @@ class RedisRoom:
 
         return running.addBoth(settled)
 
+    def _name_script(
+        self, script: str, holder: str, name: str, timestamp: str, refused: str
+    ) -> "Deferred[bytes]":
+        """CLAIM or RENAME, which take the same arguments and answer alike:
+        fires with the stream id of the event; fails with NameTaken, or with
+        RoomError(`refused`) when this node cannot vouch for the holder."""
+        running = self._script(
+            script, self.node, holder, name_key(name), name, timestamp, STREAM_LENGTH
+        )
+
+        def answered(result: object) -> bytes:
+            if result == 0:
+                raise NameTaken(name)
+            if not isinstance(result, bytes):
+                raise RoomError(refused)
+            return result
+
+        return running.addCallback(answered)
+
     def claim(self, owner: Hashable, name: str, timestamp: str) -> "Deferred[None]":
         if not self.ready:
             return fail(RoomError(_NOT_READY))
@@ -203,29 +222,18 @@ class RedisRoom:
         self._holder_of[owner] = holder
         self._owner_of[holder] = owner
         self._claiming.add(owner)
-        claimed = self._script(
-            scripts.CLAIM,
-            self.node,
-            holder,
-            name_key(name),
-            name,
-            timestamp,
-            STREAM_LENGTH,
-        )
+        claimed = self._name_script(scripts.CLAIM, holder, name, timestamp, _NOT_READY)
 
-        def decided(result: object) -> None:
-            if result == 0:
-                raise NameTaken(name)
-            if result == -1:
-                raise RoomError(_NOT_READY)
-            if self._holder_of.get(owner) == holder:
-                self._names[owner] = name
-                if self._read_from is not None and _stream_id(
-                    self._read_from
-                ) >= _stream_id(result):
-                    # The stream passed the claim's event before this reply
-                    # (only if it was trimmed or read around): join now.
-                    self._audience[owner] = None
+        def decided(event_id: bytes) -> None:
+            if self._holder_of.get(owner) != holder:
+                return
+            self._names[owner] = name
+            if self._read_from is not None and (
+                _stream_id(self._read_from) >= _stream_id(event_id)
+            ):
+                # The stream passed the claim's event before this reply
+                # (only if it was trimmed or read around): join now.
+                self._audience[owner] = None
 
         def failed(failure: Failure) -> Failure:
             if failure.check(RedisInDoubt):
@@ -253,21 +261,9 @@ class RedisRoom:
             return fail(RoomError(_NAME_LOST))
         if not self.ready:
             return fail(RoomError(_NOT_READY))
-        renamed = self._script(
-            scripts.RENAME,
-            self.node,
-            holder,
-            name_key(name),
-            name,
-            timestamp,
-            STREAM_LENGTH,
-        )
+        renamed = self._name_script(scripts.RENAME, holder, name, timestamp, _NAME_LOST)
 
-        def decided(result: object) -> str:
-            if result == 0:
-                raise NameTaken(name)
-            if result == -1:
-                raise RoomError(_NAME_LOST)
+        def decided(_: bytes) -> str:
             if self._holder_of.get(owner) == holder:
                 self._names[owner] = name
             return old
