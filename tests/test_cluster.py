@@ -350,6 +350,10 @@ async def test_node_serves_errors_until_redis_comes(tmp_path):
         assert (await client.say("made it"))["id"] == 1
         code, body = await health(node)
         assert code == 200 and (body["redis"], body["lease"]) == ("ok", "held")
+        url = node.url.replace("ws://", "http://") + "/metrics"
+        metrics = await readBody(await Agent(reactor).request(b"GET", url.encode()))
+        assert b"chatbox_registered_users 1.0" in metrics
+        assert b"chatbox_connections 1.0" in metrics
     finally:
         await node.kill(signal.SIGTERM)
         await redis.kill()
