@@ -211,17 +211,18 @@ class RedisLink:
 
     def execute(self, *args: Any, **options: Any) -> Deferred:
         """Run one command; fails at once with RedisUnavailable when down."""
-        try:
-            sent = self.connection().execute_command(*args, **options)
-        except (RedisUnavailable, txredisapi.ConnectionError):
-            return fail(RedisUnavailable("redis unavailable"))
-        return sent.addErrback(_translate)
+        return self._send(lambda conn: conn.execute_command(*args, **options))
 
     def eval(self, script: bytes, keys: Sequence[Any], args: Sequence[Any]) -> Deferred:
         """Run a Lua script by its hash, loading it when Redis lacks it
         (after a restart, say)."""
+        return self._send(lambda conn: conn.eval(script, list(keys), list(args)))
+
+    def _send(
+        self, command: Callable[[txredisapi.RedisProtocol], Deferred]
+    ) -> Deferred:
         try:
-            sent = self.connection().eval(script, list(keys), list(args))
+            sent = command(self.connection())
         except (RedisUnavailable, txredisapi.ConnectionError):
             return fail(RedisUnavailable("redis unavailable"))
         return sent.addErrback(_translate)

@@ -146,7 +146,7 @@ class RedisRoom:
         self._lost = lost
 
     def start(self) -> None:
-        self._commands.on_up(self._reconnected)
+        self._commands.on_up(self._beat)  # which retries pending releases
         self._reader.on_up(self._reader_reconnected)
         self._commands.start()
         self._reader.start()
@@ -185,9 +185,9 @@ class RedisRoom:
 
     # -- IRoom: requests --
 
-    def _script(self, script: str, *args: object) -> Deferred:
+    def _script(self, script: bytes, *args: object) -> Deferred:
         """Run a script; the Deferred is tracked until settled, for flush()."""
-        running = self._commands.eval(script.encode(), self._keys, args)
+        running = self._commands.eval(script, self._keys, args)
         self._in_flight.add(running)
 
         def settled(result: object) -> object:
@@ -197,7 +197,7 @@ class RedisRoom:
         return running.addBoth(settled)
 
     def _name_script(
-        self, script: str, holder: str, name: str, timestamp: str, refused: str
+        self, script: bytes, holder: str, name: str, timestamp: str, refused: str
     ) -> "Deferred[bytes]":
         """CLAIM or RENAME, which take the same arguments and answer alike:
         fires with the stream id of the event; fails with NameTaken, or with
@@ -236,13 +236,14 @@ class RedisRoom:
                 self._audience[owner] = None
 
         def failed(failure: Failure) -> Failure:
-            if failure.check(RedisInDoubt):
-                # The claim may have happened; free whatever it got, and a
-                # new claim gets a new holder.
-                self._forget_holder(owner, holder, timestamp)
-            elif self._holder_of.get(owner) == holder:
-                del self._holder_of[owner]
-                self._owner_of.pop(holder, None)
+            # Unless the connection has gone (and released the holder) meanwhile:
+            if self._holder_of.get(owner) == holder:
+                if failure.check(RedisInDoubt):
+                    # The claim may have happened: free whatever it got. A
+                    # new claim gets a new holder.
+                    self.release(owner, timestamp)
+                else:
+                    self._forget(owner)
             return failure
 
         def finished(result: object) -> object:
@@ -278,23 +279,22 @@ class RedisRoom:
         return renamed.addCallbacks(decided, failed)
 
     def release(self, owner: Hashable, timestamp: str) -> str | None:
-        name = self._names.pop(owner, None)
-        self._audience.pop(owner, None)
-        holder = self._holder_of.pop(owner, None)
+        name = self._names.get(owner)
+        holder = self._forget(owner)
         if holder is not None:
-            self._owner_of.pop(holder, None)
             self._unreleased[holder] = timestamp
             self._release(holder)
         return name
 
-    def _forget_holder(self, owner: Hashable, holder: str, timestamp: str) -> None:
-        if self._holder_of.get(owner) == holder:
-            del self._holder_of[owner]
+    def _forget(self, owner: Hashable) -> str | None:
+        """Drop everything this node keeps about a connection; returns the
+        holder that stood for it in Redis, if any."""
         self._names.pop(owner, None)
         self._audience.pop(owner, None)
-        self._owner_of.pop(holder, None)
-        self._unreleased[holder] = timestamp
-        self._release(holder)
+        holder = self._holder_of.pop(owner, None)
+        if holder is not None:
+            self._owner_of.pop(holder, None)
+        return holder
 
     def _release(self, holder: str) -> None:
         """Release in Redis; kept and retried until Redis confirms, so a
@@ -366,11 +366,6 @@ class RedisRoom:
 
     # -- the lease --
 
-    def _reconnected(self) -> None:
-        self._beat()
-        for holder in list(self._unreleased):
-            self._release(holder)
-
     def _beat(self) -> None:
         if self._beating or not self._commands.up:
             return
@@ -420,21 +415,28 @@ class RedisRoom:
             )
 
     def _lease_lost(self) -> None:
+        self._leased = False
         owners = list(self._names)
+        for owner in owners:
+            self._forget(owner)  # Redis released their holders already.
+        self._register_again(
+            "lost its lease (redis heard no heartbeat in time), so its "
+            "nicknames were released",
+            owners,
+        )
+        self._reactor.callLater(0, self._beat)  # join again at once
+
+    def _register_again(self, why: str, owners: list[Hashable]) -> None:
+        """This node can no longer vouch for its clients' view of the chat:
+        close their connections (1012) so each client reconnects and
+        registers again, which gives it the whole truth."""
         self.log.warn(
-            "node {node} lost its lease (redis heard no heartbeat in time); "
-            "its {count} nickname(s) were released, closing their connections",
+            "node {node} {why}; closing its {count} registered connection(s)",
             node=self.node,
+            why=why,
             count=len(owners),
         )
-        self._leased = False
-        for owner in owners:
-            holder = self._holder_of.pop(owner, None)
-            self._owner_of.pop(holder, None)
-        self._names.clear()
-        self._audience.clear()
         self._lost(owners)
-        self._reactor.callLater(0, self._beat)  # join again at once
 
     # -- the event stream --
 
@@ -473,7 +475,7 @@ class RedisRoom:
                 await self._drained
 
     def _stream_state(self) -> Deferred:
-        return self._reader.eval(scripts.STREAM_STATE.encode(), self._keys, [])
+        return self._reader.eval(scripts.STREAM_STATE, self._keys, [])
 
     def _reader_reconnected(self) -> None:
         self._reader_came_back = True
@@ -481,19 +483,14 @@ class RedisRoom:
     async def _check_for_gap(self) -> None:
         """After a reconnect: if Redis trimmed events this node had not read
         (it was away while more than the stream holds went by), its clients
-        missed joins, leaves or messages. Have them reconnect and register
-        again, which gives them the whole truth, rather than go on wrong."""
+        missed joins, leaves or messages."""
         _, added, kept = await self._stream_state()
         self._reader_came_back = False
         if added - self._entries_read > kept:
-            owners = list(self._names)
-            self.log.warn(
-                "node {node} missed events trimmed from the stream while it was "
-                "away; closing its {count} registered connection(s)",
-                node=self.node,
-                count=len(owners),
+            self._register_again(
+                "missed events trimmed from the stream while it was away",
+                list(self._names),
             )
-            self._lost(owners)
 
     def _dispatch(self) -> None:
         backlog = self._backlog

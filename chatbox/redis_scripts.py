@@ -22,6 +22,8 @@ Every script gets the same KEYS, in the order of `KEYS` below:
 
 A holder is one connection: `<node id>:<number>`. Leases use Redis' clock
 (TIME), so the nodes' clocks need not agree.
+
+The scripts are bytes, encoded once here rather than at every request.
 """
 
 __all__ = [
@@ -134,7 +136,7 @@ redis.call('ZADD', online, redis.call('INCR', joinseq), holder)
 redis.call('SADD', holders_of(node), holder)
 return emit(maxlen, 'k', 'register', 'o', holder, 'n', name, 't', ts)
 """
-)
+).encode()
 
 # ARGV: node, holder, key, name, timestamp, maxlen.
 # Returns the stream id of the change event, 0 if the name is taken (or is
@@ -161,7 +163,7 @@ redis.call('HSET', held, holder, key)
 redis.call('HSET', display, holder, name)
 return emit(maxlen, 'k', 'change', 'o', holder, 'old', old, 'n', name, 't', ts)
 """
-)
+).encode()
 
 # ARGV: node, holder, timestamp, maxlen. Returns 1 if a name was released
 # (and its leave sent), 0 if the holder held none. Safe to repeat.
@@ -177,7 +179,7 @@ end
 emit(maxlen, 'k', 'leave', 'o', holder, 'n', name, 't', ts)
 return 1
 """
-)
+).encode()
 
 # ARGV: node, holder, name, content, timestamp, entry head, entry tail, maxlen.
 # The history entry is head .. id .. tail (chatbox.messages makes its shape).
@@ -195,7 +197,7 @@ emit(maxlen, 'k', 'message', 'o', holder, 'n', name, 'c', content, 't', ts,
      'id', id)
 return id
 """
-)
+).encode()
 
 # ARGV: highest score, lowest score, limit (ZRANGE BYSCORE bounds, "(" for
 # exclusive). Returns {newest entries first, online names in order}.
@@ -218,7 +220,7 @@ for first = 1, #holders, 500 do
 end
 return {entries, names}
 """
-)
+).encode()
 
 # ARGV: node, lease ms, timestamp, maxlen, joining ("1" or "0").
 # First reaps every node whose lease has run out (this one too), sending a
@@ -241,7 +243,7 @@ end
 redis.call('ZADD', nodes, now + tonumber(lease), node)
 return {1, released, redis.call('ZCARD', history)}
 """
-)
+).encode()
 
 # ARGV: node, timestamp, maxlen. A node leaving cleanly: its names are
 # released with their leaves and its lease is given up.
@@ -251,7 +253,7 @@ RETIRE = (
 local node, ts, maxlen = unpack(ARGV)
 return reap(node, ts, maxlen)
 """
-)
+).encode()
 
 # The stream's last generated id, entries ever added, and entries kept
 # ({"0-0", 0, 0} if it does not exist). A reader that has handled every
@@ -271,4 +273,4 @@ for i = 1, #info, 2 do
 end
 return {state['last-generated-id'], state['entries-added'], state['length']}
 """
-)
+).encode()

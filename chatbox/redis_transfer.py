@@ -35,7 +35,7 @@ BATCH = 2000
 CONNECT_TIMEOUT = 10
 
 # Reserve ids 1..ARGV[1] for imported history, only if Redis has no history.
-_RESERVE = """
+_RESERVE = b"""
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('ZCARD', KEYS[2]) > 0 then
   return redis.call('ZCARD', KEYS[2])
 end
@@ -67,7 +67,7 @@ async def _import(link: RedisLink, loaded: datafile.Loaded) -> str:
     if not loaded.ids:
         return "nothing to import: the history file is empty"
     last = loaded.ids[-1]
-    found = await link.eval(_RESERVE.encode(), [_key("msgid"), _key("history")], [last])
+    found = await link.eval(_RESERVE, [_key("msgid"), _key("history")], [last])
     if found != -1:
         raise TransferError(
             f"{link.address} already has a history ({found} messages); nothing imported"

@@ -63,6 +63,11 @@ class ServerProcess(ProcessProtocol):
         self.ended.callback(self.exit_code)
 
     @property
+    def port(self) -> int:
+        assert self.url is not None, "not listening yet"
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
     def stopped_cleanly(self) -> bool:
         """Finished its whole shutdown and said so with exit status 0."""
         return self.exit_code == 0 and b"history saved" in self.output

@@ -16,10 +16,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.web.client import Agent, readBody
 
 from tests import process
 from tests.client import connect
+from tests.http import fetch, metric
 from tests.redis_server import RedisServer
 
 LEASE = 4.0  # seconds; a dead node's names must be freed within this
@@ -64,9 +64,8 @@ async def sleep(seconds: float) -> None:
 
 
 async def health(node) -> tuple[int, dict]:
-    url = node.url.replace("ws://", "http://") + "/healthz"
-    response = await Agent(reactor).request(b"GET", url.encode())
-    return response.code, json.loads(await readBody(response))
+    code, _, body = await fetch(node, "/healthz")
+    return code, json.loads(body)
 
 
 @pytest_twisted.ensureDeferred
@@ -350,10 +349,9 @@ async def test_node_serves_errors_until_redis_comes(tmp_path):
         assert (await client.say("made it"))["id"] == 1
         code, body = await health(node)
         assert code == 200 and (body["redis"], body["lease"]) == ("ok", "held")
-        url = node.url.replace("ws://", "http://") + "/metrics"
-        metrics = await readBody(await Agent(reactor).request(b"GET", url.encode()))
-        assert b"chatbox_registered_users 1.0" in metrics
-        assert b"chatbox_connections 1.0" in metrics
+        _, _, metrics = await fetch(node, "/metrics")
+        assert metric(metrics.decode(), "chatbox_registered_users") == 1
+        assert metric(metrics.decode(), "chatbox_connections") == 1
     finally:
         await node.kill(signal.SIGTERM)
         await redis.kill()
