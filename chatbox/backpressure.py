@@ -14,10 +14,13 @@ big a single reply or burst was; one that stopped reading is cut off after
 at most `limit` bytes more than Twisted's own buffer.
 """
 
+from collections import deque
+
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, ITransport
 from zope.interface import implementer
 
-__all__ = ["PendingOutput"]
+__all__ = ["ByteGate", "PendingOutput"]
 
 
 @implementer(IPushProducer)
@@ -27,6 +30,8 @@ class PendingOutput:
         self.transport = transport
         self.paused = False
         self.unsent = 0
+        self.stopped = False
+        self._drain_waiters: list[Deferred[None]] = []
 
     def pauseProducing(self) -> None:
         if not self.paused:
@@ -38,9 +43,27 @@ class PendingOutput:
             self.paused = False
             self.unsent = 0
             self.transport.resumeProducing()
+            self._wake()
 
     def stopProducing(self) -> None:
+        """The connection is gone: nothing will drain, so nobody may wait."""
         self.paused = True
+        self.stopped = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def drained(self) -> "Deferred[None]":
+        """Fires once the client has read what it was sent (at once if it
+        has), or the connection is gone."""
+        if not self.paused or self.stopped:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+        return waiter
 
     def over_limit(self, size: int) -> bool:
         """Account for `size` more bytes; True if they must not be queued."""
@@ -48,3 +71,37 @@ class PendingOutput:
             return False
         self.unsent += size
         return self.limit > 0 and self.unsent > self.limit
+
+
+class ByteGate:
+    """Bounds the bytes of large replies that are built and not yet read by
+    their clients, across all connections.
+
+    A `get` reply can be megabytes; a thousand classic clients reconnecting
+    at once all ask for one. Each large reply takes its size from the gate
+    before it is built and gives it back once its client has read it, so the
+    server holds at most `limit` bytes of them at a time and the rest wait,
+    in order, instead of the server's memory growing with the crowd.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiting: deque[tuple[int, Deferred[int]]] = deque()
+
+    def acquire(self, size: int) -> "Deferred[int]":
+        """Fires with the share granted (never more than the whole gate)."""
+        share = min(size, self.limit)
+        if not self._waiting and self.used + share <= self.limit:
+            self.used += share
+            return succeed(share)
+        waiter: Deferred[int] = Deferred()
+        self._waiting.append((share, waiter))
+        return waiter
+
+    def release(self, share: int) -> None:
+        self.used -= share
+        while self._waiting and self.used + self._waiting[0][0] <= self.limit:
+            share, waiter = self._waiting.popleft()
+            self.used += share
+            waiter.callback(share)

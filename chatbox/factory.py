@@ -16,8 +16,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from chatbox import __version__, codec, messages
+from chatbox.backpressure import ByteGate
 from chatbox.clock import Timestamps
-from chatbox.limits import Limits, origin_allowed
+from chatbox.limits import AddressBuckets, Limits, origin_allowed
 from chatbox.metrics import Metrics
 from chatbox.protocol import ChatProtocol
 from chatbox.room import IRoom
@@ -44,7 +45,14 @@ class ChatFactory(WebSocketServerFactory):
         self.room = room
         self.history_cap = history_cap
         self.timestamps = Timestamps(reactor.seconds)
-        self.limits = limits or Limits()
+        self.limits = limits = limits or Limits()
+        self.sends_per_address = AddressBuckets(
+            limits.address_send_rate, limits.address_send_burst
+        )
+        self.names_per_address = AddressBuckets(
+            limits.address_name_rate, limits.address_name_burst
+        )
+        self.reply_gate = ByteGate(limits.max_reply_bytes)
         self.connections: set[ChatProtocol] = set()
         self._per_address: Counter[str] = Counter()
         self.bytes_out = 0  # every byte written to clients; read by /metrics

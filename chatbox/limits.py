@@ -5,11 +5,19 @@ used by people: generous for humans, tight for floods.
 """
 
 import fnmatch
+import ipaddress
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Limits", "TokenBucket", "client_address", "origin_allowed"]
+__all__ = [
+    "AddressBuckets",
+    "Limits",
+    "TokenBucket",
+    "address_key",
+    "client_address",
+    "origin_allowed",
+]
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,19 @@ class Limits:
     trusted_proxies: int = 0
     # Bytes a client may leave unread before it is cut off as too slow.
     max_pending_output: int = 4 * 1024 * 1024
+    # Per client address, whatever number of connections it spreads them
+    # over: messages, and registrations plus renames. Reconnecting resets a
+    # connection's own bucket, never these. A class of 40 behind one school
+    # NAT all saying hello at once, or all rejoining after a restart, fits
+    # in the bursts.
+    address_send_rate: float = 20.0
+    address_send_burst: int = 200
+    address_name_rate: float = 5.0
+    address_name_burst: int = 200
+    # Bytes of history one `get` reply may carry (its newest entries that
+    # fit), and of large replies the server holds for all clients at once.
+    max_get_bytes: int = 8 * 1024 * 1024
+    max_reply_bytes: int = 64 * 1024 * 1024
 
 
 class TokenBucket:
@@ -37,6 +58,10 @@ class TokenBucket:
         self.burst = burst
         self._tokens = float(burst)
         self._last = now
+
+    def full(self, now: float) -> bool:
+        """True once the bucket has refilled: it then holds no memory of use."""
+        return self._tokens + (now - self._last) * self.rate >= self.burst
 
     def take(self, now: float) -> float:
         """Spend a token: 0.0 if admitted, else seconds until one is there."""
@@ -49,6 +74,60 @@ class TokenBucket:
             return 0.0
         # Round up, so retrying after retry_after always succeeds.
         return math.ceil((1 - self._tokens) / self.rate * 1000) / 1000
+
+
+def address_key(address: str) -> str:
+    """What per-address limits count by: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 subscriber is routinely given a whole /64 (2^64 addresses), so
+    counting single IPv6 addresses would limit nobody.
+    """
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # a unix socket, say: one key for all of it
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
+
+
+class AddressBuckets:
+    """A token bucket per client address (see address_key).
+
+    Full buckets are forgotten in sweeps, so an attacker cycling through
+    addresses costs memory only for those it used within one refill time.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+        self._sweep_at = 1024
+
+    def take(self, address: str | None, now: float) -> float:
+        """0.0 if admitted, else seconds until this address may again."""
+        if self.rate <= 0 or address is None:
+            return 0.0
+        key = address_key(address)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._sweep_at:
+                self._sweep(now)
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket.take(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _sweep(self, now: float) -> None:
+        self._buckets = {
+            key: bucket
+            for key, bucket in self._buckets.items()
+            if not bucket.full(now)
+        }
+        self._sweep_at = max(1024, 2 * len(self._buckets))
 
 
 def origin_allowed(origin: str | None, patterns: Sequence[str]) -> bool:

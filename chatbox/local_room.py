@@ -88,11 +88,10 @@ class LocalRoom:
         return stored.addCallback(durable)
 
     def page(
-        self, limit: int, before: int | None, after: int | None
+        self, limit: int, before: int | None, after: int | None, max_bytes: int = 0
     ) -> "Deferred[tuple[list[bytes], list[str]]]":
-        return succeed(
-            (self.store.history.page(limit, before, after), self.registry.online())
-        )
+        entries = self.store.history.page(limit, before, after, max_bytes)
+        return succeed((entries, self.registry.online()))
 
     def health(self) -> dict[str, Any]:
         return {"persistence": "ok" if self.store.healthy else "failing"}

@@ -254,4 +254,6 @@ def left(name: str, timestamp: str) -> Message:
 
 
 def ping(timeout: float) -> Message:
-    return {"type": "ping", "timeout": timeout}
+    """v2 sends `"timeout": 5`, an integer; whole seconds stay integers."""
+    whole = int(timeout)
+    return {"type": "ping", "timeout": whole if whole == timeout else timeout}

@@ -15,14 +15,15 @@ that arrive meanwhile wait and are handled, in order, once it is settled, so
 a client that pipelines `name` then `send` is registered before it sends.
 """
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -40,11 +41,22 @@ if TYPE_CHECKING:
 __all__ = ["ChatProtocol"]
 
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 _INTERNAL_ERROR = "internal error"
 # Requests held back behind a `name` request still in flight; past this a
 # client is pipelining far beyond any real use and is told to slow down.
 MAX_WAITING_REQUESTS = 256
+# A `get` reply at least this big is built off the reactor thread, so that a
+# bare `get` of a 10,000-message history does not hold up everyone else.
+LARGE_REPLY = 256 * 1024
+# Refusals are logged as one summary line per connection per this many
+# seconds: a flood must not write the log faster than it sends its bytes.
+REFUSAL_LOG_SECONDS = 10.0
+# A connection that keeps sending while being told RateLimited is flooding;
+# past this many such refusals in REFUSAL_LOG_SECONDS (at least twice the
+# burst) it is closed with 1008 rather than answered forever.
+FLOOD_REFUSALS = 50
 
 
 def _optional_id(request: dict[str, Any], field: str) -> int | None:
@@ -68,6 +80,15 @@ class ChatProtocol(WebSocketServerProtocol):
         self._cut_off = False
         self._naming = False  # a `name` request is in flight
         self._waiting: deque[bytes] = deque()
+        # One `get` at a time; while one is being answered, every other frame
+        # for this client waits here, so the reply comes before anything
+        # that happened after its snapshot.
+        self._gets = DeferredLock()
+        self._held: list[PreparedMessage] | None = None
+        self._held_bytes = 0
+        self._refusals: Counter[str] = Counter()
+        self._refusals_logged_at = float("-inf")
+        self._floods = 0
 
     # -- connection life --
 
@@ -110,33 +131,52 @@ class ChatProtocol(WebSocketServerProtocol):
         Autobahn's per-frame bookkeeping."""
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
-        if self._perMessageCompress is not None:  # never negotiated today
+        if self._held is not None:
+            self._held.append(prepared)
+            self._held_bytes += len(prepared.payloadHybi)
+            limit = self.factory.limits.max_pending_output
+            if limit and self._held_bytes > limit and not self._cut_off:
+                self._cut(self._held_bytes)
+        elif self._perMessageCompress is not None:  # never negotiated today
             self.sendPreparedMessage(prepared)
         elif self._admit_output(prepared.payloadHybi):
             self.transport.write(prepared.payloadHybi)
+
+    def _hold(self) -> None:
+        self._held = []
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        self._held_bytes = 0
+        for prepared in held or ():
+            self.deliver(prepared)
 
     def _admit_output(self, data: bytes) -> bool:
         """Count outgoing bytes; False once a client that stopped reading
         has had all it may have (it is then closed with 1013)."""
         if not self._cut_off and self._output.over_limit(len(data)):
-            # Whole frames are dropped, so the stream stays valid up to the
-            # close frame; Autobahn's close handshake timeout then drops TCP.
-            self._cut_off = True
-            self.factory.metrics.slow_consumers.inc()
-            self.logger.info(
-                "cutting off {peer}: stopped reading, {unsent} bytes unread",
-                peer=self.peer,
-                unsent=self._output.unsent,
-            )
-            self.close_with(CLOSE_TRY_AGAIN_LATER, "too slow: stopped reading")
+            self._cut(self._output.unsent)
             return False
         self.factory.bytes_out += len(data)
         return True
+
+    def _cut(self, unsent: int) -> None:
+        # Whole frames are dropped, so the stream stays valid up to the
+        # close frame; Autobahn's close handshake timeout then drops TCP.
+        self._cut_off = True
+        self.factory.metrics.slow_consumers.inc()
+        self.logger.info(
+            "cutting off {peer}: stopped reading, {unsent} bytes unread",
+            peer=self.peer,
+            unsent=unsent,
+        )
+        self.close_with(CLOSE_TRY_AGAIN_LATER, "too slow: stopped reading")
 
     def connectionLost(self, reason: Failure) -> None:
         try:
             super().connectionLost(reason)
         finally:
+            self._log_refusals()
             self.factory.connection_lost(self)
 
     def onOpen(self) -> None:
@@ -157,21 +197,18 @@ class ChatProtocol(WebSocketServerProtocol):
         else:
             self.dropConnection(abort=True)
 
-    def send(self, message: messages.Message | bytes) -> None:
+    def send(self, message: messages.Message) -> None:
         """Send one reply to this client, if it is still there.
 
-        Every reply passes here, so this is where outcomes are counted; only
-        the `get` reply comes already encoded.
+        Every reply passes here, so this is where outcomes are counted.
+        Replies are framed without Autobahn's sendMessage, whose
+        maxMessagePayloadSize check is meant for what clients send: a reply
+        is as long as the history and online list it carries.
         """
-        if isinstance(message, bytes):
-            self.factory.metrics.request("get", "ok")
-            payload = message
-        else:
-            outcome = "ok" if message.get("status") else message.get("reason", "?")
-            self.factory.metrics.request(message.get("type"), outcome)
-            payload = codec.encode(message)
+        outcome = "ok" if message.get("status") else message.get("reason", "?")
+        self.factory.metrics.request(message.get("type"), outcome)
         if self.can_send:
-            self.sendMessage(payload)
+            self.deliver(self.factory.prepareMessage(codec.encode(message)))
 
     # -- requests --
 
@@ -220,13 +257,40 @@ class ChatProtocol(WebSocketServerProtocol):
             self.send(self._fault(kind, request, _INTERNAL_ERROR))
 
     def refuse(self, kind: object, refusal: Refused) -> None:
-        self.logger.info(
-            "refused {kind} from {peer}: {reason}",
-            kind=kind if isinstance(kind, str) else "request",
-            peer=self.peer,
-            reason=refusal.reason,
-        )
+        """Answer a refusal. It is counted, not logged on its own: the log
+        gets one summary line per connection per REFUSAL_LOG_SECONDS."""
+        known = kind if isinstance(kind, str) and kind in self._handlers else "other"
+        self._refusals[f"{known} {refusal.reason}"] += 1
+        now = self.factory.reactor.seconds()
+        if now - self._refusals_logged_at >= REFUSAL_LOG_SECONDS:
+            self._log_refusals()
+            self._refusals_logged_at = now
+            self._floods = 0
+        if refusal.reason == "RateLimited":
+            self._floods += 1
+            limit = max(FLOOD_REFUSALS, 2 * self.factory.limits.burst)
+            if self._floods > limit:
+                if self._floods == limit + 1:
+                    self.logger.info(
+                        "closing {peer} ({address}): kept sending while rate "
+                        "limited",
+                        peer=self.peer,
+                        address=self.address,
+                    )
+                    self.factory.metrics.request(kind, "Flooding")
+                    self.close_with(CLOSE_POLICY_VIOLATION, "flooding")
+                return
         self.send(refusal.reply)
+
+    def _log_refusals(self) -> None:
+        if self._refusals:
+            counts, self._refusals = self._refusals, Counter()
+            self.logger.info(
+                "refused {total} request(s) from {peer}: {counts}",
+                total=sum(counts.values()),
+                peer=self.peer,
+                counts=", ".join(f"{what} x{n}" for what, n in counts.most_common()),
+            )
 
     def _fault(
         self, kind: object, request: dict[str, Any], error: str
@@ -258,6 +322,11 @@ class ChatProtocol(WebSocketServerProtocol):
             raise Refused(messages.not_enough_key("name", "name"))
         name = request["name"]
         old = self.factory.room.name_of(self)
+        wait = self.factory.names_per_address.take(
+            self.address, self.factory.reactor.seconds()
+        )
+        if wait:
+            raise Refused(messages.rate_limited("name", wait))
         timestamp = self.factory.timestamps.now()
         if old is None:
             if not is_valid_name(name):
@@ -327,6 +396,11 @@ class ChatProtocol(WebSocketServerProtocol):
         content = request["content"]
         if not is_valid_content(content):
             raise Refused(messages.send_refused(name, content, "WrongFormatContent"))
+        wait = self.factory.sends_per_address.take(
+            self.address, self.factory.reactor.seconds()
+        )
+        if wait:
+            raise Refused(messages.rate_limited("send", wait))
         if self.factory.closing:
             raise Refused(
                 messages.send_refused(
@@ -379,45 +453,82 @@ class ChatProtocol(WebSocketServerProtocol):
         before = _optional_id(request, "before")
         after = _optional_id(request, "after")
         query = (min(limit, cap), before, after)
+        answered = self._gets.run(
+            lambda: Deferred.fromCoroutine(self._answer_get(query))
+        )
+        answered.addErrback(self._get_failed, request)
+
+    def _sends_settled(self) -> "Deferred[None]":
         if not self._sends_in_flight:
-            self._answer_get(query)
-            return
+            return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._send_waiters.append(waiter)
-        waiter.addCallback(lambda _: self._answer_get(query))
-        waiter.addErrback(
-            lambda f: (
-                self.logger.failure(
-                    "fault answering get from {peer}", f, peer=self.peer
-                ),
-                self.send(self._fault("get", request, _INTERNAL_ERROR)),
+        return waiter
+
+    async def _answer_get(self, query: tuple[int, int | None, int | None]) -> None:
+        """Answer a `get` once this client's earlier sends are stored (so it
+        sees them) and it has read what it was sent before (so a client
+        that does not read cannot make the server build reply after reply).
+        """
+        await self._sends_settled()
+        await self._output.drained()
+        room = self.factory.room
+        if room.name_of(self) is None or not self.can_send:
+            return  # Gone while waiting.
+        self._hold()
+        try:
+            await self._reply_page(query)
+        finally:
+            self._release_held()
+
+    async def _reply_page(self, query: tuple[int, int | None, int | None]) -> None:
+        room = self.factory.room
+        try:
+            entries, online = await room.page(
+                *query, self.factory.limits.max_get_bytes
             )
-        )
-
-    def _answer_get(self, query: tuple[int, int | None, int | None]) -> None:
-        if self.factory.room.name_of(self) is None:
-            return  # Disconnected while waiting for its own sends.
-        paged = self.factory.room.page(*query)
-
-        def answer(found: tuple[list[bytes], list[str]]) -> None:
-            name = self.factory.room.name_of(self)
+        except RoomError as e:
+            name = room.name_of(self)
             if name is not None:
-                entries, online = found
-                now = self.factory.timestamps.now()
-                self.send(messages.get_ok(name, now, entries, online))
-
-        def failed(failure: Failure) -> None:
-            failure.trap(RoomError)
-            name = self.factory.room.name_of(self)
-            if name is not None:
-                reply = messages.get_refused(name, "ErrorWhenGet", str(failure.value))
+                reply = messages.get_refused(name, "ErrorWhenGet", str(e))
                 self.refuse("get", Refused(reply))
-
-        paged.addCallbacks(answer, failed)
-        paged.addErrback(
-            lambda f: self.logger.failure(
-                "fault answering get from {peer}", f, peer=self.peer
+            return
+        name = room.name_of(self)
+        if name is None:
+            return
+        now = self.factory.timestamps.now()
+        size = sum(map(len, entries))
+        self.factory.metrics.request("get", "ok")
+        if size < LARGE_REPLY:
+            prepared = self.factory.prepareMessage(
+                messages.get_ok(name, now, entries, online)
             )
-        )
+            self._write_reply(prepared)
+            return
+        gate = self.factory.reply_gate
+        share = await gate.acquire(size)
+        try:
+            if not self.can_send:
+                return
+            prepared = await deferToThread(
+                lambda: self.factory.prepareMessage(
+                    messages.get_ok(name, now, entries, online)
+                )
+            )
+            self._write_reply(prepared)
+        finally:
+            self._output.drained().addBoth(lambda _: gate.release(share))
+
+    def _write_reply(self, prepared: PreparedMessage) -> None:
+        """Ahead of the frames held while the reply was made."""
+        if self.state == WebSocketProtocol.STATE_OPEN and self._admit_output(
+            prepared.payloadHybi
+        ):
+            self.transport.write(prepared.payloadHybi)
+
+    def _get_failed(self, failure: Failure, request: dict[str, Any]) -> None:
+        self.logger.failure("fault answering get from {peer}", failure, peer=self.peer)
+        if self.factory.room.name_of(self) is not None:
+            self.send(self._fault("get", request, _INTERNAL_ERROR))
 
     _handlers = {"name": handle_name, "send": handle_send, "get": handle_get}

@@ -51,6 +51,9 @@ DEFAULT_PREFIX = "chatbox:"
 # reads them as they come; this only bounds how long one may be away.
 STREAM_LENGTH = 100_000
 READ_BATCH = 1000
+# History entries one PAGE call returns at most: a bare `get` of 10,000
+# entries is a few dozen short calls, each leaving Redis free in between.
+PAGE_SLICE = 500
 READ_BLOCK_MS = 1000
 RETRY_SECONDS = 0.25
 
@@ -64,6 +67,11 @@ def entry_template(name: str, content: str, timestamp: str) -> tuple[bytes, byte
     encoded = codec.encode(messages.history_entry(0, name, content, timestamp))
     head, _, tail = encoded.partition(b'"id":0')
     return head + b'"id":', tail
+
+
+def _entry_id(entry: bytes) -> int:
+    """The id of an encoded history entry, which entry_template puts first."""
+    return int(entry[len(b'{"id":') : entry.index(b",")])
 
 
 def _stream_id(raw: bytes) -> tuple[int, int]:
@@ -351,18 +359,38 @@ class RedisRoom:
         return posted.addCallback(stored)
 
     def page(
-        self, limit: int, before: int | None, after: int | None
+        self, limit: int, before: int | None, after: int | None, max_bytes: int = 0
     ) -> "Deferred[tuple[list[bytes], list[str]]]":
+        return Deferred.fromCoroutine(self._page(limit, before, after, max_bytes))
+
+    async def _page(
+        self, limit: int, before: int | None, after: int | None, max_bytes: int
+    ) -> tuple[list[bytes], list[str]]:
+        """Newest first, slice by slice, each below the last: history only
+        grows above, so the slices join into one consistent page."""
         high = "+inf" if before is None else f"({before}"
         low = "-inf" if after is None else f"({after}"
-        paged = self._script(scripts.PAGE, high, low, limit)
-
-        def found(result: list[list[bytes]]) -> tuple[list[bytes], list[str]]:
-            entries, names = result
-            entries.reverse()
-            return entries, [name.decode() for name in names]
-
-        return paged.addCallback(found)
+        found: list[bytes] = []
+        names: list[str] = []
+        budget = max_bytes
+        while len(found) < limit:
+            want = min(PAGE_SLICE, limit - len(found))
+            first = not found
+            entries, cut, online = await self._script(
+                scripts.PAGE, high, low, want, budget, "1" if first else "0"
+            )
+            if first:
+                names = [name.decode() for name in online]
+            found += entries
+            if cut or len(entries) < want:
+                break
+            if budget:
+                budget -= sum(map(len, entries))
+                if budget <= 0:
+                    break
+            high = f"({_entry_id(entries[-1])}"
+        found.reverse()
+        return found, names
 
     # -- the lease --
 

@@ -200,25 +200,47 @@ return id
 ).encode()
 
 # ARGV: highest score, lowest score, limit (ZRANGE BYSCORE bounds, "(" for
-# exclusive). Returns {newest entries first, online names in order}.
+# exclusive), byte budget (0: none), "1" for a page's first slice, which
+# also lists who is online and keeps its newest entry whatever the budget.
+# Returns {newest entries first, as many as fit the budget,
+# 1 if the budget cut them short else 0, online names in order or {}}. A
+# `get` calls it for slices of a few hundred entries, so no one call holds
+# Redis (and every other node) for long, and only what is returned crosses.
 PAGE = (
     _PREAMBLE
     + """
-local high, low, limit = unpack(ARGV)
+local high, low, limit, budget, first = unpack(ARGV)
+budget = tonumber(budget)
 local entries = redis.call('ZRANGE', history, high, low, 'BYSCORE', 'REV',
                            'LIMIT', 0, limit)
-local holders = redis.call('ZRANGE', online, 0, -1)
-local names = {}
-for first = 1, #holders, 500 do
-  local last = math.min(first + 499, #holders)
-  local chunk = redis.call('HMGET', display, unpack(holders, first, last))
-  for i = 1, #chunk do
-    if chunk[i] then
-      names[#names + 1] = chunk[i]
+local cut = 0
+if budget > 0 then
+  local total = 0
+  for i = 1, #entries do
+    total = total + #entries[i]
+    if total > budget and (i > 1 or first ~= '1') then
+      for j = #entries, i, -1 do
+        entries[j] = nil
+      end
+      cut = 1
+      break
     end
   end
 end
-return {entries, names}
+local names = {}
+if first == '1' then
+  local holders = redis.call('ZRANGE', online, 0, -1)
+  for first = 1, #holders, 500 do
+    local last = math.min(first + 499, #holders)
+    local chunk = redis.call('HMGET', display, unpack(holders, first, last))
+    for i = 1, #chunk do
+      if chunk[i] then
+        names[#names + 1] = chunk[i]
+      end
+    end
+  end
+end
+return {entries, cut, names}
 """
 ).encode()
 

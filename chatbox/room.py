@@ -79,11 +79,12 @@ class IRoom(Interface):
         to everyone else; fails with RoomError."""
 
     def page(
-        limit: int, before: int | None, after: int | None
+        limit: int, before: int | None, after: int | None, max_bytes: int
     ) -> "Deferred[tuple[list[bytes], list[str]]]":
         """The newest `limit` encoded history entries with after < id <
-        before, oldest first, and every online nickname in registration
-        order."""
+        before, oldest first, no more than fit in `max_bytes` (but always
+        the newest one), and every online nickname in registration order.
+        Only what is returned is fetched."""
 
     def health() -> dict[str, Any]:
         """Fields for /healthz describing the room's own machinery."""

@@ -199,6 +199,54 @@ class Options(usage.Options):
             _seconds,
         ],
         [
+            "ip-send-rate",
+            None,
+            20.0,
+            "Messages per second one client address may keep up, however many "
+            "connections it uses; 0 turns this off.",
+            _seconds,
+        ],
+        [
+            "ip-send-burst",
+            None,
+            200,
+            "Messages one client address may send at once before --ip-send-rate "
+            "applies (a whole class behind one NAT saying hello).",
+            _positive_int,
+        ],
+        [
+            "ip-name-rate",
+            None,
+            5.0,
+            "Registrations and renames per second one client address may keep "
+            "up, however many connections it uses; 0 turns this off.",
+            _seconds,
+        ],
+        [
+            "ip-name-burst",
+            None,
+            200,
+            "Registrations and renames one client address may make at once "
+            "before --ip-name-rate applies (a class rejoining after a restart).",
+            _positive_int,
+        ],
+        [
+            "max-get-bytes",
+            None,
+            8 * 1024 * 1024,
+            "Most bytes of history one get reply carries: its newest messages "
+            "that fit (always at least one). 0 means no limit.",
+            _count,
+        ],
+        [
+            "max-reply-bytes",
+            None,
+            64 * 1024 * 1024,
+            "Bytes of large get replies held for all clients at once; more "
+            "wait their turn, so a crowd reconnecting cannot exhaust memory.",
+            _positive_int,
+        ],
+        [
             "redis",
             None,
             None,
@@ -295,6 +343,12 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         ),
         trusted_proxies=config["trusted-proxies"],
         max_pending_output=config["max-pending-output"],
+        address_send_rate=config["ip-send-rate"],
+        address_send_burst=config["ip-send-burst"],
+        address_name_rate=config["ip-name-rate"],
+        address_name_burst=config["ip-name-burst"],
+        max_get_bytes=config["max-get-bytes"],
+        max_reply_bytes=config["max-reply-bytes"],
     )
     factory = ChatFactory(
         room,

@@ -61,6 +61,8 @@ def options(data: Path, *args: str) -> tap.Options:
             # Tests pipeline bursts of requests; tests/test_limits.py starts
             # servers with the limits it exercises.
             "--rate=0",
+            "--ip-send-rate=0",
+            "--ip-name-rate=0",
             *args,
         ]
     )

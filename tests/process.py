@@ -93,6 +93,8 @@ def spawn(workdir: Path, *args: str) -> ServerProcess:
             "--port=tcp:0:interface=127.0.0.1",
             # Tests pipeline bursts; tests/test_limits.py exercises the limits.
             "--rate=0",
+            "--ip-send-rate=0",
+            "--ip-name-rate=0",
             *args,
         ],
         env=env,
