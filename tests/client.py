@@ -131,14 +131,21 @@ class ChatClientProtocol(WebSocketClientProtocol):
 
 
 async def connect(
-    url: str, tls: Any = None, **protocol_fields: Any
+    url: str, tls: Any = None, source: str | None = None, **protocol_fields: Any
 ) -> ChatClientProtocol:
-    """Open a WebSocket to `url`; `tls` is the client TLS options for wss://."""
+    """Open a WebSocket to `url`; `tls` is the client TLS options for wss://,
+    `source` a loopback address to connect from (127.0.0.2, ...), so one
+    test can be several client addresses."""
     parsed = urlparse(url)
     factory = WebSocketClientFactory(url)
     factory.protocol = ChatClientProtocol
     factory.setProtocolOptions(autoPingInterval=0)
-    endpoint = HostnameEndpoint(reactor, parsed.hostname, parsed.port)
+    endpoint = HostnameEndpoint(
+        reactor,
+        parsed.hostname,
+        parsed.port,
+        bindAddress=(source, 0) if source else None,
+    )
     if parsed.scheme == "wss":
         endpoint = wrapClientTLS(tls, endpoint)
     protocol = await endpoint.connect(factory)

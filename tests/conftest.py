@@ -39,9 +39,9 @@ class RunningServer:
     async def client(self, **fields: Any) -> ChatClientProtocol:
         return await connect(self.url, **fields)
 
-    async def user(self, name: str) -> ChatClientProtocol:
+    async def user(self, name: str, **fields: Any) -> ChatClientProtocol:
         """A connected client registered as `name`."""
-        client = await self.client()
+        client = await self.client(**fields)
         reply = await client.register(name)
         assert reply["status"] is True, reply
         return client

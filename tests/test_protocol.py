@@ -474,6 +474,20 @@ async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_name_freed(
 
 
 @ensureDeferred
+async def test_v2_json_ping_carries_whole_seconds_as_an_integer(data_file):
+    from tests.conftest import start_server
+
+    server = await start_server(data_file, "--json-ping=1")
+    try:
+        an = await server.user("An")
+        ping = await an.ping(timeout=3)
+        assert ping == {"type": "ping", "timeout": 1}
+        assert type(ping["timeout"]) is int  # v2 sends 5, never 5.0
+    finally:
+        await server.stop()
+
+
+@ensureDeferred
 async def test_v2_json_ping_goes_to_every_connection(data_file):
     from tests.conftest import start_server
 

@@ -1,0 +1,122 @@
+"""What one address gains by flooding, and what it costs everyone else.
+
+Limits per connection are not enough: connect, register, send 20,
+disconnect and repeat gave one address thousands of stored messages and
+hundreds of join/leave events a second. These servers run with chatbox's
+default per-address limits; the honest client connects from another
+loopback address (127.0.0.2).
+"""
+
+import time
+
+from pytest_twisted import ensureDeferred
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+
+from tests.conftest import start_server
+
+PER_ADDRESS = ("--ip-send-rate=20", "--ip-send-burst=200", "--ip-name-rate=5",
+               "--ip-name-burst=200")  # the defaults; conftest turns them off
+
+
+@ensureDeferred
+async def test_reconnecting_does_not_reset_the_per_address_limits(data_file):
+    server = await start_server(data_file, *PER_ADDRESS)
+    try:
+        honest = await server.user("Honest", source="127.0.0.2")
+        stored = names = 0
+        started = time.monotonic()
+        for cycle in range(60):
+            attacker = await server.client()
+            names += (await attacker.register(f"bot{cycle}"))["status"]
+            for i in range(20):
+                attacker.send_json({"type": "send", "content": f"spam {i}"})
+            for _ in range(20):
+                stored += (await attacker.reply())["status"]
+            attacker.sendClose(1000)
+            await attacker.wait_closed()
+        elapsed = time.monotonic() - started
+        # 1,200 sends and 60 registrations tried; the address got its bursts
+        # and its rates, no more, however many connections it used.
+        assert stored <= 200 + 20 * elapsed + 20
+        assert stored < 1_200
+        assert names <= 60 and names <= 200 + 5 * elapsed + 5
+        # The honest client at another address never noticed.
+        for i in range(30):
+            assert (await honest.say(f"hello {i}"))["status"] is True
+    finally:
+        await server.stop()
+
+
+@ensureDeferred
+async def test_registrations_per_address_are_limited(data_file):
+    server = await start_server(data_file, "--ip-name-rate=1", "--ip-name-burst=5")
+    try:
+        clients = [await server.client() for _ in range(8)]
+        replies = [await c.register(f"n{i}") for i, c in enumerate(clients)]
+        assert [r["status"] for r in replies] == [True] * 5 + [False] * 3
+        assert replies[5]["reason"] == "RateLimited" and replies[5]["retry_after"] > 0
+        # Renames count too; another address is not affected.
+        assert (await clients[0].register("again"))["reason"] == "RateLimited"
+        other = await server.client(source="127.0.0.2")
+        assert (await other.register("other"))["status"] is True
+    finally:
+        await server.stop()
+
+
+@ensureDeferred
+async def test_a_connection_that_keeps_flooding_is_closed_and_logged_once(data_file):
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        text = event.get("log_format") or ""
+        if "refused" in text or "rate limited" in text:
+            lines.append(text)
+
+    server = await start_server(data_file, "--rate=5", "--burst=20")
+    globalLogPublisher.addObserver(observe)
+    try:
+        honest = await server.user("Honest", source="127.0.0.2")
+        flood = await server.user("Flood")
+        for _ in range(2_000):
+            flood.send_json({"type": "get", "limit": 1})
+        assert await flood.close_code_from_server() == 1008
+        # Thousands of refusals, a couple of log lines.
+        assert len(lines) <= 4, lines
+        assert (await honest.say("still fine"))["status"] is True
+        # Being told RateLimited a few times is no reason to be closed.
+        polite = await server.user("Polite", source="127.0.0.3")
+        for _ in range(40):
+            polite.send_json({"type": "get", "limit": 1})
+        await deferLater(reactor, 0.5, lambda: None)
+        assert (await polite.say("ok"))["status"] is True
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await server.stop()
+
+
+@ensureDeferred
+async def test_client_strings_reach_the_log_escaped(data_file):
+    seen: list[str] = []
+
+    def observe(event: dict) -> None:
+        from twisted.logger import formatEvent
+
+        seen.append(formatEvent(event))
+
+    server = await start_server(data_file, "--rate=1", "--burst=1")
+    globalLogPublisher.addObserver(observe)
+    try:
+        evil = await server.client()
+        await evil.register("\x1b[31mred\x1b[0m")  # refused: control characters
+        await evil.register("x\u202eevil")  # refused: a format character
+        await evil.register("ok")
+        evil.send_json({"type": "\x1b[2J", "name": "\x1b]0;title\x07"})
+        evil.sendClose(1000)
+        await evil.wait_closed()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await server.stop()
+    text = "\n".join(seen)
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
