@@ -405,3 +405,62 @@ async def test_import_then_export_round_trip(tmp_path, redis):
         CHATBOX_REDIS, ["export", "--redis", redis.url, str(exported)]
     )
     assert code == 1 and b"--force" in err
+
+
+async def redis_bytes_out(redis: RedisServer) -> int:
+    out, _, _ = await getProcessOutputAndValue(
+        "redis-cli", ["-p", str(redis.port), "INFO", "stats"]
+    )
+    for line in out.decode().splitlines():
+        if line.startswith("total_net_output_bytes:"):
+            return int(line.split(":")[1])
+    raise AssertionError("no total_net_output_bytes in INFO stats")
+
+
+@pytest_twisted.ensureDeferred
+async def test_bare_get_at_real_size_fetches_only_what_it_returns(tmp_path, redis):
+    """12,000 messages, the newest 2,000 of them 4,000 four-byte characters
+    (32 MB). A bare get returns the newest that fit in --max-get-bytes and
+    pulls about that much from Redis, in slices, not the 10,000-entry cap;
+    the classic client's bare get of 10,000 short messages, far past
+    --max-message-size, arrives whole."""
+    from tests.test_real_size import WIDE, prefill
+
+    short = tmp_path / "short.json"
+    prefill(short, 10_000)
+    entries = json.loads(short.read_text())
+    long_text = WIDE * 4000
+    stamp = entries[0]["timestamp"]
+    entries += [
+        {"id": i, "name": "Dài", "content": long_text, "timestamp": stamp}
+        for i in range(10_001, 12_001)
+    ]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(entries, ensure_ascii=False))
+    out, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["import", "--redis", redis.url, str(data)]
+    )
+    assert code == 0, err
+    node = await start_node(tmp_path, redis, "node", "--max-get-bytes=4000000")
+    other = await start_node(tmp_path, redis, "other")
+    try:
+        an = await user(node, "An")
+        bo = await user(other, "Bo")
+        await an.event()  # Bo joined
+        before = await redis_bytes_out(redis)
+        reply = await an.get()
+        pulled = await redis_bytes_out(redis) - before
+        got = reply["data"]["message"]
+        assert got[-1]["id"] == 12_000 and got[-1]["content"] == long_text
+        carried = sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in got)
+        assert 3_900_000 < carried <= 4_000_000
+        assert pulled < 1.2 * carried  # today's main pulled all 10,000: 160 MB
+        assert reply["data"]["online"] == ["An", "Bo"]
+        # Paging back through the short part: 10,000 entries in one reply.
+        page = await bo.get(before=10_001)
+        assert [m["id"] for m in page["data"]["message"]] == list(range(1, 10_001))
+        # Everyone else carried on meanwhile.
+        assert (await bo.say("vẫn ở đây"))["id"] == 12_001
+    finally:
+        await node.kill(signal.SIGTERM)
+        await other.kill(signal.SIGTERM)
