@@ -12,6 +12,9 @@ Runs, each in fresh servers and temporary folders:
 3. start-up with a 1,000,000-message data.json: time to listening, RSS.
 4. memory: RSS growth per idle registered connection at 2,000.
 5. latency: 200 clients, a paced total of 1,000 messages/s: fan-out p99.
+6. the same while 10 more clients keep asking bare `get`s (as classic
+   clients do on joining) of a 100,000-message history: fan-out p99.
+7. one bare `get` at the history cap (10,000 of 100,000 messages).
 
 The load generator (bench/load.py) runs as its own process; its CPU share
 is printed with each figure. chatbox runs with durability on (fsync before
@@ -106,11 +109,11 @@ def prefill(path: str, history: int) -> None:
     )
 
 
-def fresh(kind: str, history_file: str | None = None) -> Server:
+def fresh(kind: str, history_file: str | None = None, *extra: str) -> Server:
     workdir = tempfile.mkdtemp(prefix="chatbox-bench-")
     if history_file:
         os.link(history_file, os.path.join(workdir, "data.json"))
-    return Server(kind, workdir)
+    return Server(kind, workdir, *extra)
 
 
 def run(options: argparse.Namespace) -> dict:
@@ -238,6 +241,36 @@ def run(options: argparse.Namespace) -> dict:
         "sends_per_s": statistics.median(r["sends_per_s"] for r in paced_runs),
         "generator_cpu": max(r["generator_cpu"] for r in paced_runs),
     }
+
+    # 6 and 7. Bare gets at the default cap (10,000) of a `mid` history:
+    # fan-out latency while 10 clients keep asking them, and one alone.
+    cap = "--history-cap=10000"
+    busy = ["--mode", "paced", "--clients", "200", "--senders", "10"]
+    busy += ["--rate", "1000", "--seconds", "5", "--getters", "10"]
+    busy_runs = []
+    for _ in range(rounds):
+        server = fresh("chatbox", mid_file, cap)
+        busy_runs.append(load(server.url, *busy))
+        server.stop()
+    figures["paced_with_gets"] = {
+        "history": mid,
+        "getters": 10,
+        "fanout_p50_ms": statistics.median(r["fanout_ms"]["p50"] for r in busy_runs),
+        "fanout_p99_ms": statistics.median(r["fanout_ms"]["p99"] for r in busy_runs),
+        "bare_gets": statistics.median(r["getter_gets"] for r in busy_runs),
+        "bare_get_p99_ms": statistics.median(
+            r["getter_get_ms"]["p99"] for r in busy_runs
+        ),
+        "generator_cpu": max(r["generator_cpu"] for r in busy_runs),
+    }
+    server = fresh("chatbox", mid_file, cap)
+    bare = load(server.url, "--mode", "gets", "--limit", "0", "--count", "50")
+    server.stop()
+    figures["bare_get"] = {
+        "history": mid,
+        "reply_bytes": bare["reply_bytes"],
+        **bare["get_ms"],
+    }
     return figures
 
 
@@ -250,6 +283,7 @@ def table(f: dict) -> str:
         f["idle"],
         f["paced"],
     )
+    busy, bare = f["paced_with_gets"], f["bare_get"]
     rows = [
         (
             "1. fan-out deliveries/s, chatbox / stick",
@@ -288,6 +322,19 @@ def table(f: dict) -> str:
             f"{paced['fanout_p50_ms']} / {paced['fanout_p99_ms']} ms",
             f"max {paced['fanout_max_ms']} ms",
             "p99 < 25 ms",
+        ),
+        (
+            "6. the same while 10 clients keep asking bare gets of "
+            f"{busy['history']:,} messages, p50 / p99",
+            f"{busy['fanout_p50_ms']} / {busy['fanout_p99_ms']} ms",
+            f"{busy['bare_gets']:,.0f} bare gets, p99 {busy['bare_get_p99_ms']} ms",
+            "p99 < 50 ms",
+        ),
+        (
+            f"7. one bare get at the cap (10,000 of {bare['history']:,}), p50 / p99",
+            f"{bare['p50']} / {bare['p99']} ms",
+            f"{bare['reply_bytes'] / 2**20:.2f} MiB",
+            "",
         ),
     ]
     lines = ["| target | measured | | goal |", "| --- | --- | --- | --- |"]

@@ -5,6 +5,8 @@
     python bench/load.py URL --mode paced --senders 10 --rate 1000 --seconds 5
     python bench/load.py URL --mode idle --clients 2000 --pid SERVER_PID
     python bench/load.py URL --mode gets --limit 50 --count 1000
+    python bench/load.py URL --mode gets --limit 0 --count 50    # bare gets
+    python bench/load.py URL --mode paced --getters 10   # + 10 bare-get loops
     python bench/load.py --prefill data.json --history 100000
     python bench/load.py ws://127.0.0.1:9001,ws://127.0.0.1:9002 --mode fanout
 
@@ -19,7 +21,12 @@ Modes:
 - paced: the same, but the senders post at a total of `rate` messages/s.
 - idle: connect and register `clients` and do nothing; with --pid, reports
   the server's RSS growth per connection.
-- gets: one client asks `get` with `limit` over and over; latency.
+- gets: one client asks `get` with `limit` over and over; latency. With
+  `--limit 0` the `get` is bare, as the classic client sends it.
+- `--getters N` (fanout and paced): N more clients ask bare `get`s one
+  after another for as long as the run lasts, as a crowd of classic
+  clients reconnecting would; their latency and reply size are reported,
+  and their events are not counted as deliveries.
 
 It is built to stay out of the way: a bare asyncio WebSocket client (frames
 parsed by hand, no JSON parsing of deliveries; the send time travels in the
@@ -244,9 +251,31 @@ async def send_stream(
     return acked
 
 
+def get_frame(limit: int) -> bytes:
+    return b'{"type":"get"}' if limit <= 0 else b'{"type":"get","limit":%d}' % limit
+
+
+async def keep_getting(client: Client, done: asyncio.Event, results: dict) -> None:
+    """Bare gets back to back until `done`: each waits for its reply."""
+    while not done.is_set():
+        started = now_ns()
+        client.frame(get_frame(0))
+        reply = await client.replies.get()
+        results["latencies"].append(now_ns() - started)
+        results["bytes"] = len(reply)
+
+
 async def run_traffic(options: argparse.Namespace) -> dict:
     stats = Stats()
     clients = await connect_many(options.url, options.clients, stats, "load")
+    getters = (
+        await connect_many(options.url, options.getters, Stats(), "getter")
+        if options.getters
+        else []
+    )
+    got: dict = {"latencies": [], "bytes": 0}
+    done = asyncio.Event()
+    getting = [asyncio.ensure_future(keep_getting(g, done, got)) for g in getters]
     rss_before = rss_kib(options.pid)
     senders = clients[: options.senders]
     interval = None
@@ -274,15 +303,21 @@ async def run_traffic(options: argparse.Namespace) -> dict:
     deadline = time.monotonic() + 30
     while stats.deliveries < expected and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
+    done.set()
+    await asyncio.gather(*getting)
     wall = time.monotonic() - wall0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     send_seconds = (stats.last_ack - stats.first_send) / 1e9
     delivery_seconds = (stats.last_delivery - stats.first_send) / 1e9
-    for client in clients:
+    for client in clients + getters:
         client.transport.close()
     return {
         "mode": options.mode,
+        "getters": options.getters,
+        "getter_gets": len(got["latencies"]),
+        "getter_reply_bytes": got["bytes"],
+        "getter_get_ms": percentiles(got["latencies"]),
         "clients": options.clients,
         "senders": options.senders,
         "messages_per_sender": count,
@@ -330,7 +365,7 @@ async def run_gets(options: argparse.Namespace) -> dict:
     size = 0
     for _ in range(options.count):
         started = now_ns()
-        client.frame(b'{"type":"get","limit":%d}' % options.limit)
+        client.frame(get_frame(options.limit))
         reply = await client.replies.get()
         latencies.append(now_ns() - started)
         size = len(reply)
@@ -384,7 +419,8 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=8)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--limit", type=int, default=50, help="0: a bare get")
+    parser.add_argument("--getters", type=int, default=0)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--pid", type=int, help="server pid, for its RSS")
     parser.add_argument("--prefill", metavar="PATH", help="write a data.json and exit")

@@ -47,6 +47,9 @@ _INTERNAL_ERROR = "internal error"
 # Requests held back behind a `name` request still in flight; past this a
 # client is pipelining far beyond any real use and is told to slow down.
 MAX_WAITING_REQUESTS = 256
+# ...and at most this many bytes of them (256 frames of 64 KiB would be 16 MiB
+# held for one connection).
+MAX_WAITING_BYTES = 1024 * 1024
 # A `get` reply at least this big is built off the reactor thread, so that a
 # bare `get` of a 10,000-message history does not hold up everyone else.
 LARGE_REPLY = 256 * 1024
@@ -80,6 +83,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._cut_off = False
         self._naming = False  # a `name` request is in flight
         self._waiting: deque[bytes] = deque()
+        self._waiting_bytes = 0
         # One `get` at a time; while one is being answered, every other frame
         # for this client waits here, so the reply comes before anything
         # that happened after its snapshot.
@@ -218,8 +222,12 @@ class ChatProtocol(WebSocketServerProtocol):
             self.close_with(CLOSE_UNSUPPORTED_DATA, "text frames only")
             return
         if self._naming:
-            if len(self._waiting) < MAX_WAITING_REQUESTS:
+            if (
+                len(self._waiting) < MAX_WAITING_REQUESTS
+                and self._waiting_bytes + len(payload) <= MAX_WAITING_BYTES
+            ):
                 self._waiting.append(payload)
+                self._waiting_bytes += len(payload)
                 return
             self._handle(payload, overflowing=True)
             return
@@ -387,7 +395,9 @@ class ChatProtocol(WebSocketServerProtocol):
     def _name_settled(self, _: object) -> None:
         self._naming = False
         while self._waiting and not self._naming:
-            self._handle(self._waiting.popleft())
+            payload = self._waiting.popleft()
+            self._waiting_bytes -= len(payload)
+            self._handle(payload)
 
     def handle_send(self, request: dict[str, Any]) -> None:
         name = self._registered_name("send")

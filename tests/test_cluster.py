@@ -437,7 +437,7 @@ async def test_bare_get_at_real_size_fetches_only_what_it_returns(tmp_path, redi
     ]
     data = tmp_path / "data.json"
     data.write_text(json.dumps(entries, ensure_ascii=False))
-    out, err, code = await getProcessOutputAndValue(
+    _, err, code = await getProcessOutputAndValue(
         CHATBOX_REDIS, ["import", "--redis", redis.url, str(data)]
     )
     assert code == 0, err
