@@ -15,7 +15,7 @@ that arrive meanwhile wait and are handled, in order, once it is settled, so
 a client that pipelines `name` then `send` is registered before it sends.
 """
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from chatbox.backpressure import PendingOutput
 from chatbox.content import is_valid_content
 from chatbox.limits import TokenBucket, client_address
 from chatbox.messages import Refused
+from chatbox.refusals import Refusals
 from chatbox.room import RoomError
 
 if TYPE_CHECKING:
@@ -53,12 +54,9 @@ MAX_WAITING_BYTES = 1024 * 1024
 # A `get` reply at least this big is built off the reactor thread, so that a
 # bare `get` of a 10,000-message history does not hold up everyone else.
 LARGE_REPLY = 256 * 1024
-# Refusals are logged as one summary line per connection per this many
-# seconds: a flood must not write the log faster than it sends its bytes.
-REFUSAL_LOG_SECONDS = 10.0
 # A connection that keeps sending while being told RateLimited is flooding;
-# past this many such refusals in REFUSAL_LOG_SECONDS (at least twice the
-# burst) it is closed with 1008 rather than answered forever.
+# past this many such refusals in 10 s (or twice the burst, if more) it is
+# closed with 1008 rather than answered forever (chatbox.refusals).
 FLOOD_REFUSALS = 50
 
 
@@ -90,9 +88,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._gets = DeferredLock()
         self._held: list[PreparedMessage] | None = None
         self._held_bytes = 0
-        self._refusals: Counter[str] = Counter()
-        self._refusals_logged_at = float("-inf")
-        self._floods = 0
+        self._refusals: Refusals | None = None  # set in connectionMade
 
     # -- connection life --
 
@@ -103,6 +99,11 @@ class ChatProtocol(WebSocketServerProtocol):
             limits.rate, limits.burst, self.factory.reactor.seconds()
         )
         self._output = PendingOutput(limits.max_pending_output, self.transport)
+        self._refusals = Refusals(
+            self.factory.reactor,
+            max(FLOOD_REFUSALS, 2 * limits.burst),
+            self._log_refusals,
+        )
         try:
             self.registerProducer(self._output, True)
         except RuntimeError:
@@ -180,7 +181,8 @@ class ChatProtocol(WebSocketServerProtocol):
         try:
             super().connectionLost(reason)
         finally:
-            self._log_refusals()
+            if self._refusals is not None:
+                self._refusals.flush()
             self.factory.connection_lost(self)
 
     def onOpen(self) -> None:
@@ -265,40 +267,30 @@ class ChatProtocol(WebSocketServerProtocol):
             self.send(self._fault(kind, request, _INTERNAL_ERROR))
 
     def refuse(self, kind: object, refusal: Refused) -> None:
-        """Answer a refusal. It is counted, not logged on its own: the log
-        gets one summary line per connection per REFUSAL_LOG_SECONDS."""
+        """Answer a refusal; it is counted, and logged only in summaries."""
         known = kind if isinstance(kind, str) and kind in self._handlers else "other"
-        self._refusals[f"{known} {refusal.reason}"] += 1
-        now = self.factory.reactor.seconds()
-        if now - self._refusals_logged_at >= REFUSAL_LOG_SECONDS:
-            self._log_refusals()
-            self._refusals_logged_at = now
-            self._floods = 0
-        if refusal.reason == "RateLimited":
-            self._floods += 1
-            limit = max(FLOOD_REFUSALS, 2 * self.factory.limits.burst)
-            if self._floods > limit:
-                if self._floods == limit + 1:
-                    self.logger.info(
-                        "closing {peer} ({address}): kept sending while rate "
-                        "limited",
-                        peer=self.peer,
-                        address=self.address,
-                    )
-                    self.factory.metrics.request(kind, "Flooding")
-                    self.close_with(CLOSE_POLICY_VIOLATION, "flooding")
-                return
-        self.send(refusal.reply)
-
-    def _log_refusals(self) -> None:
-        if self._refusals:
-            counts, self._refusals = self._refusals, Counter()
+        assert self._refusals is not None
+        verdict = self._refusals.count(
+            f"{known} {refusal.reason}", refusal.reason == "RateLimited"
+        )
+        if verdict == "answer":
+            self.send(refusal.reply)
+        elif verdict == "flooding":
             self.logger.info(
-                "refused {total} request(s) from {peer}: {counts}",
-                total=sum(counts.values()),
+                "closing {peer} ({address}): kept sending while rate limited",
                 peer=self.peer,
-                counts=", ".join(f"{what} x{n}" for what, n in counts.most_common()),
+                address=self.address,
             )
+            self.factory.metrics.request(kind, "Flooding")
+            self.close_with(CLOSE_POLICY_VIOLATION, "flooding")
+
+    def _log_refusals(self, total: int, counts: str) -> None:
+        self.logger.info(
+            "refused {total} request(s) from {peer}: {counts}",
+            total=total,
+            peer=self.peer,
+            counts=counts,
+        )
 
     def _fault(
         self, kind: object, request: dict[str, Any], error: str
