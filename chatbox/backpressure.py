@@ -14,7 +14,7 @@ big a single reply or burst was; one that stopped reading is cut off after
 at most `limit` bytes more than Twisted's own buffer.
 """
 
-from collections import deque
+from collections import Counter, deque
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, ITransport
@@ -75,33 +75,49 @@ class PendingOutput:
 
 class ByteGate:
     """Bounds the bytes of large replies that are built and not yet read by
-    their clients, across all connections.
+    their clients, across all connections and per client address.
 
     A `get` reply can be megabytes; a thousand classic clients reconnecting
     at once all ask for one. Each large reply takes its size from the gate
     before it is built and gives it back once its client has read it, so the
     server holds at most `limit` bytes of them at a time and the rest wait,
-    in order, instead of the server's memory growing with the crowd.
+    in order, instead of the server's memory growing with the crowd. One
+    address may hold at most a quarter of the gate, so a few connections
+    that ask and never read cannot make everyone else wait.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.per_key = max(1, limit // 4)
         self.used = 0
-        self._waiting: deque[tuple[int, Deferred[int]]] = deque()
+        self._used_by: Counter[str] = Counter()
+        self._waiting: deque[tuple[str, int, Deferred[int]]] = deque()
 
-    def acquire(self, size: int) -> "Deferred[int]":
-        """Fires with the share granted (never more than the whole gate)."""
-        share = min(size, self.limit)
-        if not self._waiting and self.used + share <= self.limit:
-            self.used += share
-            return succeed(share)
+    def acquire(self, size: int, key: str = "") -> "Deferred[int]":
+        """Fires with the share granted (never more than a key may hold)."""
+        share = min(size, self.per_key)
         waiter: Deferred[int] = Deferred()
-        self._waiting.append((share, waiter))
+        self._waiting.append((key, share, waiter))
+        self._grant()
         return waiter
 
-    def release(self, share: int) -> None:
+    def release(self, share: int, key: str = "") -> None:
         self.used -= share
-        while self._waiting and self.used + self._waiting[0][0] <= self.limit:
-            share, waiter = self._waiting.popleft()
+        self._used_by[key] -= share
+        if not self._used_by[key]:
+            del self._used_by[key]
+        self._grant()
+
+    def _grant(self) -> None:
+        """Grant waiters in order, skipping those whose address holds its
+        quarter already (they wait for their own replies to be read)."""
+        for item in list(self._waiting):
+            key, share, waiter = item
+            if self.used + share > self.limit:
+                break
+            if self._used_by[key] + share > self.per_key:
+                continue
+            self._waiting.remove(item)
             self.used += share
+            self._used_by[key] += share
             waiter.callback(share)

@@ -31,7 +31,7 @@ from chatbox import codec, messages
 from chatbox.arns import NameTaken, is_valid_name
 from chatbox.backpressure import PendingOutput
 from chatbox.content import is_valid_content
-from chatbox.limits import TokenBucket, client_address
+from chatbox.limits import TokenBucket, address_key, client_address
 from chatbox.messages import Refused
 from chatbox.refusals import Refusals
 from chatbox.room import RoomError
@@ -54,6 +54,10 @@ MAX_WAITING_BYTES = 1024 * 1024
 # A `get` reply at least this big is built off the reactor thread, so that a
 # bare `get` of a 10,000-message history does not hold up everyone else.
 LARGE_REPLY = 256 * 1024
+# A client has READ_GRACE seconds plus one per READ_RATE bytes to read a
+# large reply (1.3 MB: 30 s) before it is cut off as too slow.
+READ_GRACE = 10.0
+READ_RATE = 64 * 1024
 # A connection that keeps sending while being told RateLimited is flooding;
 # past this many such refusals in 10 s (or twice the burst, if more) it is
 # closed with 1008 rather than answered forever (chatbox.refusals).
@@ -183,6 +187,11 @@ class ChatProtocol(WebSocketServerProtocol):
         finally:
             if self._refusals is not None:
                 self._refusals.flush()
+            # Autobahn's dropConnection unregisters the producer before it
+            # aborts, so Twisted never tells it the connection is gone; and
+            # whoever waits for this client to read must stop waiting.
+            if hasattr(self, "_output"):
+                self._output.stopProducing()
             self.factory.connection_lost(self)
 
     def onOpen(self) -> None:
@@ -508,7 +517,8 @@ class ChatProtocol(WebSocketServerProtocol):
             self._write_reply(prepared)
             return
         gate = self.factory.reply_gate
-        share = await gate.acquire(size)
+        key = address_key(self.address or "")
+        share = await gate.acquire(size, key)
         try:
             if not self.can_send:
                 return
@@ -519,7 +529,28 @@ class ChatProtocol(WebSocketServerProtocol):
             )
             self._write_reply(prepared)
         finally:
-            self._output.drained().addBoth(lambda _: gate.release(share))
+            self._hold_share_until_read(share, key)
+
+    def _hold_share_until_read(self, share: int, key: str) -> None:
+        """Give the gate its share back once this client has read the reply;
+        one that has not within a generous time for its size is cut off as
+        too slow, so a client that asks and never reads cannot keep its
+        share."""
+        gate = self.factory.reply_gate
+        deadline = self.factory.reactor.callLater(
+            READ_GRACE + share / READ_RATE, self._too_slow_to_read, share
+        )
+
+        def read(_: object) -> None:
+            if deadline.active():
+                deadline.cancel()
+            gate.release(share, key)
+
+        self._output.drained().addBoth(read)
+
+    def _too_slow_to_read(self, share: int) -> None:
+        if not self._cut_off:
+            self._cut(share)
 
     def _write_reply(self, prepared: PreparedMessage) -> None:
         """Ahead of the frames held while the reply was made."""

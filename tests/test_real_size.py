@@ -198,3 +198,44 @@ async def test_pipelined_bare_gets_wait_for_the_client_to_read(data_file):
         assert (await an.say("still here"))["status"] is True
     finally:
         await server.stop()
+
+
+@ensureDeferred
+async def test_clients_that_ask_and_never_read_cannot_hold_the_reply_budget(
+    data_file, monkeypatch
+):
+    """Five connections from one address ask whole-history gets (11 MB
+    each, more than the kernel buffers) and never read. Between them they
+    may hold a quarter of --max-reply-bytes, so another address's gets go
+    on; and they are cut off once they have had their time to read."""
+    from chatbox import protocol
+
+    monkeypatch.setattr(protocol, "READ_GRACE", 4.0)
+    monkeypatch.setattr(protocol, "READ_RATE", 10**12)
+    prefill(data_file, 100_000)
+    server = await start_server(
+        data_file,
+        "--history-cap=100000",
+        "--max-get-bytes=0",
+        "--max-reply-bytes=48000000",
+        "--max-connections-per-ip=0",
+        "--ws-ping-interval=0",
+    )
+    try:
+        sleepers = [await server.user(f"Sleeper{i}") for i in range(5)]
+        for sleeper in sleepers:
+            sleeper.transport.pauseProducing()
+            sleeper.send_json({"type": "get"})
+        honest = await server.user("Honest", source="127.0.0.2")
+        for _ in range(3):
+            assert len((await honest.get())["data"]["message"]) == 100_000
+        # ...while the sleepers were all still there, holding their shares.
+        assert len(server.factory.connections) == 6
+        deadline = time.monotonic() + 30
+        while len(server.factory.connections) > 1 and time.monotonic() < deadline:
+            await deferLater(reactor, 0.2, lambda: None)
+        assert len(server.factory.connections) == 1  # the honest one
+        assert server.factory.metrics.slow_consumers._value.get() == 5
+        assert server.factory.reply_gate.used == 0
+    finally:
+        await server.stop()

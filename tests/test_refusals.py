@@ -52,3 +52,30 @@ def test_other_refusals_and_slow_retries_are_never_flooding():
             "answer"
         }
         clock.advance(10)
+
+
+def test_the_reply_gate_keeps_order_and_a_quarter_per_address():
+    from chatbox.backpressure import ByteGate
+
+    gate = ByteGate(100)
+    granted: list[tuple[str, int]] = []
+
+    def ask(key: str, size: int):
+        return gate.acquire(size, key).addCallback(
+            lambda share: granted.append((key, share)) or share
+        )
+
+    ask("a", 25)
+    ask("a", 10)  # "a" holds its quarter: waits for its own reply to be read
+    ask("b", 25)
+    ask("c", 25)
+    ask("d", 25)
+    ask("e", 25)  # the gate is full: waits
+    assert granted == [("a", 25), ("b", 25), ("c", 25), ("d", 25)]
+    gate.release(25, "b")
+    assert granted[-1] == ("e", 25)
+    gate.release(25, "a")
+    assert granted[-1] == ("a", 10)
+    ask("f", 1000)  # larger than a quarter: granted a quarter
+    gate.release(25, "c")
+    assert granted[-1] == ("f", 25)
