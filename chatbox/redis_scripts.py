@@ -26,8 +26,11 @@ A holder is one connection: `<node id>:<number>`. Leases use Redis' clock
 A nickname has one or two keys, and two names clash when they share any
 one, so `owner` has an entry per key. Scripts take a holder's keys as one
 argument joined by newlines, which no key contains (ARNS refuses control
-characters). A `held` entry written by an older chatbox holds a single key,
-which reads as a list of one.
+characters). Upgrading needs no migration: a `held` entry written by an
+older chatbox (one NFKC + casefold key) reads as a list of one, and is gone
+when its node stops or its lease runs out. While old and new nodes share
+one Redis, each still judges names by its own rule, so stop the old ones
+before relying on the look-alike rule.
 
 The scripts are bytes, encoded once here rather than at every request.
 """

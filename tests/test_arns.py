@@ -2,6 +2,8 @@
 rules over real WebSockets against a real server."""
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 from pytest_twisted import ensureDeferred
@@ -88,6 +90,7 @@ SAME = [
     ("Straße", "STRASSE"),  # casefold
     ("ǅ", "dž"),
     ("admin", "аdmin"),  # Cyrillic а
+    ("admin", "Ａdmin"),
     ("admin", "ADMIN"),
     ("admin", "АDMIN"),  # Cyrillic А
     ("admin", "admin "),
@@ -281,3 +284,43 @@ async def test_names_that_differ_by_tone_marks_are_all_online_at_once(server):
         await server.user(name)
     watcher = await server.user("watcher")
     assert (await watcher.get())["data"]["online"] == [*names, "watcher"]
+
+
+def test_without_icu_chatbox_refuses_to_start(tmp_path):
+    """No silent fallback to weaker rules: twistd stops before touching any
+    file, and says which package is missing."""
+    hide_icu = (
+        "import sys; sys.modules['icu'] = None; "
+        "from twisted.scripts.twistd import run; "
+        f"sys.argv = ['twistd', '-n', 'chatbox', '--port=tcp:0', "
+        f"'--data={tmp_path / 'data.json'}']; run()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", hide_icu],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "pip install pyicu-wheels" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ten_thousand_longest_names_in_a_four_byte_script():
+    """At real size: 10,000 holders of 99-character names in a 4-byte
+    script; every look-alike of each, up to 100 characters, is refused, and
+    each leaves cleanly."""
+    registry = Registry()
+    names = ["𝐀" * 94 + f"{i:05d}" for i in range(10_000)]
+    owners = [object() for _ in names]
+    for owner, name in zip(owners, names, strict=True):
+        registry.claim(owner, name)
+    for name in names[::97]:
+        for look_alike in ("a" * 94 + name[94:], name + "\u3164", " " + name):
+            assert is_valid_name(look_alike)
+            with pytest.raises(NameTaken):
+                registry.claim(object(), look_alike)
+    for owner in owners:
+        registry.release(owner)
+    assert len(registry) == 0 and registry._owners == {}
