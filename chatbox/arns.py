@@ -4,43 +4,94 @@ Pure bookkeeping, no I/O. The factory owns one Registry. Everything runs on
 the reactor thread, so each method is atomic: a rename swaps the old name for
 the new one in a single call, and nobody can observe a moment where both or
 neither are held.
+
+Names that look the same are the same name, or `admin` could be impersonated
+by `аdmin` (Cyrillic а), `admin ` or `admin` plus an invisible character.
+Looks are judged by Unicode's own data through ICU, never by tables copied
+here: UTS #39 skeletons (ICU's SpoofChecker) for confusables, and ICU's
+property sets for what is invisible or blank. Python's `unicodedata` is not
+used, so every node compares by the same Unicode version whatever its Python.
 """
 
-import unicodedata
 from collections.abc import Hashable, Iterator
+
+try:
+    import icu
+except ImportError as error:  # pragma: no cover - a broken install
+    raise ImportError(
+        "chatbox needs ICU (the `icu` module) to compare nicknames; "
+        "install the package `pyicu-wheels` (pip install pyicu-wheels)"
+    ) from error
 
 __all__ = [
     "MAX_NAME_LENGTH",
+    "UNICODE_VERSION",
     "NameTaken",
     "Registry",
     "is_valid_name",
-    "name_key",
+    "name_keys",
 ]
 
 MAX_NAME_LENGTH = 100
+UNICODE_VERSION: str = icu.UNICODE_VERSION
+
+
+def _code_points(pattern: str) -> frozenset[str]:
+    return frozenset(icu.UnicodeSet(pattern))
+
 
 # Control, format, line and paragraph separators, and surrogates (which are
 # not text and cannot be encoded as UTF-8).
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_FORBIDDEN = _code_points("[[:Cc:][:Cf:][:Zl:][:Zp:][:Cs:]]")
+# Drawn as nothing, so they never make a name different.
+_IGNORABLE = _code_points("[:Default_Ignorable_Code_Point:]")
+# Drawn as blank space: white space, and two symbols that are blank glyphs
+# though Unicode gives them neither property (widely used as "empty" names).
+_BLANK = _code_points(r"[[:White_Space:]\u2800\U0001D159]")
+# One pass drops the ignorables and turns every blank into a space.
+_CLEAN = {ord(c): None for c in _IGNORABLE} | {ord(c): " " for c in _BLANK}
+
+_NFKC = icu.Normalizer2.getNFKCInstance()
+_NFKC_CASEFOLD = icu.Normalizer2.getNFKCCasefoldInstance()
+_SPOOF = icu.SpoofChecker()
 
 
 class NameTaken(Exception):
     """Another live connection holds a nickname that is the same for ARNS."""
 
 
+def _visible(name: str) -> str:
+    """What a reader can tell apart: no ignorables, no blank at either end,
+    and one space for any run of blanks inside."""
+    return " ".join(word for word in name.translate(_CLEAN).split(" ") if word)
+
+
 def is_valid_name(name: object) -> bool:
-    """A nickname is a string of 1..100 characters, not blank, and free of
-    invisible characters that would let two names look identical."""
+    """A nickname is a string of 1..100 characters, free of control and format
+    characters, with something visible in it."""
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
         return False
-    if name.isspace():
+    if any(char in _FORBIDDEN or "\ud800" <= char <= "\udfff" for char in name):
         return False
-    return not any(unicodedata.category(char) in _FORBIDDEN_CATEGORIES for char in name)
+    return bool(_visible(name))
 
 
-def name_key(name: str) -> str:
-    """The identity ARNS compares: `Alice`, `ALICE` and `Ａlice` share one."""
-    return unicodedata.normalize("NFKC", name).casefold()
+def name_keys(name: str) -> tuple[str, ...]:
+    """The keys ARNS compares: two names are the same if they share one.
+
+    UTS #39 skeletons keep case (`ADMIN` -> `ADMlN`), and looking alike is
+    not transitive, so no single key says both "the same letters in another
+    case" and "capital I looks like small l". Hence two: the skeleton of the
+    case-folded name (`admin`, `ADMIN`, `аdmin` share it) and the skeleton of
+    the name as cased (`Ivan` and `lvan` share it). NFKC comes first, so
+    `Ａlice` is `Alice`. A valid name's keys are never empty and never hold
+    a newline (control characters are refused), so they can be joined by
+    one. One or two keys: equal ones are given once.
+    """
+    visible = _visible(name)
+    folded = _SPOOF.getSkeleton(0, _NFKC_CASEFOLD.normalize(visible))
+    cased = _SPOOF.getSkeleton(0, _NFKC.normalize(visible))
+    return (folded,) if folded == cased else (folded, cased)
 
 
 class Registry:
@@ -52,6 +103,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._names: dict[Hashable, str] = {}
+        self._keys: dict[Hashable, tuple[str, ...]] = {}
         self._owners: dict[str, Hashable] = {}
 
     def __len__(self) -> int:
@@ -63,15 +115,17 @@ class Registry:
     def name_of(self, owner: Hashable) -> str | None:
         return self._names.get(owner)
 
+    def _taken(self, keys: tuple[str, ...], owner: Hashable) -> bool:
+        return any(self._owners.get(key, owner) is not owner for key in keys)
+
     def claim(self, owner: Hashable, name: str) -> None:
         """Register `owner` as `name`; raises NameTaken."""
         if owner in self._names:
             raise ValueError("already registered; rename instead")
-        key = name_key(name)
-        if key in self._owners:
+        keys = name_keys(name)
+        if self._taken(keys, owner):
             raise NameTaken(name)
-        self._owners[key] = owner
-        self._names[owner] = name
+        self._hold(owner, name, keys)
 
     def rename(self, owner: Hashable, name: str) -> str:
         """Switch `owner` to `name` and return the old name; raises NameTaken.
@@ -82,21 +136,29 @@ class Registry:
         old = self._names[owner]
         if name == old:
             raise NameTaken(name)
-        old_key, new_key = name_key(old), name_key(name)
-        holder = self._owners.get(new_key)
-        if holder is not None and holder is not owner:
+        keys = name_keys(name)
+        if self._taken(keys, owner):
             raise NameTaken(name)
-        del self._owners[old_key]
-        self._owners[new_key] = owner
-        self._names[owner] = name
+        self._drop_keys(owner)
+        self._hold(owner, name, keys)
         return old
 
     def release(self, owner: Hashable) -> str | None:
         """Free the owner's nickname; returns it the first time only."""
         name = self._names.pop(owner, None)
         if name is not None:
-            del self._owners[name_key(name)]
+            self._drop_keys(owner)
         return name
+
+    def _hold(self, owner: Hashable, name: str, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            self._owners[key] = owner
+        self._keys[owner] = keys
+        self._names[owner] = name
+
+    def _drop_keys(self, owner: Hashable) -> None:
+        for key in self._keys.pop(owner):
+            del self._owners[key]
 
     def online(self) -> list[str]:
         return list(self._names.values())

@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from chatbox import codec, messages
 from chatbox import redis_scripts as scripts
-from chatbox.arns import NameTaken, name_key
+from chatbox.arns import NameTaken, name_keys
 from chatbox.clock import Timestamps
 from chatbox.redis_link import RedisAddress, RedisInDoubt, RedisLink
 from chatbox.room import Deliver, IRoom, RoomError
@@ -211,7 +211,13 @@ class RedisRoom:
         fires with the stream id of the event; fails with NameTaken, or with
         RoomError(`refused`) when this node cannot vouch for the holder."""
         running = self._script(
-            script, self.node, holder, name_key(name), name, timestamp, STREAM_LENGTH
+            script,
+            self.node,
+            holder,
+            "\n".join(name_keys(name)),
+            name,
+            timestamp,
+            STREAM_LENGTH,
         )
 
         def answered(result: object) -> bytes:

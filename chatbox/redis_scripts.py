@@ -9,8 +9,8 @@ change, never a change without its event or an event without its change.
 
 Every script gets the same KEYS, in the order of `KEYS` below:
 
-- owner    HASH  nickname key (NFKC + casefold) -> holder
-- held     HASH  holder -> nickname key
+- owner    HASH  nickname key (chatbox.arns.name_keys) -> holder
+- held     HASH  holder -> its nickname keys, joined by newlines
 - display  HASH  holder -> nickname as typed
 - online   ZSET  holders, scored by when they registered (v2's order)
 - joinseq  STRING  the last registration number
@@ -22,6 +22,15 @@ Every script gets the same KEYS, in the order of `KEYS` below:
 
 A holder is one connection: `<node id>:<number>`. Leases use Redis' clock
 (TIME), so the nodes' clocks need not agree.
+
+A nickname has one or two keys, and two names clash when they share any
+one, so `owner` has an entry per key. Scripts take a holder's keys as one
+argument joined by newlines, which no key contains (ARNS refuses control
+characters). Upgrading needs no migration: a `held` entry written by an
+older chatbox (one NFKC + casefold key) reads as a list of one, and is gone
+when its node stops or its lease runs out. While old and new nodes share
+one Redis, each still judges names by its own rule, so stop the old ones
+before relying on the look-alike rule.
 
 The scripts are bytes, encoded once here rather than at every request.
 """
@@ -78,17 +87,59 @@ local function emit(maxlen, ...)
   return redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', ...)
 end
 
+-- Lua has no split; keys are never empty, so only non-empty parts count.
+local function split(joined)
+  local parts = {}
+  for part in string.gmatch(joined, '[^\\n]+') do
+    parts[#parts + 1] = part
+  end
+  return parts
+end
+
+-- Whether a key of `keys` is held by a holder other than `holder`. An
+-- `owner` entry whose holder does not list that key in `held` holds nothing:
+-- only a node of an older chatbox, which knew one key per holder, could
+-- have left it behind, and it must not keep a name taken for ever.
+local function taken(keys, holder)
+  for _, key in ipairs(keys) do
+    local current = redis.call('HGET', owner, key)
+    if current and current ~= holder then
+      for _, listed in ipairs(split(redis.call('HGET', held, current) or '')) do
+        if listed == key then
+          return true
+        end
+      end
+    end
+  end
+  return false
+end
+
+-- Give `holder` every key of `keys`, as one `held` entry.
+local function hold(holder, keys, joined)
+  for _, key in ipairs(keys) do
+    redis.call('HSET', owner, key, holder)
+  end
+  redis.call('HSET', held, holder, joined)
+end
+
+-- Free the keys `holder` is listed with in `held`, and that entry.
+local function unhold(holder, joined)
+  for _, key in ipairs(split(joined)) do
+    if redis.call('HGET', owner, key) == holder then
+      redis.call('HDEL', owner, key)
+    end
+  end
+  redis.call('HDEL', held, holder)
+end
+
 -- Free whatever nickname `holder` has; returns it as typed, or false.
 local function drop(holder)
-  local key = redis.call('HGET', held, holder)
-  if not key then
+  local joined = redis.call('HGET', held, holder)
+  if not joined then
     return false
   end
   local name = redis.call('HGET', display, holder)
-  if redis.call('HGET', owner, key) == holder then
-    redis.call('HDEL', owner, key)
-  end
-  redis.call('HDEL', held, holder)
+  unhold(holder, joined)
   redis.call('HDEL', display, holder)
   redis.call('ZREM', online, holder)
   return name
@@ -110,27 +161,26 @@ local function reap(node, ts, maxlen)
 end
 """
 
-# ARGV: node, holder, key, name, timestamp, maxlen.
+# ARGV: node, holder, keys (joined by newlines), name, timestamp, maxlen.
 # Returns the stream id of the register event, 0 if the name is taken, -1 if
 # this node holds no lease. A holder that already holds a name (its earlier
 # claim's reply was lost) leaves it first, with its leave event.
 CLAIM = (
     _PREAMBLE
     + """
-local node, holder, key, name, ts, maxlen = unpack(ARGV)
+local node, holder, joined, name, ts, maxlen = unpack(ARGV)
 if not leased(node) then
   return -1
 end
-local current = redis.call('HGET', owner, key)
-if current and current ~= holder then
+local keys = split(joined)
+if taken(keys, holder) then
   return 0
 end
 local previous = drop(holder)
 if previous then
   emit(maxlen, 'k', 'leave', 'o', holder, 'n', previous, 't', ts)
 end
-redis.call('HSET', owner, key, holder)
-redis.call('HSET', held, holder, key)
+hold(holder, keys, joined)
 redis.call('HSET', display, holder, name)
 redis.call('ZADD', online, redis.call('INCR', joinseq), holder)
 redis.call('SADD', holders_of(node), holder)
@@ -138,28 +188,27 @@ return emit(maxlen, 'k', 'register', 'o', holder, 'n', name, 't', ts)
 """
 ).encode()
 
-# ARGV: node, holder, key, name, timestamp, maxlen.
+# ARGV: node, holder, keys (joined by newlines), name, timestamp, maxlen.
 # Returns the stream id of the change event, 0 if the name is taken (or is
 # exactly the current one, as v2), -1 if the holder's name is gone (lease lost).
 RENAME = (
     _PREAMBLE
     + """
-local node, holder, key, name, ts, maxlen = unpack(ARGV)
-local old_key = redis.call('HGET', held, holder)
-if not old_key or not leased(node) then
+local node, holder, joined, name, ts, maxlen = unpack(ARGV)
+local old_joined = redis.call('HGET', held, holder)
+if not old_joined or not leased(node) then
   return -1
 end
 local old = redis.call('HGET', display, holder)
 if old == name then
   return 0
 end
-local current = redis.call('HGET', owner, key)
-if current and current ~= holder then
+local keys = split(joined)
+if taken(keys, holder) then
   return 0
 end
-redis.call('HDEL', owner, old_key)
-redis.call('HSET', owner, key, holder)
-redis.call('HSET', held, holder, key)
+unhold(holder, old_joined)
+hold(holder, keys, joined)
 redis.call('HSET', display, holder, name)
 return emit(maxlen, 'k', 'change', 'o', holder, 'old', old, 'n', name, 't', ts)
 """

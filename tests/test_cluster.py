@@ -111,19 +111,39 @@ async def test_events_cross_nodes_once_each_in_order(nodes):
 
 
 @pytest_twisted.ensureDeferred
-async def test_nickname_rules_hold_across_nodes(nodes):
+async def test_nickname_rules_hold_across_nodes(nodes, redis):
     one, two, _ = nodes
     an = await user(one, "Alice")
     bo = await connect(two.url)
-    for variant in ("alice", "ALICE", "Ａlice"):
+    look_alikes = ("alice", "ALICE", "Ａlice", "Аlice", "Alice\u3164", " Alice\u034f")
+    for variant in look_alikes:  # the 4th with a Cyrillic А
         reply = await bo.register(variant)
-        assert reply["reason"] == "NameAlreadyUsed", reply
+        assert reply["reason"] == "NameAlreadyUsed", (variant, reply)
+    reply = await bo.register("\u3164\u2800")
+    assert reply["reason"] == "WrongFormatName", reply
     assert (await bo.register("Bob"))["status"] is True
-    reply = await bo.register("ALICE")
-    assert (reply["action"], reply["reason"]) == ("change", "NameAlreadyUsed")
+    for variant in look_alikes:
+        reply = await bo.register(variant)
+        assert (reply["action"], reply["reason"]) == ("change", "NameAlreadyUsed")
     # A variant of one's own name is a normal change, seen by the other node.
     assert (await an.register("ALICE"))["status"] is True
     assert (await bo.event())["newname"] == "ALICE"
+    # Both keys of a name are held across nodes, and a rename frees both:
+    # `Ivan` looks like `ivan` (another case) and like `lvan` (small L).
+    assert (await an.register("Ivan"))["status"] is True
+    assert (await bo.event())["newname"] == "Ivan"
+    for variant in ("ivan", "lvan"):
+        assert (await bo.register(variant))["reason"] == "NameAlreadyUsed"
+    assert (await an.register("Alice"))["status"] is True
+    # Exactly the keys of the names held now are left: none leak.
+    assert redis_hash_fields(redis, b"chatbox:owner") == {
+        b"alice",
+        b"Alice",
+        b"bob",
+        b"Bob",
+    }
+    assert (await bo.register("lvan"))["status"] is True
+    assert (await an.register("Ivan"))["reason"] == "NameAlreadyUsed"
     # Pipelined name then send: the send waits for the claim.
     cy = await connect(two.url)
     cy.send_json({"type": "name", "name": "Cy"})
@@ -233,6 +253,39 @@ def redis_commands(redis: RedisServer, *commands: bytes) -> None:
         connection.shutdown(socket.SHUT_WR)
         while connection.recv(4096):
             pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_nickname_entries_of_an_older_chatbox_neither_block_nor_vanish(
+    nodes, redis
+):
+    """An older chatbox kept one key per holder (NFKC + casefold), and a node
+    of it could leave `owner` entries that no `held` entry lists (by
+    releasing a newer node's holder the old way). Such an entry holds
+    nothing; a holder it still lists keeps its name."""
+    one, _, _ = nodes
+    redis_commands(
+        redis,
+        b"HSET chatbox:owner bob gone:1",
+        b"HSET chatbox:held old:1 alice",
+        b"HSET chatbox:owner alice old:1",
+    )
+    assert (await (await connect(one.url)).register("ALICE"))["status"] is False
+    bob = await user(one, "Bob")
+    assert (await bob.register("Alice"))["reason"] == "NameAlreadyUsed"
+
+
+def redis_hash_fields(redis: RedisServer, key: bytes) -> set[bytes]:
+    """HKEYS, read straight off the wire (RESP: an array of bulk strings)."""
+    with socket.create_connection(("127.0.0.1", redis.port)) as connection:
+        connection.sendall(b"HKEYS " + key + b"\r\n")
+        reply = connection.makefile("rb")
+        count = int(reply.readline()[1:])
+        fields = set()
+        for _ in range(count):
+            size = int(reply.readline()[1:])
+            fields.add(reply.read(size + 2)[:-2])
+        return fields
 
 
 @pytest_twisted.ensureDeferred

@@ -6,15 +6,17 @@ random text and binary frames, and abrupt disconnects. After every action:
 
 - every reply is one of docs/PROTOCOL.md's shapes;
 - ARNS holds: the server answers `name` exactly as a simple model predicts,
-  no two live connections hold names equal under NFKC+casefold, every live
+  no two live connections hold names that look the same (PROTOCOL.md's
+  nickname rules: the same UTS #39 skeleton, ignoring invisible and
+  surrounding blank characters), every live
   registered connection is in `online` (in registration order) and nobody
   who left is;
 - nothing was logged as a failure (the autouse fixture in conftest.py).
 """
 
 import json
-import unicodedata
 
+import icu
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pytest_twisted import ensureDeferred
@@ -107,6 +109,17 @@ TRICKY = [
     "İ",
     "i̇",
     "ǅ",
+    "аn",  # Cyrillic а
+    "АN",
+    "an\u3164",
+    "a\u034fn",
+    "a\u2800n",
+    "a n",
+    "\u3164",
+    "\u2800",
+    "\u115f\u1160",
+    "rn",
+    "m",
     "x" * 100,
     "x" * 101,
     "",
@@ -185,18 +198,34 @@ actions = st.one_of(
 # model is independent of the code it checks.
 
 
-def name_key(name: str) -> str:
-    return unicodedata.normalize("NFKC", name).casefold()
+FORBIDDEN = icu.UnicodeSet("[[:Cc:][:Cf:][:Zl:][:Zp:][:Cs:]]")
+IGNORABLE = icu.UnicodeSet("[:Default_Ignorable_Code_Point:]")
+BLANK = icu.UnicodeSet("[[:White_Space:]\\u2800\\U0001D159]")
+SPOOF = icu.SpoofChecker()
+NFKC = icu.Normalizer2.getNFKCInstance()
+NFKC_CASEFOLD = icu.Normalizer2.getNFKCCasefoldInstance()
+
+
+def visible(name: str) -> str:
+    kept = "".join(" " if BLANK.contains(c) else c for c in name)
+    words = "".join(c for c in kept if not IGNORABLE.contains(c)).split(" ")
+    return " ".join(word for word in words if word)
+
+
+def name_keys(name: str) -> set[str]:
+    shown = visible(name)
+    return {
+        SPOOF.getSkeleton(0, NFKC_CASEFOLD.normalize(shown)),
+        SPOOF.getSkeleton(0, NFKC.normalize(shown)),
+    }
 
 
 def is_valid_name(name) -> bool:
     return (
         isinstance(name, str)
         and 1 <= len(name) <= 100
-        and not name.isspace()
-        and all(
-            unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs") for c in name
-        )
+        and not any("\ud800" <= c <= "\udfff" or FORBIDDEN.contains(c) for c in name)
+        and visible(name) != ""
     )
 
 
@@ -227,8 +256,8 @@ class Pool:
             return False, "WrongFormatName"
         if name == self.names.get(slot):
             return False, "NameAlreadyUsed"
-        held = {name_key(n) for s, n in self.names.items() if s != slot}
-        if name_key(name) in held | {name_key(OBSERVER)}:
+        others = [n for s, n in self.names.items() if s != slot] + [OBSERVER]
+        if any(name_keys(name) & name_keys(other) for other in others):
             return False, "NameAlreadyUsed"
         return True, None
 
@@ -286,8 +315,9 @@ async def run(pool: Pool, slot: int, action) -> None:
 
 async def check_arns(pool: Pool) -> None:
     online = pool.server.factory.room.registry.online()
-    keys = [name_key(name) for name in online]
-    assert len(keys) == len(set(keys)), online
+    for i, name in enumerate(online):
+        for other in online[:i]:
+            assert not name_keys(name) & name_keys(other), (name, other)
     assert online == pool.online()
     reply = await pool.observer.get(limit=1)
     assert reply["data"]["online"] == pool.online()
@@ -297,7 +327,7 @@ def rename(name: str) -> tuple:
     return ("json", {"type": "name", "name": name}, False)
 
 
-# Always tried: clients racing for names that are one under NFKC+casefold.
+# Always tried: clients racing for names that look the same.
 LOOK_ALIKE_RACE = [
     (0, "an"),
     (1, "AN"),
@@ -311,6 +341,13 @@ LOOK_ALIKE_RACE = [
     (1, "ss"),
     (2, "ß"),
     (2, "SS"),
+    (2, "an"),  # free again
+    (3, "аn"),  # Cyrillic а: looks like 2's
+    (3, "an\u3164"),  # an invisible character
+    (3, " an "),
+    (2, "аn "),  # a look-alike of one's own name: a normal change
+    (3, "rn"),
+    (0, "m"),  # looks like 3's rn
 ]
 
 
