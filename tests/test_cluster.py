@@ -472,7 +472,8 @@ async def redis_bytes_out(redis: RedisServer) -> int:
 
 @pytest_twisted.ensureDeferred
 async def test_bare_get_at_real_size_fetches_only_what_it_returns(tmp_path, redis):
-    """12,000 messages, the newest 2,000 of them 4,000 four-byte characters
+    """12,000 messages, the newest 2,000 of them 4,000 four-byte characters,
+    and 1,000 people online
     (32 MB). A bare get returns the newest that fit in --max-get-bytes and
     pulls about that much from Redis, in slices, not the 10,000-entry cap;
     the classic client's bare get of 10,000 short messages, far past
@@ -494,8 +495,11 @@ async def test_bare_get_at_real_size_fetches_only_what_it_returns(tmp_path, redi
         CHATBOX_REDIS, ["import", "--redis", redis.url, str(data)]
     )
     assert code == 0, err
-    node = await start_node(tmp_path, redis, "node", "--max-get-bytes=4000000")
-    other = await start_node(tmp_path, redis, "other")
+    crowd_ok = "--max-connections-per-ip=0"
+    node = await start_node(
+        tmp_path, redis, "node", "--max-get-bytes=4000000", crowd_ok
+    )
+    other = await start_node(tmp_path, redis, "other", crowd_ok)
     try:
         an = await user(node, "An")
         bo = await user(other, "Bo")
@@ -514,6 +518,24 @@ async def test_bare_get_at_real_size_fetches_only_what_it_returns(tmp_path, redi
         assert [m["id"] for m in page["data"]["message"]] == list(range(1, 10_001))
         # Everyone else carried on meanwhile.
         assert (await bo.say("vẫn ở đây"))["id"] == 12_001
+
+        # 1,000 people online across both nodes, with the longest names in a
+        # 4-byte script: the online list alone is 400 KB, in every get.
+        names = [WIDE * 96 + f"{i:04d}" for i in range(1000)]
+        crowd = []
+        for start in range(0, 1000, 100):
+            batch = [
+                await connect((node, other)[i % 2].url)
+                for i in range(start, start + 100)
+            ]
+            for client, name in zip(batch, names[start:], strict=False):
+                client.send_json({"type": "name", "name": name})
+            for client in batch:
+                assert (await client.reply())["status"] is True
+                client.transport.pauseProducing()  # the kernel keeps their events
+            crowd += batch
+        online = (await an.get(limit=1))["data"]["online"]
+        assert online[:2] == ["An", "Bo"] and sorted(online[2:]) == names
     finally:
         await node.kill(signal.SIGTERM)
         await other.kill(signal.SIGTERM)
