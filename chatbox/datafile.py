@@ -377,7 +377,9 @@ class HistoryLock:
     kernel drops the lock when its holder dies, so a kill -9 needs no cleanup.
     """
 
-    def __init__(self, history_path: str) -> None:
+    def __init__(
+        self, history_path: str, advice: str = "stop it first or use another --data"
+    ) -> None:
         self.path = history_path + ".lock"
         with _about(self.path):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -388,8 +390,7 @@ class HistoryLock:
             os.close(fd)
             who = f" (pid {holder})" if holder.isdigit() else ""
             raise HistoryFileError(
-                f"{history_path} is in use by another chatbox{who}; "
-                "stop it first or use another --data"
+                f"{history_path} is in use by another chatbox{who}; {advice}"
             ) from None
         except BaseException:
             os.close(fd)

@@ -243,13 +243,16 @@ async def test_a_second_store_on_the_same_file_refuses_until_the_first_closes(
     path = str(tmp_path / "data.json")
     first = reopen(path)
     first.start()
-    await first.append("An", "one", "t")
-    journal = (tmp_path / "data.json.journal").read_bytes()
-    with pytest.raises(datafile.HistoryFileError, match="is in use by another"):
-        reopen(path)
-    assert (tmp_path / "data.json.journal").read_bytes() == journal
-    assert not (tmp_path / "data.json").exists()
-    await first.close()
+    try:
+        await first.append("An", "one", "t")
+        journal = (tmp_path / "data.json.journal").read_bytes()
+        with pytest.raises(datafile.HistoryFileError, match="is in use by another"):
+            second = reopen(path)
+            second._pool.stop()  # Only reached when the lock is broken.
+        assert (tmp_path / "data.json.journal").read_bytes() == journal
+        assert not (tmp_path / "data.json").exists()
+    finally:
+        await first.close()
     again = reopen(path)
     assert again.history.last_id == 1
     await _append_after(again)
