@@ -56,8 +56,10 @@ _CHUNK = 4096
 
 # The most bytes one journal write holds (a single bigger record goes alone).
 # A crash can only tear the last write, so an incomplete tail longer than
-# this is damage, never a torn write.
-MAX_BATCH_BYTES = 1 << 20
+# this is damage, unless it is the start of one big record. Small, so that
+# zeroed or lost journal ends are told from torn writes down to that size;
+# group commit rarely needs more (200 senders' messages are about 30 KiB).
+MAX_BATCH_BYTES = 64 * 1024
 
 RECOVERY = "see 'Recovering a damaged history' in the README"
 
@@ -180,6 +182,15 @@ def _body(line: bytes) -> tuple[bytes, bool] | None:
     return None
 
 
+def _one_record(tail: bytes) -> bool:
+    """The start of a single record, as written: a header, and no NUL (JSON
+    escapes it), so not a run of zeroed or unwritten blocks."""
+    header = tail[:1] == b"{" or (
+        tail[8:10] == b" {" and all(c in b"0123456789abcdef" for c in tail[:8])
+    )
+    return header and b"\0" not in tail
+
+
 class _Replay:
     """Both journals, in order, onto what data.json holds.
 
@@ -214,8 +225,9 @@ class _Replay:
     def _tail(self, path: str, number: int, offset: int, tail: bytes) -> None:
         """An incomplete last record is the write a crash interrupted, never
         acknowledged since acknowledgement waits for the fsync, as long as it
-        fits in one write."""
-        if len(tail) > MAX_BATCH_BYTES:
+        fits in one write, or is the start of one record written alone (its
+        bytes hold no newline, so no more than that record is lost)."""
+        if len(tail) > MAX_BATCH_BYTES and not _one_record(tail):
             raise _damaged(
                 f"{path}: line {number} (byte offset {offset})",
                 f"the last {len(tail)} bytes hold no complete record, more than "
@@ -396,11 +408,11 @@ class HistoryLock:
             os.close(fd)
             raise
         self._fd: int | None = fd
-        self.claim()
 
     def claim(self) -> None:
-        """Write our pid so a refused second server can name us; it is only
-        a hint (twistd may fork after locking), so failing to write is fine."""
+        """Write our pid so a refused second server can name us. Done once
+        the history has loaded (so a refused start-up changes no file) and
+        after twistd forked; only a hint, so failing to write is fine."""
         if self._fd is None:
             return
         with contextlib.suppress(OSError):

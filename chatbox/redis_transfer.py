@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Held until exit: a running server's files are neither read half-way
         # through a fold nor replaced under it.
-        datafile.HistoryLock(args.file, advice="stop it first")
+        datafile.HistoryLock(args.file, advice="stop it first").claim()
         if args.command == "import":
             work = datafile.load(args.file)  # Before the reactor: it blocks.
         elif not args.force and _has_history(args.file):

@@ -126,7 +126,7 @@ class DurableStore:
 
     def start(self) -> None:
         if self._lock is not None:
-            self._lock.claim()  # twistd may have forked since load: our pid now.
+            self._lock.claim()
         self._pool.start()
 
     # -- serving --

@@ -230,6 +230,13 @@ def test_an_incomplete_tail_longer_than_one_write_is_damage(tmp_path):
     message = refusal(path)
     assert message.startswith(f"{journal}: line 2 (byte offset {len(line(1))}): ")
     assert f"the last {cap + 1} bytes hold no complete record" in message
+    # One big record written alone, torn: no NUL, so not zeroed blocks.
+    big = line(2, "x" * (2 * cap))[: cap + 100]
+    write_journal(path, line(1), big)
+    assert [t.data for t in datafile.load(str(path)).torn] == [big]
+    big_with_zeros = big[:-50] + b"\0" * 50
+    write_journal(path, line(1), big_with_zeros)
+    assert "hold no complete record" in refusal(path)
 
 
 def test_old_journal_is_replayed_before_the_current_one(tmp_path):
@@ -265,6 +272,8 @@ def test_the_lock_refuses_a_second_owner_and_names_the_first(tmp_path):
     path = str(tmp_path / "data.json")
     held = datafile.HistoryLock(path)
     lock_file = tmp_path / "data.json.lock"
+    assert lock_file.read_text() == ""
+    held.claim()
     assert lock_file.read_text() == f"{os.getpid()}\n"
     with pytest.raises(datafile.HistoryFileError) as caught:
         datafile.HistoryLock(path)
