@@ -352,9 +352,10 @@ class DurableStore:
             except OSError as e:
                 complete = False
                 self.log.error(
-                    "could not fold history into {path}: {error}; "
+                    "could not fold history into {path} ({file}: {error}); "
                     "the journal keeps it for the next start",
                     path=self.path,
+                    file=e.filename,
                     error=e.strerror,
                 )
         self._pool.stop()
