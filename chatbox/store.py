@@ -21,6 +21,7 @@ complete and v2-readable.
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -72,7 +73,7 @@ class DurableStore:
         self._lock: datafile.HistoryLock | None = None
         self._next_id = 1
         self._array_bytes = 0
-        self._queue: list[tuple[str, str, str, Deferred[int]]] = []
+        self._queue: deque[tuple[str, str, str, Deferred[int]]] = deque()
         self._writing = False
         self._folding: Deferred[None] | None = None
         # A retired journal is on disk, not yet folded into data.json.
@@ -148,7 +149,7 @@ class DurableStore:
             self._notify_idle()
             return
         if self._journal is None:  # Closed: nothing may be acknowledged now.
-            queued, self._queue = self._queue, []
+            queued, self._queue = self._queue, deque()
             for *_, done in queued:
                 done.errback(StoreError("server shutting down"))
             return
@@ -171,20 +172,19 @@ class DurableStore:
         batch: list[tuple[int, bytes, Deferred[int]]] = []
         records: list[bytes] = []
         size = 0
-        taken = 0
-        for name, content, timestamp, done in self._queue:
+        while self._queue:
+            name, content, timestamp, done = self._queue[0]
             entry = codec.encode_compact(
                 messages.history_entry(self._next_id, name, content, timestamp)
             )
             record = datafile.record(entry)
             if records and size + len(record) > datafile.MAX_BATCH_BYTES:
-                break
+                break  # Encoded again, with the same id, for the next write.
+            self._queue.popleft()
             batch.append((self._next_id, entry, done))
             records.append(record)
             size += len(record)
             self._next_id += 1
-            taken += 1
-        del self._queue[:taken]
         return batch, b"".join(records)
 
     def _batch_done(
