@@ -7,20 +7,31 @@ Layout, for a history file `data.json`:
 
 - `data.json` — a JSON array of `{"id","name","content","timestamp"}`, one
   entry per line; what v2 reads and writes (v2 entries have no `id`).
-- `data.json.journal` — JSON Lines, one entry per line, appended and
-  fsync'd per batch of messages; everything newer than data.json.
+- `data.json.journal` — one record per line, `<crc32 as 8 hex> <entry JSON>`,
+  appended and fsync'd per batch of messages; everything newer than
+  data.json. The checksum is what tells a torn write from damage.
 - `data.json.journal.old` — a journal taken out of service while its entries
   are folded into data.json; removed once the fold is durable.
+- `data.json.lock` — flock'd by the one process that owns the history, so
+  a second server on the same files refuses before it reads anything.
+- `data.json.torn-<UTC time>` — the bytes of a torn last write, kept as
+  evidence before the journal is folded away.
 
 Crash safety follows from the order of operations: data.json only ever
 changes by an atomic replace of a fully fsync'd temporary file, a journal
 line is acknowledged only after its fsync, and replay skips ids data.json
 already holds, so a crash between any two steps loses nothing.
+
+Damage is never repaired here: anything that is not a torn last write stops
+start-up with the file, the offset and the ids, and nothing is rewritten.
 """
 
 import contextlib
+import fcntl
 import gc
 import os
+import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,19 +39,60 @@ from typing import Any
 from chatbox import codec, messages
 
 __all__ = [
+    "MAX_BATCH_BYTES",
     "HistoryFileError",
+    "HistoryLock",
     "Journal",
     "Loaded",
+    "TornTail",
     "journal_paths",
+    "keep_torn",
     "load",
+    "record",
     "write_array",
 ]
 
 _CHUNK = 4096
 
+# The most bytes one journal write holds (a single bigger record goes alone).
+# A crash can only tear the last write, so an incomplete tail longer than
+# this is damage, unless it is the start of one big record. Small, so that
+# zeroed or lost journal ends are told from torn writes down to that size;
+# group commit rarely needs more (200 senders' messages are about 30 KiB).
+MAX_BATCH_BYTES = 64 * 1024
+
+RECOVERY = "see 'Recovering a damaged history' in the README"
+
 
 class HistoryFileError(Exception):
     """A history file cannot be read; the message names the file and where."""
+
+
+@contextlib.contextmanager
+def _about(path: str) -> Iterator[None]:
+    """os.write and os.fsync raise OSErrors without a file name, which left
+    operators reading `None: No space left on device`: every OSError out of
+    this module passes through here and names its file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, path) from e
+
+
+def record(entry: bytes) -> bytes:
+    """One journal line: the checksum guards exactly the entry's bytes."""
+    return b"%08x %s\n" % (zlib.crc32(entry), entry)
+
+
+@dataclass
+class TornTail:
+    """The incomplete last write of a journal: never acknowledged."""
+
+    path: str
+    offset: int
+    data: bytes
 
 
 @dataclass
@@ -51,6 +103,7 @@ class Loaded:
     entries: list[bytes] = field(default_factory=list)
     # True when journals held entries: data.json is not complete on its own.
     needs_fold: bool = False
+    torn: list[TornTail] = field(default_factory=list)
 
 
 def journal_paths(path: str) -> tuple[str, str]:
@@ -113,38 +166,115 @@ def _read_array(path: str, loaded: Loaded) -> None:
         loaded.entries.append(entry)
 
 
-def _journal_lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
-    """Complete lines with their 1-based numbers; a torn last line is dropped."""
-    end = raw.rfind(b"\n")
-    if end < 0:
-        return
-    yield from enumerate(raw[:end].split(b"\n"), start=1)
+def _damaged(where: str, what: str) -> HistoryFileError:
+    return HistoryFileError(f"{where}: {what}; nothing was changed: {RECOVERY}")
 
 
-def _replay_journal(path: str, loaded: Loaded) -> None:
-    raw = _read_file(path)
-    if raw:
-        loaded.needs_fold = True
-    bad: str | None = None
-    for number, line in _journal_lines(raw):
-        where = f"{path}: line {number}"
+def _body(line: bytes) -> tuple[bytes, bool] | None:
+    """The entry JSON of one complete journal line and whether it is of the
+    checksum-less format (left by chatbox before checksums, after a crash);
+    None if its checksum fails."""
+    if line[:1] == b"{":
+        return line, True
+    body = line[9:]
+    if line[8:9] == b" " and line[:8] == b"%08x" % zlib.crc32(body):
+        return body, False
+    return None
+
+
+def _one_record(tail: bytes) -> bool:
+    """The start of a single record, as written: a header, and no NUL (JSON
+    escapes it), so not a run of zeroed or unwritten blocks."""
+    header = tail[:1] == b"{" or (
+        tail[8:10] == b" {" and all(c in b"0123456789abcdef" for c in tail[:8])
+    )
+    return header and b"\0" not in tail
+
+
+class _Replay:
+    """Both journals, in order, onto what data.json holds.
+
+    Ids must follow on: skipping what data.json already has (folded before
+    a crash), the first journal id left is data.json's last id + 1 and each
+    next one + 1, so an emptied or older data.json under a newer journal
+    stops start-up instead of silently losing messages in between. Records
+    of the checksum-less format were written by a store that could leave
+    gaps (a failed batch kept its ids), so they need only go up.
+    """
+
+    def __init__(self, array_path: str, loaded: Loaded) -> None:
+        self.array_path = array_path
+        self.loaded = loaded
+        self.array_last = loaded.ids[-1] if loaded.ids else 0
+        self.previous: int | None = None  # the last journal id seen
+
+    def journal(self, path: str) -> None:
+        raw = _read_file(path)
+        if raw:
+            self.loaded.needs_fold = True
+        end = raw.rfind(b"\n") + 1  # the complete lines end here
+        lines = 0
+        if end:
+            offset = 0
+            for lines, line in enumerate(raw[: end - 1].split(b"\n"), 1):
+                self._line(path, lines, offset, line)
+                offset += len(line) + 1
+        if end < len(raw):
+            self._tail(path, lines + 1, end, raw[end:])
+
+    def _tail(self, path: str, number: int, offset: int, tail: bytes) -> None:
+        """An incomplete last record is the write a crash interrupted, never
+        acknowledged since acknowledgement waits for the fsync, as long as it
+        fits in one write, or is the start of one record written alone (its
+        bytes hold no newline, so no more than that record is lost)."""
+        if len(tail) > MAX_BATCH_BYTES and not _one_record(tail):
+            raise _damaged(
+                f"{path}: line {number} (byte offset {offset})",
+                f"the last {len(tail)} bytes hold no complete record, more than "
+                f"one write ({MAX_BATCH_BYTES} bytes) can leave torn",
+            )
+        self.loaded.torn.append(TornTail(path, offset, tail))
+
+    def _line(self, path: str, number: int, offset: int, line: bytes) -> None:
+        where = f"{path}: line {number} (byte offset {offset})"
+        parsed = _body(line)
+        if parsed is None:
+            raise _damaged(where, "the record fails its checksum")
+        body, legacy = parsed
         try:
-            record = codec.decode(line)
+            record = codec.decode(body)
         except codec.DecodeError as e:
-            bad = bad or f"{where}: not valid JSON: {e}"
-            continue
-        if bad is not None:
-            # A damaged line followed by good ones is not a torn write.
-            raise HistoryFileError(bad)
+            raise _damaged(where, f"not valid JSON: {e}") from None
         message_id = record.get("id") if isinstance(record, dict) else None
-        if type(message_id) is int and loaded.ids and message_id <= loaded.ids[-1]:
-            continue  # Already in data.json: folded before a crash.
+        loaded = self.loaded
         last_id = loaded.ids[-1] if loaded.ids else 0
+        if type(message_id) is int and not legacy:
+            expected = last_id + 1 if self.previous is None else self.previous + 1
+            if message_id != expected and (
+                self.previous is not None or message_id > self.array_last
+            ):
+                raise _damaged(where, self._gap(message_id, expected))
+        if (
+            type(message_id) is int
+            and message_id <= self.array_last
+            and last_id == self.array_last  # nothing taken from journals yet
+        ):
+            self.previous = message_id
+            return  # Already in data.json: folded before a crash.
         message_id, entry = _entry(record, last_id, where, ids_required=True)
+        self.previous = message_id
         loaded.ids.append(message_id)
         loaded.entries.append(entry)
-    # A damaged tail is the write that a crash interrupted; nothing in it was
-    # acknowledged, because acknowledgement waits for the fsync.
+
+    def _gap(self, found: int, expected: int) -> str:
+        if self.previous is None:
+            return (
+                f"holds message id {found}, but {self.array_path} ends at id "
+                f"{self.array_last}, so the ids in between are missing "
+                f"({self.array_path} may have been emptied or replaced by an "
+                "older copy)"
+            )
+        return f"holds message id {found} where id {expected} must follow"
 
 
 @contextlib.contextmanager
@@ -166,18 +296,21 @@ def load(path: str) -> Loaded:
     current, old = journal_paths(path)
     with _cyclic_gc_paused():
         _read_array(path, loaded)
-        _replay_journal(old, loaded)
-        _replay_journal(current, loaded)
+        replay = _Replay(path, loaded)
+        replay.journal(old)
+        replay.journal(current)
     return loaded
 
 
 def fsync_directory(path: str) -> None:
     """Make a rename or a new file in `path`'s folder survive a power cut."""
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    folder = os.path.dirname(os.path.abspath(path))
+    with _about(folder):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_array(path: str, entries: Sequence[bytes], count: int) -> None:
@@ -191,31 +324,105 @@ def write_array(path: str, entries: Sequence[bytes], count: int) -> None:
         mode = os.stat(path).st_mode & 0o777
     except FileNotFoundError:
         mode = 0o644
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            f.write(b"[")
-            for start in range(0, count, _CHUNK):
-                chunk = entries[start : min(start + _CHUNK, count)]
-                f.write(b"\n" if start == 0 else b",\n")
-                f.write(b",\n".join(chunk))
-            f.write(b"\n]\n" if count else b"]\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    with _about(temporary):
+        fd = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode
+        )
+        try:
+            with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+                f.write(b"[")
+                for start in range(0, count, _CHUNK):
+                    chunk = entries[start : min(start + _CHUNK, count)]
+                    f.write(b"\n" if start == 0 else b",\n")
+                    f.write(b",\n".join(chunk))
+                f.write(b"\n]\n" if count else b"]\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
     fsync_directory(path)
 
 
 def remove_durably(path: str) -> None:
     try:
-        os.unlink(path)
+        with _about(path):
+            os.unlink(path)
     except FileNotFoundError:
         return
     fsync_directory(path)
+
+
+def keep_torn(history_path: str, tail: TornTail) -> str:
+    """Keep a torn write's bytes beside the history, durably, before the
+    fold that drops it: evidence is never erased. Returns the new file."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = f"{history_path}.torn-{stamp}"
+    kept, n = base, 1
+    while True:
+        try:
+            with _about(kept):
+                fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            n += 1
+            kept = f"{base}.{n}"
+    with _about(kept):
+        try:
+            view = memoryview(tail.data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_directory(kept)
+    return kept
+
+
+class HistoryLock:
+    """An exclusive flock on `PATH.lock`, held while a process owns the history.
+
+    The lock file is never truncated or removed by anyone who does not hold
+    the lock, so a second server refusing leaves every file as it was. The
+    kernel drops the lock when its holder dies, so a kill -9 needs no cleanup.
+    """
+
+    def __init__(
+        self, history_path: str, advice: str = "stop it first or use another --data"
+    ) -> None:
+        self.path = history_path + ".lock"
+        with _about(self.path):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).strip().decode("ascii", "replace")
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise HistoryFileError(
+                f"{history_path} is in use by another chatbox{who}; {advice}"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+
+    def claim(self) -> None:
+        """Write our pid so a refused second server can name us. Done once
+        the history has loaded (so a refused start-up changes no file) and
+        after twistd forked; only a hint, so failing to write is fine."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, b"%d\n" % os.getpid(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # Closing the only descriptor releases the flock.
 
 
 class Journal:
@@ -223,6 +430,7 @@ class Journal:
 
     A failed append (disk full, I/O error) is cut back off the file, so the
     journal never holds half a batch that a later append would run into.
+    Every OSError names the journal: os.write and os.fsync do not.
     """
 
     def __init__(self, path: str) -> None:
@@ -233,7 +441,10 @@ class Journal:
 
     @staticmethod
     def _open(path: str) -> int:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        with _about(path):
+            fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+            )
         try:
             fsync_directory(path)
         except BaseException:
@@ -245,35 +456,46 @@ class Journal:
     def size(self) -> int:
         return self._size
 
-    def append(self, data: bytes) -> None:
-        """Write and fsync `data`, or leave the file as it was and raise."""
+    def _cut_back(self) -> None:
+        """Drop what a failed append left, before anything follows it."""
         if self._dirty:
             os.ftruncate(self._fd, self._size)
             self._dirty = False
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            os.fsync(self._fd)
-        except OSError:
-            self._dirty = True
-            with contextlib.suppress(OSError):  # Else retried before the next append.
-                os.ftruncate(self._fd, self._size)
-                self._dirty = False
-            raise
+
+    def append(self, data: bytes) -> None:
+        """Write and fsync `data`, or leave the file as it was and raise."""
+        with _about(self.path):
+            self._cut_back()
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                os.fsync(self._fd)
+            except OSError:
+                self._dirty = True
+                with contextlib.suppress(OSError):  # Else cut before the next.
+                    self._cut_back()
+                raise
         self._size += len(data)
 
     def truncate(self) -> None:
         """Empty the journal once everything in it is in data.json."""
-        os.ftruncate(self._fd, 0)
-        os.fsync(self._fd)
+        with _about(self.path):
+            os.ftruncate(self._fd, 0)
+            os.fsync(self._fd)
         self._size = 0
         self._dirty = False
 
     def retire(self, old_path: str) -> None:
-        """Move the current journal to `old_path` and start an empty one."""
-        os.rename(self.path, old_path)
+        """Move the current journal to `old_path` and start an empty one.
+
+        A failed append's leftovers are cut off first: the retired journal
+        is replayed as it is, and those records were refused.
+        """
+        with _about(self.path):
+            self._cut_back()
+            os.rename(self.path, old_path)
         try:
             fd = self._open(self.path)
         except BaseException:

@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
 
     work: Any = None
     try:
+        # Held until exit: a running server's files are neither read half-way
+        # through a fold nor replaced under it.
+        datafile.HistoryLock(args.file, advice="stop it first").claim()
         if args.command == "import":
             work = datafile.load(args.file)  # Before the reactor: it blocks.
         elif not args.force and _has_history(args.file):
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
             )
     except (TransferError, datafile.HistoryFileError) as e:
         sys.exit(f"chatbox-redis: {e}")
+    except OSError as e:
+        sys.exit(f"chatbox-redis: {e.filename}: {e.strerror}")
 
     def run(reactor: Any) -> Deferred:
         done = Deferred.fromCoroutine(_run(reactor, args, work))

@@ -71,11 +71,22 @@ class ChatService(Service):
             )
             self.factory.abort_all()
         complete = await self.room.close()
-        self.log.info(
-            "history saved: {count} messages in {where}",
-            count=self.room.message_count(),
-            where=self.room.where,
-        )
+        if complete:
+            self.log.info(
+                "history saved: {count} messages in {where}",
+                count=self.room.message_count(),
+                where=self.room.where,
+            )
+        else:
+            # Never claim a save that failed. The room's own error line says
+            # what failed; a single server's journal keeps every message.
+            self.log.error(
+                "history NOT saved: the final write to {where} failed (see "
+                "above); all {count} acknowledged messages are kept for the "
+                "next start",
+                count=self.room.message_count(),
+                where=self.room.where,
+            )
         # twistd re-raises the SIGTERM/SIGINT it stopped on, so the exit status
         # would say "killed". A clean shutdown exits 0; an unclean one keeps
         # the signal, so supervisors see it.

@@ -5,7 +5,12 @@ message is written and fsync'd to the journal; only then does it enter the
 in-memory history (and so `get`), and only then may the caller acknowledge
 and broadcast it. One batch is on the disk at a time; everything that
 arrives meanwhile waits in the queue and goes down as the next batch, so
-concurrent senders share one write and one fsync (group commit).
+concurrent senders share one write and one fsync (group commit), up to
+datafile.MAX_BATCH_BYTES per write, so that a crash can only tear that much.
+
+Ids are handed out when a batch is taken for writing, not when a message
+arrives, and a batch that fails gives its ids back: the journal's ids have
+no gaps, which is what lets start-up tell a lost data.json from a crash.
 
 The journal is folded into data.json (see chatbox.datafile for the files)
 on a second thread once it outgrows data.json itself, so the cost per
@@ -16,6 +21,7 @@ complete and v2-readable.
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -64,9 +70,10 @@ class DurableStore:
         self._journal_path, self._old_path = datafile.journal_paths(path)
         self._journal: datafile.Journal | None = None
         self._pool = ThreadPool(minthreads=0, maxthreads=2, name="chatbox-store")
+        self._lock: datafile.HistoryLock | None = None
         self._next_id = 1
         self._array_bytes = 0
-        self._queue: list[tuple[int, bytes, Deferred[int]]] = []
+        self._queue: deque[tuple[str, str, str, Deferred[int]]] = deque()
         self._writing = False
         self._folding: Deferred[None] | None = None
         # A retired journal is on disk, not yet folded into data.json.
@@ -79,16 +86,39 @@ class DurableStore:
     # -- start-up (blocking: runs before anything listens) ---------------------
 
     def load(self) -> None:
-        """Read the history from disk; raises datafile.HistoryFileError.
+        """Own and read the history; raises datafile.HistoryFileError or an
+        OSError naming its file.
 
-        A journal left by a crash is folded into data.json right away, so the
-        server always starts with data.json complete and the journal empty.
+        The lock comes first: a second server on the same files must refuse
+        before it reads or writes anything. A journal left by a crash is
+        folded into data.json right away, so the server always starts with
+        data.json complete and the journal empty; a torn last write is kept
+        in a file of its own before that fold drops it.
         """
+        self._lock = datafile.HistoryLock(self.path)
+        try:
+            self._load()
+        except BaseException:
+            self._lock.release()
+            self._lock = None
+            raise
+
+    def _load(self) -> None:
         loaded = datafile.load(self.path)
         for message_id, entry in zip(loaded.ids, loaded.entries, strict=True):
             self.history.append(message_id, entry)
         self._next_id = self.history.last_id + 1
         self._array_bytes = sum(map(len, loaded.entries))
+        for tail in loaded.torn:
+            kept = datafile.keep_torn(self.path, tail)
+            self.log.warn(
+                "dropped a torn write of {size} bytes at byte offset {offset} of "
+                "{path} (never acknowledged); its bytes are kept in {kept}",
+                size=len(tail.data),
+                offset=tail.offset,
+                path=tail.path,
+                kept=kept,
+            )
         self._journal = datafile.Journal(self._journal_path)
         if loaded.needs_fold:
             datafile.write_array(self.path, self.history.entries, len(self.history))
@@ -96,19 +126,16 @@ class DurableStore:
             self._journal.truncate()
 
     def start(self) -> None:
+        if self._lock is not None:
+            self._lock.claim()
         self._pool.start()
 
     # -- serving --
 
     def append(self, name: str, content: str, timestamp: str) -> "Deferred[int]":
         """Store one message; fires with its id once durable, or StoreError."""
-        message_id = self._next_id
-        self._next_id += 1
-        entry = codec.encode_compact(
-            messages.history_entry(message_id, name, content, timestamp)
-        )
         done: Deferred[int] = Deferred()
-        self._queue.append((message_id, entry, done))
+        self._queue.append((name, content, timestamp, done))
         self._write_next()
         return done
 
@@ -121,14 +148,14 @@ class DurableStore:
         if not self._queue:
             self._notify_idle()
             return
-        batch, self._queue = self._queue, []
         if self._journal is None:  # Closed: nothing may be acknowledged now.
-            for _, _, done in batch:
+            queued, self._queue = self._queue, deque()
+            for *_, done in queued:
                 done.errback(StoreError("server shutting down"))
             return
         self._writing = True
+        batch, data = self._take_batch()
         self.metrics.batch_size.observe(len(batch))
-        data = b"".join(entry + b"\n" for _, entry, _ in batch)
         journal = self._journal
 
         def timed_append() -> float:
@@ -138,6 +165,27 @@ class DurableStore:
 
         written = self._in_thread(timed_append)
         written.addBoth(self._batch_done, batch)
+
+    def _take_batch(self) -> tuple[list[tuple[int, bytes, Deferred[int]]], bytes]:
+        """The next write: queued messages, given ids and encoded, up to
+        MAX_BATCH_BYTES (a single larger message goes alone)."""
+        batch: list[tuple[int, bytes, Deferred[int]]] = []
+        records: list[bytes] = []
+        size = 0
+        while self._queue:
+            name, content, timestamp, done = self._queue[0]
+            entry = codec.encode_compact(
+                messages.history_entry(self._next_id, name, content, timestamp)
+            )
+            record = datafile.record(entry)
+            if records and size + len(record) > datafile.MAX_BATCH_BYTES:
+                break  # Encoded again, with the same id, for the next write.
+            self._queue.popleft()
+            batch.append((self._next_id, entry, done))
+            records.append(record)
+            size += len(record)
+            self._next_id += 1
+        return batch, b"".join(records)
 
     def _batch_done(
         self, result: object, batch: list[tuple[int, bytes, Deferred[int]]]
@@ -149,6 +197,8 @@ class DurableStore:
         swapping = False
         if isinstance(result, Failure):
             self.healthy = False
+            # Nothing was kept, so the ids go back: the journal stays gapless.
+            self._next_id = batch[0][0]
             self._log_failure(
                 result,
                 "could not write {count} message(s) to {path}",
@@ -302,10 +352,14 @@ class DurableStore:
             except OSError as e:
                 complete = False
                 self.log.error(
-                    "could not fold history into {path}: {error}; "
+                    "could not fold history into {path} ({file}: {error}); "
                     "the journal keeps it for the next start",
                     path=self.path,
+                    file=e.filename,
                     error=e.strerror,
                 )
         self._pool.stop()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         return complete

@@ -303,7 +303,8 @@ def raise_open_file_limit() -> tuple[int, int]:
 
 def _make_room(config: dict[str, Any], reactor: Any, metrics: Metrics) -> IRoom:
     """A cluster node's room in Redis, or this process's own with data.json
-    (loaded now, before anything listens; raises HistoryFileError)."""
+    (locked and loaded now, before anything listens; raises HistoryFileError,
+    or an OSError naming its file)."""
     if config["redis"] is not None:
         return RedisRoom(
             config["redis"],
@@ -329,7 +330,9 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     except (EndpointError, datafile.HistoryFileError) as e:
         raise SystemExit(f"chatbox: cannot start: {e}") from None
     except OSError as e:
-        raise SystemExit(f"chatbox: cannot start: {e.filename}: {e.strerror}") from None
+        # chatbox.datafile names every file; the fallback is for anything else.
+        where = e.filename if e.filename is not None else config["data"]
+        raise SystemExit(f"chatbox: cannot start: {where}: {e.strerror}") from None
 
     limits = Limits(
         rate=config["rate"],

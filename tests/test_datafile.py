@@ -1,6 +1,7 @@
 """data.json and its journal on disk: loading, damage, atomic rewrites."""
 
 import json
+import zlib
 
 import pytest
 
@@ -78,45 +79,211 @@ def test_json_error_gives_line_and_column(tmp_path):
         datafile.load(str(path))
 
 
-def test_journal_replay_skips_what_data_json_has_and_drops_a_torn_tail(tmp_path):
+def line(message_id, content="hi"):
+    """A journal record, built here from the format, not by the code under test."""
+    body = json.dumps(entry(message_id, content), separators=(",", ":")).encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def legacy(message_id, content="hi"):
+    """A record as the version before checksums wrote it."""
+    return json.dumps(entry(message_id, content)).encode() + b"\n"
+
+
+def write_journal(path, *records, old=False):
+    journal, retired = datafile.journal_paths(str(path))
+    with open(retired if old else journal, "wb") as f:
+        f.write(b"".join(records))
+    return retired if old else journal
+
+
+def refusal(path):
+    """Load must refuse, naming the way back, and change nothing on disk."""
+    folder = path.parent
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(datafile.HistoryFileError) as caught:
+        datafile.load(str(path))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    message = str(caught.value)
+    assert "Recovering a damaged history" in message
+    return message
+
+
+def test_record_is_checksum_space_json_and_greppable():
+    body = b'{"id":1,"name":"An"}'
+    assert datafile.record(body) == b"%08x " % zlib.crc32(body) + body + b"\n"
+    assert datafile.record(body)[:8].decode().islower()
+
+
+def test_journal_replay_skips_what_data_json_has_and_keeps_a_torn_tail(tmp_path):
     path = tmp_path / "data.json"
     path.write_text(json.dumps([entry(1), entry(2)]))
-    journal, _ = datafile.journal_paths(str(path))
-    lines = [json.dumps(entry(i, f"j{i}")) for i in (2, 3, 4)]
-    with open(journal, "w") as f:
-        f.write("\n".join(lines) + "\n" + '{"id": 5, "name": "An", "cont')
+    torn = b'5f3a09c1 {"id":5,"name":"An","cont'
+    journal = write_journal(path, line(2), line(3), line(4), torn)
     loaded = datafile.load(str(path))
     assert loaded.ids == [1, 2, 3, 4]
     assert loaded.needs_fold
+    [tail] = loaded.torn
+    assert (tail.path, tail.data) == (journal, torn)
+    assert tail.offset == len(line(2) + line(3) + line(4))
 
 
-def test_journal_damage_followed_by_good_lines_refuses(tmp_path):
+def test_a_flipped_byte_in_the_last_line_refuses_with_file_and_offset(tmp_path):
     path = tmp_path / "data.json"
-    journal, _ = datafile.journal_paths(str(path))
-    with open(journal, "w") as f:
-        f.write(json.dumps(entry(1)) + "\n" + "garbage\n" + json.dumps(entry(2)) + "\n")
-    with pytest.raises(
-        datafile.HistoryFileError, match=r"journal: line 2: not valid JSON"
-    ):
-        datafile.load(str(path))
+    records = [line(i, f"message {i}") for i in range(1, 4)]
+    damaged = records[2].replace(b"message 3", b"message 8")
+    journal = write_journal(path, records[0], records[1], damaged)
+    message = refusal(path)
+    offset = len(records[0] + records[1])
+    assert message.startswith(f"{journal}: line 3 (byte offset {offset}): ")
+    assert "fails its checksum" in message
 
 
-def test_journal_damaged_tail_lines_are_a_torn_write(tmp_path):
+def test_a_flipped_byte_in_the_checksum_refuses(tmp_path):
     path = tmp_path / "data.json"
-    journal, _ = datafile.journal_paths(str(path))
-    with open(journal, "wb") as f:
-        f.write(json.dumps(entry(1)).encode() + b"\n" + b"\0" * 30 + b"\n" + b"\0" * 10)
-    assert datafile.load(str(path)).ids == [1]
+    second = line(2)
+    flipped = (b"1" if second[:1] == b"0" else b"0") + second[1:]
+    write_journal(path, line(1), flipped)
+    assert f"line 2 (byte offset {len(line(1))})" in refusal(path)
+
+
+@pytest.mark.parametrize("where", ["second half", "middle third"])
+def test_zeroed_journal_at_real_size_refuses(tmp_path, where):
+    path = tmp_path / "data.json"
+    records = b"".join(line(i, f"message {i} " + "x" * 80) for i in range(1, 30_001))
+    assert len(records) > 3 * datafile.MAX_BATCH_BYTES
+    if where == "second half":
+        start, end = len(records) // 2, len(records)
+    else:
+        start, end = len(records) // 3, 2 * len(records) // 3
+    damaged = records[:start] + b"\0" * (end - start) + records[end:]
+    journal = write_journal(path, damaged)
+    message = refusal(path)
+    offset = damaged.rfind(b"\n", 0, start) + 1
+    number = damaged.count(b"\n", 0, offset) + 1
+    assert message.startswith(f"{journal}: line {number} (byte offset {offset}): ")
+
+
+def test_an_emptied_data_json_under_a_journal_refuses_naming_both(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text("")
+    journal = write_journal(path, *(line(i) for i in range(5001, 5004)))
+    message = refusal(path)
+    assert message.startswith(f"{journal}: line 1 (byte offset 0): ")
+    assert f"holds message id 5001, but {path} ends at id 0" in message
+
+
+def test_an_older_data_json_under_a_journal_refuses(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([entry(i) for i in range(1, 4)]))
+    write_journal(path, *(line(i) for i in range(3, 8)), old=True)
+    assert datafile.load(str(path)).ids == list(range(1, 8))  # overlaps: fine
+    path.write_text(json.dumps([entry(i) for i in range(1, 3)]))
+    write_journal(path, *(line(i) for i in range(4, 8)), old=True)
+    assert f"id 4, but {path} ends at id 2" in refusal(path)
+
+
+def test_an_id_gap_inside_the_journals_refuses(tmp_path):
+    path = tmp_path / "data.json"
+    journal = write_journal(path, line(1), line(2), line(4))
+    assert refusal(path).startswith(
+        f"{journal}: line 3 (byte offset {len(line(1) + line(2))}): "
+        "holds message id 4 where id 3 must follow"
+    )
+    write_journal(path, line(3))
+    write_journal(path, line(1), line(2), old=True)
+    assert datafile.load(str(path)).ids == [1, 2, 3]
+    write_journal(path, line(4))  # 3 is missing between journal.old and journal
+    assert "holds message id 4 where id 3 must follow" in refusal(path)
+
+
+def test_the_old_checksum_less_format_is_still_replayed(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([entry(1)]))
+    # That writer could leave a gap after a failed batch: only order counts.
+    write_journal(path, legacy(1), legacy(2), legacy(5), b'{"id": 6, "na')
+    loaded = datafile.load(str(path))
+    assert loaded.ids == [1, 2, 5]
+    assert [t.data for t in loaded.torn] == [b'{"id": 6, "na']
+
+
+def test_damage_in_the_old_format_refuses_too(tmp_path):
+    path = tmp_path / "data.json"
+    journal = write_journal(path, legacy(1), b"{garbage\n", legacy(2))
+    message = refusal(path)
+    assert message.startswith(f"{journal}: line 2 (byte offset {len(legacy(1))}): ")
+    assert "not valid JSON" in message
+
+
+def test_a_complete_line_of_zeros_is_damage_not_a_torn_write(tmp_path):
+    path = tmp_path / "data.json"
+    write_journal(path, line(1), b"\0" * 30 + b"\n", b"\0" * 10)
+    assert "line 2" in refusal(path)
+
+
+def test_an_incomplete_tail_longer_than_one_write_is_damage(tmp_path):
+    path = tmp_path / "data.json"
+    cap = datafile.MAX_BATCH_BYTES
+    write_journal(path, line(1), b"\0" * cap)
+    assert [len(t.data) for t in datafile.load(str(path)).torn] == [cap]
+    journal = write_journal(path, line(1), b"\0" * (cap + 1))
+    message = refusal(path)
+    assert message.startswith(f"{journal}: line 2 (byte offset {len(line(1))}): ")
+    assert f"the last {cap + 1} bytes hold no complete record" in message
+    # One big record written alone, torn: no NUL, so not zeroed blocks.
+    big = line(2, "x" * (2 * cap))[: cap + 100]
+    write_journal(path, line(1), big)
+    assert [t.data for t in datafile.load(str(path)).torn] == [big]
+    big_with_zeros = big[:-50] + b"\0" * 50
+    write_journal(path, line(1), big_with_zeros)
+    assert "hold no complete record" in refusal(path)
 
 
 def test_old_journal_is_replayed_before_the_current_one(tmp_path):
     path = tmp_path / "data.json"
-    journal, old = datafile.journal_paths(str(path))
-    with open(old, "w") as f:
-        f.write(json.dumps(entry(1)) + "\n" + json.dumps(entry(2)) + "\n")
-    with open(journal, "w") as f:
-        f.write(json.dumps(entry(3)) + "\n")
+    write_journal(path, line(1), line(2), old=True)
+    write_journal(path, line(3))
     assert datafile.load(str(path)).ids == [1, 2, 3]
+
+
+def test_journal_ids_data_json_already_has_are_skipped(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([entry(i) for i in range(1, 4)]))
+    write_journal(path, line(1), line(2), line(3), old=True)  # folded, not removed
+    write_journal(path, line(4), line(5))
+    assert datafile.load(str(path)).ids == [1, 2, 3, 4, 5]
+
+
+def test_keep_torn_writes_the_bytes_beside_the_history(tmp_path):
+    path = str(tmp_path / "data.json")
+    tail = datafile.TornTail(path + ".journal", 10, b"\0partial")
+    first = datafile.keep_torn(path, tail)
+    second = datafile.keep_torn(path, tail)
+    assert first != second
+    for kept in (first, second):
+        assert kept.startswith(path + ".torn-")
+        with open(kept, "rb") as f:
+            assert f.read() == b"\0partial"
+
+
+def test_the_lock_refuses_a_second_owner_and_names_the_first(tmp_path):
+    import os
+
+    path = str(tmp_path / "data.json")
+    held = datafile.HistoryLock(path)
+    lock_file = tmp_path / "data.json.lock"
+    assert lock_file.read_text() == ""
+    held.claim()
+    assert lock_file.read_text() == f"{os.getpid()}\n"
+    with pytest.raises(datafile.HistoryFileError) as caught:
+        datafile.HistoryLock(path)
+    assert str(caught.value) == (
+        f"{path} is in use by another chatbox (pid {os.getpid()}); "
+        "stop it first or use another --data"
+    )
+    assert lock_file.read_text() == f"{os.getpid()}\n"
+    held.release()
+    datafile.HistoryLock(path).release()
 
 
 def test_write_array_is_readable_json_and_keeps_the_file_mode(tmp_path):
@@ -140,6 +307,7 @@ def test_journal_append_failure_leaves_the_file_as_it_was(tmp_path):
     with pytest.raises(OSError) as caught:
         full.append(b"two\n")
     assert caught.value.strerror == "No space left on device"
+    assert caught.value.filename == "/dev/full"  # os.write names no file
     journal.append(b"three\n")
     assert (tmp_path / "j").read_bytes() == b"one\nthree\n"
     assert journal.size == len(b"one\nthree\n")

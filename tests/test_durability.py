@@ -6,16 +6,20 @@ and so is the recovery from whatever the disk held at that instant.
 
 import json
 import os
+import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
+import pytest_twisted
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
+from chatbox import datafile
 from tests.client import connect
 from tests.process import spawn, start
 from tests.rawclient import RawClient
@@ -182,3 +186,162 @@ async def test_a_torn_journal_tail_is_tolerated(tmp_path):
         await server.kill(signal.SIGTERM)
     saved = json.loads((tmp_path / "data.json").read_text())
     assert [m["content"] for m in saved] == ["v2 message", "journaled", "new"]
+
+
+# -- a damaged journal at real size --
+
+
+async def send_many(client, count: int, prefix: str) -> list[tuple[int, str]]:
+    """Pipeline `count` sends, 500 outstanding; returns (id, content) acked."""
+    acked = []
+    for first in range(0, count, 500):
+        batch = range(first, min(first + 500, count))
+        for i in batch:
+            client.send_json({"type": "send", "content": f"{prefix} {i} " + "ü" * 40})
+        for _ in batch:
+            reply = await client.reply(timeout=60)
+            assert reply["status"] is True, reply
+            acked.append((reply["id"], reply["content"]))
+    return acked
+
+
+def files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in folder.iterdir()
+        if p.name.startswith("data.json")
+    }
+
+
+async def refusal(folder: Path) -> str:
+    """Start-up must stop with one line and leave every history file as it was."""
+    before = files(folder)
+    process = spawn(folder)
+    with pytest.raises(RuntimeError, match="chatbox exited"):
+        await process.started.addTimeout(120, reactor)
+    assert process.exit_code != 0
+    lines = [line for line in process.output.decode().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert files(folder) == before
+    assert "Recovering a damaged history" in lines[0]
+    return lines[0]
+
+
+@pytest_twisted.async_yield_fixture(scope="module")
+async def crashed_history(tmp_path_factory):
+    """data.json with 2,000 messages and a journal of 10,000 more, as a
+    kill -9 left them: made once by a real server, copied for each damage."""
+    folder = tmp_path_factory.mktemp("crashed")
+    server = await start(folder)
+    client = await connect(server.url)
+    await client.register("An")
+    await send_many(client, 2000, "folded")
+    await server.kill(signal.SIGTERM)
+    server = await start(folder)
+    client = await connect(server.url)
+    await client.register("An")
+    await send_many(client, 10_000, "journaled")
+    await server.kill(signal.SIGKILL)
+    yield folder
+
+
+def copy_of(crashed: Path, tmp_path: Path) -> tuple[Path, bytes]:
+    folder = tmp_path / "copy"
+    shutil.copytree(crashed, folder)
+    journal = (folder / "data.json.journal").read_bytes()
+    assert journal.count(b"\n") == 10_000
+    return folder, journal
+
+
+@ensureDeferred
+async def test_a_flipped_byte_in_the_last_record_stops_start_up(
+    crashed_history, tmp_path
+):
+    folder, journal = copy_of(crashed_history, tmp_path)
+    offset = journal.rstrip(b"\n").rfind(b"\n") + 1
+    flip = offset + len(journal[offset:]) // 2
+    damaged = bytearray(journal)
+    damaged[flip] ^= 0x01
+    (folder / "data.json.journal").write_bytes(bytes(damaged))
+    said = await refusal(folder)
+    assert said.startswith(
+        f"chatbox: cannot start: data.json.journal: line 10000 (byte offset {offset})"
+    )
+    assert "fails its checksum" in said
+
+
+@ensureDeferred
+async def test_a_zeroed_second_half_stops_start_up(crashed_history, tmp_path):
+    folder, journal = copy_of(crashed_history, tmp_path)
+    half = len(journal) // 2
+    (folder / "data.json.journal").write_bytes(
+        journal[:half] + b"\0" * (len(journal) - half)
+    )
+    offset = journal.rfind(b"\n", 0, half) + 1
+    number = journal.count(b"\n", 0, offset) + 1
+    said = await refusal(folder)
+    assert f"data.json.journal: line {number} " in said
+    assert f"(byte offset {offset})" in said
+
+
+@ensureDeferred
+async def test_an_emptied_data_json_under_its_journal_stops_start_up(
+    crashed_history, tmp_path
+):
+    folder, _ = copy_of(crashed_history, tmp_path)
+    (folder / "data.json").write_bytes(b"")
+    said = await refusal(folder)
+    assert said.startswith(
+        "chatbox: cannot start: data.json.journal: line 1 (byte offset 0): "
+        "holds message id 2001, but data.json ends at id 0"
+    )
+
+
+@ensureDeferred
+async def test_a_torn_tail_after_kill_9_under_load_is_kept_and_dropped(tmp_path):
+    server = await start(tmp_path)
+    acked: list[tuple[int, str]] = []
+    stop: list[bool] = []
+    clients = [await connect(server.url) for _ in range(SENDERS)]
+    for i, client in enumerate(clients):
+        assert (await client.register(f"sender{i}"))["status"] is True
+    chatters = DeferredList(
+        [
+            Deferred.fromCoroutine(chatter(client, i, acked, stop))
+            for i, client in enumerate(clients)
+        ],
+        consumeErrors=True,
+    )
+    while len(acked) < 600:
+        await deferLater(reactor, 0.01)
+    await server.kill(signal.SIGKILL)
+    await chatters
+    # kill -9 cannot tear a write() (the page cache has it whole); a power
+    # cut can. Leave what one would: the start of the next batch.
+    journal = tmp_path / "data.json.journal"
+    size = journal.stat().st_size
+    last = json.loads(journal.read_bytes().splitlines()[-1][9:])
+    torn = datafile.record(
+        json.dumps({**last, "id": last["id"] + 1}, separators=(",", ":")).encode()
+    )[:37]
+    with open(journal, "ab") as f:
+        f.write(torn)
+
+    again = await start(tmp_path, "--history-cap=1000000")
+    try:
+        reader = await connect(again.url)
+        await reader.register("reader")
+        stored = {
+            (m["id"], m["content"]) for m in (await reader.get())["data"]["message"]
+        }
+        assert set(acked) <= stored
+        assert (await reader.say("after"))["id"] == last["id"] + 1
+    finally:
+        await again.kill(signal.SIGTERM)
+    assert again.stopped_cleanly, again.output.decode()
+    [kept] = tmp_path.glob("data.json.torn-*")
+    assert kept.read_bytes() == torn
+    assert (
+        f"dropped a torn write of 37 bytes at byte offset {size} of "
+        f"data.json.journal (never acknowledged); its bytes are kept in {kept.name}"
+    ).encode() in again.output

@@ -153,6 +153,8 @@ async def test_a_full_disk_refuses_sends_then_recovers_losing_nothing(tiny_disk)
         await reader.register("Reader")
         history = (await reader.get())["data"]["message"]
         assert [m["id"] for m in history] == acked  # all acked, nothing refused
+        # The refused batch gave its ids back: no gap for start-up to refuse.
+        assert acked == list(range(1, len(acked) + 1))
     finally:
         await again.kill(signal.SIGTERM)
     assert again.exit_code == 0
@@ -172,12 +174,71 @@ async def test_a_disk_that_fills_at_shutdown_keeps_everything_for_the_next_start
     await server.kill(signal.SIGTERM)
     assert server.exit_code != 0  # not a clean save: say so
     assert b"the journal keeps it for the next start" in server.output
+    assert b"history saved" not in server.output
+    assert b"history NOT saved: the final write to data.json failed" in server.output
+    assert b"data.json.tmp" in server.output  # names the file that failed
     os.unlink(tiny_disk / "filler")
     await deferLater(reactor, 0)
     again = await start(tiny_disk)
     await again.kill(signal.SIGTERM)
     saved = json.loads((tiny_disk / "data.json").read_text())
     assert [m["id"] for m in saved] == acked
+
+
+def history_files(folder) -> dict:
+    return {
+        p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in folder.iterdir()
+        if p.name.startswith("data.json")
+    }
+
+
+async def crashed_with_a_journal(disk) -> list[int]:
+    """Leave what a kill -9 leaves: a journal still to fold at start-up."""
+    server = await start(disk)
+    an = await connect(server.url)
+    await an.register("An")
+    acked = [(await an.say(f"m{i} " + "z" * 500))["id"] for i in range(100)]
+    await server.kill(signal.SIGKILL)
+    assert (disk / "data.json.journal").stat().st_size > 50_000
+    return acked
+
+
+async def refused_start(disk) -> str:
+    before = history_files(disk)
+    process = spawn(disk)
+    with pytest.raises(RuntimeError):
+        await process.started
+    assert process.exit_code != 0
+    assert history_files(disk) == before
+    lines = [line for line in process.output.decode().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@ensureDeferred
+async def test_start_up_on_a_full_disk_names_the_file(tiny_disk):
+    acked = await crashed_with_a_journal(tiny_disk)
+    fill(tiny_disk, leave=0)
+    said = await refused_start(tiny_disk)
+    # Was `cannot start: None: No space left on device`.
+    assert said == "chatbox: cannot start: data.json.tmp: No space left on device"
+    os.unlink(tiny_disk / "filler")
+    again = await start(tiny_disk)
+    await again.kill(signal.SIGTERM)
+    saved = json.loads((tiny_disk / "data.json").read_text())
+    assert [m["id"] for m in saved] == acked
+
+
+@ensureDeferred
+async def test_start_up_on_a_read_only_data_folder_names_the_file(tiny_disk):
+    await crashed_with_a_journal(tiny_disk)
+    remounted = subprocess.run(
+        ["mount", "-o", "remount,ro", str(tiny_disk)], capture_output=True, text=True
+    )
+    assert remounted.returncode == 0, remounted.stderr
+    said = await refused_start(tiny_disk)
+    assert said == "chatbox: cannot start: data.json.lock: Read-only file system"
 
 
 @ensureDeferred

@@ -1,7 +1,9 @@
 """The Deferred-based writer: durability, group commit, folding, failures."""
 
 import json
+import zlib
 
+import pytest
 import pytest_twisted
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
@@ -31,8 +33,10 @@ async def test_an_append_fires_after_it_is_in_the_journal(store):
     message_id = await store.append("An", "hi", "t")
     assert message_id == 1
     journal, _ = datafile.journal_paths(store.path)
-    with open(journal) as f:
-        assert json.loads(f.readline()) == {
+    with open(journal, "rb") as f:
+        record = f.readline()
+    assert record[:9] == b"%08x " % zlib.crc32(record[9:-1])
+    assert json.loads(record[9:]) == {
             "id": 1,
             "name": "An",
             "content": "hi",
@@ -104,13 +108,19 @@ async def test_start_up_folds_a_journal_left_by_a_crash(tmp_path):
     store.start()
     for i in range(5):
         await store.append("An", f"m{i}", "t")
-    store._pool.stop()  # "crash": no close, no fold
+    crash(store)
     assert (tmp_path / "data.json.journal").stat().st_size > 0
     again = reopen(path)
     assert again.history.last_id == 5
     assert len(json.loads((tmp_path / "data.json").read_text())) == 5
     assert (tmp_path / "data.json.journal").stat().st_size == 0
     assert (await _append_after(again)) == 6
+
+
+def crash(store):
+    """What a kill -9 leaves: no close, no fold, and the kernel drops the lock."""
+    store._pool.stop()
+    store._lock.release()
 
 
 async def _append_after(store):
@@ -133,7 +143,8 @@ async def test_a_failed_write_is_refused_and_the_next_one_succeeds(store):
         raise AssertionError("append to a full disk succeeded")
     assert not store.healthy and len(store.history) == 0
     store._journal = real
-    assert await store.append("An", "kept", "t") == 2
+    # The refused message's id is given back: the journal stays gapless.
+    assert await store.append("An", "kept", "t") == 1
     assert store.healthy
     assert [json.loads(e)["content"] for e in store.history.entries] == ["kept"]
 
@@ -178,3 +189,99 @@ async def test_a_failed_fold_keeps_the_retired_journal_until_a_retry_folds_it(
     finally:
         await store.close()
     assert len(reopen(path).history) == 61
+
+
+@ensureDeferred
+async def test_a_big_burst_is_written_in_capped_batches_each_acked_when_durable(
+    store,
+):
+    writes = []
+    append = store._journal.append
+
+    def recording_append(data):
+        writes.append((len(data), len(store.history)))
+        append(data)
+
+    store._journal.append = recording_append
+    content = "ü" * 1000
+    sent = [store.append("An", content, "t") for _ in range(3000)]
+    results = await DeferredList(sent)
+    assert [r for ok, r in results] == list(range(1, 3001))
+    assert len(writes) > 2
+    assert all(size <= datafile.MAX_BATCH_BYTES for size, _ in writes), writes
+    # Each write's messages entered the history (and were acked) before the
+    # next write started: acknowledgement does not wait for the whole burst.
+    assert [before for _, before in writes] == sorted({b for _, b in writes})
+    assert writes[1][1] > 0
+    assert datafile.load(store.path).ids == list(range(1, 3001))
+
+
+@ensureDeferred
+async def test_a_message_larger_than_a_batch_goes_alone(store):
+    writes = []
+    append = store._journal.append
+
+    def recording_append(data):
+        writes.append(data.count(b"\n"))
+        append(data)
+
+    store._journal.append = recording_append
+    big = "x" * (datafile.MAX_BATCH_BYTES + 10)
+    sent = [store.append("An", text, "t") for text in ("a", "b", big, "c")]
+    results = await DeferredList(sent)
+    assert [r for ok, r in results] == [1, 2, 3, 4]
+    # a is written at once; b is queued, and big would take b's write past
+    # the cap, so it waits for a write of its own, and c for the next one.
+    assert writes == [1, 1, 1, 1]
+    assert datafile.load(store.path).ids == [1, 2, 3, 4]
+
+
+@ensureDeferred
+async def test_a_second_store_on_the_same_file_refuses_until_the_first_closes(
+    tmp_path,
+):
+    path = str(tmp_path / "data.json")
+    first = reopen(path)
+    first.start()
+    try:
+        await first.append("An", "one", "t")
+        journal = (tmp_path / "data.json.journal").read_bytes()
+        with pytest.raises(datafile.HistoryFileError, match="is in use by another"):
+            second = reopen(path)
+            second._pool.stop()  # Only reached when the lock is broken.
+        assert (tmp_path / "data.json.journal").read_bytes() == journal
+        assert not (tmp_path / "data.json").exists()
+    finally:
+        await first.close()
+    again = reopen(path)
+    assert again.history.last_id == 1
+    await _append_after(again)
+
+
+@ensureDeferred
+async def test_start_up_keeps_a_torn_tail_beside_the_history_and_logs_it(
+    tmp_path, no_logged_failures
+):
+    from twisted.logger import globalLogPublisher
+
+    path = str(tmp_path / "data.json")
+    store = reopen(path)
+    store.start()
+    await store.append("An", "kept", "t")
+    crash(store)
+    torn = b'0badc0de {"id":2,"name":"An","con'
+    with open(path + ".journal", "ab") as f:
+        f.write(torn)
+    size = (tmp_path / "data.json.journal").stat().st_size
+    said = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        again = reopen(path)
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    [kept] = tmp_path.glob("data.json.torn-*")
+    assert kept.read_bytes() == torn
+    [warning] = [e for e in said if e.get("kept") == str(kept)]
+    assert warning["size"] == len(torn) and warning["offset"] == size - len(torn)
+    assert again.history.last_id == 1
+    assert (await _append_after(again)) == 2
