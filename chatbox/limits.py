@@ -5,11 +5,21 @@ used by people: generous for humans, tight for floods.
 """
 
 import fnmatch
+import ipaddress
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Limits", "TokenBucket", "client_address", "origin_allowed"]
+from chatbox.logsafe import printable
+
+__all__ = [
+    "AddressBuckets",
+    "Limits",
+    "TokenBucket",
+    "address_key",
+    "client_address",
+    "origin_allowed",
+]
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,18 @@ class Limits:
     trusted_proxies: int = 0
     # Bytes a client may leave unread before it is cut off as too slow.
     max_pending_output: int = 4 * 1024 * 1024
+
+    # -- admission at accept (chatbox.web.admission) --
+    # Connections from one address that have not yet sent a complete request
+    # head: far fewer than open ones, so a slow trickler cannot hold them.
+    max_pending_per_address: int = 64
+    # New connections per second one address may keep up, and the burst above
+    # it (0: no limit). A class reloading at once after a restart fits.
+    connection_rate: float = 20.0
+    connection_burst: int = 200
+    # Seconds from accept (or the end of the previous response) for a request
+    # head, and for a WebSocket its upgrade; bytes do not extend it.
+    handshake_timeout: float = 5.0
 
 
 class TokenBucket:
@@ -74,4 +96,68 @@ def client_address(
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     if not hops:
         return peer_host
-    return hops[-min(trusted_proxies, len(hops))]
+    hop = hops[-min(trusted_proxies, len(hops))]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        # Not an address (a proxy that logs ports, or a forgery): keep it as a
+        # key, but escaped, since it goes into logs.
+        return printable(hop, 100)
+
+
+# -- admission at accept (chatbox.web.admission) --
+
+
+def address_key(address: str) -> str:
+    """The key per-address limits count under.
+
+    One IPv6 subscriber is handed a whole /64 (2^64 addresses), so IPv6 is
+    counted by its /64; an IPv4-mapped address counts as the IPv4 one.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+class AddressBuckets:
+    """A token bucket per address key, for new connections.
+
+    Kept in least-recently-used order. A bucket unused for `burst / rate`
+    seconds is full again, the same as no bucket, so it is dropped; and past
+    `max_keys` (an attack from very many addresses) the least recently used
+    goes too. Memory stays bounded whatever the address space.
+    """
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}  # key: (tokens, last)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str, now: float) -> bool:
+        """Spend one token of `key`'s bucket; False if it has none left."""
+        if self.rate <= 0:
+            return True
+        buckets = self._buckets
+        refill = self.burst / self.rate
+        while buckets:  # Oldest first: stop at the first one still refilling.
+            oldest = next(iter(buckets))
+            if now - buckets[oldest][1] < refill:
+                break
+            del buckets[oldest]
+        tokens, last = buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        allowed = tokens >= 1
+        buckets[key] = (tokens - 1 if allowed else tokens, now)
+        if len(buckets) > self.max_keys:
+            del buckets[next(iter(buckets))]
+        return allowed

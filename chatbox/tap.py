@@ -158,6 +158,30 @@ class Options(usage.Options):
             _count,
         ],
         [
+            "max-pending-per-ip",
+            None,
+            64,
+            "Connections from one client address that have not yet sent a "
+            "complete request; more are refused with HTTP 429. 0 means no limit.",
+            _count,
+        ],
+        [
+            "connection-rate",
+            None,
+            20.0,
+            "New connections per second one client address may keep up; more "
+            "are refused with HTTP 429. 0 means no limit.",
+            _seconds,
+        ],
+        [
+            "connection-burst",
+            None,
+            200,
+            "New connections one client address may open at once before "
+            "--connection-rate applies.",
+            _positive_int,
+        ],
+        [
             "allowed-origins",
             None,
             "",
@@ -195,7 +219,10 @@ class Options(usage.Options):
             "handshake-timeout",
             None,
             5.0,
-            "Seconds a new connection has to complete the WebSocket handshake.",
+            "Seconds from accept a connection has to send a complete request "
+            "head and finish the WebSocket handshake (and an idle keep-alive "
+            "connection from the end of its last response); not extended by "
+            "bytes. 0 means no limit.",
             _seconds,
         ],
         [
@@ -295,6 +322,10 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         ),
         trusted_proxies=config["trusted-proxies"],
         max_pending_output=config["max-pending-output"],
+        max_pending_per_address=config["max-pending-per-ip"],
+        connection_rate=config["connection-rate"],
+        connection_burst=config["connection-burst"],
+        handshake_timeout=config["handshake-timeout"],
     )
     factory = ChatFactory(
         room,
@@ -340,7 +371,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     ).setServiceParent(top)
     listener = ListenerService(
         endpoint,
-        make_site(factory, config["handshake-timeout"]),
+        make_site(factory),
         factory,
         scheme,
         reactor,

@@ -1,0 +1,335 @@
+"""Every TCP connection on the chat port, from accept to close.
+
+Admission is the one owner of how many connections there are, in total and
+per client address, and in which state: *pending* (has not yet sent a
+complete request head), *http* (has, and is served as plain HTTP or is idle
+between keep-alive requests) and *open* (upgraded to a WebSocket). It wraps
+the Site, so it sees each connection at accept, before any HTTP parsing, and
+at close, whichever protocol holds the connection by then.
+
+A connection over a limit is answered at accept with a canned 429 or 503
+and closed: no Request object, no HTTP parsing, no log line. Refusals are
+counted and logged as a summary, one line per address per `SUMMARY_SECONDS`,
+so an attack cannot make the log grow faster than its own traffic.
+
+Behind `--trusted-proxies` the peer is the proxy, so per-address limits wait
+until the first request head names the client in X-Forwarded-For (the proxy
+reads heads itself, so a slow client never reaches chatbox as pending).
+"""
+
+from collections import Counter
+from typing import Any
+
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    ISSLTransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import directlyProvidedBy, directlyProvides
+
+from chatbox.limits import AddressBuckets, Limits, address_key, client_address
+from chatbox.logsafe import printable
+
+__all__ = ["Admission", "Gate", "canned"]
+
+SUMMARY_SECONDS = 10.0
+# Addresses named one by one in a summary; the rest are counted together.
+SUMMARY_ADDRESSES = 20
+# A connection told to close that does not (its peer stopped reading) is
+# dropped this much later, so it cannot keep its file descriptor.
+CLOSE_GRACE = 2.0
+
+PENDING, HTTP, OPEN = "pending", "http", "open"
+
+_REASONS = {
+    400: b"Bad Request",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+def canned(code: int, text: str, *headers: bytes) -> bytes:
+    """A whole HTTP/1.1 response that ends the connection, built once."""
+    body = text.encode() + b"\n"
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (code, _REASONS[code]),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            *(header + b"\r\n" for header in headers),
+            b"Connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+FULL = canned(503, "server full, try again later", b"Retry-After: 5")
+TOO_MANY = canned(429, "too many connections from your address", b"Retry-After: 5")
+TOO_MANY_PENDING = canned(
+    429, "too many unfinished requests from your address", b"Retry-After: 5"
+)
+TOO_OFTEN = canned(429, "connecting too often from your address", b"Retry-After: 1")
+TIMED_OUT = canned(408, "request not completed in time")
+
+
+class _Refusal(Protocol):
+    """Says its canned response and hangs up; reads nothing."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.response)
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+class Gate(ProtocolWrapper):
+    """One accepted connection: its address key, state and deadline.
+
+    It stays the transport's protocol for the connection's whole life (for
+    the HTTP channel, then for the WebSocket that takes the connection over),
+    so accept and close are always seen here, in one place.
+    """
+
+    factory: "Admission"
+
+    def __init__(self, factory: "Admission", wrapped: Any, key: str | None) -> None:
+        super().__init__(factory, wrapped)
+        self.key = key
+        self.state = PENDING
+        self._deadline: IDelayedCall | None = None
+        self._abort: IDelayedCall | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.arm()  # From accept: before the wrapped protocol sees anything.
+        super().makeConnection(transport)
+        # Autobahn takes an ISSLTransport for the TLS connection object itself
+        # (for WAMP channel binding, unused here) and fails on a wrapper.
+        directlyProvides(self, directlyProvidedBy(self) - ISSLTransport)
+
+    # -- the deadline --
+
+    def arm(self) -> None:
+        """Start the absolute deadline for the next request head (or upgrade)."""
+        self.disarm()
+        timeout = self.factory.limits.handshake_timeout
+        if timeout > 0:
+            self._deadline = self.factory.reactor.callLater(timeout, self._expire)
+
+    def disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        self.factory.timed_out += 1
+        self.hang_up(TIMED_OUT)
+
+    def hang_up(self, response: bytes) -> None:
+        """Answer `response` and close, dropping the connection if it does
+        not go within CLOSE_GRACE (a peer that reads nothing)."""
+        if self.transport is None or self.disconnecting:
+            return
+        self.transport.write(response)
+        self.loseConnection()
+        self._abort = self.factory.reactor.callLater(
+            CLOSE_GRACE, self.transport.abortConnection
+        )
+
+    # -- what the HTTP channel and the chat factory report --
+
+    def head_received(self, forwarded_for: str | None) -> bytes | None:
+        """The first complete request head: the connection is no longer
+        pending. Behind trusted proxies it now has a client address, and is
+        admitted or refused (the canned response to send) as at accept."""
+        if self.state != PENDING:
+            return None
+        return self.factory.head_received(self, forwarded_for)
+
+    def upgraded(self) -> None:
+        """The WebSocket handshake was accepted: the deadline no longer applies."""
+        self.disarm()
+        self.factory.moved(self, OPEN)
+
+    # -- the connection's end --
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.disarm()
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        super().connectionLost(reason)
+
+
+class Admission(WrappingFactory):
+    """Counts, caps and times every connection the Site gets (see module doc)."""
+
+    protocol = Gate
+    log = Logger()
+
+    def __init__(self, site: Factory, limits: Limits, reactor: IReactorTime) -> None:
+        super().__init__(site)
+        self.limits = limits
+        self.reactor = reactor
+        self.total = 0
+        self._held: Counter[str] = Counter()  # per key, every state
+        self._pending: Counter[str] = Counter()  # per key, pending only
+        self._rate = AddressBuckets(limits.connection_rate, limits.connection_burst)
+        self.refusals = RefusalLog(reactor)
+        self.timed_out = 0
+
+    # -- counts, for /healthz, tests and the curious --
+
+    def held(self, address: str) -> int:
+        return self._held[address_key(address)]
+
+    def pending(self, address: str) -> int:
+        return self._pending[address_key(address)]
+
+    # -- accept --
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        limits = self.limits
+        host = getattr(addr, "host", None)
+        if limits.max_connections and self.total >= limits.max_connections:
+            return self._refuse(host or "-", FULL, "server full")
+        key = None
+        if host is not None and not limits.trusted_proxies:
+            key = address_key(host)
+            refusal = self._check(key)
+            if refusal is not None:
+                return self._refuse(key, *refusal)
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return Gate(self, wrapped, key)
+
+    def _check(self, key: str) -> tuple[bytes, str] | None:
+        limits = self.limits
+        if (
+            limits.max_connections_per_address
+            and self._held[key] >= limits.max_connections_per_address
+        ):
+            return TOO_MANY, "too many connections"
+        if (
+            limits.max_pending_per_address
+            and self._pending[key] >= limits.max_pending_per_address
+        ):
+            return TOO_MANY_PENDING, "too many unfinished requests"
+        if not self._rate.take(key, self.reactor.seconds()):
+            return TOO_OFTEN, "connecting too often"
+        return None
+
+    def _refuse(self, key: str, response: bytes, reason: str) -> Protocol:
+        self.refusals.note(key, reason)
+        refusal = _Refusal(response)
+        refusal.factory = self
+        return refusal
+
+    # -- the life of a connection --
+
+    def registerProtocol(self, gate: Gate) -> None:
+        super().registerProtocol(gate)
+        self.total += 1
+        if gate.key is not None:
+            self._held[gate.key] += 1
+            self._pending[gate.key] += 1
+
+    def head_received(self, gate: Gate, forwarded_for: str | None) -> bytes | None:
+        if gate.key is None and self.limits.trusted_proxies:
+            peer = gate.getPeer()
+            address = client_address(
+                getattr(peer, "host", "-"), forwarded_for, self.limits.trusted_proxies
+            )
+            key = address_key(address)
+            refusal = self._check(key)
+            if refusal is not None:
+                self.refusals.note(key, refusal[1])
+                return refusal[0]
+            gate.key = key
+            self._held[key] += 1
+            gate.state = HTTP
+            return None
+        self.moved(gate, HTTP)
+        return None
+
+    def moved(self, gate: Gate, state: str) -> None:
+        if gate.state == PENDING and gate.key is not None:
+            self._forget(self._pending, gate.key)
+        gate.state = state
+
+    def unregisterProtocol(self, gate: Gate) -> None:
+        super().unregisterProtocol(gate)
+        self.total -= 1
+        if gate.key is not None:
+            self._forget(self._held, gate.key)
+            if gate.state == PENDING:
+                self._forget(self._pending, gate.key)
+
+    @staticmethod
+    def _forget(counter: Counter[str], key: str) -> None:
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]
+
+    def doStop(self) -> None:
+        self.refusals.flush()
+        super().doStop()
+
+
+class RefusalLog:
+    """Refusals, counted per address and logged as one summary line per
+    address per SUMMARY_SECONDS, never one line each."""
+
+    log = Logger()
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self.reactor = reactor
+        self.total = 0
+        self._counts: dict[str, Counter[str]] = {}
+        self._call: IDelayedCall | None = None
+
+    def note(self, address: str, reason: str) -> None:
+        self.total += 1
+        counts = self._counts.get(address)
+        if counts is None:
+            if len(self._counts) >= 10 * SUMMARY_ADDRESSES:
+                address = "other addresses"
+            counts = self._counts.setdefault(address, Counter())
+        counts[reason] += 1
+        if self._call is None:
+            self._call = self.reactor.callLater(SUMMARY_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        counts, self._counts = self._counts, {}
+        ranked = sorted(counts.items(), key=lambda item: -sum(item[1].values()))
+        for address, reasons in ranked[:SUMMARY_ADDRESSES]:
+            self.log.info(
+                "refused {count} connection(s) from {address}: {reasons}",
+                count=sum(reasons.values()),
+                address=printable(address, 100),
+                reasons=", ".join(f"{n} {why}" for why, n in reasons.most_common()),
+            )
+        rest = ranked[SUMMARY_ADDRESSES:]
+        if rest:
+            self.log.info(
+                "refused {count} connection(s) from {addresses} other addresses",
+                count=sum(sum(reasons.values()) for _, reasons in rest),
+                addresses=len(rest),
+            )
