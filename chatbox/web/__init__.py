@@ -67,17 +67,12 @@ class Health(Resource):
         )
 
 
-class StaticFiles(static.File):
-    def directoryListing(self) -> Resource:
-        return pages.notFound()  # The files are the client's, not a browsable tree.
-
-
 class Root(Resource):
     def __init__(self, factory: ChatFactory) -> None:
         super().__init__()
         self.socket = ChatSocket(factory)
         self.page = static.File(str(STATIC / "index.html"), defaultType="text/html")
-        self.putChild(b"static", StaticFiles(str(STATIC)))
+        self.putChild(b"static", static.File(str(STATIC)))
         self.putChild(b"healthz", Health(factory))
         self.putChild(b"metrics", MetricsResource(factory.metrics.registry))
 

@@ -43,6 +43,8 @@ SUMMARY_ADDRESSES = 20
 # A connection told to close that does not (its peer stopped reading) is
 # dropped this much later, so it cannot keep its file descriptor.
 CLOSE_GRACE = 2.0
+# What a refused client may still send while it reads its refusal.
+LINGER_BYTES = 256 * 1024
 
 PENDING, HTTP, OPEN = "pending", "http", "open"
 
@@ -112,6 +114,7 @@ class Gate(ProtocolWrapper):
         self.state = PENDING
         self._deadline: IDelayedCall | None = None
         self._abort: IDelayedCall | None = None
+        self._discard: int | None = None  # bytes still to throw away, lingering
 
     def makeConnection(self, transport: Any) -> None:
         self.arm()  # From accept: before the wrapped protocol sees anything.
@@ -139,16 +142,36 @@ class Gate(ProtocolWrapper):
         self.factory.timed_out += 1
         self.hang_up(TIMED_OUT)
 
-    def hang_up(self, response: bytes) -> None:
+    def hang_up(self, response: bytes, linger: bool = False) -> None:
         """Answer `response` and close, dropping the connection if it does
-        not go within CLOSE_GRACE (a peer that reads nothing)."""
+        not go within CLOSE_GRACE (a peer that reads nothing).
+
+        A client still sending (a body) would get a TCP reset if we closed
+        with its bytes unread, and a reset can destroy the response before
+        the client reads it. With `linger` only our side is closed, and up
+        to LINGER_BYTES more are read and thrown away meanwhile.
+        """
         if self.transport is None or self.disconnecting:
             return
         self.transport.write(response)
-        self.loseConnection()
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if linger and half_close is not None:
+            self._discard = LINGER_BYTES
+            self.disconnecting = 1
+            half_close()
+        else:
+            self.loseConnection()
         self._abort = self.factory.reactor.callLater(
             CLOSE_GRACE, self.transport.abortConnection
         )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._discard is None:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        self._discard -= len(data)
+        if self._discard < 0:
+            self.transport.abortConnection()
 
     # -- what the HTTP channel and the chat factory report --
 

@@ -55,13 +55,13 @@ class ChatChannel(http.HTTPChannel):
     def _gate(self) -> Gate | None:
         return self.transport if isinstance(self.transport, Gate) else None
 
-    def _refuse(self, response: bytes) -> None:
-        """Answer `response` and close, reading nothing more."""
+    def _refuse(self, response: bytes, linger: bool = False) -> None:
+        """Answer `response` and close, handling nothing more."""
         self._refused = True
         self.persistent = False
         gate = self._gate
         if gate is not None:
-            gate.hang_up(response)
+            gate.hang_up(response, linger)
         elif self.transport is not None:
             self.transport.write(response)
             self.transport.loseConnection()
@@ -79,7 +79,7 @@ class ChatChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         if self.length != 0:  # a Content-Length above 0, or chunked
-            self._refuse(BODY_REFUSED)
+            self._refuse(BODY_REFUSED, linger=True)
             return
         gate = self._gate
         if gate is not None:
