@@ -445,6 +445,63 @@ async def test_every_odd_request_is_a_4xx_never_a_500(server):
     assert await status_of(server.port, b"HEAD /healthz HTTP/1.1\r\n\r\n") == 200
 
 
+BAD_HANDSHAKES = [
+    # (headers of an otherwise good handshake to change, expected status)
+    ({"Origin": "https://evil.example"}, 403),
+    ({"Sec-WebSocket-Version": "12"}, 426),
+    ({"Sec-WebSocket-Version": "thirteen"}, 426),
+    ({"Sec-WebSocket-Key": "short=="}, 400),
+    ({"Sec-WebSocket-Key": "!!!!!!!!!!!!!!!!!!!!!!=="}, 400),
+    ({"Upgrade": "websocketx"}, 400),
+    ({"Connection": "keep-alive"}, 400),
+    ({"Host": None}, 400),
+    ({"Sec-WebSocket-Key": None}, 400),
+    ({"Origin": "https://ok.example"}, 101),
+]
+
+
+@ensureDeferred
+async def test_bad_handshakes_are_refused_without_a_log_line_each(data_file):
+    from twisted.logger import globalLogPublisher
+
+    server = await start_server(data_file, "--allowed-origins=https://ok.example")
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        wrong = {}
+        for _ in range(20):
+            for change, expected in BAD_HANDSHAKES:
+                headers = {
+                    "Host": "127.0.0.1",
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    "Sec-WebSocket-Version": "13",
+                    **change,
+                }
+                request = b"GET / HTTP/1.1\r\n" + b"".join(
+                    f"{k}: {v}\r\n".encode() for k, v in headers.items() if v
+                )
+                got = await status_of(server.port, request + b"\r\n")
+                if got != expected:
+                    wrong[str(change)] = (got, expected)
+        assert not wrong
+    finally:
+        await server.stop()
+        globalLogPublisher.removeObserver(events.append)
+    # The test's own client factories log their starts and stops, and the 20
+    # accepted connections their opening and closing.
+    events = [
+        e
+        for e in events
+        if not re.search(r"factory|connection from", e.get("log_format") or "")
+    ]
+    # 180 refusals: one summary line (at shutdown), not a line or three each.
+    refusals = [e for e in events if "refused" in (e.get("log_format") or "")]
+    assert len(refusals) == 1 and refusals[0]["count"] == 180
+    assert len(events) < 5, [e.get("log_format") for e in events][:20]
+
+
 # -- logs --
 
 

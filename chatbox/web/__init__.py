@@ -24,6 +24,7 @@ from chatbox import codec
 from chatbox.factory import ChatFactory
 from chatbox.web.admission import Admission
 from chatbox.web.channel import ChatChannel, ChatRequest
+from chatbox.web.handshake import handshake_refusal
 
 __all__ = ["make_site"]
 
@@ -36,7 +37,26 @@ def _is_websocket(request: Request) -> bool:
 
 
 class ChatSocket(WebSocketResource):
+    def __init__(self, factory: ChatFactory) -> None:
+        super().__init__(factory)
+        self.factory = factory
+
     def render(self, request: Request) -> Any:
+        limits = self.factory.limits
+        refusal = handshake_refusal(
+            request, limits.allowed_origins, self.factory.versions
+        )
+        if refusal is not None:
+            code, reason, headers = refusal
+            if self.factory.admission is not None:
+                # The Gate's key is the client's address, as admission counts it.
+                address = getattr(request.channel.transport, "key", None) or "-"
+                self.factory.admission.refusals.note(address, reason)
+            request.setResponseCode(code)
+            for name, value in headers:
+                request.setHeader(name, value)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return reason.encode() + b"\n"
         # twisted.web would time the connection out as an idle HTTP channel
         # (after 12 hours) even though the WebSocket has taken it over.
         request.channel.setTimeout(None)
