@@ -20,8 +20,10 @@ from twisted.internet.task import LoopingCall, deferLater
 from tests import process
 from tests.client import ChatClientProtocol, handshake_status
 from tests.conftest import start_server
+from tests.test_tls import tls_files as _tls_files
 
 TIMEOUT = 10
+tls_files = _tls_files  # a certificate chain for the test (tests/test_tls.py)
 OTHER = "127.0.0.2"  # another client address: Linux routes all of 127/8 to lo
 
 
@@ -201,6 +203,34 @@ async def test_the_deadline_is_absolute_and_restarts_after_each_response(data_fi
         an = await server.user("An")
         await deferLater(reactor, 1.5)
         assert (await an.say("hello"))["status"] is True
+    finally:
+        await server.stop()
+
+
+@ensureDeferred
+async def test_over_tls_the_deadline_covers_the_tls_handshake(
+    tls_files,
+    data_file,
+):
+    _, cert, key = tls_files
+    server = await start_server(
+        data_file,
+        f"--tls-cert={cert}",
+        f"--tls-key={key}",
+        "--handshake-timeout=1",
+        "--max-pending-per-ip=2",
+        scheme="wss",
+    )
+    try:
+        # Never a ClientHello: two held until the deadline, one refused. Neither
+        # the 408 nor the 429 can be said without TLS, so each connection is
+        # dropped CLOSE_GRACE (2 s) after it is told to go.
+        silent = [await raw(server.port) for _ in range(3)]
+        for client in silent:
+            await client.closed.addTimeout(5, reactor)
+        lifetimes = sorted(c.closed_at - c.opened_at for c in silent)
+        assert 1.8 < lifetimes[0] < 2.5  # refused at accept
+        assert lifetimes[1] > 2.8 and lifetimes[2] < 3.5  # the 1 s deadline
     finally:
         await server.stop()
 

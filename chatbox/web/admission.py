@@ -85,17 +85,32 @@ TIMED_OUT = canned(408, "request not completed in time")
 
 
 class _Refusal(Protocol):
-    """Says its canned response and hangs up; reads nothing."""
+    """Says its canned response and hangs up; reads nothing.
 
-    def __init__(self, response: bytes) -> None:
+    Over TLS the response waits for the TLS handshake, which a client that
+    never sends one would hold off for ever: there it is dropped after
+    CLOSE_GRACE.
+    """
+
+    def __init__(self, response: bytes, reactor: IReactorTime) -> None:
         self.response = response
+        self.reactor = reactor
+        self._abort: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self.transport.write(self.response)
         self.transport.loseConnection()
+        if ISSLTransport.providedBy(self.transport):
+            self._abort = self.reactor.callLater(
+                CLOSE_GRACE, self.transport.abortConnection
+            )
 
     def dataReceived(self, data: bytes) -> None:
         pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
 
 
 class Gate(ProtocolWrapper):
@@ -258,7 +273,7 @@ class Admission(WrappingFactory):
 
     def _refuse(self, key: str, response: bytes, reason: str) -> Protocol:
         self.refusals.note(key, reason)
-        refusal = _Refusal(response)
+        refusal = _Refusal(response, self.reactor)
         refusal.factory = self
         return refusal
 
