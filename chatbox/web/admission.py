@@ -199,9 +199,18 @@ class Gate(ProtocolWrapper):
         return self.factory.head_received(self, forwarded_for)
 
     def upgraded(self) -> None:
-        """The WebSocket handshake was accepted: the deadline no longer applies."""
+        """The WebSocket handshake was accepted: the deadline no longer applies.
+
+        From here every byte each way is the WebSocket's, so the wrapper
+        steps out of the hot paths (broadcast writes to every client) while
+        staying the transport's protocol, to see the close.
+        """
         self.disarm()
         self.factory.moved(self, OPEN)
+        self.write = self.transport.write
+        self.writeSequence = self.transport.writeSequence
+        if self._discard is None:
+            self.dataReceived = self.wrappedProtocol.dataReceived
 
     # -- the connection's end --
 
