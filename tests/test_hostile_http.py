@@ -5,6 +5,7 @@ import os
 import re
 import select
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThread
 
 from tests import process
 from tests.client import ChatClientProtocol, handshake_status
@@ -231,8 +233,37 @@ async def test_over_tls_the_deadline_covers_the_tls_handshake(
         lifetimes = sorted(c.closed_at - c.opened_at for c in silent)
         assert 1.8 < lifetimes[0] < 2.5  # refused at accept
         assert lifetimes[1] > 2.8 and lifetimes[2] < 3.5  # the 1 s deadline
+
+        # A body is refused over TLS too, and the refusal arrives whole.
+        response = await deferToThread(_tls_post, server.port)
+        assert response.startswith(b"HTTP/1.1 413 "), response
     finally:
         await server.stop()
+
+
+def _tls_post(port: int) -> bytes:
+    """POST with a body over TLS, blocking (the server is in the reactor)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    plain = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with context.wrap_socket(plain, server_hostname="localhost") as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9999999\r\n\r\n")
+        response = b""
+        try:
+            for _ in range(16):
+                sock.sendall(b"x" * 65536)
+        except OSError:
+            pass
+        try:
+            while b"\r\n\r\n" not in response:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                response += data
+        except OSError:
+            pass
+        return response
 
 
 @ensureDeferred

@@ -154,7 +154,6 @@ class Gate(ProtocolWrapper):
 
     def _expire(self) -> None:
         self._deadline = None
-        self.factory.timed_out += 1
         self.hang_up(TIMED_OUT)
 
     def hang_up(self, response: bytes, linger: bool = False) -> None:
@@ -169,11 +168,11 @@ class Gate(ProtocolWrapper):
         if self.transport is None or self.disconnecting:
             return
         self.transport.write(response)
-        half_close = getattr(self.transport, "loseWriteConnection", None)
-        if linger and half_close is not None:
+        # Over TLS the TCP connection cannot be half closed under it.
+        if linger and not ISSLTransport.providedBy(self.transport):
             self._discard = LINGER_BYTES
             self.disconnecting = 1
-            half_close()
+            self.transport.loseWriteConnection()
         else:
             self.loseConnection()
         self._abort = self.factory.reactor.callLater(
@@ -236,15 +235,6 @@ class Admission(WrappingFactory):
         self._pending: Counter[str] = Counter()  # per key, pending only
         self._rate = AddressBuckets(limits.connection_rate, limits.connection_burst)
         self.refusals = RefusalLog(reactor)
-        self.timed_out = 0
-
-    # -- counts, for /healthz, tests and the curious --
-
-    def held(self, address: str) -> int:
-        return self._held[address_key(address)]
-
-    def pending(self, address: str) -> int:
-        return self._pending[address_key(address)]
 
     # -- accept --
 
@@ -345,12 +335,10 @@ class RefusalLog:
 
     def __init__(self, reactor: IReactorTime) -> None:
         self.reactor = reactor
-        self.total = 0
         self._counts: dict[str, Counter[str]] = {}
         self._call: IDelayedCall | None = None
 
     def note(self, address: str, reason: str) -> None:
-        self.total += 1
         counts = self._counts.get(address)
         if counts is None:
             if len(self._counts) >= 10 * SUMMARY_ADDRESSES:

@@ -14,6 +14,8 @@ __all__ = ["MAX_URI", "odd_request"]
 MAX_URI = 2048  # what every browser and proxy handles; chatbox's own are short
 METHODS = (b"GET", b"HEAD")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+# Printable ASCII but the backslash, which some servers take for a slash.
+_URI_BYTES = bytes(b for b in range(0x21, 0x7F) if b != ord("\\"))
 
 
 def _bad_percent(path: bytes) -> bool:
@@ -40,7 +42,7 @@ def odd_request(
         return 405, "only GET and HEAD are served here"
     if not uri.startswith(b"/") or uri.startswith(b"//"):
         return 400, "request target must be a path"
-    if any(byte < 0x21 or byte > 0x7E for byte in uri) or b"\\" in uri:
+    if uri.translate(None, _URI_BYTES):  # anything left is not allowed
         return 400, "request target has characters a URL cannot hold"
     path = uri.split(b"?", 1)[0]
     if _bad_percent(uri):
