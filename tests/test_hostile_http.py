@@ -327,6 +327,49 @@ def upgrade(**headers: str) -> bytes:
 
 
 @ensureDeferred
+async def test_a_class_of_40_behind_one_nat_never_notices_the_defaults(data_file):
+    """All 40 load the page at the same instant (the page, then its script
+    and style at once, each on its own connection), join the chat, and, as
+    after a server restart, all reconnect at once."""
+    from twisted.internet.defer import gatherResults
+
+    from chatbox.limits import Limits
+    from tests.http import fetch
+
+    defaults = Limits()
+    server = await start_server(
+        data_file,
+        f"--max-pending-per-ip={defaults.max_pending_per_address}",
+        f"--connection-rate={defaults.connection_rate}",
+        f"--connection-burst={defaults.connection_burst}",
+    )
+
+    async def student(number: int) -> ChatClientProtocol:
+        assert (await fetch(server, "/"))[0] == 200
+        scripts = await gatherResults(
+            [
+                Deferred.fromCoroutine(fetch(server, "/static/app.js")),
+                Deferred.fromCoroutine(fetch(server, "/static/style.css")),
+            ]
+        )
+        assert [code for code, _, _ in scripts] == [200, 200], scripts[0][2][:80]
+        return await server.user(f"student{number}")
+
+    try:
+        students = await gatherResults(
+            [Deferred.fromCoroutine(student(n)) for n in range(40)]
+        )
+        # The server restarts: every page reconnects its socket at once.
+        for client in students:
+            client.abort()
+        await gatherResults(
+            [Deferred.fromCoroutine(server.user(f"again{n}")) for n in range(40)]
+        )
+    finally:
+        await server.stop()
+
+
+@ensureDeferred
 async def test_new_connections_per_address_are_rate_limited(data_file):
     server = await start_server(
         data_file, "--connection-burst=40", "--connection-rate=2"
