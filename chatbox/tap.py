@@ -28,6 +28,10 @@ __all__ = ["Options", "makeService"]
 
 log = Logger()
 
+# Files kept free of connections: the history, its journal and folds, Redis,
+# twistd's log.
+RESERVED_FILES = 64
+
 
 def _positive_int(value: str) -> int:
     number = int(value)
@@ -310,10 +314,34 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     except OSError as e:
         raise SystemExit(f"chatbox: cannot start: {e.filename}: {e.strerror}") from None
 
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info(
+            "open file limit raised from {before} to {after}",
+            before=before,
+            after=after,
+        )
+    # Connections past the open file limit would fail at accept (EMFILE) with
+    # log lines each, and starve the history and Redis of files: the total cap
+    # stays below it, so they are refused with a cheap 503 instead.
+    max_connections = config["max-connections"]
+    fits = max(1, after - RESERVED_FILES)
+    if max_connections > fits:
+        log.warn(
+            "open file limit {limit} leaves room for {fits} connections, below "
+            "--max-connections {max}; raise it (ulimit -n, or LimitNOFILE= under "
+            "systemd)",
+            limit=after,
+            fits=fits,
+            max=max_connections,
+        )
+    if not max_connections or max_connections > fits:
+        max_connections = fits
+
     limits = Limits(
         rate=config["rate"],
         burst=config["burst"],
-        max_connections=config["max-connections"],
+        max_connections=max_connections,
         max_connections_per_address=config["max-connections-per-ip"],
         allowed_origins=tuple(
             origin.strip()
@@ -349,21 +377,6 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         # client often is. chatbox's own --allowed-origins check decides.
         allowNullOrigin=True,
     )
-
-    before, after = raise_open_file_limit()
-    if after < config["max-connections"] + 64:
-        log.warn(
-            "open file limit {limit} is below --max-connections {max}; raise it "
-            "(ulimit -n, or LimitNOFILE= under systemd)",
-            limit=after,
-            max=config["max-connections"],
-        )
-    elif after != before:
-        log.info(
-            "open file limit raised from {before} to {after}",
-            before=before,
-            after=after,
-        )
 
     top = MultiService()
     ChatService(

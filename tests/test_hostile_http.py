@@ -174,6 +174,38 @@ async def test_slowloris_from_one_address_cannot_take_the_server(tmp_path):
     ]
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/bin/prlimit"), reason="needs prlimit")
+@ensureDeferred
+async def test_connections_from_many_addresses_never_exhaust_the_open_files(tmp_path):
+    """With the per-address limits off (as if from many addresses), 300
+    silent connections meet a server that may hold 256 files: the total
+    stays below the limit, the surplus gets a cheap 503, and the server never
+    hits EMFILE (which would cost log lines for each refused accept)."""
+    server = await spawn_limited(
+        tmp_path,
+        256,
+        "--handshake-timeout=2",
+        "--max-pending-per-ip=0",
+        "--max-connections-per-ip=0",
+        "--connection-rate=0",
+    )
+    try:
+        clients = [await raw(server.port) for _ in range(300)]
+        await deferLater(reactor, 0.5)
+        refused = [c for c in clients if c.closed.called]
+        assert len(refused) == 300 - (256 - 64)
+        assert {c.status for c in refused} == {503}
+        for client in clients:
+            await client.closed.addTimeout(5, reactor)  # the deadline
+        await deferLater(reactor, 0.1)
+        assert await deferLater(reactor, 0, healthz, server.port, OTHER) == 200
+        await server.kill(15)
+    finally:
+        await server.kill()
+    assert b"EMFILE" not in server.output
+    assert b"leaves room for 192 connections" in server.output
+
+
 @ensureDeferred
 async def test_the_deadline_is_absolute_and_restarts_after_each_response(data_file):
     server = await start_server(data_file, "--handshake-timeout=1")
