@@ -28,9 +28,10 @@ __all__ = ["Options", "makeService"]
 
 log = Logger()
 
-# Files kept free of connections: the history, its journal and folds, Redis,
-# twistd's log.
-RESERVED_FILES = 64
+# Files kept free of connections: the history, its journal and folds, Redis
+# and twistd's log (64), and one batch of accepted connections waiting to be
+# told they are refused (at most the listen backlog, 50).
+RESERVED_FILES = 128
 
 
 def _positive_int(value: str) -> int:
