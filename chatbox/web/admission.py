@@ -9,8 +9,8 @@ at close, whichever protocol holds the connection by then.
 
 A connection over a limit is answered at accept with a canned 429 or 503
 and closed: no Request object, no HTTP parsing, no log line. Refusals are
-counted and logged as a summary, one line per address per `SUMMARY_SECONDS`,
-so an attack cannot make the log grow faster than its own traffic.
+counted and logged as a summary (chatbox.web.refusals), so an attack cannot
+make the log grow faster than its own traffic.
 
 Behind `--trusted-proxies` the peer is the proxy, so per-address limits wait
 until the first request head names the client in X-Forwarded-For (the proxy
@@ -27,19 +27,15 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvidedBy, directlyProvides
 
 from chatbox.limits import AddressBuckets, Limits, address_key, client_address
-from chatbox.logsafe import printable
+from chatbox.web.refusals import RefusalLog, canned
 
-__all__ = ["Admission", "Gate", "canned"]
+__all__ = ["Admission", "Gate"]
 
-SUMMARY_SECONDS = 10.0
-# Addresses named one by one in a summary; the rest are counted together.
-SUMMARY_ADDRESSES = 20
 # A connection told to close that does not (its peer stopped reading) is
 # dropped this much later, so it cannot keep its file descriptor.
 CLOSE_GRACE = 2.0
@@ -47,33 +43,6 @@ CLOSE_GRACE = 2.0
 LINGER_BYTES = 256 * 1024
 
 PENDING, HTTP, OPEN = "pending", "http", "open"
-
-_REASONS = {
-    400: b"Bad Request",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    503: b"Service Unavailable",
-}
-
-
-def canned(code: int, text: str, *headers: bytes) -> bytes:
-    """A whole HTTP/1.1 response that ends the connection, built once."""
-    body = text.encode() + b"\n"
-    return b"".join(
-        [
-            b"HTTP/1.1 %d %s\r\n" % (code, _REASONS[code]),
-            b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Length: %d\r\n" % len(body),
-            *(header + b"\r\n" for header in headers),
-            b"Connection: close\r\n\r\n",
-            body,
-        ]
-    )
-
 
 FULL = canned(503, "server full, try again later", b"Retry-After: 5")
 TOO_MANY = canned(429, "too many connections from your address", b"Retry-After: 5")
@@ -224,7 +193,6 @@ class Admission(WrappingFactory):
     """Counts, caps and times every connection the Site gets (see module doc)."""
 
     protocol = Gate
-    log = Logger()
 
     def __init__(self, site: Factory, limits: Limits, reactor: IReactorTime) -> None:
         super().__init__(site)
@@ -325,46 +293,3 @@ class Admission(WrappingFactory):
     def doStop(self) -> None:
         self.refusals.flush()
         super().doStop()
-
-
-class RefusalLog:
-    """Refusals, counted per address and logged as one summary line per
-    address per SUMMARY_SECONDS, never one line each."""
-
-    log = Logger()
-
-    def __init__(self, reactor: IReactorTime) -> None:
-        self.reactor = reactor
-        self._counts: dict[str, Counter[str]] = {}
-        self._call: IDelayedCall | None = None
-
-    def note(self, address: str, reason: str) -> None:
-        counts = self._counts.get(address)
-        if counts is None:
-            if len(self._counts) >= 10 * SUMMARY_ADDRESSES:
-                address = "other addresses"
-            counts = self._counts.setdefault(address, Counter())
-        counts[reason] += 1
-        if self._call is None:
-            self._call = self.reactor.callLater(SUMMARY_SECONDS, self.flush)
-
-    def flush(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        counts, self._counts = self._counts, {}
-        ranked = sorted(counts.items(), key=lambda item: -sum(item[1].values()))
-        for address, reasons in ranked[:SUMMARY_ADDRESSES]:
-            self.log.info(
-                "refused {count} connection(s) from {address}: {reasons}",
-                count=sum(reasons.values()),
-                address=printable(address, 100),
-                reasons=", ".join(f"{n} {why}" for why, n in reasons.most_common()),
-            )
-        rest = ranked[SUMMARY_ADDRESSES:]
-        if rest:
-            self.log.info(
-                "refused {count} connection(s) from {addresses} other addresses",
-                count=sum(sum(reasons.values()) for _, reasons in rest),
-                addresses=len(rest),
-            )

@@ -14,8 +14,9 @@ from typing import Any
 
 from twisted.web import http, server
 
-from chatbox.web.admission import Gate, canned
+from chatbox.web.admission import Gate
 from chatbox.web.paths import odd_request
+from chatbox.web.refusals import canned
 
 __all__ = ["ChatChannel", "ChatRequest"]
 
