@@ -43,6 +43,8 @@ CHATBOX = [
     "--ip-name-rate=0",
     "--json-ping=0",
     "--max-connections-per-ip=0",
+    "--max-pending-per-ip=0",
+    "--connection-rate=0",
     "--history-cap=10000000",
 ]
 

@@ -7,7 +7,7 @@ encoded and framed once (`prepareMessage`) and the same frame is written to
 every recipient.
 """
 
-from collections import Counter
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
@@ -53,8 +53,11 @@ class ChatFactory(WebSocketServerFactory):
             limits.address_name_rate, limits.address_name_burst
         )
         self.reply_gate = ByteGate(limits.max_reply_bytes)
+        # The open WebSockets, for broadcast. How many connections there are
+        # in all, per address and in which state is chatbox.web.admission's
+        # to count, from accept: set by make_site.
         self.connections: set[ChatProtocol] = set()
-        self._per_address: Counter[str] = Counter()
+        self.admission: Any = None
         self.bytes_out = 0  # every byte written to clients; read by /metrics
         self.metrics = metrics or Metrics()
         self.metrics.observe(
@@ -73,34 +76,22 @@ class ChatFactory(WebSocketServerFactory):
         self.connections.add(connection)
 
     def admit(self, connection: ChatProtocol, address: str, origin: str | None) -> None:
-        """Let a handshake through, or refuse it with an HTTP status."""
-        limits = self.limits
-        refusal = None
-        if not origin_allowed(origin, limits.allowed_origins):
-            refusal = ConnectionDeny(403, "origin not allowed")
-        elif limits.max_connections and len(self.connections) > limits.max_connections:
-            refusal = ConnectionDeny(503, "server full, try again later")
-        elif (
-            limits.max_connections_per_address
-            and self._per_address[address] >= limits.max_connections_per_address
-        ):
-            refusal = ConnectionDeny(429, "too many connections from your address")
-        if refusal is not None:
-            self.logger.info(
-                "refused connection from {address} (origin {origin}): {reason}",
-                address=address,
-                origin=origin,
-                reason=refusal.reason,
-            )
-            raise refusal
-        self._per_address[address] += 1
+        """Let a handshake through, or refuse it with an HTTP status.
+
+        The connection limits were applied at accept (chatbox.web.admission);
+        what is left is the page's origin, known only now.
+        """
+        if not origin_allowed(origin, self.limits.allowed_origins):
+            reason = "origin not allowed"
+            if self.admission is not None:
+                self.admission.refusals.note(address, reason)
+            raise ConnectionDeny(403, reason)
+        upgraded = getattr(connection.transport, "upgraded", None)
+        if upgraded is not None:
+            upgraded()
 
     def connection_lost(self, connection: ChatProtocol) -> None:
         self.connections.discard(connection)
-        if connection.address is not None:
-            self._per_address[connection.address] -= 1
-            if not self._per_address[connection.address]:
-                del self._per_address[connection.address]
         name = self.room.release(connection, self.timestamps.now())
         if name is None:
             self.logger.info("connection from {peer} closed", peer=connection.peer)

@@ -7,8 +7,12 @@ used by people: generous for humans, tight for floods.
 import fnmatch
 import ipaddress
 import math
+import socket
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from chatbox.logsafe import printable
 
 __all__ = [
     "AddressBuckets",
@@ -49,6 +53,18 @@ class Limits:
     max_get_bytes: int = 8 * 1024 * 1024
     max_reply_bytes: int = 64 * 1024 * 1024
 
+    # -- admission at accept (chatbox.web.admission) --
+    # Connections from one address that have not yet sent a complete request
+    # head: far fewer than open ones, so a slow trickler cannot hold them.
+    max_pending_per_address: int = 64
+    # New connections per second one address may keep up, and the burst above
+    # it (0: no limit). A class reloading at once after a restart fits.
+    connection_rate: float = 20.0
+    connection_burst: int = 200
+    # Seconds from accept (or the end of the previous response) for a request
+    # head, and for a WebSocket its upgrade; bytes do not extend it.
+    handshake_timeout: float = 5.0
+
 
 class TokenBucket:
     """Admit `rate` requests a second on average and `burst` at once."""
@@ -58,10 +74,6 @@ class TokenBucket:
         self.burst = burst
         self._tokens = float(burst)
         self._last = now
-
-    def full(self, now: float) -> bool:
-        """True once the bucket has refilled: it then holds no memory of use."""
-        return self._tokens + (now - self._last) * self.rate >= self.burst
 
     def take(self, now: float) -> float:
         """Spend a token: 0.0 if admitted, else seconds until one is there."""
@@ -74,60 +86,6 @@ class TokenBucket:
             return 0.0
         # Round up, so retrying after retry_after always succeeds.
         return math.ceil((1 - self._tokens) / self.rate * 1000) / 1000
-
-
-def address_key(address: str) -> str:
-    """What per-address limits count by: an IPv4 address, or an IPv6 /64.
-
-    One IPv6 subscriber is routinely given a whole /64 (2^64 addresses), so
-    counting single IPv6 addresses would limit nobody.
-    """
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        return address  # a unix socket, say: one key for all of it
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
-        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
-    return str(parsed)
-
-
-class AddressBuckets:
-    """A token bucket per client address (see address_key).
-
-    Full buckets are forgotten in sweeps, so an attacker cycling through
-    addresses costs memory only for those it used within one refill time.
-    """
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._buckets: dict[str, TokenBucket] = {}
-        self._sweep_at = 1024
-
-    def take(self, address: str | None, now: float) -> float:
-        """0.0 if admitted, else seconds until this address may again."""
-        if self.rate <= 0 or address is None:
-            return 0.0
-        key = address_key(address)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self._sweep_at:
-                self._sweep(now)
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
-        return bucket.take(now)
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def _sweep(self, now: float) -> None:
-        self._buckets = {
-            key: bucket
-            for key, bucket in self._buckets.items()
-            if not bucket.full(now)
-        }
-        self._sweep_at = max(1024, 2 * len(self._buckets))
 
 
 def origin_allowed(origin: str | None, patterns: Sequence[str]) -> bool:
@@ -153,4 +111,94 @@ def client_address(
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     if not hops:
         return peer_host
-    return hops[-min(trusted_proxies, len(hops))]
+    hop = hops[-min(trusted_proxies, len(hops))]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        # Not an address (a proxy that logs ports, or a forgery): keep it as a
+        # key, but escaped, since it goes into logs.
+        return printable(hop, 100)
+
+
+# -- admission at accept (chatbox.web.admission) --
+
+
+def address_key(address: str) -> str:
+    """The key per-address limits count under.
+
+    One IPv6 subscriber is handed a whole /64 (2^64 addresses), so IPv6 is
+    counted by its /64; an IPv4-mapped address counts as the IPv4 one. Runs
+    at every accept, hence socket's parser rather than ipaddress (20x
+    faster).
+    """
+    if ":" not in address:
+        return address  # IPv4, as Twisted and client_address write it
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, address.split("%", 1)[0])
+    except OSError:
+        return address
+    if packed[:12] == _IPV4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
+
+
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+EVICT_PER_TAKE = 4
+
+
+class AddressBuckets:
+    """A token bucket per address key: for new connections, messages, and
+    registrations plus renames, each its own set.
+
+    Kept in least-recently-used order. A bucket unused for `burst / rate`
+    seconds is full again, the same as no bucket, so it is dropped; and past
+    `max_keys` (an attack from very many addresses) the least recently used
+    goes too. Memory stays bounded whatever the address space.
+    """
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        # key: (tokens, last used), least recently used first. An OrderedDict,
+        # since a plain dict's oldest entry is found by skipping every slot
+        # deleted before it, which an attacker can make slow.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str, now: float) -> bool:
+        """Spend one token of `key`'s bucket; False if it has none left."""
+        if self.rate <= 0:
+            return True
+        buckets = self._buckets
+        refill = self.burst / self.rate
+        # Oldest first, a few at a time so that forgetting a flood of
+        # addresses never stalls one accept; max_keys bounds them meanwhile.
+        for _ in range(EVICT_PER_TAKE):
+            if not buckets:
+                break
+            _key, (_tokens, used) = next(iter(buckets.items()))
+            if now - used < refill:
+                break
+            buckets.popitem(last=False)
+        tokens, last = buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        allowed = tokens >= 1
+        buckets[key] = (tokens - 1 if allowed else tokens, now)
+        buckets.move_to_end(key)
+        if len(buckets) > self.max_keys:
+            buckets.popitem(last=False)
+        return allowed
+
+    def retry_after(self, key: str, now: float) -> float:
+        """Seconds until `key` has a token again (rounded up, so retrying
+        after it always succeeds); for the RateLimited reply."""
+        if self.rate <= 0:
+            return 0.0
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        return math.ceil(max(0.0, 1 - tokens) / self.rate * 1000) / 1000

@@ -31,7 +31,7 @@ from chatbox import codec, messages
 from chatbox.arns import NameTaken, is_valid_name
 from chatbox.backpressure import PendingOutput
 from chatbox.content import is_valid_content
-from chatbox.limits import TokenBucket, address_key, client_address
+from chatbox.limits import AddressBuckets, TokenBucket, address_key, client_address
 from chatbox.messages import Refused
 from chatbox.refusals import Refusals
 from chatbox.room import RoomError
@@ -320,6 +320,16 @@ class ChatProtocol(WebSocketServerProtocol):
             )
         return messages.get_refused(name, "ErrorWhenGet", error)
 
+    def _per_address(self, buckets: AddressBuckets, kind: str) -> None:
+        """Spend from this client address's share, whatever connection it
+        uses: reconnecting resets the connection's bucket, never this."""
+        if self.address is None:
+            return
+        key = address_key(self.address)
+        now = self.factory.reactor.seconds()
+        if not buckets.take(key, now):
+            raise Refused(messages.rate_limited(kind, buckets.retry_after(key, now)))
+
     def _registered_name(self, kind: str) -> str:
         name = self.factory.room.name_of(self)
         if name is None:
@@ -331,11 +341,7 @@ class ChatProtocol(WebSocketServerProtocol):
             raise Refused(messages.not_enough_key("name", "name"))
         name = request["name"]
         old = self.factory.room.name_of(self)
-        wait = self.factory.names_per_address.take(
-            self.address, self.factory.reactor.seconds()
-        )
-        if wait:
-            raise Refused(messages.rate_limited("name", wait))
+        self._per_address(self.factory.names_per_address, "name")
         timestamp = self.factory.timestamps.now()
         if old is None:
             if not is_valid_name(name):
@@ -407,11 +413,7 @@ class ChatProtocol(WebSocketServerProtocol):
         content = request["content"]
         if not is_valid_content(content):
             raise Refused(messages.send_refused(name, content, "WrongFormatContent"))
-        wait = self.factory.sends_per_address.take(
-            self.address, self.factory.reactor.seconds()
-        )
-        if wait:
-            raise Refused(messages.rate_limited("send", wait))
+        self._per_address(self.factory.sends_per_address, "send")
         if self.factory.closing:
             raise Refused(
                 messages.send_refused(

@@ -28,6 +28,11 @@ __all__ = ["Options", "makeService"]
 
 log = Logger()
 
+# Files kept free of connections: the history, its journal and folds, Redis
+# and twistd's log (64), and one batch of accepted connections waiting to be
+# told they are refused (at most the listen backlog, 50).
+RESERVED_FILES = 128
+
 
 def _positive_int(value: str) -> int:
     number = int(value)
@@ -158,6 +163,30 @@ class Options(usage.Options):
             _count,
         ],
         [
+            "max-pending-per-ip",
+            None,
+            64,
+            "Connections from one client address that have not yet sent a "
+            "complete request; more are refused with HTTP 429. 0 means no limit.",
+            _count,
+        ],
+        [
+            "connection-rate",
+            None,
+            20.0,
+            "New connections per second one client address may keep up; more "
+            "are refused with HTTP 429. 0 means no limit.",
+            _seconds,
+        ],
+        [
+            "connection-burst",
+            None,
+            200,
+            "New connections one client address may open at once before "
+            "--connection-rate applies.",
+            _positive_int,
+        ],
+        [
             "allowed-origins",
             None,
             "",
@@ -195,7 +224,10 @@ class Options(usage.Options):
             "handshake-timeout",
             None,
             5.0,
-            "Seconds a new connection has to complete the WebSocket handshake.",
+            "Seconds from accept a connection has to send a complete request "
+            "head and finish the WebSocket handshake (and an idle keep-alive "
+            "connection from the end of its last response); not extended by "
+            "bytes. 0 means no limit.",
             _seconds,
         ],
         [
@@ -334,10 +366,34 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         where = e.filename if e.filename is not None else config["data"]
         raise SystemExit(f"chatbox: cannot start: {where}: {e.strerror}") from None
 
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info(
+            "open file limit raised from {before} to {after}",
+            before=before,
+            after=after,
+        )
+    # Connections past the open file limit would fail at accept (EMFILE) with
+    # log lines each, and starve the history and Redis of files: the total cap
+    # stays below it, so they are refused with a cheap 503 instead.
+    max_connections = config["max-connections"]
+    fits = max(1, after - RESERVED_FILES)
+    if max_connections > fits:
+        log.warn(
+            "open file limit {limit} leaves room for {fits} connections, below "
+            "--max-connections {max}; raise it (ulimit -n, or LimitNOFILE= under "
+            "systemd)",
+            limit=after,
+            fits=fits,
+            max=max_connections,
+        )
+    if not max_connections or max_connections > fits:
+        max_connections = fits
+
     limits = Limits(
         rate=config["rate"],
         burst=config["burst"],
-        max_connections=config["max-connections"],
+        max_connections=max_connections,
         max_connections_per_address=config["max-connections-per-ip"],
         allowed_origins=tuple(
             origin.strip()
@@ -352,6 +408,10 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         address_name_burst=config["ip-name-burst"],
         max_get_bytes=config["max-get-bytes"],
         max_reply_bytes=config["max-reply-bytes"],
+        max_pending_per_address=config["max-pending-per-ip"],
+        connection_rate=config["connection-rate"],
+        connection_burst=config["connection-burst"],
+        handshake_timeout=config["handshake-timeout"],
     )
     factory = ChatFactory(
         room,
@@ -376,28 +436,13 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         allowNullOrigin=True,
     )
 
-    before, after = raise_open_file_limit()
-    if after < config["max-connections"] + 64:
-        log.warn(
-            "open file limit {limit} is below --max-connections {max}; raise it "
-            "(ulimit -n, or LimitNOFILE= under systemd)",
-            limit=after,
-            max=config["max-connections"],
-        )
-    elif after != before:
-        log.info(
-            "open file limit raised from {before} to {after}",
-            before=before,
-            after=after,
-        )
-
     top = MultiService()
     ChatService(
         factory, room, config["json-ping"], config["shutdown-timeout"]
     ).setServiceParent(top)
     listener = ListenerService(
         endpoint,
-        make_site(factory, config["handshake-timeout"]),
+        make_site(factory),
         factory,
         scheme,
         reactor,

@@ -58,11 +58,15 @@ def options(data: Path, *args: str) -> tap.Options:
             "--port=tcp:0:interface=127.0.0.1",
             f"--data={data}",
             "--json-ping=0",
-            # Tests pipeline bursts of requests; tests/test_limits.py starts
-            # servers with the limits it exercises.
+            # Tests pipeline bursts of requests and open connections by the
+            # hundred from one address; tests/test_limits.py and
+            # tests/test_hostile_http.py start servers with the limits they
+            # exercise.
             "--rate=0",
             "--ip-send-rate=0",
             "--ip-name-rate=0",
+            "--connection-rate=0",
+            "--max-pending-per-ip=0",
             *args,
         ]
     )

@@ -91,10 +91,14 @@ def spawn(workdir: Path, *args: str) -> ServerProcess:
             "--pidfile=",
             "chatbox",
             "--port=tcp:0:interface=127.0.0.1",
-            # Tests pipeline bursts; tests/test_limits.py exercises the limits.
+            # Tests pipeline bursts and open connections by the hundred;
+            # tests/test_limits.py and tests/test_hostile_http.py exercise
+            # the limits.
             "--rate=0",
             "--ip-send-rate=0",
             "--ip-name-rate=0",
+            "--connection-rate=0",
+            "--max-pending-per-ip=0",
             *args,
         ],
         env=env,

@@ -6,6 +6,9 @@ One port serves everything, as v2 users expect `ws://HOST:PORT`:
 - `GET /` is the bundled browser client, `/static/...` its files;
 - `/healthz` says whether the server can do its job (JSON; 503 if not);
 - `/metrics` is Prometheus' text format.
+
+Every connection passes chatbox.web.admission first (counted from accept,
+capped, timed), then chatbox.web.channel (bodies, head sizes, odd paths).
 """
 
 from importlib import resources
@@ -19,6 +22,9 @@ from twisted.web.server import Request, Site
 
 from chatbox import codec
 from chatbox.factory import ChatFactory
+from chatbox.web.admission import Admission
+from chatbox.web.channel import ChatChannel, ChatRequest
+from chatbox.web.handshake import handshake_refusal
 
 __all__ = ["make_site"]
 
@@ -31,7 +37,26 @@ def _is_websocket(request: Request) -> bool:
 
 
 class ChatSocket(WebSocketResource):
+    def __init__(self, factory: ChatFactory) -> None:
+        super().__init__(factory)
+        self.factory = factory
+
     def render(self, request: Request) -> Any:
+        limits = self.factory.limits
+        refusal = handshake_refusal(
+            request, limits.allowed_origins, self.factory.versions
+        )
+        if refusal is not None:
+            code, reason, headers = refusal
+            if self.factory.admission is not None:
+                # The Gate's key is the client's address, as admission counts it.
+                address = getattr(request.channel.transport, "key", None) or "-"
+                self.factory.admission.refusals.note(address, reason)
+            request.setResponseCode(code)
+            for name, value in headers:
+                request.setHeader(name, value)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return reason.encode() + b"\n"
         # twisted.web would time the connection out as an idle HTTP channel
         # (after 12 hours) even though the WebSocket has taken it over.
         request.channel.setTimeout(None)
@@ -82,9 +107,22 @@ class Root(Resource):
         return pages.notFound()  # Escapes what it shows, unlike the default.
 
 
-def make_site(factory: ChatFactory, handshake_timeout: float = 5.0) -> Site:
-    """Before the upgrade a connection is plain HTTP: one that sends nothing
-    for `handshake_timeout` seconds is closed, as Autobahn would have."""
-    site = Site(Root(factory), timeout=handshake_timeout or None)
+class ChatSite(Site):
+    protocol = ChatChannel  # plain HTTP/1.1: chatbox offers no HTTP/2
+    requestFactory = ChatRequest
+
+    def log(self, request: Request) -> None:
+        """No access log line per request: a flood would write the log faster
+        than its own bytes. chatbox logs what matters (connections, refusals
+        as a summary) itself."""
+
+
+def make_site(factory: ChatFactory) -> Admission:
+    """The chat port's factory: the Site behind Admission, which counts,
+    caps and times every connection from accept (factory.limits)."""
+    site = ChatSite(Root(factory), timeout=None)
     site.noisy = False
-    return site
+    admission = Admission(site, factory.limits, factory.reactor)
+    admission.noisy = False
+    factory.admission = admission
+    return admission
