@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 
 from chatbox import datafile
 from tests.client import connect
-from tests.process import spawn, start
+from tests.process import ServerProcess, spawn, start
 from tests.rawclient import RawClient
 
 SENDERS = 6
@@ -50,8 +50,9 @@ async def chatter(client, index, acked, stop):
         return  # The server was killed under us: exactly the point.
 
 
-@ensureDeferred
-async def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path):
+async def chat_then_kill_9(tmp_path) -> tuple[ServerProcess, list[tuple[int, str]]]:
+    """A real server with SENDERS chatting, 8 in flight each, killed with
+    SIGKILL once 600 messages are acknowledged; returns what was."""
     server = await start(tmp_path)
     acked: list[tuple[int, str]] = []
     stop: list[bool] = []
@@ -68,8 +69,14 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path):
     while len(acked) < 600:
         await deferLater(reactor, 0.01)
     await server.kill(signal.SIGKILL)
-    assert server.signal == signal.SIGKILL
     await chatters
+    return server, acked
+
+
+@ensureDeferred
+async def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path):
+    server, acked = await chat_then_kill_9(tmp_path)
+    assert server.signal == signal.SIGKILL
     assert len(acked) >= 600
 
     again = await start(tmp_path, "--history-cap=1000000")
@@ -299,23 +306,7 @@ async def test_an_emptied_data_json_under_its_journal_stops_start_up(
 
 @ensureDeferred
 async def test_a_torn_tail_after_kill_9_under_load_is_kept_and_dropped(tmp_path):
-    server = await start(tmp_path)
-    acked: list[tuple[int, str]] = []
-    stop: list[bool] = []
-    clients = [await connect(server.url) for _ in range(SENDERS)]
-    for i, client in enumerate(clients):
-        assert (await client.register(f"sender{i}"))["status"] is True
-    chatters = DeferredList(
-        [
-            Deferred.fromCoroutine(chatter(client, i, acked, stop))
-            for i, client in enumerate(clients)
-        ],
-        consumeErrors=True,
-    )
-    while len(acked) < 600:
-        await deferLater(reactor, 0.01)
-    await server.kill(signal.SIGKILL)
-    await chatters
+    _, acked = await chat_then_kill_9(tmp_path)
     # kill -9 cannot tear a write() (the page cache has it whole); a power
     # cut can. Leave what one would: the start of the next batch.
     journal = tmp_path / "data.json.journal"

@@ -281,21 +281,27 @@ def _tls_post(port: int) -> bytes:
     plain = socket.create_connection(("127.0.0.1", port), timeout=5)
     with context.wrap_socket(plain, server_hostname="localhost") as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9999999\r\n\r\n")
-        response = b""
         try:
             for _ in range(16):
                 sock.sendall(b"x" * 65536)
         except OSError:
             pass
-        try:
-            while b"\r\n\r\n" not in response:
-                data = sock.recv(4096)
-                if not data:
-                    break
-                response += data
-        except OSError:
-            pass
-        return response
+        return _read_head(sock)
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    """What the server answered, up to the end of its head (or of the
+    connection); whatever has arrived if the socket fails."""
+    response = b""
+    try:
+        while b"\r\n\r\n" not in response:
+            data = sock.recv(4096)
+            if not data:
+                break
+            response += data
+    except OSError:
+        pass
+    return response
 
 
 @ensureDeferred
@@ -458,7 +464,6 @@ def _post(port: int, head: bytes, total: int, look: bool) -> tuple[bytes, int]:
     sending once an answer comes; one that does not (as many do) only reads
     when sending fails, and still must find the answer there."""
     sent = 0
-    response = b""
     chunk = b"x" * 65536
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(head)
@@ -470,14 +475,7 @@ def _post(port: int, head: bytes, total: int, look: bool) -> tuple[bytes, int]:
             except OSError:  # refused and closed: the answer is waiting
                 break
         sock.settimeout(3)
-        try:
-            while b"\r\n\r\n" not in response:
-                data = sock.recv(4096)
-                if not data:
-                    break
-                response += data
-        except OSError:
-            pass
+        response = _read_head(sock)
     return response, sent
 
 
