@@ -14,6 +14,9 @@ big a single reply or burst was; one that stopped reading is cut off after
 at most `limit` bytes more than Twisted's own buffer.
 """
 
+import fcntl
+import struct
+import termios
 from collections import Counter, deque
 
 from twisted.internet.defer import Deferred, succeed
@@ -21,6 +24,18 @@ from twisted.internet.interfaces import IPushProducer, ITransport
 from zope.interface import implementer
 
 __all__ = ["ByteGate", "PendingOutput"]
+
+
+def _kernel_queued(transport: ITransport) -> int:
+    """Bytes in the socket's send queue, not yet acknowledged by the peer
+    (Linux TIOCOUTQ); megabytes on a fast link, so a reply that has left
+    Twisted's buffer may still be far from read. 0 where it cannot be told."""
+    try:
+        handle = transport.getHandle()
+        raw = fcntl.ioctl(handle.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return struct.unpack("i", raw)[0]
 
 
 @implementer(IPushProducer)
@@ -64,6 +79,23 @@ class PendingOutput:
         waiter: Deferred[None] = Deferred()
         self._drain_waiters.append(waiter)
         return waiter
+
+    def queued(self) -> int | None:
+        """Bytes not yet taken by the client: in the transport's own write
+        buffer and the kernel's send queue; None where the transport does not
+        say (TLS). Read from Twisted's FileDescriptor
+        (dataBuffer, offset, _tempDataLen): the only way to see a client
+        reading a large reply slowly rather than not at all, since Twisted
+        resumes its producer only once the whole buffer has drained.
+        tests/test_real_size.py fails if a Twisted upgrade removes them."""
+        transport = self.transport
+        try:
+            queued = (
+                len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+            )
+        except (AttributeError, TypeError):
+            return None
+        return queued + _kernel_queued(transport)
 
     def over_limit(self, size: int) -> bool:
         """Account for `size` more bytes; True if they must not be queued."""

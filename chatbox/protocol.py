@@ -62,6 +62,9 @@ READ_RATE = 64 * 1024
 # past this many such refusals in 10 s (or twice the burst, if more) it is
 # closed with 1008 rather than answered forever (chatbox.refusals).
 FLOOD_REFUSALS = 50
+# Frames of any kind (fragments, pings, pongs) a connection may send for each
+# request --rate/--burst allow it; past that it is closed with 1008.
+FRAMES_PER_REQUEST = 20
 
 
 def _optional_id(request: dict[str, Any], field: str) -> int | None:
@@ -93,6 +96,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._held: list[PreparedMessage] | None = None
         self._held_bytes = 0
         self._refusals: Refusals | None = None  # set in connectionMade
+        self._frames: TokenBucket | None = None  # set in connectionMade
 
     # -- connection life --
 
@@ -103,6 +107,16 @@ class ChatProtocol(WebSocketServerProtocol):
             limits.rate, limits.burst, self.factory.reactor.seconds()
         )
         self._output = PendingOutput(limits.max_pending_output, self.transport)
+        # Frames of any kind: FRAMES_PER_REQUEST times the request limit.
+        self._frames = (
+            TokenBucket(
+                FRAMES_PER_REQUEST * limits.rate,
+                FRAMES_PER_REQUEST * limits.burst,
+                self.factory.reactor.seconds(),
+            )
+            if limits.rate > 0
+            else None
+        )
         self._refusals = Refusals(
             self.factory.reactor,
             max(FLOOD_REFUSALS, 2 * limits.burst),
@@ -226,6 +240,26 @@ class ChatProtocol(WebSocketServerProtocol):
             self.deliver(self.factory.prepareMessage(codec.encode(message)))
 
     # -- requests --
+
+    def onFrameBegin(self) -> None:
+        """Every frame counts, not only whole requests: empty continuation
+        fragments or pings cost the server as much to parse as a request and
+        never reach onMessage, so they would escape the request limit."""
+        if (
+            self._frames is not None
+            and not self._cut_off
+            and self._frames.take(self.factory.reactor.seconds())
+        ):
+            self._cut_off = True
+            self.logger.info(
+                "closing {peer} ({address}): too many WebSocket frames",
+                peer=self.peer,
+                address=self.address,
+            )
+            self.factory.metrics.request("frame", "Flooding")
+            self.close_with(CLOSE_POLICY_VIOLATION, "flooding")
+            self.transport.pauseProducing()  # read no more of it
+        super().onFrameBegin()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -534,25 +568,64 @@ class ChatProtocol(WebSocketServerProtocol):
             self._hold_share_until_read(share, key)
 
     def _hold_share_until_read(self, share: int, key: str) -> None:
-        """Give the gate its share back once this client has read the reply;
-        one that has not within a generous time for its size is cut off as
-        too slow, so a client that asks and never reads cannot keep its
-        share."""
+        """Give the gate its share back once this client has read the reply.
+
+        A client that reads, however slowly, keeps it; one that has read
+        nothing for READ_GRACE seconds is cut off as too slow, so a client
+        that asks and never reads cannot keep its share. (Where the transport
+        does not tell how much is still queued, as over TLS, the reply must
+        be read at READ_RATE at least.)
+        """
         gate = self.factory.reply_gate
-        deadline = self.factory.reactor.callLater(
-            READ_GRACE + share / READ_RATE, self._too_slow_to_read, share
-        )
+        reactor = self.factory.reactor
+        check: list[Any] = [None]
+
+        def progress(last: int | None) -> None:
+            queued = self._output.queued()
+            if queued is None or last is None or queued >= last:
+                if not self._cut_off:
+                    self._cut(queued if queued is not None else share)
+                return
+            check[0] = reactor.callLater(READ_GRACE, progress, queued)
+
+        queued = self._output.queued()
+        if queued is None:
+            check[0] = reactor.callLater(
+                READ_GRACE + share / READ_RATE, progress, None
+            )
+        else:
+            check[0] = reactor.callLater(READ_GRACE, progress, queued)
 
         def read(_: object) -> None:
-            if deadline.active():
-                deadline.cancel()
+            if check[0] is not None and check[0].active():
+                check[0].cancel()
             gate.release(share, key)
 
         self._output.drained().addBoth(read)
 
-    def _too_slow_to_read(self, share: int) -> None:
-        if not self._cut_off:
-            self._cut(share)
+    # -- WebSocket pings behind a large reply --
+
+    def _sendAutoPing(self) -> None:
+        """Autobahn's private ping sender: note how much was queued ahead of
+        the ping, which the client must read before it can see it."""
+        self._queued_at_ping = self._output.queued()
+        super()._sendAutoPing()
+
+    def onAutoPingTimeout(self) -> None:
+        """A client still reading a large reply cannot answer a ping queued
+        behind it: while what was queued ahead of the ping keeps shrinking it
+        is alive, and the next ping is simply scheduled (as Autobahn does when
+        other data arrives instead of a pong)."""
+        queued = self._output.queued()
+        before = getattr(self, "_queued_at_ping", None)
+        if queued is not None and before is not None and queued < before:
+            self.autoPingTimeoutCall = None
+            self.autoPingPending = None
+            self.autoPingPendingCall = self.factory._batched_timer.call_later(
+                self.autoPingInterval, self._sendAutoPing
+            )
+            return
+        super().onAutoPingTimeout()
 
     def _write_reply(self, prepared: PreparedMessage) -> None:
         """Ahead of the frames held while the reply was made."""

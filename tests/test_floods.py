@@ -7,6 +7,7 @@ default per-address limits; the honest client connects from another
 loopback address (127.0.0.2).
 """
 
+import contextlib
 import time
 
 from pytest_twisted import ensureDeferred
@@ -120,3 +121,43 @@ async def test_client_strings_reach_the_log_escaped(data_file):
         await server.stop()
     text = "\n".join(seen)
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+
+
+def _frames_then_close_code(port: int, frames: bytes) -> int | None:
+    """Register over a raw socket, send `frames` as they are, and return the
+    code of the server's close frame."""
+    from tests.rawclient import RawClient
+
+    raw = RawClient(port)
+    reply = raw.request({"type": "name", "name": f"Fragments{len(frames)}"})
+    assert reply["status"] is True, reply
+    # Closed on us mid-flood? The close frame is there to read all the same.
+    with contextlib.suppress(OSError):
+        raw.sock.sendall(frames)
+    return raw.close_code()
+
+
+def _frame(opcode: int, fin: bool, payload: bytes = b"") -> bytes:
+    # The all-zero mask key leaves the payload as it is.
+    head = bytes([opcode | (0x80 if fin else 0), 0x80 | len(payload)])
+    return head + bytes(4) + payload
+
+
+@ensureDeferred
+async def test_empty_fragments_and_pings_count_against_the_limit(data_file):
+    """Empty continuation frames of a message that never ends, or pings, cost
+    the server a frame's parsing each and are no request: they must not
+    escape the limit. (2,000,000 of them once cost 16 s of server CPU.)"""
+    from twisted.internet.threads import deferToThread
+
+    server = await start_server(data_file, "--rate=5", "--burst=20")
+    try:
+        honest = await server.user("Honest", source="127.0.0.2")
+        fragments = _frame(1, False, b"{") + _frame(0, False) * 20_000
+        pings = _frame(9, True) * 20_000
+        for flood in (fragments, pings):
+            code = await deferToThread(_frames_then_close_code, server.port, flood)
+            assert code == 1008
+        assert (await honest.say("still here"))["status"] is True
+    finally:
+        await server.stop()

@@ -210,7 +210,7 @@ async def test_clients_that_ask_and_never_read_cannot_hold_the_reply_budget(
     on; and they are cut off once they have had their time to read."""
     from chatbox import protocol
 
-    monkeypatch.setattr(protocol, "READ_GRACE", 4.0)
+    monkeypatch.setattr(protocol, "READ_GRACE", 1.5)
     monkeypatch.setattr(protocol, "READ_RATE", 10**12)
     prefill(data_file, 100_000)
     server = await start_server(
@@ -231,11 +231,85 @@ async def test_clients_that_ask_and_never_read_cannot_hold_the_reply_budget(
             assert len((await honest.get())["data"]["message"]) == 100_000
         # ...while the sleepers were all still there, holding their shares.
         assert len(server.factory.connections) == 6
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while len(server.factory.connections) > 1 and time.monotonic() < deadline:
             await deferLater(reactor, 0.2, lambda: None)
         assert len(server.factory.connections) == 1  # the honest one
         assert server.factory.metrics.slow_consumers._value.get() == 5
         assert server.factory.reply_gate.used == 0
+    finally:
+        await server.stop()
+
+
+def _read_slowly(port: int, seconds_per_mib: float) -> tuple[int, float]:
+    """A phone on a slow link: a small receive buffer, read a little at a
+    time. Registers, asks a bare get and returns the reply's size and how
+    long it took to arrive."""
+    import base64
+    import os
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+
+    def send(message: dict) -> None:
+        payload = json.dumps(message).encode()
+        sock.sendall(bytes([0x81, 0x80 | len(payload)]) + bytes(4) + payload)
+
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        buffer += sock.recv(4096)
+    buffer = buffer.split(b"\r\n\r\n", 1)[1]
+    send({"type": "name", "name": "Slow"})
+    send({"type": "get"})
+    started = time.monotonic()
+    chunk = 16_384
+    while True:
+        # Frames as they come: pings get their pongs; the get reply ends it.
+        while len(buffer) >= 2:
+            length, start = buffer[1] & 0x7F, 2
+            if length == 126:
+                length, start = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                length, start = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < start + length:
+                break
+            opcode, payload = buffer[0] & 0x0F, buffer[start : start + length]
+            buffer = buffer[start + length :]
+            if opcode == 9:
+                sock.sendall(bytes([0x8A, 0x80 | len(payload)]) + bytes(4) + payload)
+            elif opcode == 8:
+                raise ConnectionError(f"closed: {payload[:2].hex()} {payload[2:]}")
+            elif payload.startswith(b'{"type":"get"'):
+                sock.close()
+                return len(payload), time.monotonic() - started
+        data = sock.recv(chunk)
+        if not data:
+            raise ConnectionError("dropped")
+        buffer += data
+        time.sleep(seconds_per_mib * len(data) / 2**20)
+
+
+@ensureDeferred
+async def test_a_client_that_reads_slowly_gets_its_whole_reply(data_file):
+    """An 8 MB bare get read at about 1 MB/s takes longer than the WebSocket
+    ping timeout; the ping waits behind the reply, so the client cannot
+    answer it in time. It keeps reading, so it keeps its connection."""
+    from twisted.internet.threads import deferToThread
+
+    prefill(data_file, 600, content=WIDE * MAX_CONTENT_LENGTH)
+    server = await start_server(
+        data_file, "--ws-ping-interval=1", "--ws-ping-timeout=1"
+    )
+    try:
+        size, took = await deferToThread(_read_slowly, server.port, 1.0)
+        assert size > 7_000_000 and took > 3  # far past interval + timeout
     finally:
         await server.stop()
