@@ -88,7 +88,9 @@ def record(entry: bytes) -> bytes:
 
 @dataclass
 class TornTail:
-    """The incomplete last write of a journal: never acknowledged."""
+    """The incomplete last record of a journal: the write a crash
+    interrupted (so never acknowledged), or damage that looks like one (a
+    zeroed end shorter than one write); kept, never just erased."""
 
     path: str
     offset: int
@@ -191,6 +193,22 @@ def _one_record(tail: bytes) -> bool:
     return header and b"\0" not in tail
 
 
+def _whole(data: bytes) -> bool:
+    """`data` is one complete record: its checksum holds (or, in the old
+    format, it is JSON)."""
+    parsed = _body(data)
+    if parsed is None:
+        return False
+    body, legacy = parsed
+    if not legacy:
+        return True
+    try:
+        codec.decode(body)
+    except codec.DecodeError:
+        return False
+    return True
+
+
 class _Replay:
     """Both journals, in order, onto what data.json holds.
 
@@ -227,6 +245,17 @@ class _Replay:
         acknowledged since acknowledgement waits for the fsync, as long as it
         fits in one write, or is the start of one record written alone (its
         bytes hold no newline, so no more than that record is lost)."""
+        if _whole(tail):
+            # The whole record is there, only its newline is not: written in
+            # full, so kept (it may even have been acknowledged).
+            self._line(path, number, offset, tail)
+            return
+        if len(tail) > 1 and tail[-1:] != b"\0" and _whole(tail[:-1]):
+            raise _damaged(
+                f"{path}: line {number} (byte offset {offset})",
+                "a complete record ends in a byte that is not a newline; a "
+                "torn write leaves bytes missing, never changed",
+            )
         if len(tail) > MAX_BATCH_BYTES and not _one_record(tail):
             raise _damaged(
                 f"{path}: line {number} (byte offset {offset})",

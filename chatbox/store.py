@@ -112,8 +112,10 @@ class DurableStore:
         for tail in loaded.torn:
             kept = datafile.keep_torn(self.path, tail)
             self.log.warn(
-                "dropped a torn write of {size} bytes at byte offset {offset} of "
-                "{path} (never acknowledged); its bytes are kept in {kept}",
+                "dropped an incomplete last record of {size} bytes at byte "
+                "offset {offset} of {path}: a write a crash interrupted (not "
+                "acknowledged), or damage no check can tell from one; its bytes "
+                "are kept in {kept}",
                 size=len(tail.data),
                 offset=tail.offset,
                 path=tail.path,

@@ -311,3 +311,25 @@ def test_journal_append_failure_leaves_the_file_as_it_was(tmp_path):
     journal.append(b"three\n")
     assert (tmp_path / "j").read_bytes() == b"one\nthree\n"
     assert journal.size == len(b"one\nthree\n")
+
+
+def test_a_complete_last_record_with_its_newline_changed_is_damage(tmp_path):
+    """Seen by a reviewer: flipping only the final newline made the last
+    (acknowledged) record look like a torn write, and it was dropped."""
+    from chatbox import datafile
+
+    path = tmp_path / "data.json"
+    entries = [
+        b'{"id":%d,"name":"a","content":"m%d","timestamp":"t"}' % (i, i)
+        for i in range(1, 21)
+    ]
+    journal = b"".join(datafile.record(e) for e in entries)
+    (tmp_path / "data.json.journal").write_bytes(journal[:-1] + b"\x0b")
+    with pytest.raises(datafile.HistoryFileError) as refused:
+        datafile.load(str(path))
+    assert "line 20" in str(refused.value)
+    assert "not a newline" in str(refused.value)
+    # The record whole but its newline missing was written in full: kept.
+    (tmp_path / "data.json.journal").write_bytes(journal[:-1])
+    loaded = datafile.load(str(path))
+    assert loaded.ids == list(range(1, 21)) and not loaded.torn

@@ -333,6 +333,7 @@ async def test_a_torn_tail_after_kill_9_under_load_is_kept_and_dropped(tmp_path)
     [kept] = tmp_path.glob("data.json.torn-*")
     assert kept.read_bytes() == torn
     assert (
-        f"dropped a torn write of 37 bytes at byte offset {size} of "
-        f"data.json.journal (never acknowledged); its bytes are kept in {kept.name}"
+        f"dropped an incomplete last record of 37 bytes at byte offset {size} of "
+        "data.json.journal: a write a crash interrupted (not acknowledged), or "
+        f"damage no check can tell from one; its bytes are kept in {kept.name}"
     ).encode() in again.output
