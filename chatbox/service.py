@@ -15,7 +15,7 @@ from twisted.internet.interfaces import (
     IReactorCore,
     IStreamServerEndpoint,
 )
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -24,6 +24,8 @@ from chatbox.factory import ChatFactory
 from chatbox.room import IRoom
 
 __all__ = ["ChatService", "ListenerService"]
+
+READ_BEFORE_CLOSE = 0.1
 
 
 class ChatService(Service):
@@ -60,6 +62,11 @@ class ChatService(Service):
             self._pinger.stop()
         # From here new sends are refused, so every stored one is acknowledged.
         self.factory.closing = True
+        # Requests clients sent before the signal may still sit unread in the
+        # sockets; once the close frame is out, Autobahn would drop them
+        # unanswered. A moment lets the reactor read them, so each gets its
+        # reply (ErrorWhenSend "server shutting down" for a send).
+        await deferLater(reactor, READ_BEFORE_CLOSE, lambda: None)
         await self.room.flush()
         try:
             await self.factory.close_all().addTimeout(self.shutdown_timeout, reactor)

@@ -104,8 +104,13 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path):
     assert (tmp_path / "data.json.journal").stat().st_size == 0
 
 
+@pytest.mark.parametrize("pause", [0.05, 0.0])
 @ensureDeferred
-async def test_sigterm_acknowledges_pending_sends_then_closes_with_1001(tmp_path):
+async def test_sigterm_acknowledges_pending_sends_then_closes_with_1001(
+    tmp_path, pause
+):
+    """With no pause before the signal, the sends may still be unread in
+    the socket when shutdown begins: each still gets its reply."""
     server = await start(tmp_path)
     port = int(server.url.rsplit(":", 1)[1])
 
@@ -114,7 +119,7 @@ async def test_sigterm_acknowledges_pending_sends_then_closes_with_1001(tmp_path
         assert client.request({"type": "name", "name": "An"})["status"] is True
         for i in range(50):
             client.send(json.dumps({"type": "send", "content": f"m{i}"}).encode())
-        time.sleep(0.05)
+        time.sleep(pause)
         os.kill(server.transport.pid, signal.SIGTERM)
         replies = []
         while True:
@@ -130,6 +135,7 @@ async def test_sigterm_acknowledges_pending_sends_then_closes_with_1001(tmp_path
     acked = [r["content"] for r in replies if r.get("status") is True]
     refused = [r for r in replies if r.get("status") is False]
     assert all(r["error"] == "server shutting down" for r in refused)
+    assert len(acked) + len(refused) == 50  # every send answered
     saved = [m["content"] for m in json.loads((tmp_path / "data.json").read_text())]
     # Everything acknowledged is saved, in order, and nothing else is.
     assert saved == acked == [f"m{i}" for i in range(len(acked))]
