@@ -43,6 +43,11 @@ def _code_points(pattern: str) -> frozenset[str]:
 # Control, format, line and paragraph separators, and surrogates (which are
 # not text and cannot be encoded as UTF-8).
 _FORBIDDEN = _code_points("[[:Cc:][:Cf:][:Zl:][:Zp:][:Cs:]]")
+# No agreed look. Kept as ICU sets, not expanded: unassigned alone is
+# hundreds of thousands of code points.
+_UNDRAWN = icu.UnicodeSet("[[:Cn:][:Co:][:Noncharacter_Code_Point:]]")
+# Combining marks: drawn only on a letter before them.
+_MARKS = icu.UnicodeSet("[:M:]")
 # Drawn as nothing, so they never make a name different.
 _IGNORABLE = _code_points("[:Default_Ignorable_Code_Point:]")
 # Drawn as blank space: white space, and two symbols that are blank glyphs
@@ -68,12 +73,19 @@ def _visible(name: str) -> str:
 
 def is_valid_name(name: object) -> bool:
     """A nickname is a string of 1..100 characters, free of control and format
-    characters, with something visible in it."""
+    characters and of code points that have no agreed look (unassigned,
+    private use, noncharacters: each font draws them its own way, as a blank,
+    a box or nothing), with something visible in it that is not only marks
+    to put on other letters."""
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
         return False
-    if any(char in _FORBIDDEN or "\ud800" <= char <= "\udfff" for char in name):
+    if any(
+        char in _FORBIDDEN or "\ud800" <= char <= "\udfff" or _UNDRAWN.contains(char)
+        for char in name
+    ):
         return False
-    return bool(_visible(name))
+    visible = _visible(name)
+    return any(char != " " and not _MARKS.contains(char) for char in visible)
 
 
 def name_keys(name: str) -> tuple[str, ...]:

@@ -324,3 +324,28 @@ def test_ten_thousand_longest_names_in_a_four_byte_script():
     for owner in owners:
         registry.release(owner)
     assert len(registry) == 0 and registry._owners == {}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "root\u0378",  # unassigned
+        "root\ue000",  # private use
+        "root\uffff",  # noncharacter
+        "root\U0001ffff",  # noncharacter
+        "root\U000f0000",  # private use, plane 15
+        "\u0378",
+        "\ue000",
+        "\u0301",  # a lone combining mark
+        "\u0301\u0302 \u20dd",  # marks and a blank, nothing to put them on
+    ],
+)
+def test_names_with_no_agreed_look_are_refused(name):
+    """Seen by a reviewer: accepted while `root` was online, and drawn as
+    `root`, a blank or a box depending on the font."""
+    assert not is_valid_name(name)
+
+
+def test_marks_on_letters_are_fine():
+    assert is_valid_name("Nguye\u0302\u0303n")  # decomposed Vietnamese
+    assert is_valid_name("e\u0301")

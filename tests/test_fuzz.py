@@ -198,7 +198,10 @@ actions = st.one_of(
 # model is independent of the code it checks.
 
 
-FORBIDDEN = icu.UnicodeSet("[[:Cc:][:Cf:][:Zl:][:Zp:][:Cs:]]")
+FORBIDDEN = icu.UnicodeSet(
+    "[[:Cc:][:Cf:][:Zl:][:Zp:][:Cs:][:Cn:][:Co:][:Noncharacter_Code_Point:]]"
+)
+MARK = icu.UnicodeSet("[:M:]")
 IGNORABLE = icu.UnicodeSet("[:Default_Ignorable_Code_Point:]")
 BLANK = icu.UnicodeSet("[[:White_Space:]\\u2800\\U0001D159]")
 SPOOF = icu.SpoofChecker()
@@ -225,7 +228,7 @@ def is_valid_name(name) -> bool:
         isinstance(name, str)
         and 1 <= len(name) <= 100
         and not any("\ud800" <= c <= "\udfff" or FORBIDDEN.contains(c) for c in name)
-        and visible(name) != ""
+        and any(c != " " and not MARK.contains(c) for c in visible(name))
     )
 
 
