@@ -59,8 +59,8 @@ class Limits:
     max_pending_per_address: int = 64
     # New connections per second one address may keep up, and the burst above
     # it (0: no limit). A class reloading at once after a restart fits.
-    connection_rate: float = 20.0
-    connection_burst: int = 200
+    connection_rate: float = 40.0
+    connection_burst: int = 400
     # Seconds from accept (or the end of the previous response) for a request
     # head, and for a WebSocket its upgrade; bytes do not extend it.
     handshake_timeout: float = 5.0

@@ -173,7 +173,7 @@ class Options(usage.Options):
         [
             "connection-rate",
             None,
-            20.0,
+            40.0,
             "New connections per second one client address may keep up; more "
             "are refused with HTTP 429. 0 means no limit.",
             _seconds,
@@ -181,7 +181,7 @@ class Options(usage.Options):
         [
             "connection-burst",
             None,
-            200,
+            400,
             "New connections one client address may open at once before "
             "--connection-rate applies.",
             _positive_int,

@@ -124,10 +124,14 @@ async def spawn_limited(workdir: Path, files: int, *args: str) -> process.Server
 @ensureDeferred
 async def test_slowloris_from_one_address_cannot_take_the_server(tmp_path):
     """300 connections from one address trickle a request head a byte a
-    second into a server that may hold 256 files. It keeps serving everyone
-    else, refuses the surplus at once, and closes the tricklers at the
-    deadline however steadily they trickle."""
-    server = await spawn_limited(tmp_path, 256, "--handshake-timeout=4")
+    second into a server that may hold 256 files (so 128 connections; one
+    address may hold 100 of them). It keeps serving everyone else, refuses
+    the surplus at once, gives those over the pending cap a second to send
+    their head, and closes the tricklers at the deadline however steadily
+    they trickle."""
+    server = await spawn_limited(
+        tmp_path, 256, "--handshake-timeout=4", "--max-connections-per-ip=100"
+    )
     try:
         port = server.port
         attackers = [await raw(port, b"G") for _ in range(300)]
@@ -145,9 +149,8 @@ async def test_slowloris_from_one_address_cannot_take_the_server(tmp_path):
         try:
             await deferLater(reactor, 0.5)
             refused = [a for a in attackers if a.closed.called]
-            assert len(refused) == 300 - 64
+            assert len(refused) == 200
             assert {a.status for a in refused} == {429}
-            assert b"unfinished" in refused[0].received
 
             # Everyone else is served as if nothing were happening.
             assert await deferLater(reactor, 0, healthz, port, OTHER) == 200
@@ -158,20 +161,25 @@ async def test_slowloris_from_one_address_cannot_take_the_server(tmp_path):
             held = [a for a in attackers if a not in refused]
             for attacker in held:
                 await attacker.closed.addTimeout(6, reactor)
-            lifetimes = [a.closed_at - a.opened_at for a in held]
+            on_probation = [a for a in held if a.status == 429]
+            assert len(on_probation) == 100 - 64
+            assert b"unfinished" in on_probation[0].received
+            assert max(a.closed_at - a.opened_at for a in on_probation) < 2
+            trickled = [a for a in held if a not in on_probation]
+            lifetimes = [a.closed_at - a.opened_at for a in trickled]
             assert min(lifetimes) > 3.5 and max(lifetimes) < 5.5  # the deadline: 4 s
-            assert {a.status for a in held} == {408}
+            assert {a.status for a in trickled} == {408}
             assert an.state == an.STATE_OPEN
         finally:
             ticker.stop()
         await server.kill(15)  # the summary of refusals is written on the way out
     finally:
         await server.kill()
-    # One summary line for the 236 refusals, not 236 lines.
+    # Summaries for the 236 refusals, not 236 lines.
     refusals = re.findall(rb"refused .*", server.output)
-    assert refusals == [
-        b"refused 236 connection(s) from 127.0.0.1: 236 too many unfinished requests"
-    ]
+    assert len(refusals) <= 2
+    counted = [int(n) for n in re.findall(rb"(\d+) too many", b" ".join(refusals))]
+    assert sum(counted) == 236
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/prlimit"), reason="needs prlimit")
@@ -256,15 +264,14 @@ async def test_over_tls_the_deadline_covers_the_tls_handshake(
         scheme="wss",
     )
     try:
-        # Never a ClientHello: two held until the deadline, one refused. Neither
-        # the 408 nor the 429 can be said without TLS, so each connection is
-        # dropped CLOSE_GRACE (2 s) after it is told to go.
+        # Never a ClientHello: two held until the deadline, one on probation
+        # (1 s too). Neither the 408 nor the 429 can be said without TLS, so
+        # each connection is dropped CLOSE_GRACE (2 s) after it is told to go.
         silent = [await raw(server.port) for _ in range(3)]
         for client in silent:
             await client.closed.addTimeout(5, reactor)
         lifetimes = sorted(c.closed_at - c.opened_at for c in silent)
-        assert 1.8 < lifetimes[0] < 3.0  # refused at accept
-        assert lifetimes[1] > 2.8 and lifetimes[2] < 4.0  # the 1 s deadline
+        assert lifetimes[0] > 2.8 and lifetimes[2] < 4.0  # the 1 s deadline
 
         # A body is refused over TLS too, and the refusal arrives whole.
         response = await deferToThread(_tls_post, server.port)

@@ -39,6 +39,12 @@ __all__ = ["Admission", "Gate"]
 # A connection told to close that does not (its peer stopped reading) is
 # dropped this much later, so it cannot keep its file descriptor.
 CLOSE_GRACE = 2.0
+# A connection accepted while its address already has --max-pending-per-ip
+# unfinished requests is not refused at once: a class loading a page makes
+# a burst of connections the server accepts before it reads any of them.
+# It gets this long to send its request head, then 429; a browser sends it
+# at once, a slow trickler cannot.
+PROBATION = 1.0
 # What a refused client may still send while it reads its refusal.
 LINGER_BYTES = 256 * 1024
 
@@ -92,10 +98,19 @@ class Gate(ProtocolWrapper):
 
     factory: "Admission"
 
-    def __init__(self, factory: "Admission", wrapped: Any, key: str | None) -> None:
+    def __init__(
+        self,
+        factory: "Admission",
+        wrapped: Any,
+        key: str | None,
+        probation: bool = False,
+    ) -> None:
         super().__init__(factory, wrapped)
         self.key = key
         self.state = PENDING
+        # Accepted while its address had its fill of unfinished requests:
+        # it gets PROBATION seconds, not the whole deadline, for its head.
+        self.probation = probation
         self._deadline: IDelayedCall | None = None
         self._abort: IDelayedCall | None = None
         self._discard: int | None = None  # bytes still to throw away, lingering
@@ -113,6 +128,8 @@ class Gate(ProtocolWrapper):
         """Start the absolute deadline for the next request head (or upgrade)."""
         self.disarm()
         timeout = self.factory.limits.handshake_timeout
+        if self.probation and self.state == PENDING:
+            timeout = min(timeout, PROBATION) if timeout > 0 else PROBATION
         if timeout > 0:
             self._deadline = self.factory.reactor.callLater(timeout, self._expire)
 
@@ -123,7 +140,12 @@ class Gate(ProtocolWrapper):
 
     def _expire(self) -> None:
         self._deadline = None
-        self.hang_up(TIMED_OUT)
+        if self.probation and self.state == PENDING:
+            if self.key is not None:
+                self.factory.refusals.note(self.key, "too many unfinished requests")
+            self.hang_up(TOO_MANY_PENDING)
+        else:
+            self.hang_up(TIMED_OUT)
 
     def hang_up(self, response: bytes, linger: bool = False) -> None:
         """Answer `response` and close, dropping the connection if it does
@@ -212,15 +234,20 @@ class Admission(WrappingFactory):
         if limits.max_connections and self.total >= limits.max_connections:
             return self._refuse(host or "-", FULL, "server full")
         key = None
+        probation = False
         if host is not None and not limits.trusted_proxies:
             key = address_key(host)
             refusal = self._check(key)
             if refusal is not None:
                 return self._refuse(key, *refusal)
+            probation = bool(
+                limits.max_pending_per_address
+                and self._pending[key] >= limits.max_pending_per_address
+            )
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None
-        return Gate(self, wrapped, key)
+        return Gate(self, wrapped, key, probation)
 
     def _check(self, key: str) -> tuple[bytes, str] | None:
         limits = self.limits
@@ -229,11 +256,6 @@ class Admission(WrappingFactory):
             and self._held[key] >= limits.max_connections_per_address
         ):
             return TOO_MANY, "too many connections"
-        if (
-            limits.max_pending_per_address
-            and self._pending[key] >= limits.max_pending_per_address
-        ):
-            return TOO_MANY_PENDING, "too many unfinished requests"
         if not self._rate.take(key, self.reactor.seconds()):
             return TOO_OFTEN, "connecting too often"
         return None
