@@ -45,6 +45,7 @@ __all__ = [
     "Journal",
     "Loaded",
     "TornTail",
+    "history_path",
     "journal_paths",
     "keep_torn",
     "load",
@@ -340,6 +341,15 @@ def fsync_directory(path: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def history_path(path: str) -> str:
+    """The file a history really is. A --data that is a symbolic link is
+    followed: the lock and journals then sit beside the real file, so a
+    second server given the link and one given the file exclude each other,
+    and the atomic replace updates the file the link points to instead of
+    turning the link into a file of its own."""
+    return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def write_array(path: str, entries: Sequence[bytes], count: int) -> None:

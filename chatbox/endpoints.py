@@ -29,6 +29,14 @@ def endpoint_description(port: str) -> str:
     return f"tcp:{port}" if port.isdigit() else port
 
 
+def _check_port_number(description: str) -> None:
+    """Twisted takes tcp:70000 and fails only when listening, with a trace."""
+    kind, _, rest = description.partition(":")
+    number = rest.split(":", 1)[0]
+    if kind in ("tcp", "ssl", "tls") and number.isdigit() and int(number) > 65535:
+        raise EndpointError(f"--port {number} is not a port number (0..65535)")
+
+
 def _read(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -82,12 +90,14 @@ def server_endpoint(
     if bool(tls_cert) != bool(tls_key):
         raise EndpointError("--tls-cert and --tls-key go together")
     if tls_cert and tls_key:
+        _check_port_number(endpoint_description(port))
         number, interface = _tcp_arguments(port)
         options = tls_options(tls_cert, tls_key)
         return endpoints.SSL4ServerEndpoint(
             reactor, number, options, interface=interface
         ), "wss"
     description = endpoint_description(port)
+    _check_port_number(description)
     try:
         endpoint = endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError, OSError) as e:

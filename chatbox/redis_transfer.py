@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Held until exit: a running server's files are neither read half-way
         # through a fold nor replaced under it.
+        args.file = datafile.history_path(args.file)
         datafile.HistoryLock(args.file, advice="stop it first").claim()
         if args.command == "import":
             work = datafile.load(args.file)  # Before the reactor: it blocks.

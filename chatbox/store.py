@@ -63,7 +63,7 @@ class DurableStore:
         fold_threshold: int = DEFAULT_FOLD_THRESHOLD,
         metrics: Metrics | None = None,
     ) -> None:
-        self.path = path
+        self.path = path = datafile.history_path(path)
         self.history = History()
         self._reactor = reactor
         self._fold_threshold = fold_threshold
@@ -81,6 +81,7 @@ class DurableStore:
         self._retry_at = 0.0
         self._idle_waiters: list[Deferred[None]] = []
         self.healthy = True
+        self._failed_writes = 0  # since writing last worked
         self.metrics = metrics or Metrics()
 
     # -- start-up (blocking: runs before anything listens) ---------------------
@@ -198,19 +199,29 @@ class DurableStore:
         self._writing = False
         swapping = False
         if isinstance(result, Failure):
-            self.healthy = False
             # Nothing was kept, so the ids go back: the journal stays gapless.
             self._next_id = batch[0][0]
-            self._log_failure(
-                result,
-                "could not write {count} message(s) to {path}",
-                count=len(batch),
-                path=self._journal_path,
-            )
+            # One line when writing starts failing, one when it works again:
+            # a full disk under a busy chat fails every batch.
+            if self.healthy or not isinstance(result.value, OSError):
+                self._log_failure(
+                    result,
+                    "could not write {count} message(s) to {path}",
+                    count=len(batch),
+                    path=self._journal_path,
+                )
+            self.healthy = False
+            self._failed_writes += 1
         else:
             if not self.healthy:
-                self.log.info("writing to {path} works again", path=self._journal_path)
+                self.log.info(
+                    "writing to {path} works again, after {failed} failed "
+                    "write(s)",
+                    path=self._journal_path,
+                    failed=self._failed_writes,
+                )
             self.healthy = True
+            self._failed_writes = 0
             self.metrics.fsync_seconds.observe(result)
             for message_id, entry, _ in batch:
                 self.history.append(message_id, entry)

@@ -306,6 +306,8 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if not self["data"].strip():
+            raise usage.UsageError("--data must name a file")
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
         if self["redis"] is not None:

@@ -138,6 +138,10 @@ async def test_a_full_disk_refuses_sends_then_recovers_losing_nothing(tiny_disk)
         assert refusals[0]["reason"] == "ErrorWhenSend"
         assert refusals[0]["error"] == "No space left on device"  # no path, no trace
         assert (await bo.get())["status"] is True  # the server is up
+        # A busy chat on a full disk: one log line when writing starts to
+        # fail, one when it works again, not a line per failed send.
+        for i in range(30):
+            assert (await an.say(f"still full {i} " + "x" * 3900))["status"] is False
 
         os.unlink(tiny_disk / "filler")
         for i in range(20):
@@ -146,6 +150,8 @@ async def test_a_full_disk_refuses_sends_then_recovers_losing_nothing(tiny_disk)
             acked.append(reply["id"])
     finally:
         await server.kill(signal.SIGKILL)
+    assert server.output.count(b"could not write") == 1
+    assert b"works again, after 31 failed write(s)" in server.output
 
     again = await start(tiny_disk)
     try:

@@ -119,3 +119,36 @@ async def test_chatbox_redis_refuses_a_history_a_server_holds(tmp_path):
     finally:
         await server.kill(signal.SIGTERM)
     assert server.stopped_cleanly, server.output.decode()
+
+
+@ensureDeferred
+async def test_a_history_reached_through_a_symbolic_link_is_the_same_history(
+    tmp_path,
+):
+    """Seen by a reviewer: a second server given a link to the first one's
+    data.json started (its lock was beside the link), and on shutdown the
+    link was replaced by a file of its own."""
+    home = tmp_path / "home"
+    other = tmp_path / "other"
+    home.mkdir()
+    other.mkdir()
+    (other / "alias.json").symlink_to(home / "data.json")
+    first = await start(home)
+    try:
+        said = await refused(other, f"--data={other / 'alias.json'}")
+        assert "is in use by another chatbox" in said
+    finally:
+        await first.kill(signal.SIGTERM)
+    # Alone, a server run through the link writes the real file, and the
+    # link stays a link.
+    through_link = await start(other, f"--data={other / 'alias.json'}")
+    try:
+        client = await connect(through_link.url)
+        await client.register("Linked")
+        assert (await client.say("through the link"))["status"] is True
+    finally:
+        await through_link.kill(signal.SIGTERM)
+    assert through_link.stopped_cleanly, through_link.output.decode()
+    assert (other / "alias.json").is_symlink()
+    assert b"through the link" in (home / "data.json").read_bytes()
+    assert not (other / "alias.json.lock").exists()

@@ -126,3 +126,17 @@ def test_v2_history_loads(tmp_path):
         "content": "cũ",
         "timestamp": "01/01/2020, 10:00:00",
     }
+
+
+def test_a_port_beyond_65535_and_an_empty_data_path_are_refused_in_one_line(tmp_path):
+    """Seen by a reviewer: --port 70000 gave a traceback and --data '' made
+    files named .journal and .lock in the working folder."""
+    from chatbox.endpoints import EndpointError, server_endpoint
+
+    with pytest.raises(EndpointError, match="70000 is not a port number"):
+        server_endpoint(None, "70000")
+    with pytest.raises(EndpointError, match="70000 is not a port number"):
+        server_endpoint(None, "tcp:70000:interface=127.0.0.1")
+    config = tap.Options()
+    with pytest.raises(usage.UsageError, match="--data must name a file"):
+        config.parseOptions(["--data="])
