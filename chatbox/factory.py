@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from chatbox import __version__, codec, messages
 from chatbox.backpressure import ByteGate
 from chatbox.clock import Timestamps
-from chatbox.limits import AddressBuckets, Limits, origin_allowed
+from chatbox.limits import AddressBuckets, Limits, address_key, origin_allowed
+from chatbox.logsafe import LogBudget
 from chatbox.metrics import Metrics
 from chatbox.protocol import ChatProtocol
 from chatbox.room import IRoom
@@ -53,6 +54,7 @@ class ChatFactory(WebSocketServerFactory):
             limits.address_name_rate, limits.address_name_burst
         )
         self.reply_gate = ByteGate(limits.max_reply_bytes)
+        self.log_budget = LogBudget(reactor, self.logger)
         # The open WebSockets, for broadcast. How many connections there are
         # in all, per address and in which state is chatbox.web.admission's
         # to count, from accept: set by make_site.
@@ -93,10 +95,14 @@ class ChatFactory(WebSocketServerFactory):
     def connection_lost(self, connection: ChatProtocol) -> None:
         self.connections.discard(connection)
         name = self.room.release(connection, self.timestamps.now())
-        if name is None:
-            self.logger.info("connection from {peer} closed", peer=connection.peer)
-        else:
-            self.logger.info("{name!r} left ({peer})", name=name, peer=connection.peer)
+        key = address_key(connection.address) if connection.address else None
+        if self.log_budget.allow(key):
+            if name is None:
+                self.logger.info("connection from {peer} closed", peer=connection.peer)
+            else:
+                self.logger.info(
+                    "{name!r} left ({peer})", name=name, peer=connection.peer
+                )
         if not self.connections:
             waiters, self._all_closed = self._all_closed, []
             for waiter in waiters:

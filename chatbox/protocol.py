@@ -65,6 +65,9 @@ FLOOD_REFUSALS = 50
 # Frames of any kind (fragments, pings, pongs) a connection may send for each
 # request --rate/--burst allow it; past that it is closed with 1008.
 FRAMES_PER_REQUEST = 20
+# What a connection closed for flooding may still send, unparsed, before it
+# is dropped.
+DISCARD_BYTES = 4 * 1024 * 1024
 
 
 def _optional_id(request: dict[str, Any], field: str) -> int | None:
@@ -97,6 +100,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._held_bytes = 0
         self._refusals: Refusals | None = None  # set in connectionMade
         self._frames: TokenBucket | None = None  # set in connectionMade
+        self._discarding: int | None = None  # bytes still to throw away
 
     # -- connection life --
 
@@ -188,12 +192,19 @@ class ChatProtocol(WebSocketServerProtocol):
         # close frame; Autobahn's close handshake timeout then drops TCP.
         self._cut_off = True
         self.factory.metrics.slow_consumers.inc()
-        self.logger.info(
+        self._note(
             "cutting off {peer}: stopped reading, {unsent} bytes unread",
             peer=self.peer,
             unsent=unsent,
         )
         self.close_with(CLOSE_TRY_AGAIN_LATER, "too slow: stopped reading")
+
+    def _note(self, text: str, **fields: object) -> None:
+        """A routine log line about this connection, within its address's
+        budget (chatbox.logsafe.LogBudget)."""
+        key = address_key(self.address) if self.address else None
+        if self.factory.log_budget.allow(key):
+            self.logger.info(text, **fields)
 
     def connectionLost(self, reason: Failure) -> None:
         try:
@@ -209,7 +220,7 @@ class ChatProtocol(WebSocketServerProtocol):
             self.factory.connection_lost(self)
 
     def onOpen(self) -> None:
-        self.logger.info(
+        self._note(
             "connection from {address} ({peer})", address=self.address, peer=self.peer
         )
 
@@ -220,10 +231,12 @@ class ChatProtocol(WebSocketServerProtocol):
     def close_with(self, code: int, reason: str) -> None:
         """Close with any RFC 6455 code; Autobahn's sendClose allows only 1000
         and 3000-4999, but 1001 (going away) and 1003 (unsupported data) are
-        the codes RFC 6455 gives these situations."""
+        the codes RFC 6455 gives these situations. A connection already
+        closing keeps the close frame it was sent (aborting now would drop
+        it unsent); one not yet open is dropped."""
         if self.can_send:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
-        else:
+        elif self.state != WebSocketProtocol.STATE_CLOSING:
             self.dropConnection(abort=True)
 
     def send(self, message: messages.Message) -> None:
@@ -251,19 +264,39 @@ class ChatProtocol(WebSocketServerProtocol):
             and self._frames.take(self.factory.reactor.seconds())
         ):
             self._cut_off = True
-            self.logger.info(
+            self._note(
                 "closing {peer} ({address}): too many WebSocket frames",
                 peer=self.peer,
                 address=self.address,
             )
             self.factory.metrics.request("frame", "Flooding")
-            self.close_with(CLOSE_POLICY_VIOLATION, "flooding")
-            self.transport.pauseProducing()  # read no more of it
+            self._close_flooder()
         super().onFrameBegin()
+
+    def _close_flooder(self) -> None:
+        """Close with 1008 and parse nothing more it sends. What it sends is
+        still read and thrown away (up to DISCARD_BYTES), not left unread:
+        closing a socket with unread bytes sends a reset, which can destroy
+        the close frame before the client reads why it was closed."""
+        self.close_with(CLOSE_POLICY_VIOLATION, "flooding")
+        if self._discarding is None:
+            self._discarding = DISCARD_BYTES
+            # And none of what was read with it: Autobahn's parser keeps the
+            # unparsed rest of a read in `data` (and fails the connection,
+            # dropping the close frame, on data frames after a close).
+            self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._discarding is None:
+            super().dataReceived(data)
+            return
+        self._discarding -= len(data)
+        if self._discarding < 0:
+            self.transport.abortConnection()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
-            self.logger.info("refused a binary frame from {peer}", peer=self.peer)
+            self._note("refused a binary frame from {peer}", peer=self.peer)
             self.close_with(CLOSE_UNSUPPORTED_DATA, "text frames only")
             return
         if self._naming:
@@ -319,16 +352,16 @@ class ChatProtocol(WebSocketServerProtocol):
         if verdict == "answer":
             self.send(refusal.reply)
         elif verdict == "flooding":
-            self.logger.info(
+            self._note(
                 "closing {peer} ({address}): kept sending while rate limited",
                 peer=self.peer,
                 address=self.address,
             )
             self.factory.metrics.request(kind, "Flooding")
-            self.close_with(CLOSE_POLICY_VIOLATION, "flooding")
+            self._close_flooder()
 
     def _log_refusals(self, total: int, counts: str) -> None:
-        self.logger.info(
+        self._note(
             "refused {total} request(s) from {peer}: {counts}",
             total=total,
             peer=self.peer,
@@ -384,7 +417,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
             def registered(_: object) -> None:
                 self.send(messages.register_ok(name, timestamp))
-                self.logger.info(
+                self._note(
                     "{peer} registered as {name!r}", peer=self.peer, name=name
                 )
 
@@ -399,7 +432,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
             def changed(previous: str) -> None:
                 self.send(messages.change_ok(previous, name, timestamp))
-                self.logger.info("{old!r} is now {new!r}", old=previous, new=name)
+                self._note("{old!r} is now {new!r}", old=previous, new=name)
 
             def refused(reason: str, error: str | None = None) -> Refused:
                 return Refused(messages.change_refused(old, name, reason, error))
@@ -460,7 +493,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
         def durable(message_id: int) -> None:
             self.send(messages.send_ok(name, content, timestamp, message_id))
-            self.logger.info(
+            self._note(
                 "{name!r} posted message {id} ({length} characters)",
                 name=name,
                 id=message_id,

@@ -77,6 +77,7 @@ class ChatService(Service):
                 count=len(self.factory.connections),
             )
             self.factory.abort_all()
+        self.factory.log_budget.flush()
         complete = await self.room.close()
         if complete:
             self.log.info(

@@ -161,3 +161,32 @@ async def test_empty_fragments_and_pings_count_against_the_limit(data_file):
         assert (await honest.say("still here"))["status"] is True
     finally:
         await server.stop()
+
+
+@ensureDeferred
+async def test_reconnecting_cannot_grow_the_log_without_bound(data_file):
+    """Seen by a reviewer: connect, register, send, leave, repeated at the
+    per-address limits, wrote 2,231 log lines in 10 s. An address's routine
+    lines are budgeted; what is left out is counted in one line."""
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace", "").startswith("chatbox"):
+            lines.append(event.get("log_format") or "")
+
+    server = await start_server(data_file, *PER_ADDRESS)
+    globalLogPublisher.addObserver(observe)
+    try:
+        for cycle in range(150):
+            client = await server.client()
+            await client.register(f"cycle{cycle}")
+            await client.say("hi")
+            client.sendClose(1000)
+            await client.wait_closed()
+        server.factory.log_budget.flush()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await server.stop()
+    routine = [line for line in lines if "left out" not in line]
+    assert len(routine) <= 200 + 10  # the budget, and the server's own lines
+    assert any("left out" in line for line in lines)
