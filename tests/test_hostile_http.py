@@ -164,7 +164,8 @@ async def test_slowloris_from_one_address_cannot_take_the_server(tmp_path):
             on_probation = [a for a in held if a.status == 429]
             assert len(on_probation) == 100 - 64
             assert b"unfinished" in on_probation[0].received
-            assert max(a.closed_at - a.opened_at for a in on_probation) < 3  # 1 s, not 4
+            # Their second, not the 4 s deadline (with room for a busy machine).
+            assert max(a.closed_at - a.opened_at for a in on_probation) < 3
             trickled = [a for a in held if a not in on_probation]
             lifetimes = [a.closed_at - a.opened_at for a in trickled]
             assert min(lifetimes) > 3.5 and max(lifetimes) < 5.5  # the deadline: 4 s
