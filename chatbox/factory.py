@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from chatbox import __version__, codec, messages
 from chatbox.backpressure import ByteGate
 from chatbox.clock import Timestamps
-from chatbox.limits import AddressBuckets, Limits, address_key, origin_allowed
+from chatbox.limits import AddressBuckets, Limits, origin_allowed
 from chatbox.logsafe import LogBudget
 from chatbox.metrics import Metrics
 from chatbox.protocol import ChatProtocol
@@ -95,8 +95,7 @@ class ChatFactory(WebSocketServerFactory):
     def connection_lost(self, connection: ChatProtocol) -> None:
         self.connections.discard(connection)
         name = self.room.release(connection, self.timestamps.now())
-        key = address_key(connection.address) if connection.address else None
-        if self.log_budget.allow(key):
+        if self.log_budget.allow(connection.address_key):
             if name is None:
                 self.logger.info("connection from {peer} closed", peer=connection.peer)
             else:

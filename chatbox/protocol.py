@@ -88,6 +88,8 @@ class ChatProtocol(WebSocketServerProtocol):
         self._sends_in_flight = 0
         self._send_waiters: list[Deferred[None]] = []
         self.address: str | None = None  # set once the handshake is admitted
+        # What per-address limits and budgets count it under (an IPv6 /64).
+        self.address_key: str | None = None
         self._cut_off = False
         self._naming = False  # a `name` request is in flight
         self._waiting: deque[bytes] = deque()
@@ -145,6 +147,7 @@ class ChatProtocol(WebSocketServerProtocol):
         )
         self.factory.admit(self, address, request.headers.get("origin"))
         self.address = address
+        self.address_key = address_key(address)
 
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
@@ -164,7 +167,15 @@ class ChatProtocol(WebSocketServerProtocol):
             limit = self.factory.limits.max_pending_output
             if limit and self._held_bytes > limit and not self._cut_off:
                 self._cut(self._held_bytes)
-        elif self._perMessageCompress is not None:  # never negotiated today
+        else:
+            self._write_now(prepared)
+
+    def _write_now(self, prepared: PreparedMessage) -> None:
+        """Onto the wire, past anything held: counted, and refused to a
+        client that stopped reading."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        if self._perMessageCompress is not None:  # never negotiated today
             self.sendPreparedMessage(prepared)
         elif self._admit_output(prepared.payloadHybi):
             self.transport.write(prepared.payloadHybi)
@@ -202,8 +213,7 @@ class ChatProtocol(WebSocketServerProtocol):
     def _note(self, text: str, **fields: object) -> None:
         """A routine log line about this connection, within its address's
         budget (chatbox.logsafe.LogBudget)."""
-        key = address_key(self.address) if self.address else None
-        if self.factory.log_budget.allow(key):
+        if self.factory.log_budget.allow(self.address_key):
             self.logger.info(text, **fields)
 
     def connectionLost(self, reason: Failure) -> None:
@@ -390,9 +400,9 @@ class ChatProtocol(WebSocketServerProtocol):
     def _per_address(self, buckets: AddressBuckets, kind: str) -> None:
         """Spend from this client address's share, whatever connection it
         uses: reconnecting resets the connection's bucket, never this."""
-        if self.address is None:
+        key = self.address_key
+        if key is None:
             return
-        key = address_key(self.address)
         now = self.factory.reactor.seconds()
         if not buckets.take(key, now):
             raise Refused(messages.rate_limited(kind, buckets.retry_after(key, now)))
@@ -583,10 +593,10 @@ class ChatProtocol(WebSocketServerProtocol):
             prepared = self.factory.prepareMessage(
                 messages.get_ok(name, now, entries, online)
             )
-            self._write_reply(prepared)
+            self._write_now(prepared)  # ahead of what was held
             return
         gate = self.factory.reply_gate
-        key = address_key(self.address or "")
+        key = self.address_key or ""
         share = await gate.acquire(size, key)
         try:
             if not self.can_send:
@@ -596,7 +606,7 @@ class ChatProtocol(WebSocketServerProtocol):
                     messages.get_ok(name, now, entries, online)
                 )
             )
-            self._write_reply(prepared)
+            self._write_now(prepared)  # ahead of what was held
         finally:
             self._hold_share_until_read(share, key)
 
@@ -659,13 +669,6 @@ class ChatProtocol(WebSocketServerProtocol):
             )
             return
         super().onAutoPingTimeout()
-
-    def _write_reply(self, prepared: PreparedMessage) -> None:
-        """Ahead of the frames held while the reply was made."""
-        if self.state == WebSocketProtocol.STATE_OPEN and self._admit_output(
-            prepared.payloadHybi
-        ):
-            self.transport.write(prepared.payloadHybi)
 
     def _get_failed(self, failure: Failure, request: dict[str, Any]) -> None:
         self.logger.failure("fault answering get from {peer}", failure, peer=self.peer)
