@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from chatbox.factory import ChatFactory
-from chatbox.room import IRoom
+from chatbox.chat.room import IRoom
+from chatbox.wire.factory import ChatFactory
 
 __all__ = ["ChatService", "ListenerService"]
 

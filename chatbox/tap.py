@@ -11,18 +11,17 @@ from twisted.application.service import IServiceCollection, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from chatbox import datafile
+from chatbox.chat.room import IRoom
+from chatbox.cluster.address import parse_redis_url
 from chatbox.endpoints import EndpointError, server_endpoint
-from chatbox.factory import ChatFactory
 from chatbox.limits import Limits
-from chatbox.local_room import LocalRoom
+from chatbox.local import datafile
+from chatbox.local.room import LocalRoom
+from chatbox.local.store import DEFAULT_FOLD_THRESHOLD, DurableStore
 from chatbox.metrics import Metrics
-from chatbox.redis_link import parse_redis_url
-from chatbox.redis_room import RedisRoom
-from chatbox.room import IRoom
 from chatbox.service import ChatService, ListenerService
-from chatbox.store import DEFAULT_FOLD_THRESHOLD, DurableStore
 from chatbox.web import make_site
+from chatbox.wire.factory import ChatFactory
 
 __all__ = ["Options", "makeService"]
 
@@ -340,6 +339,9 @@ def _make_room(config: dict[str, Any], reactor: Any, metrics: Metrics) -> IRoom:
     (locked and loaded now, before anything listens; raises HistoryFileError,
     or an OSError naming its file)."""
     if config["redis"] is not None:
+        # Only a cluster node loads the Redis client.
+        from chatbox.cluster.room import RedisRoom
+
         return RedisRoom(
             config["redis"],
             reactor,
@@ -364,7 +366,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     except (EndpointError, datafile.HistoryFileError) as e:
         raise SystemExit(f"chatbox: cannot start: {e}") from None
     except OSError as e:
-        # chatbox.datafile names every file; the fallback is for anything else.
+        # chatbox.local.datafile names every file; the fallback is for anything else.
         where = e.filename if e.filename is not None else config["data"]
         raise SystemExit(f"chatbox: cannot start: {where}: {e.strerror}") from None
 

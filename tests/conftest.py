@@ -11,8 +11,8 @@ from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
 from chatbox import tap
-from chatbox.factory import ChatFactory
 from chatbox.service import ListenerService
+from chatbox.wire.factory import ChatFactory
 from tests.client import ChatClientProtocol, connect
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from pytest_twisted import ensureDeferred
 
-from chatbox.arns import (
+from chatbox.chat.arns import (
     MAX_NAME_LENGTH,
     NameTaken,
     Registry,

@@ -13,7 +13,7 @@ from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from chatbox import datafile
+from chatbox.local import datafile
 from tests.redis_server import require_redis
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"

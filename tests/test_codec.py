@@ -4,7 +4,7 @@ import tracemalloc
 
 import pytest
 
-from chatbox import codec
+from chatbox.wire import codec
 
 ENTRY = {"id": 1, "name": "An", "content": "a short chat message", "timestamp": "t"}
 

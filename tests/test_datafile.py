@@ -5,7 +5,8 @@ import zlib
 
 import pytest
 
-from chatbox import codec, datafile
+from chatbox.local import datafile
+from chatbox.wire import codec
 
 
 def entry(message_id, content="hi"):
@@ -316,7 +317,7 @@ def test_journal_append_failure_leaves_the_file_as_it_was(tmp_path):
 def test_a_complete_last_record_with_its_newline_changed_is_damage(tmp_path):
     """Seen by a reviewer: flipping only the final newline made the last
     (acknowledged) record look like a torn write, and it was dropped."""
-    from chatbox import datafile
+    from chatbox.local import datafile
 
     path = tmp_path / "data.json"
     entries = [

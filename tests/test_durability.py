@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from chatbox import datafile
+from chatbox.local import datafile
 from tests.client import connect
 from tests.process import ServerProcess, spawn, start
 from tests.rawclient import RawClient

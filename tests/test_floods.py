@@ -17,8 +17,12 @@ from twisted.logger import globalLogPublisher
 
 from tests.conftest import start_server
 
-PER_ADDRESS = ("--ip-send-rate=20", "--ip-send-burst=200", "--ip-name-rate=5",
-               "--ip-name-burst=200")  # the defaults; conftest turns them off
+PER_ADDRESS = (
+    "--ip-send-rate=20",
+    "--ip-send-burst=200",
+    "--ip-name-rate=5",
+    "--ip-name-burst=200",
+)  # the defaults; conftest turns them off
 
 
 @ensureDeferred

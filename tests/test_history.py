@@ -2,7 +2,7 @@
 
 import pytest
 
-from chatbox.history import History
+from chatbox.local.history import History
 
 
 @pytest.fixture

@@ -562,7 +562,7 @@ ODD = [
     (b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 9000, 431),
     (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 6000, 200),  # big, but allowed
     (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 18000, 431),
-    (b"GET / HTTP/1.1" + b"\r\nX-Big: " .join([b""] + [b"a" * 6000] * 3), 400),
+    (b"GET / HTTP/1.1" + b"\r\nX-Big: ".join([b""] + [b"a" * 6000] * 3), 400),
     (
         b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: \x1b[31mAAAAAAAAAAAAAAAAAA==",

@@ -16,9 +16,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
-from chatbox import codec, datafile, messages
-from chatbox.arns import MAX_NAME_LENGTH
-from chatbox.content import MAX_CONTENT_LENGTH
+from chatbox.chat.arns import MAX_NAME_LENGTH
+from chatbox.chat.content import MAX_CONTENT_LENGTH
+from chatbox.local import datafile
+from chatbox.wire import codec, messages
 from tests.conftest import start_server
 from tests.test_classic_client import browser
 
@@ -145,9 +146,7 @@ async def test_a_get_reply_comes_before_what_happened_after_it(data_file):
     prefill(data_file, 100_000)
     # Whole-history replies (13 MB) take long enough to build that sends
     # are stored and broadcast meanwhile.
-    server = await start_server(
-        data_file, "--history-cap=100000", "--max-get-bytes=0"
-    )
+    server = await start_server(data_file, "--history-cap=100000", "--max-get-bytes=0")
     try:
         reader = await server.user("Reader")
         talker = await server.user("Talker")
@@ -208,7 +207,7 @@ async def test_clients_that_ask_and_never_read_cannot_hold_the_reply_budget(
     each, more than the kernel buffers) and never read. Between them they
     may hold a quarter of --max-reply-bytes, so another address's gets go
     on; and they are cut off once they have had their time to read."""
-    from chatbox import protocol
+    from chatbox.wire import protocol
 
     monkeypatch.setattr(protocol, "READ_GRACE", 1.5)
     monkeypatch.setattr(protocol, "READ_RATE", 10**12)

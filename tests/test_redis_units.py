@@ -5,10 +5,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from chatbox import codec, messages
-from chatbox.redis_link import RedisAddress, parse_redis_url
-from chatbox.redis_room import RedisRoom, entry_template
+from chatbox.cluster.address import RedisAddress, parse_redis_url
+from chatbox.cluster.room import RedisRoom, entry_template
 from chatbox.tap import Options
+from chatbox.wire import codec, messages
 
 
 @pytest.mark.parametrize(

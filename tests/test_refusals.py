@@ -2,7 +2,7 @@
 
 from twisted.internet.task import Clock
 
-from chatbox.refusals import Refusals
+from chatbox.wire.refusals import Refusals
 
 
 def make(limit: int = 3):
@@ -55,7 +55,7 @@ def test_other_refusals_and_slow_retries_are_never_flooding():
 
 
 def test_the_reply_gate_keeps_order_and_a_quarter_per_address():
-    from chatbox.backpressure import ByteGate
+    from chatbox.wire.backpressure import ByteGate
 
     gate = ByteGate(100)
     granted: list[tuple[str, int]] = []

@@ -9,8 +9,8 @@ from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 
-from chatbox import datafile
-from chatbox.store import DurableStore, StoreError
+from chatbox.local import datafile
+from chatbox.local.store import DurableStore, StoreError
 
 
 @pytest_twisted.async_yield_fixture
@@ -37,11 +37,11 @@ async def test_an_append_fires_after_it_is_in_the_journal(store):
         record = f.readline()
     assert record[:9] == b"%08x " % zlib.crc32(record[9:-1])
     assert json.loads(record[9:]) == {
-            "id": 1,
-            "name": "An",
-            "content": "hi",
-            "timestamp": "t",
-        }
+        "id": 1,
+        "name": "An",
+        "content": "hi",
+        "timestamp": "t",
+    }
     assert len(store.history) == 1
 
 

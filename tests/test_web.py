@@ -4,7 +4,7 @@ import json
 
 from pytest_twisted import ensureDeferred
 
-from chatbox import datafile
+from chatbox.local import datafile
 from tests.http import fetch, metric
 
 

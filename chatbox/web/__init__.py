@@ -20,11 +20,11 @@ from twisted.web import pages, static
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from chatbox import codec
-from chatbox.factory import ChatFactory
 from chatbox.web.admission import Admission
 from chatbox.web.channel import ChatChannel, ChatRequest
 from chatbox.web.handshake import handshake_refusal
+from chatbox.wire import codec
+from chatbox.wire.factory import ChatFactory
 
 __all__ = ["make_site"]
 

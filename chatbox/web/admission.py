@@ -9,7 +9,7 @@ at close, whichever protocol holds the connection by then.
 
 A connection over a limit is answered at accept with a canned 429 or 503
 and closed: no Request object, no HTTP parsing, no log line. Refusals are
-counted and logged as a summary (chatbox.web.refusals), so an attack cannot
+counted and logged as a summary (chatbox.web.responses), so an attack cannot
 make the log grow faster than its own traffic.
 
 Behind `--trusted-proxies` the peer is the proxy, so per-address limits wait
@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvidedBy, directlyProvides
 
 from chatbox.limits import AddressBuckets, Limits, address_key, client_address
-from chatbox.web.refusals import RefusalLog, canned
+from chatbox.web.responses import RefusalLog, canned
 
 __all__ = ["Admission", "Gate"]
 

@@ -16,7 +16,7 @@ from twisted.web import http, server
 
 from chatbox.web.admission import Gate
 from chatbox.web.paths import odd_request
-from chatbox.web.refusals import canned
+from chatbox.web.responses import canned
 
 __all__ = ["ChatChannel", "ChatRequest"]
 

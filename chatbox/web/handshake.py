@@ -48,9 +48,11 @@ def handshake_refusal(
     version = _one(request, b"sec-websocket-version")
     if version is None or not version.isdigit() or int(version) not in versions:
         supported = ", ".join(str(v) for v in sorted(versions, reverse=True))
-        return 426, "unsupported WebSocket version", [
-            (b"Sec-WebSocket-Version", supported.encode())
-        ]
+        return (
+            426,
+            "unsupported WebSocket version",
+            [(b"Sec-WebSocket-Version", supported.encode())],
+        )
     key = _one(request, b"sec-websocket-key")
     try:
         valid_key = key is not None and len(base64.b64decode(key, validate=True)) == 16

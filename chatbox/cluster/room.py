@@ -1,7 +1,7 @@
 """A room shared by several chatbox nodes through Redis.
 
 Each node is one chatbox process. The cluster's state lives in Redis and is
-changed only by the Lua scripts of chatbox.redis_scripts, each atomic, each
+changed only by the Lua scripts of chatbox.cluster.scripts, each atomic, each
 writing its event to one Redis stream in the same step. Why a stream and not
 pub/sub: pub/sub forgets what a node missed while its connection was down,
 so a Redis restart would silently lose joins and leaves. A stream keeps
@@ -37,12 +37,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatbox import codec, messages
-from chatbox import redis_scripts as scripts
-from chatbox.arns import NameTaken, name_keys
-from chatbox.clock import Timestamps
-from chatbox.redis_link import RedisAddress, RedisInDoubt, RedisLink
-from chatbox.room import Deliver, IRoom, RoomError
+from chatbox.chat.arns import NameTaken, name_keys
+from chatbox.chat.room import Deliver, IRoom, RoomError
+from chatbox.cluster import scripts
+from chatbox.cluster.address import RedisAddress
+from chatbox.cluster.link import RedisInDoubt, RedisLink
+from chatbox.wire import codec, messages
+from chatbox.wire.clock import Timestamps
 
 __all__ = ["DEFAULT_PREFIX", "RedisRoom", "entry_template"]
 
@@ -62,7 +63,7 @@ _NAME_LOST = "nickname lost, reconnect"
 
 
 def entry_template(name: str, content: str, timestamp: str) -> tuple[bytes, bytes]:
-    """The history entry of chatbox.messages, split around its id, which
+    """The history entry of chatbox.wire.messages, split around its id, which
     only Redis knows until the message is stored."""
     encoded = codec.encode(messages.history_entry(0, name, content, timestamp))
     head, _, tail = encoded.partition(b'"id":0')
@@ -80,7 +81,7 @@ def _stream_id(raw: bytes) -> tuple[int, int]:
 
 
 def _event(fields: dict[bytes, bytes]) -> messages.Message:
-    """The wire event for one stream entry; its shape is chatbox.messages'."""
+    """The wire event for one stream entry; its shape is chatbox.wire.messages'."""
     kind = fields[b"k"]
     name = fields[b"n"].decode()
     timestamp = fields[b"t"].decode()

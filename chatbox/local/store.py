@@ -12,7 +12,7 @@ Ids are handed out when a batch is taken for writing, not when a message
 arrives, and a batch that fails gives its ids back: the journal's ids have
 no gaps, which is what lets start-up tell a lost data.json from a crash.
 
-The journal is folded into data.json (see chatbox.datafile for the files)
+The journal is folded into data.json (see chatbox.local.datafile for the files)
 on a second thread once it outgrows data.json itself, so the cost per
 message stays constant as history grows and writing is never paused for
 the fold. On clean shutdown everything is folded, leaving data.json
@@ -31,10 +31,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from chatbox import codec, datafile, messages
-from chatbox.history import History
+from chatbox.chat.room import RoomError
+from chatbox.local import datafile
+from chatbox.local.history import History
 from chatbox.metrics import Metrics
-from chatbox.room import RoomError
+from chatbox.wire import codec, messages
 
 __all__ = ["DurableStore", "StoreError"]
 
@@ -215,8 +216,7 @@ class DurableStore:
         else:
             if not self.healthy:
                 self.log.info(
-                    "writing to {path} works again, after {failed} failed "
-                    "write(s)",
+                    "writing to {path} works again, after {failed} failed write(s)",
                     path=self._journal_path,
                     failed=self._failed_writes,
                 )

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatbox import codec, messages
+from chatbox.wire import codec, messages
 
 __all__ = [
     "MAX_BATCH_BYTES",

@@ -9,7 +9,7 @@ change, never a change without its event or an event without its change.
 
 Every script gets the same KEYS, in the order of `KEYS` below:
 
-- owner    HASH  nickname key (chatbox.arns.name_keys) -> holder
+- owner    HASH  nickname key (chatbox.chat.arns.name_keys) -> holder
 - held     HASH  holder -> its nickname keys, joined by newlines
 - display  HASH  holder -> nickname as typed
 - online   ZSET  holders, scored by when they registered (v2's order)
@@ -231,7 +231,7 @@ return 1
 ).encode()
 
 # ARGV: node, holder, name, content, timestamp, entry head, entry tail, maxlen.
-# The history entry is head .. id .. tail (chatbox.messages makes its shape).
+# The history entry is head .. id .. tail (chatbox.wire.messages makes its shape).
 # Returns the new id, or -1 if the holder no longer holds `name`.
 POST = (
     _PREAMBLE

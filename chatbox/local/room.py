@@ -11,10 +11,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from chatbox import messages
-from chatbox.arns import NameTaken, Registry
-from chatbox.room import Deliver, IRoom
-from chatbox.store import DurableStore
+from chatbox.chat.arns import NameTaken, Registry
+from chatbox.chat.room import Deliver, IRoom
+from chatbox.local.store import DurableStore
+from chatbox.wire import messages
 
 __all__ = ["LocalRoom"]
 

@@ -8,7 +8,7 @@ fields (`id`) and reasons, never rename or retype a v2 field.
 
 from typing import Any
 
-from chatbox import codec
+from chatbox.wire import codec
 
 __all__ = [
     "Refused",

@@ -9,9 +9,7 @@ timeout, after which txredisapi drops the connection and reconnects.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import txredisapi
 from twisted.internet.defer import Deferred, fail
@@ -19,15 +17,10 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatbox.room import RoomError
+from chatbox.chat.room import RoomError
+from chatbox.cluster.address import RedisAddress
 
-__all__ = [
-    "RedisAddress",
-    "RedisInDoubt",
-    "RedisLink",
-    "RedisUnavailable",
-    "parse_redis_url",
-]
+__all__ = ["RedisInDoubt", "RedisLink", "RedisUnavailable"]
 
 
 class RedisUnavailable(RoomError):
@@ -37,62 +30,6 @@ class RedisUnavailable(RoomError):
 class RedisInDoubt(RedisUnavailable):
     """The command was sent but its reply was lost (the connection dropped or
     Redis did not answer in time): it may or may not have been carried out."""
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    host: str = "localhost"
-    port: int = 6379
-    db: int = 0
-    password: str | None = None
-    username: str | None = None
-    socket: str | None = None  # a unix socket path instead of host:port
-
-    def __str__(self) -> str:
-        """For logs: never the password."""
-        where = f"unix:{self.socket}" if self.socket else f"{self.host}:{self.port}"
-        return f"redis://{where}/{self.db}"
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """`redis://[[user]:password@]host[:port][/db]` or `unix:///path[?db=N]`;
-    raises ValueError with a reason."""
-    parts = urlsplit(url)
-    password = unquote(parts.password) if parts.password else None
-    username = unquote(parts.username) if parts.username else None
-    if parts.scheme == "unix":
-        query = dict(
-            item.split("=", 1) for item in parts.query.split("&") if "=" in item
-        )
-        if not parts.path:
-            raise ValueError("unix:// needs a socket path")
-        return RedisAddress(
-            db=_db(query.get("db", "0")),
-            password=password,
-            username=username,
-            socket=parts.path,
-        )
-    if parts.scheme != "redis":
-        raise ValueError("expected redis://HOST:PORT/DB or unix:///PATH")
-    if not parts.hostname:
-        raise ValueError("no host in the Redis URL")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError("bad port in the Redis URL") from None
-    return RedisAddress(
-        host=parts.hostname,
-        port=port,
-        db=_db(parts.path.lstrip("/") or "0"),
-        password=password,
-        username=username,
-    )
-
-
-def _db(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"the Redis database must be a number, not {text!r}")
-    return int(text)
 
 
 class _Factory(txredisapi.RedisFactory):

@@ -4,7 +4,7 @@ docs/PROTOCOL.md is the wire contract this module implements. The class is a
 thin adapter: it parses each text frame, dispatches on `type` to one
 `handle_<type>` method, and turns every `Refused` into its `status: false`
 reply in one place (`onMessage`). Shared state (who is registered, the
-history) belongs to the room (chatbox.room); a connection owns only what
+history) belongs to the room (chatbox.chat.room); a connection owns only what
 is its own: its place in the ordering of its own replies.
 
 Ordering: replies to `send` go out when the message is durable, which can
@@ -27,17 +27,17 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatbox import codec, messages
-from chatbox.arns import NameTaken, is_valid_name
-from chatbox.backpressure import PendingOutput
-from chatbox.content import is_valid_content
+from chatbox.chat.arns import NameTaken, is_valid_name
+from chatbox.chat.content import is_valid_content
+from chatbox.chat.room import RoomError
 from chatbox.limits import AddressBuckets, TokenBucket, address_key, client_address
-from chatbox.messages import Refused
-from chatbox.refusals import Refusals
-from chatbox.room import RoomError
+from chatbox.wire import codec, messages
+from chatbox.wire.backpressure import PendingOutput
+from chatbox.wire.messages import Refused
+from chatbox.wire.refusals import Refusals
 
 if TYPE_CHECKING:
-    from chatbox.factory import ChatFactory
+    from chatbox.wire.factory import ChatFactory
 
 __all__ = ["ChatProtocol"]
 
@@ -60,7 +60,7 @@ READ_GRACE = 10.0
 READ_RATE = 64 * 1024
 # A connection that keeps sending while being told RateLimited is flooding;
 # past this many such refusals in 10 s (or twice the burst, if more) it is
-# closed with 1008 rather than answered forever (chatbox.refusals).
+# closed with 1008 rather than answered forever (chatbox.wire.refusals).
 FLOOD_REFUSALS = 50
 # Frames of any kind (fragments, pings, pongs) a connection may send for each
 # request --rate/--burst allow it; past that it is closed with 1008.
@@ -427,9 +427,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
             def registered(_: object) -> None:
                 self.send(messages.register_ok(name, timestamp))
-                self._note(
-                    "{peer} registered as {name!r}", peer=self.peer, name=name
-                )
+                self._note("{peer} registered as {name!r}", peer=self.peer, name=name)
 
             def refused(reason: str, error: str | None = None) -> Refused:
                 return Refused(messages.register_refused(name, reason, error))
@@ -574,9 +572,7 @@ class ChatProtocol(WebSocketServerProtocol):
     async def _reply_page(self, query: tuple[int, int | None, int | None]) -> None:
         room = self.factory.room
         try:
-            entries, online = await room.page(
-                *query, self.factory.limits.max_get_bytes
-            )
+            entries, online = await room.page(*query, self.factory.limits.max_get_bytes)
         except RoomError as e:
             name = room.name_of(self)
             if name is not None:
@@ -633,9 +629,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
         queued = self._output.queued()
         if queued is None:
-            check[0] = reactor.callLater(
-                READ_GRACE + share / READ_RATE, progress, None
-            )
+            check[0] = reactor.callLater(READ_GRACE + share / READ_RATE, progress, None)
         else:
             check[0] = reactor.callLater(READ_GRACE, progress, queued)
 

@@ -1,7 +1,7 @@
 """This process's side of the chat: its connections, admission, and delivery.
 
 The factory is the one owner of who is connected to this process. Who holds
-which nickname and the history belong to the room (chatbox.room), which may
+which nickname and the history belong to the room (chatbox.chat.room), which may
 be this process alone or a whole cluster. Events the room hands over are
 encoded and framed once (`prepareMessage`) and the same frame is written to
 every recipient.
@@ -15,14 +15,15 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from chatbox import __version__, codec, messages
-from chatbox.backpressure import ByteGate
-from chatbox.clock import Timestamps
+from chatbox import __version__
+from chatbox.chat.room import IRoom
 from chatbox.limits import AddressBuckets, Limits, origin_allowed
 from chatbox.logsafe import LogBudget
 from chatbox.metrics import Metrics
-from chatbox.protocol import ChatProtocol
-from chatbox.room import IRoom
+from chatbox.wire import codec, messages
+from chatbox.wire.backpressure import ByteGate
+from chatbox.wire.clock import Timestamps
+from chatbox.wire.protocol import ChatProtocol
 
 __all__ = ["ChatFactory"]
 

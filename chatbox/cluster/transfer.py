@@ -23,11 +23,12 @@ from typing import Any
 from twisted.internet import task, threads
 from twisted.internet.defer import Deferred
 
-from chatbox import datafile
-from chatbox import redis_scripts as scripts
-from chatbox.redis_link import RedisAddress, RedisLink, parse_redis_url
-from chatbox.redis_room import DEFAULT_PREFIX
-from chatbox.room import RoomError
+from chatbox.chat.room import RoomError
+from chatbox.cluster import scripts
+from chatbox.cluster.address import RedisAddress, parse_redis_url
+from chatbox.cluster.link import RedisLink
+from chatbox.cluster.room import DEFAULT_PREFIX
+from chatbox.local import datafile
 
 __all__ = ["main"]
 

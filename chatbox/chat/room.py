@@ -1,8 +1,8 @@
 """The chat's shared state, behind one interface with two implementations.
 
 A room is who holds which nickname (ARNS), the history, and the stream of
-events everyone must see. `LocalRoom` (chatbox.local_room) keeps them in
-this process, with history in data.json; `RedisRoom` (chatbox.redis_room)
+events everyone must see. `LocalRoom` (chatbox.local.room) keeps them in
+this process, with history in data.json; `RedisRoom` (chatbox.cluster.room)
 keeps them in Redis, so several chatbox processes act as one chat.
 
 Every operation returns a Deferred so the protocol has one code path for
@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from chatbox.messages import Message
+from chatbox.wire.messages import Message
 
 __all__ = ["Deliver", "IRoom", "RoomError"]
 
