@@ -8,8 +8,9 @@ node releases its nicknames and its lease). `stopService` returns that
 Deferred, so twistd exits only when it has finished.
 """
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorCore,
@@ -17,7 +18,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from chatbox.chat.room import IRoom
@@ -102,42 +102,53 @@ class ChatService(Service):
             reactor._exitSignal = None
 
 
-class ListenerService(Service):
-    """Listens on an endpoint; a port that cannot be opened stops start-up."""
+class ListenerService(StreamServerEndpointService):
+    """Twisted's endpoint service, saying where it listens and stopping
+    twistd when it cannot: a chat server that starts without its port would
+    look up to a supervisor while serving nobody."""
 
     log = Logger()
+    # A port that fails at once (TCP's "address in use") is raised out of
+    # privilegedStartService, so twistd exits before dropping privileges;
+    # Twisted's own strports services set this documented attribute too.
+    _raiseSynchronously = True
 
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
         site: Site,
-        factory: ChatFactory,
         scheme: str,
         reactor: IReactorCore,
     ) -> None:
-        self.endpoint = endpoint
-        self.site = site
-        self.factory = factory
+        super().__init__(endpoint, site)
         self.scheme = scheme
         self.reactor = reactor
         self.port: IListeningPort | None = None
-        self.listening: Deferred[IListeningPort] | None = None
+        self._waiting: list[Deferred[IListeningPort]] = []
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self.listening = self.endpoint.listen(self.site)
-        failures: list[Failure] = []
-        self.listening.addCallbacks(self._listened, failures.append)
-        if failures:  # Failed at once, as TCP does for a busy port: stop twistd.
-            failures[0].raiseException()
-        self.listening.addErrback(self._failed)
+        # Twisted's own errback has logged a later failure by now and passes
+        # None along; a failure at once was raised above.
+        self._waitingForPort.addCallback(self._listened)
 
-    def startService(self) -> None:
-        if self.listening is None:
-            self.privilegedStartService()
-        super().startService()
+    def listening(self) -> "Deferred[IListeningPort]":
+        """Fires with the port once listening (at once if it already is)."""
+        if self.port is not None:
+            return succeed(self.port)
+        waiter: Deferred[IListeningPort] = Deferred()
+        self._waiting.append(waiter)
+        return waiter
 
-    def _listened(self, port: IListeningPort) -> IListeningPort:
+    def _listened(self, port: IListeningPort | None) -> IListeningPort | None:
+        waiting, self._waiting = self._waiting, []
+        if port is None:
+            if self.running:  # not a listen cancelled by stopService
+                self.log.error("could not listen (see above); stopping")
+                for waiter in waiting:
+                    waiter.errback(RuntimeError("could not listen"))
+                self.reactor.stop()
+            return None
         self.port = port
         address = port.getHost()
         where = (
@@ -146,15 +157,11 @@ class ListenerService(Service):
             else str(address)
         )
         self.log.info("chatbox listening on {where}", where=where)
+        for waiter in waiting:
+            waiter.callback(port)
         return port
 
-    def _failed(self, failure: Failure) -> None:
-        self.log.failure("could not listen", failure)
-        self.reactor.stop()
-
-    def stopService(self) -> "Deferred[None] | None":
-        super().stopService()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        return port.stopListening()
+    def stopService(self) -> "Deferred[None]":
+        self.port = None
+        self.running = False  # before the cancel reaches _listened
+        return super().stopService()

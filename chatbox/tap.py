@@ -441,16 +441,10 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     )
 
     top = MultiService()
-    ChatService(
-        factory, room, config["json-ping"], config["shutdown-timeout"]
-    ).setServiceParent(top)
-    listener = ListenerService(
-        endpoint,
-        make_site(factory),
-        factory,
-        scheme,
-        reactor,
-    )
+    chat = ChatService(factory, room, config["json-ping"], config["shutdown-timeout"])
+    chat.setName("chat")
+    chat.setServiceParent(top)
+    listener = ListenerService(endpoint, make_site(factory), scheme, reactor)
     listener.setName("listener")
     listener.setServiceParent(top)
     return top

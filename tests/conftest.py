@@ -25,7 +25,7 @@ class RunningServer:
 
     @property
     def factory(self) -> ChatFactory:
-        return self.listener.factory
+        return self.service.getServiceNamed("chat").factory
 
     @property
     def port(self) -> int:
@@ -77,7 +77,7 @@ async def start_server(data: Path, *args: str, scheme: str = "ws") -> RunningSer
     service = tap.makeService(options(data, *args), reactor)
     service.startService()
     listener = service.getServiceNamed("listener")
-    await listener.listening
+    await listener.listening()
     return RunningServer(service, listener, data, scheme)
 
 

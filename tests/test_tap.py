@@ -119,7 +119,7 @@ def test_v2_history_loads(tmp_path):
     config = tap.Options()
     config.parseOptions([f"--data={data}", "--port=tcp:0"])
     service = tap.makeService(config, reactor)
-    store = service.getServiceNamed("listener").factory.room.store
+    store = service.getServiceNamed("chat").room.store
     assert json.loads(store.history.entries[0]) == {
         "id": 1,
         "name": "An",

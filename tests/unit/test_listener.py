@@ -1,0 +1,78 @@
+"""The listener: a port that cannot be opened must stop twistd, at once or
+later, and a stop before listening must not."""
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.logger import globalLogPublisher
+
+from chatbox.service import ListenerService
+
+
+class FakeReactor:
+    stopped = 0
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+class FakePort:
+    def getHost(self):
+        return "unix:/tmp/chat.sock"
+
+    def stopListening(self):
+        return succeed(None)
+
+
+class Endpoint:
+    def __init__(self, result):
+        self.result = result
+
+    def listen(self, factory):
+        return self.result
+
+
+def test_a_port_busy_at_once_is_raised_out_of_start_up():
+    busy = CannotListenError("127.0.0.1", 9000, OSError("in use"))
+    listener = ListenerService(Endpoint(fail(busy)), None, "ws", FakeReactor())
+    with pytest.raises(CannotListenError):
+        listener.privilegedStartService()
+
+
+def test_a_later_failure_stops_the_reactor_and_fails_waiters():
+    later: Deferred = Deferred()
+    reactor = FakeReactor()
+    listener = ListenerService(Endpoint(later), None, "ws", reactor)
+    listener.startService()
+    waiter = listener.listening()
+    errors: list = []
+    waiter.addErrback(errors.append)
+    logged: list = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        later.errback(OSError("no such interface"))
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert reactor.stopped == 1
+    assert len(errors) == 1
+    assert listener.port is None
+
+
+def test_stopping_before_listening_does_not_stop_the_reactor():
+    reactor = FakeReactor()
+    listener = ListenerService(Endpoint(Deferred()), None, "ws", reactor)
+    listener.startService()
+    listener.stopService()
+    assert reactor.stopped == 0
+
+
+def test_listening_fires_with_the_port_before_and_after():
+    port = FakePort()
+    later: Deferred = Deferred()
+    listener = ListenerService(Endpoint(later), None, "ws", FakeReactor())
+    listener.startService()
+    early = listener.listening()
+    later.callback(port)
+    assert early.result is port
+    assert listener.listening().result is port
+    assert listener.stopService().result is None
