@@ -84,15 +84,17 @@ def _tcp_arguments(description: str) -> tuple[int, str]:
 
 
 def server_endpoint(
-    reactor: object, port: str, tls_cert: str | None = None, tls_key: str | None = None
+    reactor: object, port: str, tls: tuple[str, str] | None = None
 ) -> tuple[IStreamServerEndpoint, str]:
-    """The endpoint to listen on and its URL scheme, `ws` or `wss`."""
-    if bool(tls_cert) != bool(tls_key):
-        raise EndpointError("--tls-cert and --tls-key go together")
-    if tls_cert and tls_key:
+    """The endpoint to listen on and its URL scheme, `ws` or `wss`.
+
+    `tls` is the (certificate, key) pair; tap's options refuse one without
+    the other, so a half pair cannot reach here.
+    """
+    if tls is not None:
         _check_port_number(endpoint_description(port))
         number, interface = _tcp_arguments(port)
-        options = tls_options(tls_cert, tls_key)
+        options = tls_options(*tls)
         return endpoints.SSL4ServerEndpoint(
             reactor, number, options, interface=interface
         ), "wss"

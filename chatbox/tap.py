@@ -358,8 +358,9 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     if reactor is None:
         from twisted.internet import reactor
     try:
+        tls = config["tls-cert"], config["tls-key"]
         endpoint, scheme = server_endpoint(
-            reactor, str(config["port"]), config["tls-cert"], config["tls-key"]
+            reactor, str(config["port"]), tls if all(tls) else None
         )
         metrics = Metrics()
         room = _make_room(config, reactor, metrics)

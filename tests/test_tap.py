@@ -37,8 +37,7 @@ def test_tls_shortcut(tmp_path):
     endpoint, scheme = server_endpoint(
         reactor,
         "tcp:9443:interface=\\:\\:1",
-        str(tmp_path / "c.pem"),
-        str(tmp_path / "k.pem"),
+        (str(tmp_path / "c.pem"), str(tmp_path / "k.pem")),
     )
     assert isinstance(endpoint, SSL4ServerEndpoint) and scheme == "wss"
     assert endpoint._port == 9443 and endpoint._interface == "::1"
@@ -55,7 +54,7 @@ def test_a_key_that_does_not_match_the_certificate_stops_start_up(tmp_path):
     )
     with pytest.raises(EndpointError, match="cannot be used"):
         server_endpoint(
-            reactor, "9443", str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+            reactor, "9443", (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
         )
 
 
