@@ -45,6 +45,7 @@ __all__ = [
     "Journal",
     "Loaded",
     "TornTail",
+    "fold",
     "history_path",
     "journal_paths",
     "keep_torn",
@@ -392,6 +393,19 @@ def remove_durably(path: str) -> None:
     except FileNotFoundError:
         return
     fsync_directory(path)
+
+
+def fold(
+    path: str, entries: Sequence[bytes], count: int, live: "Journal | None" = None
+) -> None:
+    """Make data.json hold the first `count` entries, then drop the journals
+    they came from: the retired one, and `live` when it is folded too (at
+    start-up and shutdown). Each step is durable before the next, so a crash
+    anywhere leaves every message in data.json or in a journal."""
+    write_array(path, entries, count)
+    remove_durably(journal_paths(path)[1])
+    if live is not None:
+        live.truncate()
 
 
 def keep_torn(history_path: str, tail: TornTail) -> str:

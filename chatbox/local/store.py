@@ -125,9 +125,9 @@ class DurableStore:
             )
         self._journal = datafile.Journal(self._journal_path)
         if loaded.needs_fold:
-            datafile.write_array(self.path, self.history.entries, len(self.history))
-            datafile.remove_durably(self._old_path)
-            self._journal.truncate()
+            datafile.fold(
+                self.path, self.history.entries, len(self.history), self._journal
+            )
 
     def start(self) -> None:
         if self._lock is not None:
@@ -294,8 +294,7 @@ class DurableStore:
         entries = self.history.entries
 
         def fold() -> int:
-            datafile.write_array(self.path, entries, count)
-            datafile.remove_durably(self._old_path)
+            datafile.fold(self.path, entries, count)
             return sum(map(len, entries[:count]))
 
         def folded(array_bytes: int) -> None:
@@ -354,9 +353,7 @@ class DurableStore:
             def final_fold() -> None:
                 try:
                     if needs_fold:
-                        datafile.write_array(self.path, self.history.entries, count)
-                        datafile.remove_durably(self._old_path)
-                        journal.truncate()
+                        datafile.fold(self.path, self.history.entries, count, journal)
                 finally:
                     journal.close()
 
