@@ -5,6 +5,7 @@ twistd runs, listening on port 0 in the test's own reactor.
 """
 
 import resource
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService
@@ -47,11 +48,24 @@ def _count(value: str) -> int:
     return number
 
 
-def _seconds(value: str) -> float:
-    number = float(value)
-    if not number >= 0:
-        raise ValueError("must be 0 or more seconds")
-    return number
+def _at_least_zero(unit: str) -> Callable[[str], float]:
+    """A coercer whose refusal names the unit, so `--rate=-1` is not told
+    it needs seconds."""
+
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number ({unit})") from None
+        if not number >= 0:
+            raise ValueError(f"must be 0 or more {unit}, not {value}")
+        return number
+
+    return coerce
+
+
+_seconds = _at_least_zero("seconds")
+_per_second = _at_least_zero("per second")
 
 
 class Options(usage.Options):
@@ -136,7 +150,7 @@ class Options(usage.Options):
             5.0,
             "Requests per second one connection may keep up; faster ones get "
             "RateLimited with retry_after. 0 turns rate limiting off.",
-            _seconds,
+            _per_second,
         ],
         [
             "burst",
@@ -175,7 +189,7 @@ class Options(usage.Options):
             40.0,
             "New connections per second one client address may keep up; more "
             "are refused with HTTP 429. 0 means no limit.",
-            _seconds,
+            _per_second,
         ],
         [
             "connection-burst",
@@ -235,7 +249,7 @@ class Options(usage.Options):
             20.0,
             "Messages per second one client address may keep up, however many "
             "connections it uses; 0 turns this off.",
-            _seconds,
+            _per_second,
         ],
         [
             "ip-send-burst",
@@ -251,7 +265,7 @@ class Options(usage.Options):
             5.0,
             "Registrations and renames per second one client address may keep "
             "up, however many connections it uses; 0 turns this off.",
-            _seconds,
+            _per_second,
         ],
         [
             "ip-name-burst",
