@@ -1,9 +1,10 @@
 """ARNS, the Anti-Repeat Nickname System: who holds which nickname.
 
-Pure bookkeeping, no I/O. The factory owns one Registry. Everything runs on
-the reactor thread, so each method is atomic: a rename swaps the old name for
-the new one in a single call, and nobody can observe a moment where both or
-neither are held.
+Pure bookkeeping, no I/O. A single process's room (chatbox.local.room) owns
+one Registry; a cluster applies the same rule in Redis, on the keys
+`name_keys` makes here. Everything runs on the reactor thread, so each
+method is atomic: a rename swaps the old name for the new one in a single
+call, and nobody can observe a moment where both or neither are held.
 
 Names that look the same are the same name, or `admin` could be impersonated
 by `аdmin` (Cyrillic а), `admin ` or `admin` plus an invisible character.

@@ -6,8 +6,9 @@ this process, with history in data.json; `RedisRoom` (chatbox.cluster.room)
 keeps them in Redis, so several chatbox processes act as one chat.
 
 Every operation returns a Deferred so the protocol has one code path for
-both. The local room's Deferreds have already fired, so a single process
-behaves exactly as if the calls were synchronous.
+both. The local room answers ARNS and history at once (its Deferreds have
+fired when returned); only `post` waits, for the journal's fsync, in both
+rooms.
 
 Owners are the protocol instances of this process's connections. A room
 knows the nicknames of its own process's connections synchronously

@@ -1,8 +1,9 @@
 // chatbox browser client: the classic-chatbox v2 protocol (docs/PROTOCOL.md)
 // plus its extensions (message ids, paged history). No build step: served as is.
 //
-// Requests are answered in order on one connection, so this client keeps at
-// most one `send` and one `get` in flight, and matches replies by type.
+// Replies are matched by type, and a reply to a `name` may overtake earlier
+// `send` replies (docs/PROTOCOL.md, ordering), so this client keeps at most
+// one `send` and one `get` in flight, where each reply is unambiguous.
 // Every piece of user text reaches the page through textContent, never HTML.
 "use strict";
 
