@@ -15,14 +15,14 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
-from tests.conftest import start_server
+from tests.server import start_server
 
 PER_ADDRESS = (
     "--ip-send-rate=20",
     "--ip-send-burst=200",
     "--ip-name-rate=5",
     "--ip-name-burst=200",
-)  # the defaults; conftest turns them off
+)  # the defaults; tests/server.py turns them off
 
 
 @ensureDeferred

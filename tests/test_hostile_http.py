@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 
 from tests import process
 from tests.client import ChatClientProtocol, handshake_status
-from tests.conftest import start_server
+from tests.server import start_server
 from tests.test_tls import tls_files as _tls_files
 
 TIMEOUT = 10

@@ -9,7 +9,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
 from tests.client import handshake_status
-from tests.conftest import start_server
+from tests.server import start_server
 
 
 @pytest_twisted.async_yield_fixture

@@ -20,7 +20,7 @@ from chatbox.chat.arns import MAX_NAME_LENGTH
 from chatbox.chat.content import MAX_CONTENT_LENGTH
 from chatbox.local import datafile
 from chatbox.wire import codec, messages
-from tests.conftest import start_server
+from tests.server import start_server
 from tests.test_classic_client import browser
 
 TIMESTAMP = "25/11/2026, 08:00:00"
