@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThread
 
 from chatbox.local import datafile
 from tests.client import connect
+from tests.held_twistd import HOLDING
 from tests.process import ServerProcess, spawn, start
 from tests.rawclient import RawClient
 
@@ -104,23 +105,27 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path):
     assert (tmp_path / "data.json.journal").stat().st_size == 0
 
 
-@pytest.mark.parametrize("pause", [0.05, 0.0])
+@pytest.mark.parametrize("when", ["at once", "behind a held write"])
 @ensureDeferred
-async def test_sigterm_acknowledges_pending_sends_then_closes_with_1001(
-    tmp_path, pause
-):
-    """With no pause before the signal, the sends may still be unread in
-    the socket when shutdown begins: each still gets its reply."""
-    server = await start(tmp_path)
-    port = int(server.url.rsplit(":", 1)[1])
+async def test_sigterm_answers_pending_sends_then_closes_with_1001(tmp_path, when):
+    """Every journal write is held until the server has logged the signal,
+    so no send can be acknowledged before it: each reply proves shutdown
+    answered a send that was pending when it began. "at once": the signal
+    follows the sends, which may still be unread in the socket; "behind a
+    held write": the first batch is being written, the rest wait behind it."""
+    server = await start(tmp_path, held=True)
+    client = await deferToThread(RawClient, server.port)
+    reply = await deferToThread(client.request, {"type": "name", "name": "An"})
+    assert reply["status"] is True
+    for i in range(50):
+        client.send(json.dumps({"type": "send", "content": f"m{i}"}).encode())
+    if when == "behind a held write":
+        await server.wait_for(HOLDING)
+    os.kill(server.transport.pid, signal.SIGTERM)
+    await server.wait_for(b"Received SIGTERM")
+    server.release_writes()
 
-    def session() -> tuple[list[dict], int | None]:
-        client = RawClient(port)
-        assert client.request({"type": "name", "name": "An"})["status"] is True
-        for i in range(50):
-            client.send(json.dumps({"type": "send", "content": f"m{i}"}).encode())
-        time.sleep(pause)
-        os.kill(server.transport.pid, signal.SIGTERM)
+    def replies_until_close() -> tuple[list[dict], int]:
         replies = []
         while True:
             opcode, payload = client.frame()
@@ -128,7 +133,7 @@ async def test_sigterm_acknowledges_pending_sends_then_closes_with_1001(
                 return replies, int.from_bytes(payload[:2], "big")
             replies.append(json.loads(payload))
 
-    replies, code = await deferToThread(session)
+    replies, code = await deferToThread(replies_until_close)
     assert code == 1001
     await server.ended.addTimeout(10, reactor)
     assert server.stopped_cleanly, server.output.decode()
@@ -136,7 +141,10 @@ async def test_sigterm_acknowledges_pending_sends_then_closes_with_1001(
     refused = [r for r in replies if r.get("status") is False]
     assert all(r["error"] == "server shutting down" for r in refused)
     assert len(acked) + len(refused) == 50  # every send answered
-    saved = [m["content"] for m in json.loads((tmp_path / "data.json").read_text())]
+    if when == "behind a held write":
+        assert acked, "the write held across the signal was not acknowledged"
+    data = tmp_path / "data.json"  # not written when every send was refused
+    saved = [m["content"] for m in json.loads(data.read_text())] if acked else []
     # Everything acknowledged is saved, in order, and nothing else is.
     assert saved == acked == [f"m{i}" for i in range(len(acked))]
 
