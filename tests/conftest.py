@@ -11,6 +11,14 @@ from twisted.logger import globalLogPublisher
 from tests.server import start_server
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Everything imported so far lives for the whole run: set it aside, so
+    the gc.collect() after each test below only walks what tests made (it
+    was half of the unit tests' time)."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def no_logged_failures():
     """Fail any test during which something logged a failure: an unhandled

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ import pytest_twisted
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from chatbox.local import datafile
@@ -27,6 +25,27 @@ from tests.rawclient import RawClient
 
 SENDERS = 6
 IN_FLIGHT = 8
+
+
+class Acked(list):
+    """(id, content) of every acknowledged send; `reached(n)` fires once it
+    holds n."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: list[tuple[int, Deferred]] = []
+
+    def append(self, item: tuple[int, str]) -> None:
+        super().append(item)
+        for waiting in list(self._waiting):
+            if len(self) >= waiting[0]:
+                self._waiting.remove(waiting)
+                waiting[1].callback(None)
+
+    def reached(self, count: int) -> Deferred:
+        done: Deferred = Deferred()
+        self._waiting.append((count, done))
+        return done
 
 
 async def chatter(client, index, acked, stop):
@@ -55,7 +74,7 @@ async def chat_then_kill_9(tmp_path) -> tuple[ServerProcess, list[tuple[int, str
     """A real server with SENDERS chatting, 8 in flight each, killed with
     SIGKILL once 600 messages are acknowledged; returns what was."""
     server = await start(tmp_path)
-    acked: list[tuple[int, str]] = []
+    acked = Acked()
     stop: list[bool] = []
     clients = [await connect(server.url) for _ in range(SENDERS)]
     for i, client in enumerate(clients):
@@ -67,8 +86,7 @@ async def chat_then_kill_9(tmp_path) -> tuple[ServerProcess, list[tuple[int, str
         ],
         consumeErrors=True,
     )
-    while len(acked) < 600:
-        await deferLater(reactor, 0.01)
+    await acked.reached(600).addTimeout(60, reactor)
     await server.kill(signal.SIGKILL)
     await chatters
     return server, acked
