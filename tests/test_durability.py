@@ -132,28 +132,31 @@ async def test_sigterm_answers_pending_sends_then_closes_with_1001(tmp_path, whe
     follows the sends, which may still be unread in the socket; "behind a
     held write": the first batch is being written, the rest wait behind it."""
     server = await start(tmp_path, held=True)
-    client = await deferToThread(RawClient, server.port)
-    reply = await deferToThread(client.request, {"type": "name", "name": "An"})
-    assert reply["status"] is True
-    for i in range(50):
-        client.send(json.dumps({"type": "send", "content": f"m{i}"}).encode())
-    if when == "behind a held write":
-        await server.wait_for(HOLDING)
-    os.kill(server.transport.pid, signal.SIGTERM)
-    await server.wait_for(b"Received SIGTERM")
-    server.release_writes()
+    try:
+        client = await deferToThread(RawClient, server.port)
+        reply = await deferToThread(client.request, {"type": "name", "name": "An"})
+        assert reply["status"] is True
+        for i in range(50):
+            client.send(json.dumps({"type": "send", "content": f"m{i}"}).encode())
+        if when == "behind a held write":
+            await server.wait_for(HOLDING)
+        os.kill(server.transport.pid, signal.SIGTERM)
+        await server.wait_for(b"Received SIGTERM")
+        server.release_writes()
 
-    def replies_until_close() -> tuple[list[dict], int]:
-        replies = []
-        while True:
-            opcode, payload = client.frame()
-            if opcode == 8:
-                return replies, int.from_bytes(payload[:2], "big")
-            replies.append(json.loads(payload))
+        def replies_until_close() -> tuple[list[dict], int]:
+            replies = []
+            while True:
+                opcode, payload = client.frame()
+                if opcode == 8:
+                    return replies, int.from_bytes(payload[:2], "big")
+                replies.append(json.loads(payload))
 
-    replies, code = await deferToThread(replies_until_close)
-    assert code == 1001
-    await server.ended.addTimeout(10, reactor)
+        replies, code = await deferToThread(replies_until_close)
+        assert code == 1001
+        await server.ended.addTimeout(10, reactor)
+    finally:
+        await server.kill()  # a failure above must not leave it held forever
     assert server.stopped_cleanly, server.output.decode()
     acked = [r["content"] for r in replies if r.get("status") is True]
     refused = [r for r in replies if r.get("status") is False]
