@@ -54,7 +54,7 @@ class Journals:
 
 @pytest_twisted.async_yield_fixture
 async def watched(tmp_path):
-    """A started store whose journal writes the test sees (`store.journals`)."""
+    """(store, journals): a started store whose journal writes the test sees."""
     journals = Journals()
     s = DurableStore(str(tmp_path / "data.json"), reactor, open_journal=journals.open)
     journals.store = s
