@@ -85,12 +85,31 @@ class ChatClientProtocol(WebSocketClientProtocol):
         return await self._within(self.pings, timeout)
 
     async def no_event(self, wait: float = 0.3) -> None:
-        """Assert nothing is broadcast to this client within `wait` seconds."""
+        """Assert nothing is broadcast to this client within `wait` seconds;
+        prefer no_event_before, which cannot pass by being too early."""
         try:
             event = await self._within(self.events, wait)
         except TimeoutError:
             return
         raise AssertionError(f"unexpected event {event!r}")
+
+    async def no_event_before(
+        self, marker_sender: "ChatClientProtocol", content: str = "marker"
+    ) -> None:
+        """Assert nothing was broadcast to this client before a marker
+        message that `marker_sender` (another registered client) sends now.
+
+        Events reach every client in one order, so the marker arriving next
+        proves nothing came first; waiting a while would only prove that
+        nothing came yet.
+        """
+        reply = await marker_sender.say(content)
+        assert reply["status"] is True, reply
+        event = await self.event()
+        assert (event.get("datatype"), event.get("content")) == (
+            "message",
+            content,
+        ), f"unexpected event {event!r}"
 
     async def wait_closed(self, timeout: float = TIMEOUT) -> tuple:
         return await self.closed.addTimeout(timeout, reactor)

@@ -7,6 +7,7 @@ tells the test where. Output is kept for assertions and failure messages.
 import os
 import re
 import signal
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
 TWISTD = str(Path(sysconfig.get_path("scripts")) / "twistd")
+HELD_TWISTD = [sys.executable, str(Path(__file__).with_name("held_twistd.py"))]
 LISTENING = re.compile(rb"chatbox listening on (wss?://[^\s]+)")
 START_TIMEOUT = 30
 
@@ -72,21 +74,27 @@ class ServerProcess(ProcessProtocol):
         """Finished its whole shutdown and said so with exit status 0."""
         return self.exit_code == 0 and b"history saved" in self.output
 
+    def release_writes(self) -> None:
+        """Under `spawn(..., held=True)`: let every journal write through."""
+        self.transport.closeStdin()
+
     def kill(self, signum: int = signal.SIGKILL) -> Deferred:
         if not self.ended.called:
             os.kill(self.transport.pid, signum)
         return self.ended.addTimeout(30, reactor)
 
 
-def spawn(workdir: Path, *args: str) -> ServerProcess:
-    """Start `twistd -n chatbox` in `workdir` (its data.json lives there)."""
+def spawn(workdir: Path, *args: str, held: bool = False) -> ServerProcess:
+    """Start `twistd -n chatbox` in `workdir` (its data.json lives there);
+    `held`: with its journal writes held (see tests/held_twistd.py)."""
     process = ServerProcess()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    command = HELD_TWISTD if held else [TWISTD]
     reactor.spawnProcess(
         process,
-        TWISTD,
+        command[0],
         [
-            TWISTD,
+            *command,
             "-n",
             "--pidfile=",
             "chatbox",
@@ -107,7 +115,7 @@ def spawn(workdir: Path, *args: str) -> ServerProcess:
     return process
 
 
-async def start(workdir: Path, *args: str) -> ServerProcess:
-    process = spawn(workdir, *args)
+async def start(workdir: Path, *args: str, held: bool = False) -> ServerProcess:
+    process = spawn(workdir, *args, held=held)
     await process.started.addTimeout(START_TIMEOUT, reactor)
     return process

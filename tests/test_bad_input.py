@@ -120,13 +120,23 @@ async def test_invalid_utf8_is_refused_with_1007(server):
 @ensureDeferred
 async def test_plain_tcp_garbage_does_not_disturb_anyone(server):
     from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
     from twisted.internet.protocol import Protocol
 
+    class Garbage(Protocol):
+        def __init__(self) -> None:
+            self.lost: Deferred = Deferred()
+
+        def connectionLost(self, reason: object = None) -> None:
+            self.lost.callback(None)
+
     bystander = await server.user("Bo")
     garbage = await connectProtocol(
-        TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), Protocol()
+        TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), Garbage()
     )
     garbage.transport.write(b"\x00\xff" * 1000 + b"\r\n\r\n")
-    garbage.transport.loseConnection()
+    # The server has read the garbage once it hangs up on it; only then is
+    # the bystander's reply evidence that it was not disturbed.
+    await garbage.lost.addTimeout(10, reactor)
     assert (await bystander.say("fine"))["status"] is True

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,37 @@ import pytest_twisted
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from chatbox.local import datafile
 from tests.client import connect
+from tests.held_twistd import HOLDING
 from tests.process import ServerProcess, spawn, start
 from tests.rawclient import RawClient
 
 SENDERS = 6
 IN_FLIGHT = 8
+
+
+class Acked(list):
+    """(id, content) of every acknowledged send; `reached(n)` fires once it
+    holds n."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: list[tuple[int, Deferred]] = []
+
+    def append(self, item: tuple[int, str]) -> None:
+        super().append(item)
+        for waiting in list(self._waiting):
+            if len(self) >= waiting[0]:
+                self._waiting.remove(waiting)
+                waiting[1].callback(None)
+
+    def reached(self, count: int) -> Deferred:
+        done: Deferred = Deferred()
+        self._waiting.append((count, done))
+        return done
 
 
 async def chatter(client, index, acked, stop):
@@ -54,7 +74,7 @@ async def chat_then_kill_9(tmp_path) -> tuple[ServerProcess, list[tuple[int, str
     """A real server with SENDERS chatting, 8 in flight each, killed with
     SIGKILL once 600 messages are acknowledged; returns what was."""
     server = await start(tmp_path)
-    acked: list[tuple[int, str]] = []
+    acked = Acked()
     stop: list[bool] = []
     clients = [await connect(server.url) for _ in range(SENDERS)]
     for i, client in enumerate(clients):
@@ -66,8 +86,7 @@ async def chat_then_kill_9(tmp_path) -> tuple[ServerProcess, list[tuple[int, str
         ],
         consumeErrors=True,
     )
-    while len(acked) < 600:
-        await deferLater(reactor, 0.01)
+    await acked.reached(600).addTimeout(60, reactor)
     await server.kill(signal.SIGKILL)
     await chatters
     return server, acked
@@ -104,39 +123,49 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path):
     assert (tmp_path / "data.json.journal").stat().st_size == 0
 
 
-@pytest.mark.parametrize("pause", [0.05, 0.0])
+@pytest.mark.parametrize("when", ["at once", "behind a held write"])
 @ensureDeferred
-async def test_sigterm_acknowledges_pending_sends_then_closes_with_1001(
-    tmp_path, pause
-):
-    """With no pause before the signal, the sends may still be unread in
-    the socket when shutdown begins: each still gets its reply."""
-    server = await start(tmp_path)
-    port = int(server.url.rsplit(":", 1)[1])
-
-    def session() -> tuple[list[dict], int | None]:
-        client = RawClient(port)
-        assert client.request({"type": "name", "name": "An"})["status"] is True
+async def test_sigterm_answers_pending_sends_then_closes_with_1001(tmp_path, when):
+    """Every journal write is held until the server has logged the signal,
+    so no send can be acknowledged before it: each reply proves shutdown
+    answered a send that was pending when it began. "at once": the signal
+    follows the sends, which may still be unread in the socket; "behind a
+    held write": the first batch is being written, the rest wait behind it."""
+    server = await start(tmp_path, held=True)
+    try:
+        client = await deferToThread(RawClient, server.port)
+        reply = await deferToThread(client.request, {"type": "name", "name": "An"})
+        assert reply["status"] is True
         for i in range(50):
             client.send(json.dumps({"type": "send", "content": f"m{i}"}).encode())
-        time.sleep(pause)
+        if when == "behind a held write":
+            await server.wait_for(HOLDING)
         os.kill(server.transport.pid, signal.SIGTERM)
-        replies = []
-        while True:
-            opcode, payload = client.frame()
-            if opcode == 8:
-                return replies, int.from_bytes(payload[:2], "big")
-            replies.append(json.loads(payload))
+        await server.wait_for(b"Received SIGTERM")
+        server.release_writes()
 
-    replies, code = await deferToThread(session)
-    assert code == 1001
-    await server.ended.addTimeout(10, reactor)
+        def replies_until_close() -> tuple[list[dict], int]:
+            replies = []
+            while True:
+                opcode, payload = client.frame()
+                if opcode == 8:
+                    return replies, int.from_bytes(payload[:2], "big")
+                replies.append(json.loads(payload))
+
+        replies, code = await deferToThread(replies_until_close)
+        assert code == 1001
+        await server.ended.addTimeout(10, reactor)
+    finally:
+        await server.kill()  # a failure above must not leave it held forever
     assert server.stopped_cleanly, server.output.decode()
     acked = [r["content"] for r in replies if r.get("status") is True]
     refused = [r for r in replies if r.get("status") is False]
     assert all(r["error"] == "server shutting down" for r in refused)
     assert len(acked) + len(refused) == 50  # every send answered
-    saved = [m["content"] for m in json.loads((tmp_path / "data.json").read_text())]
+    if when == "behind a held write":
+        assert acked, "the write held across the signal was not acknowledged"
+    data = tmp_path / "data.json"  # not written when every send was refused
+    saved = [m["content"] for m in json.loads(data.read_text())] if acked else []
     # Everything acknowledged is saved, in order, and nothing else is.
     assert saved == acked == [f"m{i}" for i in range(len(acked))]
 

@@ -15,14 +15,14 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
-from tests.conftest import start_server
+from tests.server import start_server
 
 PER_ADDRESS = (
     "--ip-send-rate=20",
     "--ip-send-burst=200",
     "--ip-name-rate=5",
     "--ip-name-burst=200",
-)  # the defaults; conftest turns them off
+)  # the defaults; tests/server.py turns them off
 
 
 @ensureDeferred
@@ -94,7 +94,11 @@ async def test_a_connection_that_keeps_flooding_is_closed_and_logged_once(data_f
         polite = await server.user("Polite", source="127.0.0.3")
         for _ in range(40):
             polite.send_json({"type": "get", "limit": 1})
-        await deferLater(reactor, 0.5, lambda: None)
+        replies = [await polite.reply() for _ in range(40)]
+        refused = [r for r in replies if r["status"] is False]
+        assert refused and {r["reason"] for r in refused} == {"RateLimited"}
+        # Told when it may send again, it waits that long, and may.
+        await deferLater(reactor, refused[-1]["retry_after"], lambda: None)
         assert (await polite.say("ok"))["status"] is True
     finally:
         globalLogPublisher.removeObserver(observe)

@@ -9,7 +9,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
 from tests.client import handshake_status
-from tests.conftest import start_server
+from tests.server import start_server
 
 
 @pytest_twisted.async_yield_fixture
@@ -52,6 +52,8 @@ async def test_a_burst_beyond_the_limit_is_refused_with_retry_after(limited):
 async def test_a_rate_limited_rename_changes_nothing(limited):
     an = await limited.user("An")
     bo = await limited.user("Bo")
+    cu = await limited.user("Cu")
+    assert (await bo.event())["name"] == "Cu"
     for _ in range(19):
         an.send_json({"type": "get"})
     for _ in range(19):
@@ -59,8 +61,8 @@ async def test_a_rate_limited_rename_changes_nothing(limited):
     reply = await an.register("Anh")
     assert (reply["type"], reply["reason"]) == ("name", "RateLimited")
     await deferLater(reactor, reply["retry_after"])
-    assert (await an.get())["data"]["online"] == ["An", "Bo"]
-    await bo.no_event()  # no rename was broadcast
+    assert (await an.get())["data"]["online"] == ["An", "Bo", "Cu"]
+    await bo.no_event_before(cu)  # no rename was broadcast
 
 
 @ensureDeferred

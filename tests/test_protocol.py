@@ -393,7 +393,7 @@ async def test_get_refuses_bad_paging_arguments(server, field, value):
 
 @ensureDeferred
 async def test_bare_get_is_capped_to_the_newest(data_file):
-    from tests.conftest import start_server
+    from tests.server import start_server
 
     server = await start_server(data_file, "--history-cap=3")
     try:
@@ -450,7 +450,7 @@ async def test_unregistered_connections_leave_silently(server):
 async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_name_freed(
     data_file,
 ):
-    from tests.conftest import start_server
+    from tests.server import start_server
 
     # Autobahn batches its timers in 0.2 s buckets; 1 s leaves room for that.
     server = await start_server(
@@ -475,7 +475,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped_and_its_name_freed(
 
 @ensureDeferred
 async def test_v2_json_ping_carries_whole_seconds_as_an_integer(data_file):
-    from tests.conftest import start_server
+    from tests.server import start_server
 
     server = await start_server(data_file, "--json-ping=1")
     try:
@@ -489,7 +489,7 @@ async def test_v2_json_ping_carries_whole_seconds_as_an_integer(data_file):
 
 @ensureDeferred
 async def test_v2_json_ping_goes_to_every_connection(data_file):
-    from tests.conftest import start_server
+    from tests.server import start_server
 
     server = await start_server(data_file, "--json-ping=0.2")
     try:

@@ -20,7 +20,7 @@ from chatbox.chat.arns import MAX_NAME_LENGTH
 from chatbox.chat.content import MAX_CONTENT_LENGTH
 from chatbox.local import datafile
 from chatbox.wire import codec, messages
-from tests.conftest import start_server
+from tests.server import start_server
 from tests.test_classic_client import browser
 
 TIMESTAMP = "25/11/2026, 08:00:00"
@@ -229,15 +229,35 @@ async def test_clients_that_ask_and_never_read_cannot_hold_the_reply_budget(
         for _ in range(3):
             assert len((await honest.get())["data"]["message"]) == 100_000
         # ...while the sleepers were all still there, holding their shares.
-        assert len(server.factory.connections) == 6
-        deadline = time.monotonic() + 60
-        while len(server.factory.connections) > 1 and time.monotonic() < deadline:
-            await deferLater(reactor, 0.2, lambda: None)
-        assert len(server.factory.connections) == 1  # the honest one
-        assert server.factory.metrics.slow_consumers._value.get() == 5
+        connections = list(server.factory.connections)
+        assert len(connections) == 6
+        await closes(connections, 5).addTimeout(60, reactor)
+        open_ = [c for c in connections if not c.is_closed.called]
+        assert len(open_) == 1  # the honest one
+        assert (await honest.say("still here"))["status"] is True
+        registry = server.factory.metrics.registry
+        cut_off = registry.get_sample_value("chatbox_slow_consumer_disconnects_total")
+        assert cut_off == 5
         assert server.factory.reply_gate.used == 0
     finally:
         await server.stop()
+
+
+def closes(connections, count: int) -> Deferred:
+    """Fires once `count` of the server's `connections` have closed (each
+    Autobahn protocol's is_closed)."""
+    done: Deferred = Deferred()
+    seen = [0]
+
+    def one_more(result: object) -> object:
+        seen[0] += 1
+        if seen[0] == count:
+            done.callback(None)
+        return result
+
+    for connection in connections:
+        connection.is_closed.addCallback(one_more)
+    return done
 
 
 def _read_slowly(port: int, seconds_per_mib: float) -> tuple[int, float]:

@@ -1,16 +1,18 @@
 """The Deferred-based writer: durability, group commit, folding, failures."""
 
 import json
+import os
+import threading
 import zlib
 
 import pytest
 import pytest_twisted
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 
 from chatbox.local import datafile
-from chatbox.local.store import DurableStore, StoreError
+from chatbox.local.store import FOLD_RETRY_SECONDS, DurableStore, StoreError
 
 
 @pytest_twisted.async_yield_fixture
@@ -22,41 +24,119 @@ async def store(tmp_path):
     await s.close()
 
 
+class Journals:
+    """Opens the store's journals and sees every write: `writes` holds, per
+    append, the bytes and the history's length when it started; `full`
+    sends appends to /dev/full, as a full disk would refuse them."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[bytes, int]] = []
+        self.full = False
+        self.store: DurableStore | None = None
+
+    def open(self, path: str) -> datafile.Journal:
+        journals = self
+
+        class Watched(datafile.Journal):
+            def append(self, data: bytes) -> None:
+                assert journals.store is not None
+                journals.writes.append((data, len(journals.store.history)))
+                if journals.full:
+                    full = datafile.Journal("/dev/full")
+                    try:
+                        full.append(data)
+                    finally:
+                        full.close()
+                super().append(data)
+
+        return Watched(path)
+
+
+@pytest_twisted.async_yield_fixture
+async def watched(tmp_path):
+    """(store, journals): a started store whose journal writes the test sees."""
+    journals = Journals()
+    s = DurableStore(str(tmp_path / "data.json"), reactor, open_journal=journals.open)
+    journals.store = s
+    s.load()
+    s.start()
+    yield s, journals
+    await s.close()
+
+
 def reopen(path):
     s = DurableStore(path, reactor)
     s.load()
     return s
 
 
-@ensureDeferred
-async def test_an_append_fires_after_it_is_in_the_journal(store):
-    message_id = await store.append("An", "hi", "t")
-    assert message_id == 1
-    journal, _ = datafile.journal_paths(store.path)
-    with open(journal, "rb") as f:
-        record = f.readline()
-    assert record[:9] == b"%08x " % zlib.crc32(record[9:-1])
-    assert json.loads(record[9:]) == {
-        "id": 1,
-        "name": "An",
-        "content": "hi",
-        "timestamp": "t",
-    }
-    assert len(store.history) == 1
+class HeldFsync:
+    """A journal fsync the test holds: `entered` fires (on the reactor) when
+    a write reaches its fsync, which then waits until `release()`. `order`
+    records, from either thread, when each fsync returned and each ack came."""
+
+    def __init__(self) -> None:
+        self.entered: Deferred[None] = Deferred()
+        self.order: list[str] = []
+        self._open = threading.Event()
+
+    def fsync(self, fd: int) -> None:
+        if not self._open.is_set():
+            reactor.callFromThread(self.entered.callback, None)
+            self._open.wait()
+        os.fsync(fd)
+        self.order.append("fsync returned")
+
+    def release(self) -> None:
+        self._open.set()
 
 
 @ensureDeferred
-async def test_concurrent_appends_share_writes(store):
-    batches = []
-    append = store._journal.append
+async def test_an_append_is_acknowledged_only_after_its_fsync_returns(tmp_path):
+    held = HeldFsync()
+    store = DurableStore(
+        str(tmp_path / "data.json"),
+        reactor,
+        open_journal=lambda path: datafile.Journal(path, fsync=held.fsync),
+    )
+    store.load()
+    store.start()
+    try:
+        acked = store.append("An", "hi", "t")
+        acked.addCallback(lambda message_id: held.order.append("acked") or message_id)
+        # Whichever comes first: the write reaching its fsync, or the ack.
+        await DeferredList([held.entered, acked], fireOnOneCallback=True)
+        assert held.entered.called, "acknowledged without an fsync being reached"
+        # The write is in the file, its fsync has not returned: no ack yet,
+        # and the message is not in the history others read.
+        journal, _ = datafile.journal_paths(store.path)
+        with open(journal, "rb") as f:
+            record = f.readline()
+        assert json.loads(record[9:])["content"] == "hi"
+        assert not acked.called
+        assert len(store.history) == 0
+        held.release()
+        assert await acked == 1
+        assert held.order[:2] == ["fsync returned", "acked"]
+        assert record[:9] == b"%08x " % zlib.crc32(record[9:-1])
+        assert json.loads(record[9:]) == {
+            "id": 1,
+            "name": "An",
+            "content": "hi",
+            "timestamp": "t",
+        }
+        assert len(store.history) == 1
+    finally:
+        held.release()
+        await store.close()
 
-    def counting_append(data):
-        batches.append(data.count(b"\n"))
-        append(data)
 
-    store._journal.append = counting_append
+@ensureDeferred
+async def test_concurrent_appends_share_writes(watched):
+    store, journals = watched
     results = await DeferredList([store.append("An", f"m{i}", "t") for i in range(200)])
     assert [r for ok, r in results] == list(range(1, 201))
+    batches = [data.count(b"\n") for data, _ in journals.writes]
     assert sum(batches) == 200
     assert len(batches) < 50, batches  # one fsync served many messages
 
@@ -132,9 +212,9 @@ async def _append_after(store):
 
 
 @ensureDeferred
-async def test_a_failed_write_is_refused_and_the_next_one_succeeds(store):
-    real = store._journal
-    store._journal = datafile.Journal("/dev/full")
+async def test_a_failed_write_is_refused_and_the_next_one_succeeds(watched):
+    store, journals = watched
+    journals.full = True
     try:
         await store.append("An", "lost", "t")
     except StoreError as e:
@@ -142,11 +222,23 @@ async def test_a_failed_write_is_refused_and_the_next_one_succeeds(store):
     else:
         raise AssertionError("append to a full disk succeeded")
     assert not store.healthy and len(store.history) == 0
-    store._journal = real
+    journals.full = False
     # The refused message's id is given back: the journal stays gapless.
     assert await store.append("An", "kept", "t") == 1
     assert store.healthy
     assert [json.loads(e)["content"] for e in store.history.entries] == ["kept"]
+
+
+class Later:
+    """The test reactor, with its clock `skip` seconds ahead."""
+
+    skip = 0.0
+
+    def seconds(self) -> float:
+        return reactor.seconds() + self.skip
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(reactor, name)
 
 
 @ensureDeferred
@@ -163,7 +255,8 @@ async def test_a_failed_fold_keeps_the_retired_journal_until_a_retry_folds_it(
     def disk_full(*args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    store = DurableStore(path, reactor, fold_threshold=500)
+    later = Later()
+    store = DurableStore(path, later, fold_threshold=500)
     store.load()
     store.start()
     try:
@@ -180,7 +273,7 @@ async def test_a_failed_fold_keeps_the_retired_journal_until_a_retry_folds_it(
         assert store.healthy  # acknowledged writes kept working throughout
 
         monkeypatch.setattr(datafile, "write_array", real_write_array)
-        store._retry_at = 0  # the retry is due
+        later.skip = FOLD_RETRY_SECONDS  # the retry is due
         await store.append("An", "after the disk has room", "t")
         await store.flush()
         assert not old.exists()
@@ -193,20 +286,14 @@ async def test_a_failed_fold_keeps_the_retired_journal_until_a_retry_folds_it(
 
 @ensureDeferred
 async def test_a_big_burst_is_written_in_capped_batches_each_acked_when_durable(
-    store,
+    watched,
 ):
-    writes = []
-    append = store._journal.append
-
-    def recording_append(data):
-        writes.append((len(data), len(store.history)))
-        append(data)
-
-    store._journal.append = recording_append
+    store, journals = watched
     content = "ü" * 1000
     sent = [store.append("An", content, "t") for _ in range(3000)]
     results = await DeferredList(sent)
     assert [r for ok, r in results] == list(range(1, 3001))
+    writes = [(len(data), before) for data, before in journals.writes]
     assert len(writes) > 2
     assert all(size <= datafile.MAX_BATCH_BYTES for size, _ in writes), writes
     # Each write's messages entered the history (and were acked) before the
@@ -217,19 +304,13 @@ async def test_a_big_burst_is_written_in_capped_batches_each_acked_when_durable(
 
 
 @ensureDeferred
-async def test_a_message_larger_than_a_batch_goes_alone(store):
-    writes = []
-    append = store._journal.append
-
-    def recording_append(data):
-        writes.append(data.count(b"\n"))
-        append(data)
-
-    store._journal.append = recording_append
+async def test_a_message_larger_than_a_batch_goes_alone(watched):
+    store, journals = watched
     big = "x" * (datafile.MAX_BATCH_BYTES + 10)
     sent = [store.append("An", text, "t") for text in ("a", "b", big, "c")]
     results = await DeferredList(sent)
     assert [r for ok, r in results] == [1, 2, 3, 4]
+    writes = [data.count(b"\n") for data, _ in journals.writes]
     # a is written at once; b is queued, and big would take b's write past
     # the cap, so it waits for a write of its own, and c for the next one.
     assert writes == [1, 1, 1, 1]

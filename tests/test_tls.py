@@ -7,7 +7,7 @@ from twisted.internet import ssl
 from twisted.internet.error import ConnectError
 
 from tests.client import connect
-from tests.conftest import start_server
+from tests.server import start_server
 
 
 def client_tls(ca: trustme.CA):

@@ -32,7 +32,7 @@ import gc
 import os
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -486,8 +486,11 @@ class Journal:
     Every OSError names the journal: os.write and os.fsync do not.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fsync: Callable[[int], None] = os.fsync) -> None:
+        """`fsync` is a seam for tests that must hold a write at its fsync,
+        to see that nothing is acknowledged before it returns."""
         self.path = path
+        self._fsync = fsync
         self._fd = self._open(path)
         self._size = os.fstat(self._fd).st_size
         self._dirty = False
@@ -524,7 +527,7 @@ class Journal:
                 while view:
                     written = os.write(self._fd, view)
                     view = view[written:]
-                os.fsync(self._fd)
+                self._fsync(self._fd)
             except OSError:
                 self._dirty = True
                 with contextlib.suppress(OSError):  # Else cut before the next.
@@ -536,7 +539,7 @@ class Journal:
         """Empty the journal once everything in it is in data.json."""
         with _about(self.path):
             os.ftruncate(self._fd, 0)
-            os.fsync(self._fd)
+            self._fsync(self._fd)
         self._size = 0
         self._dirty = False
 

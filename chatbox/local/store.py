@@ -63,8 +63,12 @@ class DurableStore:
         reactor: IReactorThreads,
         fold_threshold: int = DEFAULT_FOLD_THRESHOLD,
         metrics: Metrics | None = None,
+        open_journal: Callable[[str], datafile.Journal] = datafile.Journal,
     ) -> None:
+        """`open_journal` is a seam for tests that watch or hold the
+        journal's writes (a datafile.Journal with its own fsync, say)."""
         self.path = path = datafile.history_path(path)
+        self._open_journal = open_journal
         self.history = History()
         self._reactor = reactor
         self._fold_threshold = fold_threshold
@@ -123,7 +127,7 @@ class DurableStore:
                 path=tail.path,
                 kept=kept,
             )
-        self._journal = datafile.Journal(self._journal_path)
+        self._journal = self._open_journal(self._journal_path)
         if loaded.needs_fold:
             datafile.fold(
                 self.path, self.history.entries, len(self.history), self._journal
