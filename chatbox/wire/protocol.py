@@ -7,22 +7,19 @@ reply in one place (`onMessage`). Shared state (who is registered, the
 history) belongs to the room (chatbox.chat.room); a connection owns only what
 is its own: its place in the ordering of its own replies.
 
-Ordering: replies to `send` go out when the message is durable, which can
-be after replies to later requests. A `get` waits for the same
-connection's earlier sends, so a client always sees its own messages. A
-`name` request may take a round trip to a cluster's shared state; requests
-that arrive meanwhile wait and are handled, in order, once it is settled, so
-a client that pipelines `name` then `send` is registered before it sends.
+The order of one connection's requests and replies (a `get` waits for
+earlier sends, requests wait behind a `name`, frames wait behind a `get`
+reply) is chatbox.wire.ordering's; this class hands it each request frame,
+`name` outcome, send, `get` and outgoing frame.
 """
 
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,6 +31,7 @@ from chatbox.limits import AddressBuckets, TokenBucket, address_key, client_addr
 from chatbox.wire import codec, messages
 from chatbox.wire.backpressure import PendingOutput
 from chatbox.wire.messages import Refused
+from chatbox.wire.ordering import Ordering
 from chatbox.wire.refusals import Refusals
 
 if TYPE_CHECKING:
@@ -45,12 +43,6 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 _INTERNAL_ERROR = "internal error"
-# Requests held back behind a `name` request still in flight; past this a
-# client is pipelining far beyond any real use and is told to slow down.
-MAX_WAITING_REQUESTS = 256
-# ...and at most this many bytes of them (256 frames of 64 KiB would be 16 MiB
-# held for one connection).
-MAX_WAITING_BYTES = 1024 * 1024
 # A `get` reply at least this big is built off the reactor thread, so that a
 # bare `get` of a 10,000-message history does not hold up everyone else.
 LARGE_REPLY = 256 * 1024
@@ -82,24 +74,14 @@ def _optional_id(request: dict[str, Any], field: str) -> int | None:
 class ChatProtocol(WebSocketServerProtocol):
     logger = Logger()
     factory: "ChatFactory"
+    _order: Ordering[PreparedMessage]  # set in connectionMade
 
     def __init__(self) -> None:
         super().__init__()
-        self._sends_in_flight = 0
-        self._send_waiters: list[Deferred[None]] = []
         self.address: str | None = None  # set once the handshake is admitted
         # What per-address limits and budgets count it under (an IPv6 /64).
         self.address_key: str | None = None
         self._cut_off = False
-        self._naming = False  # a `name` request is in flight
-        self._waiting: deque[bytes] = deque()
-        self._waiting_bytes = 0
-        # One `get` at a time; while one is being answered, every other frame
-        # for this client waits here, so the reply comes before anything
-        # that happened after its snapshot.
-        self._gets = DeferredLock()
-        self._held: list[PreparedMessage] | None = None
-        self._held_bytes = 0
         self._refusals: Refusals | None = None  # set in connectionMade
         self._frames: TokenBucket | None = None  # set in connectionMade
         self._discarding: int | None = None  # bytes still to throw away
@@ -113,6 +95,14 @@ class ChatProtocol(WebSocketServerProtocol):
             limits.rate, limits.burst, self.factory.reactor.seconds()
         )
         self._output = PendingOutput(limits.max_pending_output, self.transport)
+        self._order = Ordering(
+            handle=self._handle,
+            write=self._write_now,
+            drained=self._output.drained,
+            frame_size=lambda prepared: len(prepared.payloadHybi),
+            hold_limit=limits.max_pending_output,
+            too_much_held=self._held_too_much,
+        )
         # Frames of any kind: FRAMES_PER_REQUEST times the request limit.
         self._frames = (
             TokenBucket(
@@ -161,14 +151,12 @@ class ChatProtocol(WebSocketServerProtocol):
         Autobahn's per-frame bookkeeping."""
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
-        if self._held is not None:
-            self._held.append(prepared)
-            self._held_bytes += len(prepared.payloadHybi)
-            limit = self.factory.limits.max_pending_output
-            if limit and self._held_bytes > limit and not self._cut_off:
-                self._cut(self._held_bytes)
-        else:
-            self._write_now(prepared)
+        self._order.deliver(prepared)
+
+    def _held_too_much(self, held: int) -> None:
+        """Frames held behind a `get` reply count as unread output."""
+        if not self._cut_off:
+            self._cut(held)
 
     def _write_now(self, prepared: PreparedMessage) -> None:
         """Onto the wire, past anything held: counted, and refused to a
@@ -179,15 +167,6 @@ class ChatProtocol(WebSocketServerProtocol):
             self.sendPreparedMessage(prepared)
         elif self._admit_output(prepared.payloadHybi):
             self.transport.write(prepared.payloadHybi)
-
-    def _hold(self) -> None:
-        self._held = []
-
-    def _release_held(self) -> None:
-        held, self._held = self._held, None
-        self._held_bytes = 0
-        for prepared in held or ():
-            self.deliver(prepared)
 
     def _admit_output(self, data: bytes) -> bool:
         """Count outgoing bytes; False once a client that stopped reading
@@ -309,17 +288,7 @@ class ChatProtocol(WebSocketServerProtocol):
             self._note("refused a binary frame from {peer}", peer=self.peer)
             self.close_with(CLOSE_UNSUPPORTED_DATA, "text frames only")
             return
-        if self._naming:
-            if (
-                len(self._waiting) < MAX_WAITING_REQUESTS
-                and self._waiting_bytes + len(payload) <= MAX_WAITING_BYTES
-            ):
-                self._waiting.append(payload)
-                self._waiting_bytes += len(payload)
-                return
-            self._handle(payload, overflowing=True)
-            return
-        self._handle(payload)
+        self._order.request(payload)
 
     def _handle(self, payload: bytes, overflowing: bool = False) -> None:
         try:
@@ -469,17 +438,7 @@ class ChatProtocol(WebSocketServerProtocol):
                 self.refuse("name", refused(fault, _INTERNAL_ERROR))
 
         outcome.addCallbacks(done, failed)
-        if outcome.called:
-            return  # Decided at once, as a single process always does.
-        self._naming = True
-        outcome.addBoth(self._name_settled)
-
-    def _name_settled(self, _: object) -> None:
-        self._naming = False
-        while self._waiting and not self._naming:
-            payload = self._waiting.popleft()
-            self._waiting_bytes -= len(payload)
-            self._handle(payload)
+        self._order.name(outcome)
 
     def handle_send(self, request: dict[str, Any]) -> None:
         name = self._registered_name("send")
@@ -496,7 +455,7 @@ class ChatProtocol(WebSocketServerProtocol):
                 )
             )
         timestamp = self.factory.timestamps.now()
-        self._sends_in_flight += 1
+        self._order.send_started()
         stored = self.factory.room.post(self, name, content, timestamp)
 
         def durable(message_id: int) -> None:
@@ -515,20 +474,13 @@ class ChatProtocol(WebSocketServerProtocol):
             )
             self.refuse("send", Refused(reply))
 
-        def settled(_: object) -> None:
-            self._sends_in_flight -= 1
-            if not self._sends_in_flight:
-                waiters, self._send_waiters = self._send_waiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
-
         stored.addCallbacks(durable, failed)
         stored.addErrback(
             lambda f: self.logger.failure(
                 "fault after storing from {peer}", f, peer=self.peer
             )
         )
-        stored.addBoth(settled)
+        stored.addBoth(self._order.send_settled)
 
     def handle_get(self, request: dict[str, Any]) -> None:
         self._registered_name("get")
@@ -541,33 +493,12 @@ class ChatProtocol(WebSocketServerProtocol):
         before = _optional_id(request, "before")
         after = _optional_id(request, "after")
         query = (min(limit, cap), before, after)
-        answered = self._gets.run(
-            lambda: Deferred.fromCoroutine(self._answer_get(query))
-        )
+        answered = self._order.get(lambda: self._reply_page(query), self._wanted)
         answered.addErrback(self._get_failed, request)
 
-    def _sends_settled(self) -> "Deferred[None]":
-        if not self._sends_in_flight:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._send_waiters.append(waiter)
-        return waiter
-
-    async def _answer_get(self, query: tuple[int, int | None, int | None]) -> None:
-        """Answer a `get` once this client's earlier sends are stored (so it
-        sees them) and it has read what it was sent before (so a client
-        that does not read cannot make the server build reply after reply).
-        """
-        await self._sends_settled()
-        await self._output.drained()
-        room = self.factory.room
-        if room.name_of(self) is None or not self.can_send:
-            return  # Gone while waiting.
-        self._hold()
-        try:
-            await self._reply_page(query)
-        finally:
-            self._release_held()
+    def _wanted(self) -> bool:
+        """Still registered and open: a `get` that waited is still answered."""
+        return self.factory.room.name_of(self) is not None and self.can_send
 
     async def _reply_page(self, query: tuple[int, int | None, int | None]) -> None:
         room = self.factory.room
