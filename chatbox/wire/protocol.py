@@ -228,7 +228,7 @@ class ChatProtocol(WebSocketServerProtocol):
         elif self.state != WebSocketProtocol.STATE_CLOSING:
             self.dropConnection(abort=True)
 
-    def send(self, message: messages.Message) -> None:
+    def reply(self, message: messages.Message) -> None:
         """Send one reply to this client, if it is still there.
 
         Every reply passes here, so this is where outcomes are counted.
@@ -319,7 +319,7 @@ class ChatProtocol(WebSocketServerProtocol):
             self.logger.failure(
                 "fault handling {kind!r} from {peer}", kind=kind, peer=self.peer
             )
-            self.send(self._fault(kind, request, _INTERNAL_ERROR))
+            self.reply(self._fault(kind, request, _INTERNAL_ERROR))
 
     def refuse(self, kind: object, refusal: Refused) -> None:
         """Answer a refusal; it is counted, and logged only in summaries."""
@@ -329,7 +329,7 @@ class ChatProtocol(WebSocketServerProtocol):
             f"{known} {refusal.reason}", refusal.reason == "RateLimited"
         )
         if verdict == "answer":
-            self.send(refusal.reply)
+            self.reply(refusal.reply)
         elif verdict == "flooding":
             self._note(
                 "closing {peer} ({address}): kept sending while rate limited",
@@ -395,7 +395,7 @@ class ChatProtocol(WebSocketServerProtocol):
             claimed = self.factory.room.claim(self, name, timestamp)
 
             def registered(_: object) -> None:
-                self.send(messages.register_ok(name, timestamp))
+                self.reply(messages.register_ok(name, timestamp))
                 self._note("{peer} registered as {name!r}", peer=self.peer, name=name)
 
             def refused(reason: str, error: str | None = None) -> Refused:
@@ -408,7 +408,7 @@ class ChatProtocol(WebSocketServerProtocol):
             renamed = self.factory.room.rename(self, name, timestamp)
 
             def changed(previous: str) -> None:
-                self.send(messages.change_ok(previous, name, timestamp))
+                self.reply(messages.change_ok(previous, name, timestamp))
                 self._note("{old!r} is now {new!r}", old=previous, new=name)
 
             def refused(reason: str, error: str | None = None) -> Refused:
@@ -459,7 +459,7 @@ class ChatProtocol(WebSocketServerProtocol):
         stored = self.factory.room.post(self, name, content, timestamp)
 
         def durable(message_id: int) -> None:
-            self.send(messages.send_ok(name, content, timestamp, message_id))
+            self.reply(messages.send_ok(name, content, timestamp, message_id))
             self._note(
                 "{name!r} posted message {id} ({length} characters)",
                 name=name,
@@ -598,6 +598,6 @@ class ChatProtocol(WebSocketServerProtocol):
     def _get_failed(self, failure: Failure, request: dict[str, Any]) -> None:
         self.logger.failure("fault answering get from {peer}", failure, peer=self.peer)
         if self.factory.room.name_of(self) is not None:
-            self.send(self._fault("get", request, _INTERNAL_ERROR))
+            self.reply(self._fault("get", request, _INTERNAL_ERROR))
 
     _handlers = {"name": handle_name, "send": handle_send, "get": handle_get}
