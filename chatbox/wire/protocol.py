@@ -11,6 +11,11 @@ The order of one connection's requests and replies (a `get` waits for
 earlier sends, requests wait behind a `name`, frames wait behind a `get`
 reply) is chatbox.wire.ordering's; this class hands it each request frame,
 `name` outcome, send, `get` and outgoing frame.
+
+Private hooks: a few things below use Autobahn and Twisted beyond their
+public API (each is marked "Private hook" where it is used, with why and
+what it relies on). tests/unit/test_private_hooks.py fails, naming the hook,
+if an upgrade removes or renames one.
 """
 
 from collections.abc import Callable
@@ -118,6 +123,14 @@ class ChatProtocol(WebSocketServerProtocol):
             max(FLOOD_REFUSALS, 2 * limits.burst),
             self._log_refusals,
         )
+        # Private hook (producer take-over): PendingOutput must be the
+        # transport's producer to hear pauseProducing/resumeProducing. Over
+        # a WebSocketResource the transport still has twisted.web's
+        # HTTPChannel registered as its producer, which will never
+        # unregister. Relies on Twisted's FileDescriptor.registerProducer
+        # raising RuntimeError while another producer is registered, and on
+        # Autobahn's registerProducer/unregisterProducer passing straight
+        # to the transport.
         try:
             self.registerProducer(self._output, True)
         except RuntimeError:
@@ -142,13 +155,17 @@ class ChatProtocol(WebSocketServerProtocol):
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
     ) -> None:
+        """Private hook: Autobahn writes every frame it makes itself (the
+        handshake answer, pings, pongs, close frames) through this
+        undocumented method, with these arguments; overriding it is how
+        they are counted and refused to a client that stopped reading."""
         if self._admit_output(data):
             super().sendData(data, sync, chopsize)
 
     def deliver(self, prepared: PreparedMessage) -> None:
         """Broadcast fast path: the frame is complete and shared by every
         recipient, so it goes straight to the transport, with none of
-        Autobahn's per-frame bookkeeping."""
+        Autobahn's per-frame bookkeeping (see _write_now)."""
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
         self._order.deliver(prepared)
@@ -160,7 +177,19 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def _write_now(self, prepared: PreparedMessage) -> None:
         """Onto the wire, past anything held: counted, and refused to a
-        client that stopped reading."""
+        client that stopped reading.
+
+        Private hook (broadcast fast path): one frame, made once by the
+        factory's prepareMessage, is written to every recipient without
+        Autobahn's sendPreparedMessage and sendData, whose per-frame
+        bookkeeping (debug logging, traffic statistics) costs more than the
+        write. Relies on PreparedMessage.payloadHybi being the whole
+        unmasked frame, on `_perMessageCompress` being None unless
+        compression was negotiated (then sendPreparedMessage must compress
+        per connection), and on Autobahn's own send queue staying empty
+        (filled only by sendData with sync or chopsize, which chatbox never
+        asks for), so a direct write cannot jump ahead of queued bytes.
+        """
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
         if self._perMessageCompress is not None:  # never negotiated today
@@ -222,7 +251,11 @@ class ChatProtocol(WebSocketServerProtocol):
         and 3000-4999, but 1001 (going away) and 1003 (unsupported data) are
         the codes RFC 6455 gives these situations. A connection already
         closing keeps the close frame it was sent (aborting now would drop
-        it unsent); one not yet open is dropped."""
+        it unsent); one not yet open is dropped.
+
+        Private hook: sendCloseFrame is Autobahn's internal close writer,
+        which takes any code (and, while open, starts the close handshake
+        and its timeout) where sendClose refuses these."""
         if self.can_send:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
         elif self.state != WebSocketProtocol.STATE_CLOSING:
@@ -246,7 +279,11 @@ class ChatProtocol(WebSocketServerProtocol):
     def onFrameBegin(self) -> None:
         """Every frame counts, not only whole requests: empty continuation
         fragments or pings cost the server as much to parse as a request and
-        never reach onMessage, so they would escape the request limit."""
+        never reach onMessage, so they would escape the request limit.
+
+        Private hook: Autobahn's parser calls this undocumented method once
+        per frame header, control frames included; this override must call
+        it on, since Autobahn's own sets up control-frame buffering."""
         if (
             self._frames is not None
             and not self._cut_off
@@ -273,6 +310,9 @@ class ChatProtocol(WebSocketServerProtocol):
             # And none of what was read with it: Autobahn's parser keeps the
             # unparsed rest of a read in `data` (and fails the connection,
             # dropping the close frame, on data frames after a close).
+            # Private hook: relies on `data` being that buffer (appended to
+            # by _dataReceived, consumed frame by frame by processData), so
+            # that emptying it from onFrameBegin ends the parsing loop.
             self.data = b""
 
     def dataReceived(self, data: bytes) -> None:
@@ -572,6 +612,16 @@ class ChatProtocol(WebSocketServerProtocol):
         self._output.drained().addBoth(read)
 
     # -- WebSocket pings behind a large reply --
+    #
+    # Private hooks: Autobahn's automatic pings drop a client that does not
+    # answer within --ws-ping-timeout, but a client reading a large reply
+    # slowly cannot see a ping queued behind it. These two overrides keep
+    # such a client. They rely on Autobahn scheduling its pings by calling
+    # `self._sendAutoPing()` (no arguments) and its timeout by calling
+    # `self.onAutoPingTimeout()`; on the state it keeps in
+    # autoPingTimeoutCall, autoPingPending and autoPingPendingCall; and on
+    # the factory's `_batched_timer.call_later(delay, function)`, the timer
+    # Autobahn itself schedules pings with.
 
     def _sendAutoPing(self) -> None:
         """Autobahn's private ping sender: note how much was queued ahead of
