@@ -391,20 +391,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self, kind: object, request: dict[str, Any], error: str
     ) -> messages.Message:
         """The `ErrorWhen...` reply for a request the server failed to carry out."""
-        name = self.factory.room.name_of(self)
-        if kind == "name":
-            if name is None:
-                return messages.register_refused(
-                    request.get("name"), "ErrorWhenRegister", error
-                )
-            return messages.change_refused(
-                name, request.get("name"), "ErrorWhenChange", error
-            )
-        if kind == "send":
-            return messages.send_refused(
-                name, request.get("content"), "ErrorWhenSend", error
-            )
-        return messages.get_refused(name, "ErrorWhenGet", error)
+        return messages.fault(kind, self.factory.room.name_of(self), request, error)
 
     def _per_address(self, buckets: AddressBuckets, kind: str) -> None:
         """Spend from this client address's share, whatever connection it
