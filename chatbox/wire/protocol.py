@@ -3,14 +3,15 @@
 docs/PROTOCOL.md is the wire contract this module implements. The class is a
 thin adapter: it parses each text frame, dispatches on `type` to one
 `handle_<type>` method, and turns every `Refused` into its `status: false`
-reply in one place (`onMessage`). Shared state (who is registered, the
-history) belongs to the room (chatbox.chat.room); a connection owns only what
-is its own: its place in the ordering of its own replies.
+reply in one place (`_handle`, through `refuse`). Shared state (who is
+registered, the history) belongs to the room (chatbox.chat.room); a
+connection owns only what is its own: its place in the ordering of its own
+replies.
 
-The order of one connection's requests and replies (a `get` waits for
-earlier sends, requests wait behind a `name`, frames wait behind a `get`
-reply) is chatbox.wire.ordering's; this class hands it each request frame,
-`name` outcome, send, `get` and outgoing frame.
+That order (a `get` waits for earlier sends, requests wait behind a `name`,
+frames wait behind a `get` reply) is kept by chatbox.wire.ordering's
+Ordering; this class hands it each request frame, `name` outcome, send,
+`get` and outgoing frame.
 
 Private hooks: a few things below use Autobahn and Twisted beyond their
 public API (each is marked "Private hook" where it is used, with why and
