@@ -98,6 +98,10 @@ class ChatService(Service):
         # twistd re-raises the SIGTERM/SIGINT it stopped on, so the exit status
         # would say "killed". A clean shutdown exits 0; an unclean one keeps
         # the signal, so supervisors see it.
+        # Private hook: relies on Twisted's reactor recording the signal in
+        # `_exitSignal` (ReactorBase.sigTerm/sigInt) and on twistd's
+        # ApplicationRunner reading it only after the reactor has stopped,
+        # i.e. after this Deferred has fired.
         if complete and getattr(reactor, "_exitSignal", None) is not None:
             reactor._exitSignal = None
 
@@ -111,6 +115,8 @@ class ListenerService(StreamServerEndpointService):
     # A port that fails at once (TCP's "address in use") is raised out of
     # privilegedStartService, so twistd exits before dropping privileges;
     # Twisted's own strports services set this documented attribute too.
+    # Private hook: relies on StreamServerEndpointService's
+    # privilegedStartService reading `self._raiseSynchronously`.
     _raiseSynchronously = True
 
     def __init__(

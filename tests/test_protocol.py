@@ -561,3 +561,57 @@ async def test_sends_during_shutdown_are_refused_not_silently_dropped(server):
         "reason": "ErrorWhenSend",
         "error": "server shutting down",
     }
+
+
+@ensureDeferred
+async def test_a_fault_is_answered_in_the_shape_of_its_request(
+    server, monkeypatch, no_logged_failures
+):
+    """A request the server fails to carry out (a bug, not a refusal) gets
+    its own type's `ErrorWhen...` reply with `internal error`, and the
+    fault is logged."""
+
+    def bug(*args):
+        raise RuntimeError("bug")
+
+    room = server.factory.room
+    an = await server.user("An")
+    newcomer = await server.client()
+    monkeypatch.setattr(room, "claim", bug)
+    assert await newcomer.register("Bo") == {
+        "type": "name",
+        "action": "register",
+        "name": "Bo",
+        "status": False,
+        "reason": "ErrorWhenRegister",
+        "error": "internal error",
+    }
+    monkeypatch.setattr(room, "rename", bug)
+    assert await an.register("Anh") == {
+        "type": "name",
+        "action": "change",
+        "oldname": "An",
+        "newname": "Anh",
+        "status": False,
+        "reason": "ErrorWhenChange",
+        "error": "internal error",
+    }
+    monkeypatch.setattr(room, "page", bug)
+    assert await an.get() == {
+        "type": "get",
+        "name": "An",
+        "status": False,
+        "reason": "ErrorWhenGet",
+        "error": "internal error",
+    }
+    monkeypatch.setattr(room, "post", bug)
+    assert await an.say("hi") == {
+        "type": "send",
+        "username": "An",
+        "content": "hi",
+        "status": False,
+        "reason": "ErrorWhenSend",
+        "error": "internal error",
+    }
+    assert len(no_logged_failures) == 4
+    no_logged_failures.clear()

@@ -83,11 +83,16 @@ class PendingOutput:
     def queued(self) -> int | None:
         """Bytes not yet taken by the client: in the transport's own write
         buffer and the kernel's send queue; None where the transport does not
-        say (TLS). Read from Twisted's FileDescriptor
-        (dataBuffer, offset, _tempDataLen): the only way to see a client
-        reading a large reply slowly rather than not at all, since Twisted
-        resumes its producer only once the whole buffer has drained.
-        tests/test_real_size.py fails if a Twisted upgrade removes them."""
+        say (TLS).
+
+        Private hook: read from Twisted's FileDescriptor internals
+        (dataBuffer, the part of it already written up to `offset`, and
+        _tempDataLen, what write() has queued since), the only way to see a
+        client reading a large reply slowly rather than not at all, since
+        Twisted resumes its producer only once the whole buffer has
+        drained. A transport without them (TLS) gives None, and the reply
+        must then be read at a minimum rate. tests/unit/test_private_hooks.py
+        fails if a Twisted upgrade removes them."""
         transport = self.transport
         try:
             queued = (

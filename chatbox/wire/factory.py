@@ -126,6 +126,9 @@ class ChatFactory(WebSocketServerFactory):
         """
         if self.closing:
             return
+        # Private hook (broadcast fast path): framed once by Autobahn's
+        # prepareMessage, then written as is by each connection's deliver,
+        # which relies on Autobahn internals (ChatProtocol._write_now).
         prepared = self.prepareMessage(codec.encode(event))
         for connection in self.room.audience():
             if connection is not exclude:

@@ -14,6 +14,7 @@ __all__ = [
     "Refused",
     "change_ok",
     "change_refused",
+    "fault",
     "get_ok",
     "get_refused",
     "history_entry",
@@ -168,6 +169,22 @@ def get_refused(name: str, reason: str, error: str | None = None) -> Message:
 
 
 # -- refusals shared by every request type ------------------------------------
+
+
+def fault(
+    request_type: object, name: str | None, request: Message, error: str
+) -> Message:
+    """The `ErrorWhen...` reply for a request the server failed to carry out,
+    shaped as that request type's own failure replies; `name` is the
+    requester's nickname (None: not registered). A fault in any request
+    but `name` and `send` is answered as `get`'s."""
+    if request_type == "name":
+        if name is None:
+            return register_refused(request.get("name"), "ErrorWhenRegister", error)
+        return change_refused(name, request.get("name"), "ErrorWhenChange", error)
+    if request_type == "send":
+        return send_refused(name, request.get("content"), "ErrorWhenSend", error)
+    return get_refused(name, "ErrorWhenGet", error)
 
 
 def unknown_register(request_type: str) -> Message:

@@ -3,26 +3,29 @@
 docs/PROTOCOL.md is the wire contract this module implements. The class is a
 thin adapter: it parses each text frame, dispatches on `type` to one
 `handle_<type>` method, and turns every `Refused` into its `status: false`
-reply in one place (`onMessage`). Shared state (who is registered, the
-history) belongs to the room (chatbox.chat.room); a connection owns only what
-is its own: its place in the ordering of its own replies.
+reply in one place (`_handle`, through `refuse`). Shared state (who is
+registered, the history) belongs to the room (chatbox.chat.room); a
+connection owns only what is its own: its place in the ordering of its own
+replies.
 
-Ordering: replies to `send` go out when the message is durable, which can
-be after replies to later requests. A `get` waits for the same
-connection's earlier sends, so a client always sees its own messages. A
-`name` request may take a round trip to a cluster's shared state; requests
-that arrive meanwhile wait and are handled, in order, once it is settled, so
-a client that pipelines `name` then `send` is registered before it sends.
+That order (a `get` waits for earlier sends, requests wait behind a `name`,
+frames wait behind a `get` reply) is kept by chatbox.wire.ordering's
+Ordering; this class hands it each request frame, `name` outcome, send,
+`get` and outgoing frame.
+
+Private hooks: a few things below use Autobahn and Twisted beyond their
+public API (each is marked "Private hook" where it is used, with why and
+what it relies on). tests/unit/test_private_hooks.py fails, naming the hook,
+if an upgrade removes or renames one.
 """
 
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,6 +37,7 @@ from chatbox.limits import AddressBuckets, TokenBucket, address_key, client_addr
 from chatbox.wire import codec, messages
 from chatbox.wire.backpressure import PendingOutput
 from chatbox.wire.messages import Refused
+from chatbox.wire.ordering import Ordering
 from chatbox.wire.refusals import Refusals
 
 if TYPE_CHECKING:
@@ -45,12 +49,6 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 _INTERNAL_ERROR = "internal error"
-# Requests held back behind a `name` request still in flight; past this a
-# client is pipelining far beyond any real use and is told to slow down.
-MAX_WAITING_REQUESTS = 256
-# ...and at most this many bytes of them (256 frames of 64 KiB would be 16 MiB
-# held for one connection).
-MAX_WAITING_BYTES = 1024 * 1024
 # A `get` reply at least this big is built off the reactor thread, so that a
 # bare `get` of a 10,000-message history does not hold up everyone else.
 LARGE_REPLY = 256 * 1024
@@ -82,24 +80,14 @@ def _optional_id(request: dict[str, Any], field: str) -> int | None:
 class ChatProtocol(WebSocketServerProtocol):
     logger = Logger()
     factory: "ChatFactory"
+    _order: Ordering[PreparedMessage]  # set in connectionMade
 
     def __init__(self) -> None:
         super().__init__()
-        self._sends_in_flight = 0
-        self._send_waiters: list[Deferred[None]] = []
         self.address: str | None = None  # set once the handshake is admitted
         # What per-address limits and budgets count it under (an IPv6 /64).
         self.address_key: str | None = None
         self._cut_off = False
-        self._naming = False  # a `name` request is in flight
-        self._waiting: deque[bytes] = deque()
-        self._waiting_bytes = 0
-        # One `get` at a time; while one is being answered, every other frame
-        # for this client waits here, so the reply comes before anything
-        # that happened after its snapshot.
-        self._gets = DeferredLock()
-        self._held: list[PreparedMessage] | None = None
-        self._held_bytes = 0
         self._refusals: Refusals | None = None  # set in connectionMade
         self._frames: TokenBucket | None = None  # set in connectionMade
         self._discarding: int | None = None  # bytes still to throw away
@@ -113,6 +101,14 @@ class ChatProtocol(WebSocketServerProtocol):
             limits.rate, limits.burst, self.factory.reactor.seconds()
         )
         self._output = PendingOutput(limits.max_pending_output, self.transport)
+        self._order = Ordering(
+            handle=self._handle,
+            write=self._write_now,
+            drained=self._output.drained,
+            frame_size=lambda prepared: len(prepared.payloadHybi),
+            hold_limit=limits.max_pending_output,
+            too_much_held=self._held_too_much,
+        )
         # Frames of any kind: FRAMES_PER_REQUEST times the request limit.
         self._frames = (
             TokenBucket(
@@ -128,6 +124,14 @@ class ChatProtocol(WebSocketServerProtocol):
             max(FLOOD_REFUSALS, 2 * limits.burst),
             self._log_refusals,
         )
+        # Private hook (producer take-over): PendingOutput must be the
+        # transport's producer to hear pauseProducing/resumeProducing. Over
+        # a WebSocketResource the transport still has twisted.web's
+        # HTTPChannel registered as its producer, which will never
+        # unregister. Relies on Twisted's FileDescriptor.registerProducer
+        # raising RuntimeError while another producer is registered, and on
+        # Autobahn's registerProducer/unregisterProducer passing straight
+        # to the transport.
         try:
             self.registerProducer(self._output, True)
         except RuntimeError:
@@ -152,42 +156,47 @@ class ChatProtocol(WebSocketServerProtocol):
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
     ) -> None:
+        """Private hook: Autobahn writes every frame it makes itself (the
+        handshake answer, pings, pongs, close frames) through this
+        undocumented method, with these arguments; overriding it is how
+        they are counted and refused to a client that stopped reading."""
         if self._admit_output(data):
             super().sendData(data, sync, chopsize)
 
     def deliver(self, prepared: PreparedMessage) -> None:
         """Broadcast fast path: the frame is complete and shared by every
         recipient, so it goes straight to the transport, with none of
-        Autobahn's per-frame bookkeeping."""
+        Autobahn's per-frame bookkeeping (see _write_now)."""
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
-        if self._held is not None:
-            self._held.append(prepared)
-            self._held_bytes += len(prepared.payloadHybi)
-            limit = self.factory.limits.max_pending_output
-            if limit and self._held_bytes > limit and not self._cut_off:
-                self._cut(self._held_bytes)
-        else:
-            self._write_now(prepared)
+        self._order.deliver(prepared)
+
+    def _held_too_much(self, held: int) -> None:
+        """Frames held behind a `get` reply count as unread output."""
+        if not self._cut_off:
+            self._cut(held)
 
     def _write_now(self, prepared: PreparedMessage) -> None:
         """Onto the wire, past anything held: counted, and refused to a
-        client that stopped reading."""
+        client that stopped reading.
+
+        Private hook (broadcast fast path): one frame, made once by the
+        factory's prepareMessage, is written to every recipient without
+        Autobahn's sendPreparedMessage and sendData, whose per-frame
+        bookkeeping (debug logging, traffic statistics) costs more than the
+        write. Relies on PreparedMessage.payloadHybi being the whole
+        unmasked frame, on `_perMessageCompress` being None unless
+        compression was negotiated (then sendPreparedMessage must compress
+        per connection), and on Autobahn's own send queue staying empty
+        (filled only by sendData with sync or chopsize, which chatbox never
+        asks for), so a direct write cannot jump ahead of queued bytes.
+        """
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
         if self._perMessageCompress is not None:  # never negotiated today
             self.sendPreparedMessage(prepared)
         elif self._admit_output(prepared.payloadHybi):
             self.transport.write(prepared.payloadHybi)
-
-    def _hold(self) -> None:
-        self._held = []
-
-    def _release_held(self) -> None:
-        held, self._held = self._held, None
-        self._held_bytes = 0
-        for prepared in held or ():
-            self.deliver(prepared)
 
     def _admit_output(self, data: bytes) -> bool:
         """Count outgoing bytes; False once a client that stopped reading
@@ -243,13 +252,17 @@ class ChatProtocol(WebSocketServerProtocol):
         and 3000-4999, but 1001 (going away) and 1003 (unsupported data) are
         the codes RFC 6455 gives these situations. A connection already
         closing keeps the close frame it was sent (aborting now would drop
-        it unsent); one not yet open is dropped."""
+        it unsent); one not yet open is dropped.
+
+        Private hook: sendCloseFrame is Autobahn's internal close writer,
+        which takes any code (and, while open, starts the close handshake
+        and its timeout) where sendClose refuses these."""
         if self.can_send:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
         elif self.state != WebSocketProtocol.STATE_CLOSING:
             self.dropConnection(abort=True)
 
-    def send(self, message: messages.Message) -> None:
+    def reply(self, message: messages.Message) -> None:
         """Send one reply to this client, if it is still there.
 
         Every reply passes here, so this is where outcomes are counted.
@@ -267,7 +280,11 @@ class ChatProtocol(WebSocketServerProtocol):
     def onFrameBegin(self) -> None:
         """Every frame counts, not only whole requests: empty continuation
         fragments or pings cost the server as much to parse as a request and
-        never reach onMessage, so they would escape the request limit."""
+        never reach onMessage, so they would escape the request limit.
+
+        Private hook: Autobahn's parser calls this undocumented method once
+        per frame header, control frames included; this override must call
+        it on, since Autobahn's own sets up control-frame buffering."""
         if (
             self._frames is not None
             and not self._cut_off
@@ -294,6 +311,9 @@ class ChatProtocol(WebSocketServerProtocol):
             # And none of what was read with it: Autobahn's parser keeps the
             # unparsed rest of a read in `data` (and fails the connection,
             # dropping the close frame, on data frames after a close).
+            # Private hook: relies on `data` being that buffer (appended to
+            # by _dataReceived, consumed frame by frame by processData), so
+            # that emptying it from onFrameBegin ends the parsing loop.
             self.data = b""
 
     def dataReceived(self, data: bytes) -> None:
@@ -309,17 +329,7 @@ class ChatProtocol(WebSocketServerProtocol):
             self._note("refused a binary frame from {peer}", peer=self.peer)
             self.close_with(CLOSE_UNSUPPORTED_DATA, "text frames only")
             return
-        if self._naming:
-            if (
-                len(self._waiting) < MAX_WAITING_REQUESTS
-                and self._waiting_bytes + len(payload) <= MAX_WAITING_BYTES
-            ):
-                self._waiting.append(payload)
-                self._waiting_bytes += len(payload)
-                return
-            self._handle(payload, overflowing=True)
-            return
-        self._handle(payload)
+        self._order.request(payload)
 
     def _handle(self, payload: bytes, overflowing: bool = False) -> None:
         try:
@@ -350,7 +360,7 @@ class ChatProtocol(WebSocketServerProtocol):
             self.logger.failure(
                 "fault handling {kind!r} from {peer}", kind=kind, peer=self.peer
             )
-            self.send(self._fault(kind, request, _INTERNAL_ERROR))
+            self.reply(self._fault(kind, request, _INTERNAL_ERROR))
 
     def refuse(self, kind: object, refusal: Refused) -> None:
         """Answer a refusal; it is counted, and logged only in summaries."""
@@ -360,7 +370,7 @@ class ChatProtocol(WebSocketServerProtocol):
             f"{known} {refusal.reason}", refusal.reason == "RateLimited"
         )
         if verdict == "answer":
-            self.send(refusal.reply)
+            self.reply(refusal.reply)
         elif verdict == "flooding":
             self._note(
                 "closing {peer} ({address}): kept sending while rate limited",
@@ -382,20 +392,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self, kind: object, request: dict[str, Any], error: str
     ) -> messages.Message:
         """The `ErrorWhen...` reply for a request the server failed to carry out."""
-        name = self.factory.room.name_of(self)
-        if kind == "name":
-            if name is None:
-                return messages.register_refused(
-                    request.get("name"), "ErrorWhenRegister", error
-                )
-            return messages.change_refused(
-                name, request.get("name"), "ErrorWhenChange", error
-            )
-        if kind == "send":
-            return messages.send_refused(
-                name, request.get("content"), "ErrorWhenSend", error
-            )
-        return messages.get_refused(name, "ErrorWhenGet", error)
+        return messages.fault(kind, self.factory.room.name_of(self), request, error)
 
     def _per_address(self, buckets: AddressBuckets, kind: str) -> None:
         """Spend from this client address's share, whatever connection it
@@ -426,7 +423,7 @@ class ChatProtocol(WebSocketServerProtocol):
             claimed = self.factory.room.claim(self, name, timestamp)
 
             def registered(_: object) -> None:
-                self.send(messages.register_ok(name, timestamp))
+                self.reply(messages.register_ok(name, timestamp))
                 self._note("{peer} registered as {name!r}", peer=self.peer, name=name)
 
             def refused(reason: str, error: str | None = None) -> Refused:
@@ -439,7 +436,7 @@ class ChatProtocol(WebSocketServerProtocol):
             renamed = self.factory.room.rename(self, name, timestamp)
 
             def changed(previous: str) -> None:
-                self.send(messages.change_ok(previous, name, timestamp))
+                self.reply(messages.change_ok(previous, name, timestamp))
                 self._note("{old!r} is now {new!r}", old=previous, new=name)
 
             def refused(reason: str, error: str | None = None) -> Refused:
@@ -469,17 +466,7 @@ class ChatProtocol(WebSocketServerProtocol):
                 self.refuse("name", refused(fault, _INTERNAL_ERROR))
 
         outcome.addCallbacks(done, failed)
-        if outcome.called:
-            return  # Decided at once, as a single process always does.
-        self._naming = True
-        outcome.addBoth(self._name_settled)
-
-    def _name_settled(self, _: object) -> None:
-        self._naming = False
-        while self._waiting and not self._naming:
-            payload = self._waiting.popleft()
-            self._waiting_bytes -= len(payload)
-            self._handle(payload)
+        self._order.name(outcome)
 
     def handle_send(self, request: dict[str, Any]) -> None:
         name = self._registered_name("send")
@@ -496,11 +483,11 @@ class ChatProtocol(WebSocketServerProtocol):
                 )
             )
         timestamp = self.factory.timestamps.now()
-        self._sends_in_flight += 1
+        self._order.send_started()
         stored = self.factory.room.post(self, name, content, timestamp)
 
         def durable(message_id: int) -> None:
-            self.send(messages.send_ok(name, content, timestamp, message_id))
+            self.reply(messages.send_ok(name, content, timestamp, message_id))
             self._note(
                 "{name!r} posted message {id} ({length} characters)",
                 name=name,
@@ -515,20 +502,13 @@ class ChatProtocol(WebSocketServerProtocol):
             )
             self.refuse("send", Refused(reply))
 
-        def settled(_: object) -> None:
-            self._sends_in_flight -= 1
-            if not self._sends_in_flight:
-                waiters, self._send_waiters = self._send_waiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
-
         stored.addCallbacks(durable, failed)
         stored.addErrback(
             lambda f: self.logger.failure(
                 "fault after storing from {peer}", f, peer=self.peer
             )
         )
-        stored.addBoth(settled)
+        stored.addBoth(self._order.send_settled)
 
     def handle_get(self, request: dict[str, Any]) -> None:
         self._registered_name("get")
@@ -541,33 +521,12 @@ class ChatProtocol(WebSocketServerProtocol):
         before = _optional_id(request, "before")
         after = _optional_id(request, "after")
         query = (min(limit, cap), before, after)
-        answered = self._gets.run(
-            lambda: Deferred.fromCoroutine(self._answer_get(query))
-        )
+        answered = self._order.get(lambda: self._reply_page(query), self._wanted)
         answered.addErrback(self._get_failed, request)
 
-    def _sends_settled(self) -> "Deferred[None]":
-        if not self._sends_in_flight:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._send_waiters.append(waiter)
-        return waiter
-
-    async def _answer_get(self, query: tuple[int, int | None, int | None]) -> None:
-        """Answer a `get` once this client's earlier sends are stored (so it
-        sees them) and it has read what it was sent before (so a client
-        that does not read cannot make the server build reply after reply).
-        """
-        await self._sends_settled()
-        await self._output.drained()
-        room = self.factory.room
-        if room.name_of(self) is None or not self.can_send:
-            return  # Gone while waiting.
-        self._hold()
-        try:
-            await self._reply_page(query)
-        finally:
-            self._release_held()
+    def _wanted(self) -> bool:
+        """Still registered and open: a `get` that waited is still answered."""
+        return self.factory.room.name_of(self) is not None and self.can_send
 
     async def _reply_page(self, query: tuple[int, int | None, int | None]) -> None:
         room = self.factory.room
@@ -641,6 +600,16 @@ class ChatProtocol(WebSocketServerProtocol):
         self._output.drained().addBoth(read)
 
     # -- WebSocket pings behind a large reply --
+    #
+    # Private hooks: Autobahn's automatic pings drop a client that does not
+    # answer within --ws-ping-timeout, but a client reading a large reply
+    # slowly cannot see a ping queued behind it. These two overrides keep
+    # such a client. They rely on Autobahn scheduling its pings by calling
+    # `self._sendAutoPing()` (no arguments) and its timeout by calling
+    # `self.onAutoPingTimeout()`; on the state it keeps in
+    # autoPingTimeoutCall, autoPingPending and autoPingPendingCall; and on
+    # the factory's `_batched_timer.call_later(delay, function)`, the timer
+    # Autobahn itself schedules pings with.
 
     def _sendAutoPing(self) -> None:
         """Autobahn's private ping sender: note how much was queued ahead of
@@ -667,6 +636,6 @@ class ChatProtocol(WebSocketServerProtocol):
     def _get_failed(self, failure: Failure, request: dict[str, Any]) -> None:
         self.logger.failure("fault answering get from {peer}", failure, peer=self.peer)
         if self.factory.room.name_of(self) is not None:
-            self.send(self._fault("get", request, _INTERNAL_ERROR))
+            self.reply(self._fault("get", request, _INTERNAL_ERROR))
 
     _handlers = {"name": handle_name, "send": handle_send, "get": handle_get}
