@@ -613,5 +613,9 @@ async def test_a_fault_is_answered_in_the_shape_of_its_request(
         "reason": "ErrorWhenSend",
         "error": "internal error",
     }
+    # The failed send is not left in flight: a later get is answered.
+    monkeypatch.undo()
+    reply = await an.get()
+    assert reply["status"] is True, reply
     assert len(no_logged_failures) == 4
     no_logged_failures.clear()

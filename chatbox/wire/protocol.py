@@ -483,8 +483,10 @@ class ChatProtocol(WebSocketServerProtocol):
                 )
             )
         timestamp = self.factory.timestamps.now()
-        self._order.send_started()
         stored = self.factory.room.post(self, name, content, timestamp)
+        # Counted only once post returned: one that raised (a bug, answered
+        # by _handle) must not leave every later get waiting for it.
+        self._order.send_started()
 
         def durable(message_id: int) -> None:
             self.reply(messages.send_ok(name, content, timestamp, message_id))
