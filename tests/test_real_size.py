@@ -207,10 +207,10 @@ async def test_clients_that_ask_and_never_read_cannot_hold_the_reply_budget(
     each, more than the kernel buffers) and never read. Between them they
     may hold a quarter of --max-reply-bytes, so another address's gets go
     on; and they are cut off once they have had their time to read."""
-    from chatbox.wire import protocol
+    from chatbox.wire import backpressure
 
-    monkeypatch.setattr(protocol, "READ_GRACE", 1.5)
-    monkeypatch.setattr(protocol, "READ_RATE", 10**12)
+    monkeypatch.setattr(backpressure, "READ_GRACE", 1.5)
+    monkeypatch.setattr(backpressure, "READ_RATE", 10**12)
     prefill(data_file, 100_000)
     server = await start_server(
         data_file,

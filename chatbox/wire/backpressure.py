@@ -18,12 +18,19 @@ import fcntl
 import struct
 import termios
 from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
 from zope.interface import implementer
 
-__all__ = ["ByteGate", "PendingOutput"]
+__all__ = ["READ_GRACE", "READ_RATE", "ByteGate", "PendingOutput"]
+
+# A client has READ_GRACE seconds plus one per READ_RATE bytes to read a
+# large reply (1.3 MB: 30 s) before it is cut off as too slow.
+READ_GRACE = 10.0
+READ_RATE = 64 * 1024
 
 
 def _kernel_queued(transport: ITransport) -> int:
@@ -101,6 +108,37 @@ class PendingOutput:
         except (AttributeError, TypeError):
             return None
         return queued + _kernel_queued(transport)
+
+    def read_or_too_slow(
+        self, reactor: IReactorTime, size: int, too_slow: Callable[[int], None]
+    ) -> "Deferred[None]":
+        """Fires once the client has read what it was sent (`size` bytes of
+        it a large reply), like `drained`; meanwhile a client that has read
+        nothing for READ_GRACE seconds is reported to `too_slow` with what
+        is still unread, so one that asks and never reads is found out.
+        Where the transport does not tell how much is queued (TLS), the
+        reply must be read at READ_RATE at least."""
+        check: list[Any] = [None]
+
+        def progress(last: int | None) -> None:
+            queued = self.queued()
+            if queued is None or last is None or queued >= last:
+                too_slow(queued if queued is not None else size)
+                return
+            check[0] = reactor.callLater(READ_GRACE, progress, queued)
+
+        queued = self.queued()
+        if queued is None:
+            check[0] = reactor.callLater(READ_GRACE + size / READ_RATE, progress, None)
+        else:
+            check[0] = reactor.callLater(READ_GRACE, progress, queued)
+
+        def read(result: object) -> object:
+            if check[0] is not None and check[0].active():
+                check[0].cancel()
+            return result
+
+        return self.drained().addBoth(read)
 
     def over_limit(self, size: int) -> bool:
         """Account for `size` more bytes; True if they must not be queued."""

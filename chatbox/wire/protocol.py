@@ -52,10 +52,6 @@ _INTERNAL_ERROR = "internal error"
 # A `get` reply at least this big is built off the reactor thread, so that a
 # bare `get` of a 10,000-message history does not hold up everyone else.
 LARGE_REPLY = 256 * 1024
-# A client has READ_GRACE seconds plus one per READ_RATE bytes to read a
-# large reply (1.3 MB: 30 s) before it is cut off as too slow.
-READ_GRACE = 10.0
-READ_RATE = 64 * 1024
 # A connection that keeps sending while being told RateLimited is flooding;
 # past this many such refusals in 10 s (or twice the burst, if more) it is
 # closed with 1008 rather than answered forever (chatbox.wire.refusals).
@@ -570,36 +566,16 @@ class ChatProtocol(WebSocketServerProtocol):
     def _hold_share_until_read(self, share: int, key: str) -> None:
         """Give the gate its share back once this client has read the reply.
 
-        A client that reads, however slowly, keeps it; one that has read
-        nothing for READ_GRACE seconds is cut off as too slow, so a client
-        that asks and never reads cannot keep its share. (Where the transport
-        does not tell how much is still queued, as over TLS, the reply must
-        be read at READ_RATE at least.)
-        """
-        gate = self.factory.reply_gate
-        reactor = self.factory.reactor
-        check: list[Any] = [None]
+        A client that reads, however slowly, keeps it; one that stops
+        reading is cut off (chatbox.wire.backpressure.READ_GRACE), so a
+        client that asks and never reads cannot keep its share."""
 
-        def progress(last: int | None) -> None:
-            queued = self._output.queued()
-            if queued is None or last is None or queued >= last:
-                if not self._cut_off:
-                    self._cut(queued if queued is not None else share)
-                return
-            check[0] = reactor.callLater(READ_GRACE, progress, queued)
+        def too_slow(unsent: int) -> None:
+            if not self._cut_off:
+                self._cut(unsent)
 
-        queued = self._output.queued()
-        if queued is None:
-            check[0] = reactor.callLater(READ_GRACE + share / READ_RATE, progress, None)
-        else:
-            check[0] = reactor.callLater(READ_GRACE, progress, queued)
-
-        def read(_: object) -> None:
-            if check[0] is not None and check[0].active():
-                check[0].cancel()
-            gate.release(share, key)
-
-        self._output.drained().addBoth(read)
+        reading = self._output.read_or_too_slow(self.factory.reactor, share, too_slow)
+        reading.addBoth(lambda _: self.factory.reply_gate.release(share, key))
 
     # -- WebSocket pings behind a large reply --
     #
