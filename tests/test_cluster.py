@@ -63,6 +63,31 @@ async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
+async def heard_before(client, marker: str) -> list[dict]:
+    """Every event `client` got before the message `marker`. Events reach
+    every client in one order, so if `marker` was said after whatever the
+    test waits for, this is all that came first: a barrier, not a wait."""
+    heard = []
+    while True:
+        event = await client.event()
+        if event["datatype"] == "message" and event["content"] == marker:
+            return heard
+        heard.append(event)
+
+
+async def settled(*clients) -> None:
+    """Assert that no client has heard anything more: each in turn says a
+    marker, and every other client's next event must be it (so neither an
+    earlier event nor an echo of its own marker came first). The first
+    speaks again last, so the last speaker's echo is checked too."""
+    for turn, speaker in enumerate([*clients, clients[0]]):
+        marker = f"marker {turn}"
+        assert (await speaker.say(marker))["status"] is True
+        for client in clients:
+            if client is not speaker:
+                assert await heard_before(client, marker) == [], marker
+
+
 async def health(node) -> tuple[int, dict]:
     code, _, body = await fetch(node, "/healthz")
     return code, json.loads(body)
@@ -353,28 +378,31 @@ async def test_redis_restart_loses_no_acknowledged_message(nodes, redis):
         assert reply["reason"] == "ErrorWhenSend" and reply["error"], reply
     for node in nodes:
         await until_healthy(node)
+    histories = []  # what each sender's node says is stored
     for node, client in zip(nodes[:2], senders, strict=True):
         data = (await client.get())["data"]
         stored = {m["id"]: m["content"] for m in data["message"]}
-        history = stored
+        histories.append(stored)
         missing = set(acked) - set(stored)
         assert not missing, f"{node.url} lost acknowledged {sorted(missing)}"
         assert all(stored[i] == acked[i] for i in acked)
         assert list(stored) == sorted(stored)
         assert data["online"] == ["An", "Bo"]
-    # The event stream outlived the restart: each stored message of the other
-    # sender reached each client once, in id order. (Stored can be more than
-    # acknowledged: a send whose reply was lost when Redis died is "in doubt"
-    # to its sender, and may have been stored.)
-    for client, other in zip(senders, ("bo", "an"), strict=True):
+    # The event stream outlived the restart: each message of the other sender
+    # that the client's own node has stored reached the client once, in id
+    # order, and no other message did: the other sender's marker, said after
+    # them all, comes next. (Stored can be more than acknowledged: a send
+    # whose reply was lost when Redis died is "in doubt" to its sender, and
+    # may have been stored.)
+    for client, history, speaker, other in zip(
+        senders, histories, senders[::-1], ("bo", "an"), strict=True
+    ):
         expected = sorted(i for i, text in history.items() if text.startswith(other))
-        seen = []
-        while len(seen) < len(expected):
-            event = await client.event()
-            if event["datatype"] == "message":
-                seen.append(event["id"])
+        marker = f"{other}: that was all"
+        assert (await speaker.say(marker))["status"] is True
+        heard = await heard_before(client, marker)
+        seen = [event["id"] for event in heard if event["datatype"] == "message"]
         assert seen == expected
-        await client.no_event(0.3)
 
 
 async def until_healthy(node, within: float = 15) -> None:
