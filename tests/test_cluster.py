@@ -88,6 +88,26 @@ async def settled(*clients) -> None:
                 assert await heard_before(client, marker) == [], marker
 
 
+async def lease_expiry(redis: RedisServer, node_id: str) -> float:
+    out, _, _ = await getProcessOutputAndValue(
+        "redis-cli", ["-p", str(redis.port), "ZSCORE", "chatbox:nodes", node_id]
+    )
+    return float(out)
+
+
+async def heartbeats_since_now(redis: RedisServer, *nodes) -> None:
+    """Wait until each node has run a heartbeat since this call: the lease
+    expiry Redis keeps for it (in Redis' clock) has moved on. A reply from
+    Redis after the heartbeat, not a guess at how long one takes."""
+    ids = [(await health(node))[1]["node"] for node in nodes]
+    before = [await lease_expiry(redis, node_id) for node_id in ids]
+    deadline = time.monotonic() + LEASE
+    for node_id, expiry in zip(ids, before, strict=True):
+        while await lease_expiry(redis, node_id) <= expiry:
+            assert time.monotonic() < deadline, f"node {node_id} stopped beating"
+            await sleep(0.05)
+
+
 async def health(node) -> tuple[int, dict]:
     code, _, body = await fetch(node, "/healthz")
     return code, json.loads(body)
@@ -131,8 +151,7 @@ async def test_events_cross_nodes_once_each_in_order(nodes):
         left = await watcher.event()
         assert (left["datatype"], left["name"]) == ("leave", "Bob")
     # Exactly once: nothing else arrives, and nobody hears their own events.
-    await an.no_event(0.5)
-    await cy.no_event(0.1)
+    await settled(an, cy)
 
 
 @pytest_twisted.ensureDeferred
@@ -198,6 +217,7 @@ async def test_same_get_on_every_node(nodes):
 @pytest_twisted.ensureDeferred
 async def test_race_for_one_name_has_one_winner(nodes):
     variants = ["Racer", "racer", "RACER", "Ｒacer", "rAcEr"]
+    watcher = await user(nodes[0], "Watcher")
     for round_ in range(3):
         clients = [
             await connect(node.url) for node in nodes for _ in range(8)
@@ -208,14 +228,19 @@ async def test_race_for_one_name_has_one_winner(nodes):
         winners = [r for r in replies if r["status"]]
         assert len(winners) == 1, (round_, replies)
         assert all(r["reason"] == "NameAlreadyUsed" for r in replies if not r["status"])
+        joined = await watcher.event()
+        assert (joined["datatype"], joined["name"]) == ("register", winners[0]["name"])
         for client in clients:
             client.sendClose()
         await DeferredList([ensureDeferred(c.wait_closed()) for c in clients])
-        await sleep(0.2)  # leaves reach Redis before the next round
+        # The winner's leave is written by the script that frees the name:
+        # once the watcher hears it, the next round races for a free name.
+        left = await watcher.event()
+        assert (left["datatype"], left["name"]) == ("leave", winners[0]["name"])
 
 
 @pytest_twisted.ensureDeferred
-async def test_killed_node_names_freed_and_left_once(nodes):
+async def test_killed_node_names_freed_and_left_once(nodes, redis):
     one, two, three = nodes
     watchers = [await user(one, "Watcher1"), await user(three, "Watcher3")]
     assert (await watchers[0].event())["name"] == "Watcher3"
@@ -234,9 +259,11 @@ async def test_killed_node_names_freed_and_left_once(nodes):
         ]
     elapsed = time.monotonic() - started
     assert elapsed < LEASE, f"names freed after {elapsed:.1f} s"
-    # Two surviving nodes both reap: still one leave per name.
-    for watcher in watchers:
-        await watcher.no_event(LEASE / 2)
+    # Two surviving nodes both reap: still one leave per name. Once each has
+    # renewed its lease since (a heartbeat, which reaps first), any second
+    # leave would be in the stream before the markers.
+    await heartbeats_since_now(redis, one, three)
+    await settled(*watchers)
     again = await user(one, "cy")
     assert (await again.get())["data"]["online"] == ["Watcher1", "Watcher3", "cy"]
     for victim in victims:
@@ -268,7 +295,7 @@ async def test_node_that_outlived_its_lease_closes_its_clients(nodes):
     assert (await taker.event())["name"] == "Thawed"
     joins = [(await watcher.event())["name"] for _ in range(2)]
     assert joins == ["frozen", "Thawed"]
-    await watcher.no_event(0.3)
+    await settled(watcher, taker, again)
 
 
 def redis_commands(redis: RedisServer, *commands: bytes) -> None:
