@@ -5,6 +5,7 @@ Redis is a real redis-server child process, so kill -9 means kill -9.
 """
 
 import json
+import re
 import signal
 import socket
 import sysconfig
@@ -24,6 +25,7 @@ from tests.redis_server import RedisServer
 
 LEASE = 4.0  # seconds; a dead node's names must be freed within this
 CHATBOX_REDIS = str(Path(sysconfig.get_path("scripts")) / "chatbox-redis")
+STREAM_ID = re.compile(r"\d+-\d+")
 
 
 async def start_node(tmp_path: Path, redis: RedisServer, name: str, *args: str):
@@ -354,14 +356,29 @@ async def test_node_that_missed_trimmed_events_has_clients_register_again(nodes,
     )
     assert await an.close_code_from_server() == 1012
     await one.wait_for(rb"missed events trimmed from the stream")
-    deadline = time.monotonic() + 5
-    while True:  # the old connection's release is on its way to Redis
-        again = await connect(one.url)
-        if (await again.register("An"))["status"]:
-            break
-        assert time.monotonic() < deadline, "An was never released"
-        await sleep(0.1)
+    await leave_in_stream(redis, "An")  # the old connection's release
+    again = await user(one, "An")
     assert (await again.say("back"))["status"] is True
+
+
+async def leave_in_stream(redis: RedisServer, name: str) -> None:
+    """Wait for a leave of `name` in the cluster's event stream, read
+    straight off Redis (XREAD BLOCK from the stream's start, which keeps it
+    whenever it came): the script that frees a name writes its leave, so
+    after it the name is free."""
+    after = "0-0"
+    while True:
+        read = f"-p {redis.port} XREAD BLOCK 10000 STREAMS chatbox:events {after}"
+        out, err, _ = await getProcessOutputAndValue("redis-cli", read.split())
+        lines = out.decode().splitlines()[1:]  # after the stream's name
+        assert lines and lines[0], f"no leave of {name} in the stream {err!r}"
+        starts = [i for i, line in enumerate(lines) if STREAM_ID.fullmatch(line)]
+        for start, end in zip(starts, [*starts[1:], len(lines)], strict=True):
+            entry = lines[start + 1 : end]
+            fields = dict(zip(entry[::2], entry[1::2], strict=True))
+            if (fields.get("k"), fields.get("n")) == ("leave", name):
+                return
+        after = lines[starts[-1]]
 
 
 @pytest_twisted.ensureDeferred
