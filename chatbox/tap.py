@@ -356,7 +356,7 @@ def _make_room(config: dict[str, Any], reactor: Any, metrics: Metrics) -> IRoom:
         # Only a cluster node loads the Redis client.
         from chatbox.cluster.room import RedisRoom
 
-        return RedisRoom(
+        return RedisRoom.from_address(
             config["redis"],
             reactor,
             lease=config["redis-lease"],

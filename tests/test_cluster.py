@@ -5,6 +5,7 @@ Redis is a real redis-server child process, so kill -9 means kill -9.
 """
 
 import json
+import re
 import signal
 import socket
 import sysconfig
@@ -24,6 +25,7 @@ from tests.redis_server import RedisServer
 
 LEASE = 4.0  # seconds; a dead node's names must be freed within this
 CHATBOX_REDIS = str(Path(sysconfig.get_path("scripts")) / "chatbox-redis")
+STREAM_ID = re.compile(r"\d+-\d+")
 
 
 async def start_node(tmp_path: Path, redis: RedisServer, name: str, *args: str):
@@ -61,6 +63,51 @@ async def user(node, name: str):
 
 async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
+
+
+async def heard_before(client, marker: str) -> list[dict]:
+    """Every event `client` got before the message `marker`. Events reach
+    every client in one order, so if `marker` was said after whatever the
+    test waits for, this is all that came first: a barrier, not a wait."""
+    heard = []
+    while True:
+        event = await client.event()
+        if event["datatype"] == "message" and event["content"] == marker:
+            return heard
+        heard.append(event)
+
+
+async def settled(*clients) -> None:
+    """Assert that no client has heard anything more: each in turn says a
+    marker, and every other client's next event must be it (so neither an
+    earlier event nor an echo of its own marker came first). The first
+    speaks again last, so the last speaker's echo is checked too."""
+    for turn, speaker in enumerate([*clients, clients[0]]):
+        marker = f"marker {turn}"
+        assert (await speaker.say(marker))["status"] is True
+        for client in clients:
+            if client is not speaker:
+                assert await heard_before(client, marker) == [], marker
+
+
+async def lease_expiry(redis: RedisServer, node_id: str) -> float:
+    out, _, _ = await getProcessOutputAndValue(
+        "redis-cli", ["-p", str(redis.port), "ZSCORE", "chatbox:nodes", node_id]
+    )
+    return float(out)
+
+
+async def heartbeats_since_now(redis: RedisServer, *nodes) -> None:
+    """Wait until each node has run a heartbeat since this call: the lease
+    expiry Redis keeps for it (in Redis' clock) has moved on. A reply from
+    Redis after the heartbeat, not a guess at how long one takes."""
+    ids = [(await health(node))[1]["node"] for node in nodes]
+    before = [await lease_expiry(redis, node_id) for node_id in ids]
+    deadline = time.monotonic() + LEASE
+    for node_id, expiry in zip(ids, before, strict=True):
+        while await lease_expiry(redis, node_id) <= expiry:
+            assert time.monotonic() < deadline, f"node {node_id} stopped beating"
+            await sleep(0.05)
 
 
 async def health(node) -> tuple[int, dict]:
@@ -106,8 +153,7 @@ async def test_events_cross_nodes_once_each_in_order(nodes):
         left = await watcher.event()
         assert (left["datatype"], left["name"]) == ("leave", "Bob")
     # Exactly once: nothing else arrives, and nobody hears their own events.
-    await an.no_event(0.5)
-    await cy.no_event(0.1)
+    await settled(an, cy)
 
 
 @pytest_twisted.ensureDeferred
@@ -173,6 +219,7 @@ async def test_same_get_on_every_node(nodes):
 @pytest_twisted.ensureDeferred
 async def test_race_for_one_name_has_one_winner(nodes):
     variants = ["Racer", "racer", "RACER", "Ｒacer", "rAcEr"]
+    watcher = await user(nodes[0], "Watcher")
     for round_ in range(3):
         clients = [
             await connect(node.url) for node in nodes for _ in range(8)
@@ -183,14 +230,19 @@ async def test_race_for_one_name_has_one_winner(nodes):
         winners = [r for r in replies if r["status"]]
         assert len(winners) == 1, (round_, replies)
         assert all(r["reason"] == "NameAlreadyUsed" for r in replies if not r["status"])
+        joined = await watcher.event()
+        assert (joined["datatype"], joined["name"]) == ("register", winners[0]["name"])
         for client in clients:
             client.sendClose()
         await DeferredList([ensureDeferred(c.wait_closed()) for c in clients])
-        await sleep(0.2)  # leaves reach Redis before the next round
+        # The winner's leave is written by the script that frees the name:
+        # once the watcher hears it, the next round races for a free name.
+        left = await watcher.event()
+        assert (left["datatype"], left["name"]) == ("leave", winners[0]["name"])
 
 
 @pytest_twisted.ensureDeferred
-async def test_killed_node_names_freed_and_left_once(nodes):
+async def test_killed_node_names_freed_and_left_once(nodes, redis):
     one, two, three = nodes
     watchers = [await user(one, "Watcher1"), await user(three, "Watcher3")]
     assert (await watchers[0].event())["name"] == "Watcher3"
@@ -209,9 +261,11 @@ async def test_killed_node_names_freed_and_left_once(nodes):
         ]
     elapsed = time.monotonic() - started
     assert elapsed < LEASE, f"names freed after {elapsed:.1f} s"
-    # Two surviving nodes both reap: still one leave per name.
-    for watcher in watchers:
-        await watcher.no_event(LEASE / 2)
+    # Two surviving nodes both reap: still one leave per name. Once each has
+    # renewed its lease since (a heartbeat, which reaps first), any second
+    # leave would be in the stream before the markers.
+    await heartbeats_since_now(redis, one, three)
+    await settled(*watchers)
     again = await user(one, "cy")
     assert (await again.get())["data"]["online"] == ["Watcher1", "Watcher3", "cy"]
     for victim in victims:
@@ -243,7 +297,7 @@ async def test_node_that_outlived_its_lease_closes_its_clients(nodes):
     assert (await taker.event())["name"] == "Thawed"
     joins = [(await watcher.event())["name"] for _ in range(2)]
     assert joins == ["frozen", "Thawed"]
-    await watcher.no_event(0.3)
+    await settled(watcher, taker, again)
 
 
 def redis_commands(redis: RedisServer, *commands: bytes) -> None:
@@ -302,14 +356,29 @@ async def test_node_that_missed_trimmed_events_has_clients_register_again(nodes,
     )
     assert await an.close_code_from_server() == 1012
     await one.wait_for(rb"missed events trimmed from the stream")
-    deadline = time.monotonic() + 5
-    while True:  # the old connection's release is on its way to Redis
-        again = await connect(one.url)
-        if (await again.register("An"))["status"]:
-            break
-        assert time.monotonic() < deadline, "An was never released"
-        await sleep(0.1)
+    await leave_in_stream(redis, "An")  # the old connection's release
+    again = await user(one, "An")
     assert (await again.say("back"))["status"] is True
+
+
+async def leave_in_stream(redis: RedisServer, name: str) -> None:
+    """Wait for a leave of `name` in the cluster's event stream, read
+    straight off Redis (XREAD BLOCK from the stream's start, which keeps it
+    whenever it came): the script that frees a name writes its leave, so
+    after it the name is free."""
+    after = "0-0"
+    while True:
+        read = f"-p {redis.port} XREAD BLOCK 10000 STREAMS chatbox:events {after}"
+        out, err, _ = await getProcessOutputAndValue("redis-cli", read.split())
+        lines = out.decode().splitlines()[1:]  # after the stream's name
+        assert lines and lines[0], f"no leave of {name} in the stream {err!r}"
+        starts = [i for i, line in enumerate(lines) if STREAM_ID.fullmatch(line)]
+        for start, end in zip(starts, [*starts[1:], len(lines)], strict=True):
+            entry = lines[start + 1 : end]
+            fields = dict(zip(entry[::2], entry[1::2], strict=True))
+            if (fields.get("k"), fields.get("n")) == ("leave", name):
+                return
+        after = lines[starts[-1]]
 
 
 @pytest_twisted.ensureDeferred
@@ -353,28 +422,31 @@ async def test_redis_restart_loses_no_acknowledged_message(nodes, redis):
         assert reply["reason"] == "ErrorWhenSend" and reply["error"], reply
     for node in nodes:
         await until_healthy(node)
+    histories = []  # what each sender's node says is stored
     for node, client in zip(nodes[:2], senders, strict=True):
         data = (await client.get())["data"]
         stored = {m["id"]: m["content"] for m in data["message"]}
-        history = stored
+        histories.append(stored)
         missing = set(acked) - set(stored)
         assert not missing, f"{node.url} lost acknowledged {sorted(missing)}"
         assert all(stored[i] == acked[i] for i in acked)
         assert list(stored) == sorted(stored)
         assert data["online"] == ["An", "Bo"]
-    # The event stream outlived the restart: each stored message of the other
-    # sender reached each client once, in id order. (Stored can be more than
-    # acknowledged: a send whose reply was lost when Redis died is "in doubt"
-    # to its sender, and may have been stored.)
-    for client, other in zip(senders, ("bo", "an"), strict=True):
+    # The event stream outlived the restart: each message of the other sender
+    # that the client's own node has stored reached the client once, in id
+    # order, and no other message did: the other sender's marker, said after
+    # them all, comes next. (Stored can be more than acknowledged: a send
+    # whose reply was lost when Redis died is "in doubt" to its sender, and
+    # may have been stored.)
+    for client, history, speaker, other in zip(
+        senders, histories, senders[::-1], ("bo", "an"), strict=True
+    ):
         expected = sorted(i for i, text in history.items() if text.startswith(other))
-        seen = []
-        while len(seen) < len(expected):
-            event = await client.event()
-            if event["datatype"] == "message":
-                seen.append(event["id"])
+        marker = f"{other}: that was all"
+        assert (await speaker.say(marker))["status"] is True
+        heard = await heard_before(client, marker)
+        seen = [event["id"] for event in heard if event["datatype"] == "message"]
         assert seen == expected
-        await client.no_event(0.3)
 
 
 async def until_healthy(node, within: float = 15) -> None:

@@ -7,18 +7,9 @@ sees the name taken. Each state change and the event that tells everyone
 about it are written by the same script, so there is exactly one event per
 change, never a change without its event or an event without its change.
 
-Every script gets the same KEYS, in the order of `KEYS` below:
-
-- owner    HASH  nickname key (chatbox.chat.arns.name_keys) -> holder
-- held     HASH  holder -> its nickname keys, joined by newlines
-- display  HASH  holder -> nickname as typed
-- online   ZSET  holders, scored by when they registered (v2's order)
-- joinseq  STRING  the last registration number
-- nodes    ZSET  node id -> lease expiry, in ms of Redis' own clock;
-                 `<nodes>:<node id>` is the SET of that node's holders
-- msgid    STRING  the last message id
-- history  ZSET  encoded history entries, scored by id
-- events   STREAM  every register / change / message / leave, in order
+Every script gets the same KEYS, in the order of chatbox.cluster.keys.Keys
+(whose docstring says what each holds), and the preamble below unpacks them
+into locals of the same names.
 
 A holder is one connection: `<node id>:<number>`. Leases use Redis' clock
 (TIME), so the nodes' clocks need not agree.
@@ -38,33 +29,15 @@ The scripts are bytes, encoded once here rather than at every request.
 __all__ = [
     "CLAIM",
     "HEARTBEAT",
-    "KEYS",
     "PAGE",
     "POST",
     "RELEASE",
     "RENAME",
     "RETIRE",
     "STREAM_STATE",
-    "keys",
 ]
 
-KEYS = (
-    "owner",
-    "held",
-    "display",
-    "online",
-    "joinseq",
-    "nodes",
-    "msgid",
-    "history",
-    "events",
-)
-
-
-def keys(prefix: str) -> list[str]:
-    return [f"{prefix}{name}" for name in KEYS]
-
-
+# The locals in the order of chatbox.cluster.keys.Keys' fields.
 _PREAMBLE = """
 local owner, held, display, online, joinseq, nodes, msgid, history, events =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]

@@ -24,16 +24,16 @@ from twisted.internet import task, threads
 from twisted.internet.defer import Deferred
 
 from chatbox.chat.room import RoomError
-from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress, parse_redis_url
+from chatbox.cluster.keys import Keys
 from chatbox.cluster.link import RedisLink
-from chatbox.cluster.room import DEFAULT_PREFIX
 from chatbox.local import datafile
 
 __all__ = ["main"]
 
 BATCH = 2000
 CONNECT_TIMEOUT = 10
+_KEYS = Keys.under()  # the keys every node uses (tap sets no other prefix)
 
 # Reserve ids 1..ARGV[1] for imported history, only if Redis has no history.
 _RESERVE = b"""
@@ -47,10 +47,6 @@ return -1
 
 class TransferError(Exception):
     """Why nothing (more) was done; printed as one line."""
-
-
-def _key(name: str) -> str:
-    return scripts.keys(DEFAULT_PREFIX)[scripts.KEYS.index(name)]
 
 
 async def _connect(reactor: Any, address: RedisAddress) -> RedisLink:
@@ -68,12 +64,11 @@ async def _import(link: RedisLink, loaded: datafile.Loaded) -> str:
     if not loaded.ids:
         return "nothing to import: the history file is empty"
     last = loaded.ids[-1]
-    found = await link.eval(_RESERVE, [_key("msgid"), _key("history")], [last])
+    found = await link.eval(_RESERVE, [_KEYS.msgid, _KEYS.history], [last])
     if found != -1:
         raise TransferError(
             f"{link.address} already has a history ({found} messages); nothing imported"
         )
-    history = _key("history")
     for start in range(0, len(loaded.ids), BATCH):
         pairs: list[object] = []
         for message_id, entry in zip(
@@ -82,7 +77,7 @@ async def _import(link: RedisLink, loaded: datafile.Loaded) -> str:
             strict=True,
         ):
             pairs += [message_id, entry]
-        await link.execute("ZADD", history, *pairs)
+        await link.execute("ZADD", _KEYS.history, *pairs)
     return (
         f"imported {len(loaded.ids)} messages into {link.address} "
         f"(ids {loaded.ids[0]}..{last})"
@@ -90,12 +85,11 @@ async def _import(link: RedisLink, loaded: datafile.Loaded) -> str:
 
 
 async def _export(link: RedisLink, path: str) -> str:
-    history = _key("history")
     entries: list[bytes] = []
     low = "-inf"
     while True:
         page = await link.execute(
-            "ZRANGE", history, low, "+inf", "BYSCORE", "WITHSCORES",
+            "ZRANGE", _KEYS.history, low, "+inf", "BYSCORE", "WITHSCORES",
             "LIMIT", 0, BATCH,
         )  # fmt: skip
         if not page:
