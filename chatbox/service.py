@@ -134,8 +134,10 @@ class ListenerService(StreamServerEndpointService):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        # Twisted's own errback has logged a later failure by now and passes
-        # None along; a failure at once was raised above.
+        # Private hook: StreamServerEndpointService keeps the listen's
+        # Deferred in `_waitingForPort`, after its own errback, which has
+        # logged a later failure and passes None along (a failure at once
+        # was raised above). Its own stopService chains on it too.
         self._waitingForPort.addCallback(self._listened)
 
     def listening(self) -> "Deferred[IListeningPort]":
