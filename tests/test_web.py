@@ -1,7 +1,9 @@
 """The HTTP side of the chat port: the page, /healthz and /metrics."""
 
+import errno
 import json
 
+import pytest
 from pytest_twisted import ensureDeferred
 
 from chatbox.local import datafile
@@ -37,15 +39,15 @@ async def test_healthz_reports_and_turns_503_when_persistence_fails(server):
         "persistence": "ok",
     }
 
-    store = server.factory.room.store
-    journal, store._journal = store._journal, datafile.Journal("/dev/full")
-    try:
+    def disk_full(journal, data):
+        raise OSError(errno.ENOSPC, "No space left on device", journal.path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datafile.Journal, "append", disk_full)
         assert (await an.say("lost"))["reason"] == "ErrorWhenSend"
         code, _, body = await fetch(server, "/healthz")
         assert code == 503
         assert json.loads(body)["persistence"] == "failing"
-    finally:
-        store._journal = journal
     await an.say("works again")
     code, _, _ = await fetch(server, "/healthz")
     assert code == 200
