@@ -62,8 +62,13 @@ def _entry_id(entry: bytes) -> int:
     return int(entry[len(b'{"id":') : entry.index(b",")])
 
 
-def _event(fields: dict[bytes, bytes]) -> messages.Message:
-    """The wire event for one stream entry; its shape is chatbox.wire.messages'."""
+def _event(fields: dict[bytes, bytes]) -> messages.Message | None:
+    """The wire event for one stream entry; its shape is chatbox.wire.messages'.
+
+    None for a kind this node does not know (one a newer node wrote, during
+    a rolling upgrade): skipped, never mistaken for another kind. A new
+    event kind gets its case here.
+    """
     kind = fields[b"k"]
     name = fields[b"n"].decode()
     timestamp = fields[b"t"].decode()
@@ -74,7 +79,9 @@ def _event(fields: dict[bytes, bytes]) -> messages.Message:
         return messages.joined(name, timestamp)
     if kind == b"change":
         return messages.renamed(fields[b"old"].decode(), name, timestamp)
-    return messages.left(name, timestamp)
+    if kind == b"leave":
+        return messages.left(name, timestamp)
+    return None
 
 
 @implementer(IRoom)
@@ -425,7 +432,15 @@ class RedisRoom:
         elif kind == b"message":
             self._messages += 1
         try:
-            self._deliver(_event(fields), origin)
+            event = _event(fields)
+            if event is None:
+                self.log.warn(
+                    "skipped event {id} of unknown kind {kind!r} (a newer node's?)",
+                    id=entry_id,
+                    kind=kind,
+                )
+            else:
+                self._deliver(event, origin)
         except Exception:
             self.log.failure("could not deliver event {id}", id=entry_id)
         return True

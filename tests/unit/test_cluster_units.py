@@ -7,6 +7,7 @@ import re
 import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
 from chatbox.cluster import scripts
@@ -281,3 +282,22 @@ def test_reader_back_without_a_gap_reads_on():
     assert node.lost == []
     node.reader_link.stream(_entry(b"2-0", k="leave", o="n2:1", n="Bo", t="t"))
     assert [e["datatype"] for e, _ in node.delivered] == ["register", "leave"]
+
+
+def test_an_event_of_unknown_kind_is_skipped_not_taken_for_a_leave():
+    """A newer node may write an event kind this one does not know (a
+    rolling upgrade): it is skipped with a log line, and the events around
+    it are delivered as usual."""
+    node = Node()
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        node.reader_link.stream(
+            _entry(b"1-0", k="register", o="n2:7", n="Bo", t="t"),
+            _entry(b"2-0", k="delete", o="n2:7", n="Bo", t="t", id="1"),
+            _entry(b"3-0", k="leave", o="n2:7", n="Bo", t="t"),
+        )
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert [e["datatype"] for e, _ in node.delivered] == ["register", "leave"]
+    assert any("unknown kind" in event.get("log_format", "") for event in logged)
