@@ -47,6 +47,15 @@ class ChatRequest(server.Request):
 
 
 class ChatChannel(http.HTTPChannel):
+    # Private hooks: twisted.web.http.HTTPChannel has no public way to refuse
+    # a request before its body is read or to see where its head ends. This
+    # class overrides the methods HTTPChannel and its LineReceiver call at
+    # each step (allHeadersReceived, allContentReceived, requestDone,
+    # rawDataReceived, lineLengthExceeded, timeoutConnection) and reads its
+    # state: `_command` (set once the request line is parsed), `length` (the
+    # announced body length), `requests` (the request being read) and
+    # `_handlingRequest`. tests/unit/test_private_hooks.py fails if a
+    # Twisted upgrade changes any of them.
     maxHeaders = MAX_HEADERS
     totalHeadersSize = MAX_HEAD_BYTES
     MAX_LENGTH = MAX_LINE
@@ -76,6 +85,7 @@ class ChatChannel(http.HTTPChannel):
             super().rawDataReceived(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        # Past the request line, a long line is a header: 431, not 414.
         self._refuse(HEAD_TOO_LARGE if hasattr(self, "_command") else URI_TOO_LONG)
 
     def allHeadersReceived(self) -> None:

@@ -21,7 +21,9 @@ from twisted.internet import tcp
 from twisted.internet.base import ReactorBase
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols import basic, policies
+from twisted.web import http
 
 from chatbox.service import ListenerService
 from chatbox.wire.backpressure import PendingOutput
@@ -271,3 +273,82 @@ def test_waiting_for_port():
         hook, f"{SERVICE} (ListenerService.privilegedStartService)", "gone"
     )
     assert issubclass(ListenerService, StreamServerEndpointService)
+
+
+# -- chatbox/web/channel.py --
+
+CHANNEL = "chatbox/web/channel.py"
+
+
+class _Watched(http.HTTPChannel):
+    """Plain twisted.web, recording what ChatChannel reads at each step."""
+
+    seen: dict
+
+    def allHeadersReceived(self) -> None:
+        self.seen["length"] = self.length
+        self.seen["request"] = self.requests[-1] if self.requests else None
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        super().allContentReceived()
+        self.seen["handling"] = self._handlingRequest
+
+
+def _channel() -> _Watched:
+    channel = _Watched()
+    channel.seen = {}
+    channel.requestFactory = lambda *a, **k: http.Request(*a, **k)
+    channel.makeConnection(StringTransport())
+    return channel
+
+
+def test_http_channel_marks_a_parsed_request_line_with_command():
+    hook = "HTTPChannel._command"
+    channel = _channel()
+    assert not hasattr(channel, "_command"), broken(hook, CHANNEL, "set too early")
+    channel.dataReceived(b"GET / HTTP/1.1\r\n")
+    assert hasattr(channel, "_command"), broken(
+        hook, CHANNEL, "no longer set once the request line is read (431 vs 414)"
+    )
+
+
+def test_http_channel_length_requests_and_handling_request():
+    channel = _channel()
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    assert channel.seen["length"] == 5, broken(
+        "HTTPChannel.length", CHANNEL, "no longer the announced body length"
+    )
+    assert isinstance(channel.seen["request"], http.Request), broken(
+        "HTTPChannel.requests", CHANNEL, "no longer holds the request being read"
+    )
+    channel = _channel()
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert channel.seen["length"] == 0, broken(
+        "HTTPChannel.length", CHANNEL, "not 0 for a request without a body"
+    )
+    assert channel.seen["handling"] is True, broken(
+        "HTTPChannel._handlingRequest", CHANNEL, "not set while a request is served"
+    )
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "allHeadersReceived",
+        "allContentReceived",
+        "requestDone",
+        "rawDataReceived",
+        "lineLengthExceeded",
+        "timeoutConnection",
+    ],
+)
+def test_http_channel_still_calls_what_chat_channel_overrides(method):
+    assert callable(getattr(http.HTTPChannel, method, None)), broken(
+        f"HTTPChannel.{method}", CHANNEL, "gone, so ChatChannel's override is dead"
+    )
+    # Called by twisted.web.http itself, its LineReceiver or TimeoutMixin.
+    callers = "".join(inspect.getsource(m) for m in (http, basic, policies))
+    assert f".{method}(" in callers, broken(
+        f"HTTPChannel.{method}", CHANNEL, "no longer called by Twisted"
+    )
