@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import threading
 import zlib
 
@@ -188,19 +189,28 @@ async def test_start_up_folds_a_journal_left_by_a_crash(tmp_path):
     store.start()
     for i in range(5):
         await store.append("An", f"m{i}", "t")
-    crash(store)
-    assert (tmp_path / "data.json.journal").stat().st_size > 0
-    again = reopen(path)
+    left = await crash(store, tmp_path)
+    assert (left / "data.json.journal").stat().st_size > 0
+    assert not (left / "data.json").exists()  # everything is in the journal
+    again = reopen(str(left / "data.json"))
     assert again.history.last_id == 5
-    assert len(json.loads((tmp_path / "data.json").read_text())) == 5
-    assert (tmp_path / "data.json.journal").stat().st_size == 0
+    assert len(json.loads((left / "data.json").read_text())) == 5
+    assert (left / "data.json.journal").stat().st_size == 0
     assert (await _append_after(again)) == 6
 
 
-def crash(store):
-    """What a kill -9 leaves: no close, no fold, and the kernel drops the lock."""
-    store._pool.stop()
-    store._lock.release()
+async def crash(store, tmp_path):
+    """What a kill -9 leaves: the files as they are while the store runs (no
+    close, no fold), copied elsewhere; the store itself then closes as usual.
+    Returns the folder that holds the copy."""
+    left = tmp_path / "after-crash"
+    left.mkdir()
+    folder = os.path.dirname(store.path)
+    for name in os.listdir(folder):
+        if name.startswith("data.json") and not name.endswith(".lock"):
+            shutil.copy2(os.path.join(folder, name), left / name)
+    await store.close()
+    return left
 
 
 async def _append_after(store):
@@ -349,18 +359,19 @@ async def test_start_up_keeps_a_torn_tail_beside_the_history_and_logs_it(
     store = reopen(path)
     store.start()
     await store.append("An", "kept", "t")
-    crash(store)
+    left = await crash(store, tmp_path)
+    path = str(left / "data.json")
     torn = b'0badc0de {"id":2,"name":"An","con'
     with open(path + ".journal", "ab") as f:
         f.write(torn)
-    size = (tmp_path / "data.json.journal").stat().st_size
+    size = (left / "data.json.journal").stat().st_size
     said = []
     globalLogPublisher.addObserver(said.append)
     try:
         again = reopen(path)
     finally:
         globalLogPublisher.removeObserver(said.append)
-    [kept] = tmp_path.glob("data.json.torn-*")
+    [kept] = left.glob("data.json.torn-*")
     assert kept.read_bytes() == torn
     [warning] = [e for e in said if e.get("kept") == str(kept)]
     assert warning["size"] == len(torn) and warning["offset"] == size - len(torn)
