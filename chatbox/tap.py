@@ -58,7 +58,7 @@ def _at_least_zero(unit: str) -> Callable[[str], float]:
         except ValueError:
             raise ValueError(f"{value!r} is not a number ({unit})") from None
         if not number >= 0:
-            raise ValueError(f"must be 0 or more {unit}, not {value}")
+            raise ValueError(f"must be 0 or more ({unit}), not {value}")
         return number
 
     return coerce
@@ -323,6 +323,8 @@ class Options(usage.Options):
             raise usage.UsageError("--data must name a file")
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
+        # The pair as one value from here on, so no later code can see half.
+        self["tls"] = (self["tls-cert"], self["tls-key"]) if self["tls-cert"] else None
         if self["redis"] is not None:
             try:
                 self["redis"] = parse_redis_url(self["redis"])
@@ -372,10 +374,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     if reactor is None:
         from twisted.internet import reactor
     try:
-        tls = config["tls-cert"], config["tls-key"]
-        endpoint, scheme = server_endpoint(
-            reactor, str(config["port"]), tls if all(tls) else None
-        )
+        endpoint, scheme = server_endpoint(reactor, str(config["port"]), config["tls"])
         metrics = Metrics()
         room = _make_room(config, reactor, metrics)
     except (EndpointError, datafile.HistoryFileError) as e:
