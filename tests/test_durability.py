@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThread
 
 from chatbox.local import datafile
 from tests.client import connect
-from tests.held_twistd import HOLDING
+from tests.held_twistd import HOLDING, READ_WAIT_OVER
 from tests.process import ServerProcess, spawn, start
 from tests.rawclient import RawClient
 
@@ -126,11 +126,13 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path):
 @pytest.mark.parametrize("when", ["at once", "behind a held write"])
 @ensureDeferred
 async def test_sigterm_answers_pending_sends_then_closes_with_1001(tmp_path, when):
-    """Every journal write is held until the server has logged the signal,
-    so no send can be acknowledged before it: each reply proves shutdown
-    answered a send that was pending when it began. "at once": the signal
-    follows the sends, which may still be unread in the socket; "behind a
-    held write": the first batch is being written, the rest wait behind it."""
+    """Every journal write is held until shutdown's READ_BEFORE_CLOSE wait
+    is over, so no send can be acknowledged before the signal, nor within
+    that wait: each reply proves shutdown answered a send that was pending
+    when it began, and the acknowledgements before the close frame prove
+    it flushed before closing clients. "at once": the signal follows the
+    sends, which may still be unread in the socket; "behind a held write":
+    the first batch is being written, the rest wait behind it."""
     server = await start(tmp_path, held=True)
     try:
         client = await deferToThread(RawClient, server.port)
@@ -141,7 +143,7 @@ async def test_sigterm_answers_pending_sends_then_closes_with_1001(tmp_path, whe
         if when == "behind a held write":
             await server.wait_for(HOLDING)
         os.kill(server.transport.pid, signal.SIGTERM)
-        await server.wait_for(b"Received SIGTERM")
+        await server.wait_for(READ_WAIT_OVER)
         server.release_writes()
 
         def replies_until_close() -> tuple[list[dict], int]:

@@ -262,7 +262,7 @@ async def test_a_failed_fold_keeps_the_retired_journal_until_a_retry_folds_it(
     old = tmp_path / "data.json.journal.old"
     real_write_array = datafile.write_array
 
-    def disk_full(*args):
+    def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     later = Later()

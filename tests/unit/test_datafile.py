@@ -1,6 +1,8 @@
 """data.json and its journal on disk: loading, damage, atomic rewrites."""
 
 import json
+import os
+import stat
 import zlib
 
 import pytest
@@ -268,8 +270,6 @@ def test_keep_torn_writes_the_bytes_beside_the_history(tmp_path):
 
 
 def test_the_lock_refuses_a_second_owner_and_names_the_first(tmp_path):
-    import os
-
     path = str(tmp_path / "data.json")
     held = datafile.HistoryLock(path)
     lock_file = tmp_path / "data.json.lock"
@@ -334,3 +334,61 @@ def test_a_complete_last_record_with_its_newline_changed_is_damage(tmp_path):
     (tmp_path / "data.json.journal").write_bytes(journal[:-1])
     loaded = datafile.load(str(path))
     assert loaded.ids == list(range(1, 21)) and not loaded.torn
+
+
+class Fsyncs(list):
+    """A recording `fsync` seam: each call appends what was fsync'd (the
+    folder, or the file's name in it) and what the folder held at that
+    moment, so a rename shows as the listing changing between two fsyncs."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def __call__(self, fd):
+        os.fsync(fd)
+        synced = os.fstat(fd)
+        names = sorted(os.listdir(self.folder))
+        what = "folder" if stat.S_ISDIR(synced.st_mode) else "?"
+        for name in names:
+            held = os.stat(self.folder / name)
+            if (held.st_dev, held.st_ino) == (synced.st_dev, synced.st_ino):
+                what = name
+        self.append((what, names))
+
+
+def test_write_array_fsyncs_the_temporary_file_then_renames_then_the_folder(
+    tmp_path,
+):
+    path = tmp_path / "data.json"
+    path.write_text("[]")
+    fsyncs = Fsyncs(tmp_path)
+    datafile.write_array(str(path), [codec.encode(entry(1))], 1, fsync=fsyncs)
+    assert fsyncs == [
+        ("data.json.tmp", ["data.json", "data.json.tmp"]),  # before the rename
+        ("folder", ["data.json"]),  # after it
+    ]
+    assert json.loads(path.read_text()) == [entry(1)]
+
+
+def test_remove_durably_unlinks_then_fsyncs_the_folder(tmp_path):
+    path = tmp_path / "data.json.journal.old"
+    path.write_bytes(b"")
+    fsyncs = Fsyncs(tmp_path)
+    datafile.remove_durably(str(path), fsync=fsyncs)
+    assert fsyncs == [("folder", [])]
+    datafile.remove_durably(str(path), fsync=fsyncs)  # gone already: no-op
+    assert fsyncs == [("folder", [])]
+
+
+def test_fold_makes_data_json_durable_before_dropping_the_old_journal(tmp_path):
+    path = tmp_path / "data.json"
+    old = tmp_path / "data.json.journal.old"
+    old.write_bytes(line(1))
+    fsyncs = Fsyncs(tmp_path)
+    datafile.fold(str(path), [codec.encode(entry(1))], 1, fsync=fsyncs)
+    assert fsyncs == [
+        ("data.json.tmp", ["data.json.journal.old", "data.json.tmp"]),
+        ("folder", ["data.json", "data.json.journal.old"]),
+        ("folder", ["data.json"]),
+    ]
