@@ -199,6 +199,32 @@ async def test_nickname_rules_hold_across_nodes(nodes, redis):
 
 
 @pytest_twisted.ensureDeferred
+async def test_requests_held_behind_a_name_are_answered_after_its_reply(
+    tmp_path, redis
+):
+    """On a cluster node a `name` waits for Redis, and requests pipelined
+    after it wait for its reply (PROTOCOL.md, ordering): even those answered
+    at once when their turn comes must not overtake the `name` reply. The
+    three frames are written together, so the node reads them before the
+    claim's round trip can end."""
+    node = await start_node(tmp_path, redis, "node")
+    try:
+        an = await connect(node.url)
+        an.send_json({"type": "name", "name": "An"})
+        an.send_json({"type": "get", "limit": 0})  # refused at once
+        an.send_json({"type": "name", "name": "\u3164"})  # refused at once
+        replies = [await an.reply() for _ in range(3)]
+        assert [(r["type"], r.get("action"), r.get("reason")) for r in replies] == [
+            ("name", "register", None),
+            ("get", None, "WrongFormatArgument"),
+            ("name", "change", "WrongFormatName"),
+        ], replies
+        assert replies[0]["status"] is True and replies[0]["name"] == "An"
+    finally:
+        await node.kill(signal.SIGTERM)
+
+
+@pytest_twisted.ensureDeferred
 async def test_same_get_on_every_node(nodes):
     clients = [await user(node, name) for node, name in zip(nodes, "ABC", strict=True)]
     for round_ in range(5):
