@@ -15,7 +15,7 @@ from chatbox.cluster.address import RedisAddress, parse_redis_url
 from chatbox.cluster.commands import Commands
 from chatbox.cluster.keys import Keys
 from chatbox.cluster.lease import Lease
-from chatbox.cluster.link import RedisInDoubt
+from chatbox.cluster.link import RedisInDoubt, RedisUnavailable
 from chatbox.cluster.reader import RETRY_SECONDS, EventReader
 from chatbox.cluster.room import RedisRoom, entry_template
 from chatbox.tap import Options
@@ -301,3 +301,87 @@ def test_an_event_of_unknown_kind_is_skipped_not_taken_for_a_leave():
         globalLogPublisher.removeObserver(logged.append)
     assert [e["datatype"] for e, _ in node.delivered] == ["register", "leave"]
     assert any("unknown kind" in event.get("log_format", "") for event in logged)
+
+
+def _registered(node: Node, name: str = "An") -> object:
+    """A connection of node n1 that holds `name` (as holder n1:1...)."""
+    owner = object()
+    node.room.claim(owner, name, "t")
+    node.commands_link.pending(scripts.CLAIM)[1].callback(b"1-0")
+    assert node.room.name_of(owner) == name
+    return owner
+
+
+def _releases(link: FakeLink) -> list[list]:
+    return [args for script, args, _ in link.evals if script == scripts.RELEASE]
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [RedisUnavailable("redis is down"), RedisInDoubt("redis connection lost")],
+)
+def test_release_that_failed_is_sent_again_at_the_next_heartbeat(outage):
+    """A connection closed while Redis was failing: its name must not stay
+    taken until the node's lease runs out (or for ever, while the node
+    lives). The heartbeat retries the release, with the leave's own time."""
+    node = Node()
+    an = _registered(node)
+    assert node.room.release(an, "left at t1") == "An"
+    args, reply = node.commands_link.pending(scripts.RELEASE)
+    assert args[:3] == ["n1", "n1:1", "left at t1"]
+    reply.errback(outage)
+    assert len(_releases(node.commands_link)) == 1  # no busy retry loop
+
+    node.beat(held=True)
+    retried = _releases(node.commands_link)
+    assert retried == [args, args], "the heartbeat did not retry the release"
+    node.commands_link.pending(scripts.RELEASE)[1].callback(1)
+    node.beat(held=True)  # confirmed now: never sent again
+    assert len(_releases(node.commands_link)) == 2
+
+
+def test_release_while_redis_is_down_is_sent_when_the_link_is_back():
+    """While the link is down nothing is sent; the link coming back starts a
+    heartbeat (the lease's on_up), whose answer sends the release."""
+    node = Node()
+    an = _registered(node)
+    node.commands_link.up = False
+    node.room.release(an, "left at t1")
+    assert _releases(node.commands_link) == []
+    node.commands_link.up = True
+    node.commands_link.reconnected()
+    assert _releases(node.commands_link) == []  # after the lease, not before
+    _, heartbeat = node.commands_link.pending(scripts.HEARTBEAT)
+    heartbeat.callback([1, 0, 0])
+    sent = [args[:3] for args in _releases(node.commands_link)]
+    assert sent == [["n1", "n1:1", "left at t1"]], "the release was not retried"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "every", "lease_ms"), [(15, 2.5, 9000), (30, 5, 18000)]
+)
+def test_lease_is_renewed_every_sixth_of_it_for_six_tenths_of_it(
+    seconds, every, lease_ms
+):
+    """lease.py's promise: a node renews every lease/6 for 0.6 × lease, so
+    its names are freed within (0.6 + 1/6) × lease of its death, and it
+    survives two missed renewals (the third comes at half the lease).
+    (Leases whose sixth is exact in binary, so the fake clock lands on each
+    beat exactly.)"""
+    clock = MemoryReactorClock()
+    link = FakeLink()
+    lease = Lease(Commands(link, Keys.under()), clock, "n1", seconds)
+    lease.start()
+
+    def heartbeats() -> list[list]:
+        return [args for script, args, _ in link.evals if script == scripts.HEARTBEAT]
+
+    for beat in range(1, 4):
+        clock.advance(every - 1 / 64)
+        assert len(heartbeats()) == beat - 1, f"beat {beat} came early"
+        clock.advance(1 / 64)
+        assert len(heartbeats()) == beat, f"beat {beat} did not come"
+        args, reply = link.pending(scripts.HEARTBEAT)
+        assert args[:2] == ["n1", lease_ms]  # the lease Redis sets, in ms
+        reply.callback([1, 0, 0])
+    assert lease.held
