@@ -32,11 +32,11 @@ FREED_WITHIN = (0.6 + 1 / 6) * LEASE
 # survivor's heartbeat that reaps it, and the leave's way to the watcher
 # (stream read, WebSocket). On this 2-core machine with four busy loops
 # beside the three nodes, Redis and the test, 8 runs took 1.99-2.72 s (idle:
-# 1.81-2.39 s); 0.5 s allows ~150 ms for each late step. A full-length
-# lease instead of 0.6 × lease would take 3.33-4.67 s (and fails the check
-# of the lease Redis keeps, below); the beat interval is pinned by
-# tests/unit/test_cluster_units.py, since beating every lease/3 mostly fits.
-FREED_MARGIN = 0.5
+# 1.81-2.39 s); 0.8 s allows over 250 ms for each late step, for a CI
+# machine busier than that. A full-length lease instead of 0.6 × lease is
+# caught for certain by the check of the lease Redis keeps (below), not by
+# this bound; the beat interval is pinned by tests/unit/test_cluster_units.py.
+FREED_MARGIN = 0.8
 CHATBOX_REDIS = str(Path(sysconfig.get_path("scripts")) / "chatbox-redis")
 STREAM_ID = re.compile(r"\d+-\d+")
 
