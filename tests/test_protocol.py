@@ -5,6 +5,7 @@ import re
 import pytest
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
 TIMESTAMP = re.compile(r"^\d{2}/\d{2}/\d{4}, \d{2}:\d{2}:\d{2}$")
 
@@ -525,6 +526,42 @@ async def test_every_receiver_sees_every_message_once_in_id_order(server):
         seen.append(ids)
         await watcher.no_event(0.1)
     assert seen[0] == seen[1] == seen[2] == list(range(1, 101))
+
+
+@ensureDeferred
+async def test_a_request_over_the_waiting_limit_behind_a_name_is_rate_limited(
+    server, monkeypatch
+):
+    """ "Requests sent after a `name` are handled, in order, once its reply
+    is out ... At most 256 requests (and 1 MiB of them) wait so; each one
+    beyond is answered at once with `RateLimited` (`retry_after` 1)." One
+    process decides a `name` at once, so the room here decides it only when
+    the test says, as a cluster's round trip would."""
+    room = server.factory.room
+    claim = room.claim
+    decide: Deferred = Deferred()
+
+    def claim_when_decided(owner, name, timestamp):
+        return decide.addCallback(lambda _: claim(owner, name, timestamp))
+
+    monkeypatch.setattr(room, "claim", claim_when_decided)
+    an = await server.client()
+    an.send_json({"type": "name", "name": "An"})
+    for i in range(256):
+        an.send_json({"type": "send", "content": f"m{i}"})
+    an.send_json({"type": "send", "content": "one too many"})
+    assert await an.reply() == {
+        "type": "send",
+        "status": False,
+        "reason": "RateLimited",
+        "retry_after": 1,
+    }
+    decide.callback(None)
+    assert (await an.reply())["action"] == "register"
+    sent = [await an.reply() for _ in range(256)]
+    assert [r["content"] for r in sent] == [f"m{i}" for i in range(256)]
+    history = (await an.get(limit=1000))["data"]["message"]
+    assert [m["content"] for m in history] == [f"m{i}" for i in range(256)]
 
 
 @ensureDeferred
