@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue, TimeoutError
+from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -84,15 +84,6 @@ class ChatClientProtocol(WebSocketClientProtocol):
     async def ping(self, timeout: float = TIMEOUT) -> dict:
         return await self._within(self.pings, timeout)
 
-    async def no_event(self, wait: float = 0.3) -> None:
-        """Assert nothing is broadcast to this client within `wait` seconds;
-        prefer no_event_before, which cannot pass by being too early."""
-        try:
-            event = await self._within(self.events, wait)
-        except TimeoutError:
-            return
-        raise AssertionError(f"unexpected event {event!r}")
-
     async def no_event_before(
         self, marker_sender: "ChatClientProtocol", content: str = "marker"
     ) -> None:
@@ -103,13 +94,7 @@ class ChatClientProtocol(WebSocketClientProtocol):
         proves nothing came first; waiting a while would only prove that
         nothing came yet.
         """
-        reply = await marker_sender.say(content)
-        assert reply["status"] is True, reply
-        event = await self.event()
-        assert (event.get("datatype"), event.get("content")) == (
-            "message",
-            content,
-        ), f"unexpected event {event!r}"
+        await no_events_before([self], marker_sender, content)
 
     async def wait_closed(self, timeout: float = TIMEOUT) -> tuple:
         return await self.closed.addTimeout(timeout, reactor)
@@ -147,6 +132,24 @@ class ChatClientProtocol(WebSocketClientProtocol):
     def abort(self) -> None:
         """Vanish without a close frame, as a crashed browser or cut cable does."""
         self.transport.abortConnection()
+
+
+async def no_events_before(
+    watchers: "list[ChatClientProtocol]",
+    marker_sender: ChatClientProtocol,
+    content: str = "marker",
+) -> None:
+    """ChatClientProtocol.no_event_before for several clients: one marker,
+    which must be the next event of each (a marker each would queue the
+    first behind the second's)."""
+    reply = await marker_sender.say(content)
+    assert reply["status"] is True, reply
+    for watcher in watchers:
+        event = await watcher.event()
+        assert (event.get("datatype"), event.get("content")) == (
+            "message",
+            content,
+        ), f"unexpected event {event!r}"
 
 
 async def connect(

@@ -106,6 +106,28 @@ async def test_a_connection_that_keeps_flooding_is_closed_and_logged_once(data_f
 
 
 @ensureDeferred
+async def test_a_big_burst_raises_the_flood_threshold_to_twice_the_burst(data_file):
+    """ "A connection that keeps sending while being told `RateLimited`
+    (more than twice the burst, at least 50 times, within 10 s) is closed
+    with 1008." With --burst=40 that is 80 refusals, not 50: all 80 are
+    answered, and the 81st closes the connection. (--rate=0.01: no token
+    comes back while the test runs.)"""
+    server = await start_server(data_file, "--rate=0.01", "--burst=40")
+    try:
+        flood = await server.user("Flood")  # 1 of the burst's 40
+        for _ in range(39 + 80):
+            flood.send_json({"type": "get", "limit": 1})
+        replies = [await flood.reply() for _ in range(39 + 80)]
+        refused = [r for r in replies if r["status"] is False]
+        assert len(refused) == 80
+        assert {r["reason"] for r in refused} == {"RateLimited"}
+        flood.send_json({"type": "get", "limit": 1})  # the 81st refusal
+        assert await flood.close_code_from_server() == 1008
+    finally:
+        await server.stop()
+
+
+@ensureDeferred
 async def test_client_strings_reach_the_log_escaped(data_file):
     seen: list[str] = []
 

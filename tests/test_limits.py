@@ -184,8 +184,14 @@ async def test_any_origin_by_default_as_v2(server):
 
 
 class _Silent(Protocol):
+    """Sends nothing; keeps what the server said before it hung up."""
+
     def __init__(self) -> None:
         self.lost: Deferred = Deferred()
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
 
     def connectionLost(self, reason=None) -> None:
         self.lost.callback(reactor.seconds())
@@ -202,6 +208,31 @@ async def test_a_connection_that_never_handshakes_is_closed(data_file):
         closed = await silent.lost.addTimeout(3, reactor)
         assert closed - opened < 2
         assert not server.factory.connections
+    finally:
+        await server.stop()
+
+
+@ensureDeferred
+async def test_probation_starts_when_the_pending_cap_is_reached(data_file):
+    """With --max-pending-per-ip=2, the third silent connection from one
+    address is accepted while two are pending: it is on probation and gets
+    the 429 for unfinished requests; the first two wait for the deadline
+    (2 s, so longer than the 1 s probation) and get the 408."""
+    server = await start_server(
+        data_file, "--max-pending-per-ip=2", "--handshake-timeout=2"
+    )
+    try:
+        silent = [
+            await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), _Silent()
+            )
+            for _ in range(3)
+        ]
+        for client in silent:
+            await client.lost.addTimeout(6, reactor)
+        statuses = [client.received.split(b" ", 2)[1] for client in silent]
+        assert statuses == [b"408", b"408", b"429"], [c.received for c in silent]
+        assert b"unfinished" in silent[2].received
     finally:
         await server.stop()
 

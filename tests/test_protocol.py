@@ -5,6 +5,9 @@ import re
 import pytest
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from tests.client import no_events_before
 
 TIMESTAMP = re.compile(r"^\d{2}/\d{2}/\d{4}, \d{2}:\d{2}:\d{2}$")
 
@@ -31,7 +34,7 @@ async def test_register_replies_and_tells_everyone_else(server):
         "name": "An",
         "timestamp": reply["timestamp"],
     }
-    await an.no_event()
+    await an.no_event_before(bo)  # not told of its own registration
 
 
 @pytest.mark.parametrize("variant", ["An", "AN", "an", "Ａn", "ＡＮ"])
@@ -124,7 +127,7 @@ async def test_change_replies_and_tells_everyone_else(server):
         "newname": "Anh",
         "timestamp": reply["timestamp"],
     }
-    await an.no_event()
+    await an.no_event_before(bo)  # not told of its own change
 
 
 @ensureDeferred
@@ -212,8 +215,8 @@ async def test_send_replies_with_id_and_tells_everyone_else(server):
         "timestamp": reply["timestamp"],
         "id": 1,
     }
-    await an.no_event()
     assert (await an.say("again"))["id"] == 2
+    await an.no_event_before(bo)  # not told of its own messages
 
 
 @ensureDeferred
@@ -250,8 +253,8 @@ async def test_send_refuses_malformed_content_with_v2s_username_key(server, cont
         "reason": "WrongFormatContent",
     }
     await an.event()  # Bo joined
-    await bo.no_event()
     assert (await an.get())["data"]["message"] == []
+    await bo.no_event_before(an)  # nothing was broadcast for it
 
 
 @pytest.mark.parametrize(
@@ -439,11 +442,24 @@ async def test_leave_is_broadcast_at_once_when_a_client_vanishes(server):
 
 
 @ensureDeferred
-async def test_unregistered_connections_leave_silently(server):
+async def test_unregistered_connections_leave_silently(server, monkeypatch):
+    marker = await server.user("Marker")
     bo = await server.user("Bo")
+    before = set(server.factory.connections)
     lurker = await server.client()
+    [theirs] = server.factory.connections - before  # its server side
+    dropped: Deferred = Deferred()
+    connection_lost = server.factory.connection_lost
+
+    def watch(connection):
+        connection_lost(connection)
+        if connection is theirs:
+            dropped.callback(None)
+
+    monkeypatch.setattr(server.factory, "connection_lost", watch)
     lurker.abort()
-    await bo.no_event()
+    await dropped.addTimeout(10, reactor)  # the server has let it go...
+    await bo.no_event_before(marker)  # ...and told nobody
 
 
 @ensureDeferred
@@ -523,8 +539,44 @@ async def test_every_receiver_sees_every_message_once_in_id_order(server):
                 ids.append(event["id"])
         assert ids == sorted(ids) and len(set(ids)) == 100
         seen.append(ids)
-        await watcher.no_event(0.1)
+    await no_events_before(watchers, senders[0])  # and nothing more
     assert seen[0] == seen[1] == seen[2] == list(range(1, 101))
+
+
+@ensureDeferred
+async def test_a_request_over_the_waiting_limit_behind_a_name_is_rate_limited(
+    server, monkeypatch
+):
+    """ "Requests sent after a `name` are handled, in order, once its reply
+    is out ... At most 256 requests (and 1 MiB of them) wait so; each one
+    beyond is answered at once with `RateLimited` (`retry_after` 1)." One
+    process decides a `name` at once, so the room here decides it only when
+    the test says, as a cluster's round trip would."""
+    room = server.factory.room
+    claim = room.claim
+    decide: Deferred = Deferred()
+
+    def claim_when_decided(owner, name, timestamp):
+        return decide.addCallback(lambda _: claim(owner, name, timestamp))
+
+    monkeypatch.setattr(room, "claim", claim_when_decided)
+    an = await server.client()
+    an.send_json({"type": "name", "name": "An"})
+    for i in range(256):
+        an.send_json({"type": "send", "content": f"m{i}"})
+    an.send_json({"type": "send", "content": "one too many"})
+    assert await an.reply() == {
+        "type": "send",
+        "status": False,
+        "reason": "RateLimited",
+        "retry_after": 1,
+    }
+    decide.callback(None)
+    assert (await an.reply())["action"] == "register"
+    sent = [await an.reply() for _ in range(256)]
+    assert [r["content"] for r in sent] == [f"m{i}" for i in range(256)]
+    history = (await an.get(limit=1000))["data"]["message"]
+    assert [m["content"] for m in history] == [f"m{i}" for i in range(256)]
 
 
 @ensureDeferred

@@ -39,7 +39,7 @@ def test_a_port_busy_at_once_is_raised_out_of_start_up():
         listener.privilegedStartService()
 
 
-def test_a_later_failure_stops_the_reactor_and_fails_waiters():
+def test_a_later_failure_stops_the_reactor_and_fails_waiters(no_logged_failures):
     later: Deferred = Deferred()
     reactor = FakeReactor()
     listener = ListenerService(Endpoint(later), None, "ws", reactor)
@@ -56,6 +56,13 @@ def test_a_later_failure_stops_the_reactor_and_fails_waiters():
     assert reactor.stopped == 1
     assert len(errors) == 1
     assert listener.port is None
+    # Twisted's endpoint service reports the failure with the legacy
+    # log.err (an "Unhandled Error" line); ours says what happens next.
+    [reported] = [e for e in logged if e.get("isError")]
+    assert reported["failure"].check(OSError)
+    assert any("could not listen" in e.get("log_format", "") for e in logged)
+    assert no_logged_failures == [reported["failure"].getTraceback()]
+    no_logged_failures.clear()
 
 
 def test_stopping_before_listening_does_not_stop_the_reactor():

@@ -152,6 +152,27 @@ def test_past_256_waiting_requests_or_1_mib_each_is_answered_at_once() -> None:
     assert client.handled[2:] == [big, "get"]  # the rest waited, in order
 
 
+def test_exactly_1_mib_may_wait_and_one_byte_more_may_not() -> None:
+    """The 1 MiB is a ceiling that may be reached: requests adding up to
+    exactly MAX_WAITING_BYTES all wait; with one byte more, the request
+    that would pass it is answered at once."""
+    half = "send " + "x" * (MAX_WAITING_BYTES // 2 - len("send "))
+    assert 2 * len(half.encode()) == MAX_WAITING_BYTES
+
+    client = Client()
+    client.receive("name An", half, half)
+    assert client.wire == []  # both wait, at exactly the limit
+    client.receive("1")  # one byte more
+    assert client.wire == ["1: RateLimited"]
+    fire(client.deciding["An"])
+    assert client.handled == ["name An", "1", half, half]
+
+    client = Client()
+    client.receive("name An", half + "x")  # one byte over half...
+    client.receive(half)  # ...so this one would pass the limit by one
+    assert client.wire == [f"{half}: RateLimited"]
+
+
 def test_while_a_get_is_answered_other_frames_wait_and_follow_it() -> None:
     """ "A `get` reply is a snapshot, and nothing that happened after it
     reaches the client before it: while a `get` is answered, that client's
