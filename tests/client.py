@@ -209,3 +209,20 @@ async def handshake_status(port: int, **headers: str) -> int:
     response = await protocol.done.addTimeout(TIMEOUT, reactor)
     protocol.transport.loseConnection()
     return int(response.split(b" ", 2)[1])
+
+
+def fired(deferreds: list[Deferred], count: int) -> Deferred:
+    """Fires once `count` of `deferreds` have fired (a barrier for "this
+    many connections were closed"), passing each one's result on."""
+    done: Deferred = Deferred()
+    seen = [0]
+
+    def one_more(result: object) -> object:
+        seen[0] += 1
+        if seen[0] == count:
+            done.callback(None)
+        return result
+
+    for deferred in deferreds:
+        deferred.addBoth(one_more)
+    return done

@@ -20,7 +20,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 
 from tests import process
-from tests.client import ChatClientProtocol, handshake_status
+from tests.client import ChatClientProtocol, fired, handshake_status
 from tests.server import start_server
 from tests.test_tls import tls_files as _tls_files
 
@@ -77,18 +77,9 @@ async def status_of(port: int, request: bytes) -> int | None:
 
 def closed(clients: list[Raw], count: int) -> Deferred:
     """Fires once `count` of `clients` have been closed by the server."""
-    done: Deferred = Deferred()
-    seen = [0]
-
-    def one_more(result: object) -> object:
-        seen[0] += 1
-        if seen[0] == count:
-            done.callback(None)
-        return result
-
-    for client in clients:
-        client.closed.addCallback(one_more)
-    return done.addTimeout(TIMEOUT, reactor)
+    return fired([client.closed for client in clients], count).addTimeout(
+        TIMEOUT, reactor
+    )
 
 
 async def ws_client(port: int, bind: str) -> ChatClientProtocol:

@@ -20,6 +20,7 @@ from chatbox.chat.arns import MAX_NAME_LENGTH
 from chatbox.chat.content import MAX_CONTENT_LENGTH
 from chatbox.local import datafile
 from chatbox.wire import codec, messages
+from tests.client import fired
 from tests.server import start_server
 from tests.test_classic_client import browser
 
@@ -246,18 +247,7 @@ async def test_clients_that_ask_and_never_read_cannot_hold_the_reply_budget(
 def closes(connections, count: int) -> Deferred:
     """Fires once `count` of the server's `connections` have closed (each
     Autobahn protocol's is_closed)."""
-    done: Deferred = Deferred()
-    seen = [0]
-
-    def one_more(result: object) -> object:
-        seen[0] += 1
-        if seen[0] == count:
-            done.callback(None)
-        return result
-
-    for connection in connections:
-        connection.is_closed.addCallback(one_more)
-    return done
+    return fired([connection.is_closed for connection in connections], count)
 
 
 def _read_slowly(port: int, seconds_per_mib: float) -> tuple[int, float]:
