@@ -103,7 +103,7 @@ class ChatProtocol(WebSocketServerProtocol):
             drained=self._output.drained,
             frame_size=lambda prepared: len(prepared.payloadHybi),
             hold_limit=limits.max_pending_output,
-            too_much_held=self._held_too_much,
+            too_much_held=self._stopped_reading,
         )
         # Frames of any kind: FRAMES_PER_REQUEST times the request limit.
         self._frames = (
@@ -167,10 +167,11 @@ class ChatProtocol(WebSocketServerProtocol):
             return
         self._order.deliver(prepared)
 
-    def _held_too_much(self, held: int) -> None:
-        """Frames held behind a `get` reply count as unread output."""
+    def _stopped_reading(self, unread: int) -> None:
+        """Told of a client that is not reading: frames held behind its
+        `get` reply past the output limit, or a large reply left unread."""
         if not self._cut_off:
-            self._cut(held)
+            self._cut(unread)
 
     def _write_now(self, prepared: PreparedMessage) -> None:
         """Onto the wire, past anything held: counted, and refused to a
@@ -335,15 +336,14 @@ class ChatProtocol(WebSocketServerProtocol):
         request: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
         kind = request.get("type")
         try:
-            if overflowing:
-                raise Refused(
-                    messages.rate_limited(kind if isinstance(kind, str) else None, 1.0)
-                )
-            wait = self._requests.take(self.factory.reactor.seconds())
+            wait = (
+                1.0
+                if overflowing
+                else self._requests.take(self.factory.reactor.seconds())
+            )
             if wait:
-                raise Refused(
-                    messages.rate_limited(kind if isinstance(kind, str) else None, wait)
-                )
+                limited = kind if isinstance(kind, str) else None
+                raise Refused(messages.rate_limited(limited, wait))
             if not isinstance(decoded, dict):
                 raise Refused(messages.wrong_format_json())
             handler = self._handlers.get(kind) if isinstance(kind, str) else None
@@ -542,24 +542,21 @@ class ChatProtocol(WebSocketServerProtocol):
         now = self.factory.timestamps.now()
         size = sum(map(len, entries))
         self.factory.metrics.request("get", "ok")
-        if size < LARGE_REPLY:
-            prepared = self.factory.prepareMessage(
+
+        def frame() -> PreparedMessage:
+            return self.factory.prepareMessage(
                 messages.get_ok(name, now, entries, online)
             )
-            self._write_now(prepared)  # ahead of what was held
+
+        if size < LARGE_REPLY:
+            self._write_now(frame())  # ahead of what was held
             return
         gate = self.factory.reply_gate
         key = self.address_key or ""
         share = await gate.acquire(size, key)
         try:
-            if not self.can_send:
-                return
-            prepared = await deferToThread(
-                lambda: self.factory.prepareMessage(
-                    messages.get_ok(name, now, entries, online)
-                )
-            )
-            self._write_now(prepared)  # ahead of what was held
+            if self.can_send:
+                self._write_now(await deferToThread(frame))  # ahead of the held
         finally:
             self._hold_share_until_read(share, key)
 
@@ -570,11 +567,9 @@ class ChatProtocol(WebSocketServerProtocol):
         reading is cut off (chatbox.wire.backpressure.READ_GRACE), so a
         client that asks and never reads cannot keep its share."""
 
-        def too_slow(unsent: int) -> None:
-            if not self._cut_off:
-                self._cut(unsent)
-
-        reading = self._output.read_or_too_slow(self.factory.reactor, share, too_slow)
+        reading = self._output.read_or_too_slow(
+            self.factory.reactor, share, self._stopped_reading
+        )
         reading.addBoth(lambda _: self.factory.reply_gate.release(share, key))
 
     # -- WebSocket pings behind a large reply --
