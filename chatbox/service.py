@@ -67,6 +67,10 @@ class ChatService(Service):
         # unanswered. A moment lets the reactor read them, so each gets its
         # reply (ErrorWhenSend "server shutting down" for a send).
         await deferLater(reactor, READ_BEFORE_CLOSE, lambda: None)
+        self.log.info(
+            "shutting down: saving pending messages, then closing {count} client(s)",
+            count=len(self.factory.connections),
+        )
         await self.room.flush()
         try:
             await self.factory.close_all().addTimeout(self.shutdown_timeout, reactor)

@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThread
 
 from chatbox.local import datafile
 from tests.client import connect
-from tests.held_twistd import HOLDING, READ_WAIT_OVER
+from tests.held_twistd import HOLDING
 from tests.process import ServerProcess, spawn, start
 from tests.rawclient import RawClient
 
@@ -143,7 +143,9 @@ async def test_sigterm_answers_pending_sends_then_closes_with_1001(tmp_path, whe
         if when == "behind a held write":
             await server.wait_for(HOLDING)
         os.kill(server.transport.pid, signal.SIGTERM)
-        await server.wait_for(READ_WAIT_OVER)
+        # Logged once the read-before-close wait is over, before the flush:
+        # from here, only the flush can acknowledge a send before the 1001.
+        await server.wait_for(b"shutting down: saving pending messages")
         server.release_writes()
 
         def replies_until_close() -> tuple[list[dict], int]:
