@@ -1,73 +1,137 @@
 // chatbox browser client: the classic-chatbox v2 protocol (docs/PROTOCOL.md)
-// plus its extensions (message ids, paged history). No build step: served as is.
+// plus its extensions (message ids, paged history, `time`, `send_id`,
+// typing, online count). No build step: served as is.
 //
 // Replies are matched by type, and a reply to a `name` may overtake earlier
 // `send` replies (docs/PROTOCOL.md, ordering), so this client keeps at most
 // one `send` and one `get` in flight, where each reply is unambiguous.
-// Every piece of user text reaches the page through textContent, never HTML.
+// Every piece of user text reaches the page through textContent or text
+// nodes, never HTML; links are built as elements.
 "use strict";
 
 (() => {
   const PAGE = 50;
+  const MAX_CONTENT = 4000;
+  const COUNTER_FROM = 3500;
+  const TYPING_EVERY = 3000;   // at most one typing request per this (ms)
+  const TYPING_SHOWN = 6000;   // "X is typing" lasts this long after X's last event
+  const CONNECT_TIMEOUT = 10000;  // a server that accepts TCP but never answers
+  const REJOIN_TRIES = 3;      // our old connection may not be closed yet on the server
+  const TITLE = "chatbox";
+  const LINK = /https?:\/\/[^\s<>"]+/gi;
+
   const TEXT = {
     en: {
       language: "Language", chat: "Chat", nickname: "Nickname", join: "Join",
-      change: "Change", message: "Message", send: "Send", online: "Online",
+      changeName: "Change nickname", newName: "New nickname", save: "Save", cancel: "Cancel",
+      menu: "Menu", theme: "Theme", themeSystem: "System", themeLight: "Light", themeDark: "Dark",
+      sound: "Sound for new messages", notifications: "Desktop notifications",
+      message: "Message", send: "Send", online: "Online",
       messages: "Messages", enterHint: "Enter to send, Shift+Enter for a new line",
+      touchHint: "Enter for a new line, tap Send to send",
       historyStart: "Beginning of the conversation", connect: "Connect",
       disconnect: "Disconnect", connecting: "Connecting…", connected: "Connected",
-      disconnected: "Disconnected", reconnecting: (s) => `Connection lost, retrying in ${s} s…`,
+      disconnected: "Disconnected", retryNow: "Retry now",
+      reconnecting: (s) => `Connection lost, retrying in ${s} s…`,
       pickName: "Pick a nickname to start chatting.", you: "you",
+      welcome: (n) => (n === 0 ? "Welcome! Nobody is online yet."
+        : n === 1 ? "Welcome! 1 person is online." : `Welcome! ${n} people are online.`),
       NameAlreadyUsed: "That nickname is taken.",
       WrongFormatName: "Nicknames are 1–100 visible characters.",
       RateLimited: (s) => `Too fast: wait ${s} s.`,
       WrongFormatContent: "Messages are 1–4000 characters.",
       UnknownRegister: "Pick a nickname first.",
       failedGeneric: (r) => `Failed: ${r}`,
-      pending: "sending…", sent: "sent", failed: "not sent", retry: "Retry",
-      lost: "connection lost",
+      pending: "sending…", waiting: "waiting for the connection…", sent: "sent",
+      failed: "not sent", retry: "Retry", lost: "connection lost",
       joined: (n) => `${n} joined`, left: (n) => `${n} left`,
-      renamed: (a, b) => `${a} is now ${b}`,
+      renamed: (a, b) => `${a} is now ${b}`, youRenamed: (b) => `You are now ${b}`,
       unread: (n) => `${n} new message${n === 1 ? "" : "s"} ↓`,
+      today: "Today", yesterday: "Yesterday",
+      typing1: (a) => `${a} is typing…`, typing2: (a, b) => `${a} and ${b} are typing…`,
+      typingMany: (n) => `${n} people are typing…`,
+      counter: (n) => `${n} / ${MAX_CONTENT}`,
+      mentioned: (n) => `${n} mentioned you`,
     },
     vi: {
       language: "Ngôn ngữ", chat: "Trò chuyện", nickname: "Biệt danh", join: "Tham gia",
-      change: "Đổi tên", message: "Tin nhắn", send: "Gửi", online: "Trực tuyến",
+      changeName: "Đổi biệt danh", newName: "Biệt danh mới", save: "Lưu", cancel: "Huỷ",
+      menu: "Trình đơn", theme: "Giao diện", themeSystem: "Theo hệ thống", themeLight: "Sáng",
+      themeDark: "Tối", sound: "Âm báo tin nhắn mới", notifications: "Thông báo trên máy",
+      message: "Tin nhắn", send: "Gửi", online: "Trực tuyến",
       messages: "Tin nhắn", enterHint: "Enter để gửi, Shift+Enter để xuống dòng",
+      touchHint: "Enter để xuống dòng, chạm Gửi để gửi",
       historyStart: "Đầu cuộc trò chuyện", connect: "Kết nối",
       disconnect: "Ngắt kết nối", connecting: "Đang kết nối…", connected: "Đã kết nối",
-      disconnected: "Đã ngắt kết nối", reconnecting: (s) => `Mất kết nối, thử lại sau ${s} giây…`,
+      disconnected: "Đã ngắt kết nối", retryNow: "Thử lại ngay",
+      reconnecting: (s) => `Mất kết nối, thử lại sau ${s} giây…`,
       pickName: "Chọn một biệt danh để bắt đầu.", you: "bạn",
+      welcome: (n) => (n === 0 ? "Chào mừng! Chưa có ai trực tuyến."
+        : `Chào mừng! Có ${n} người đang trực tuyến.`),
       NameAlreadyUsed: "Biệt danh này đã có người dùng.",
       WrongFormatName: "Biệt danh gồm 1–100 ký tự nhìn thấy được.",
       RateLimited: (s) => `Quá nhanh: chờ ${s} giây.`,
       WrongFormatContent: "Tin nhắn dài 1–4000 ký tự.",
       UnknownRegister: "Hãy chọn biệt danh trước.",
       failedGeneric: (r) => `Không thành công: ${r}`,
-      pending: "đang gửi…", sent: "đã gửi", failed: "chưa gửi được", retry: "Gửi lại",
-      lost: "mất kết nối",
+      pending: "đang gửi…", waiting: "đang chờ kết nối…", sent: "đã gửi",
+      failed: "chưa gửi được", retry: "Gửi lại", lost: "mất kết nối",
       joined: (n) => `${n} đã tham gia`, left: (n) => `${n} đã rời đi`,
-      renamed: (a, b) => `${a} đổi tên thành ${b}`,
+      renamed: (a, b) => `${a} đổi tên thành ${b}`, youRenamed: (b) => `Bạn đã đổi tên thành ${b}`,
       unread: (n) => `${n} tin nhắn mới ↓`,
+      today: "Hôm nay", yesterday: "Hôm qua",
+      typing1: (a) => `${a} đang soạn tin…`, typing2: (a, b) => `${a} và ${b} đang soạn tin…`,
+      typingMany: (n) => `${n} người đang soạn tin…`,
+      counter: (n) => `${n} / ${MAX_CONTENT}`,
+      mentioned: (n) => `${n} đã nhắc đến bạn`,
     },
   };
+  const LOCALE = { en: "en-GB", vi: "vi-VN" };
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    status: $("status"), connection: $("connection"), language: $("language"),
+    status: $("status"), statusText: $("status-text"), retryNow: $("retry-now"),
+    controls: $("controls"), menuControls: $("menu-controls"), connection: $("connection"),
+    language: $("language"), theme: $("theme"), sound: $("opt-sound"), notify: $("opt-notify"),
+    menuButton: $("menu-button"), menu: $("menu"), renameSection: $("rename-section"),
+    renameOpen: $("rename-open"), renameForm: $("rename-form"), rename: $("rename"),
+    renameCancel: $("rename-cancel"), renameError: $("rename-error"),
     nameForm: $("name-form"), name: $("name"), nameButton: $("name-button"),
-    nameError: $("name-error"), messages: $("messages"), list: $("message-list"),
-    historyStart: $("history-start"), unread: $("unread"), composer: $("composer"),
-    content: $("content"), send: $("send"), onlineList: $("online-list"),
-    onlineCount: $("online-count"),
+    nameError: $("name-error"), welcome: $("welcome"), messages: $("messages"),
+    list: $("message-list"), historyStart: $("history-start"), unread: $("unread"),
+    typing: $("typing"), composer: $("composer"), content: $("content"), send: $("send"),
+    hint: $("composer-hint"), counter: $("counter"), online: $("online"),
+    onlineToggle: $("online-toggle"), onlineList: $("online-list"),
+    onlineCount: $("online-count"), onlineCountShort: $("online-count-short"),
   };
+  const phone = window.matchMedia("(max-width: 700px)");
+  const touch = window.matchMedia("(pointer: coarse)");
 
   const state = {
-    lang: "en", ws: null, wanted: true, backoff: 1000, retryTimer: null,
-    myName: null, askedName: null, pendingName: null, online: [],
+    lang: "en", ws: null, wanted: true, backoff: 1000, retryTimer: null, retryAt: 0,
+    countdown: null, connectTimer: null, watchdog: null, pingTimeout: 0,
+    status: { kind: "busy", key: "connecting", args: [] },
+    myName: null, savedName: null, registered: false, askedName: null, pendingName: null, rejoins: 0,
+    focusOnJoin: true, onlineCount: null, online: [],
     seen: new Set(), lastId: 0, oldestId: null, atStart: false,
-    outbox: [], sending: null, gets: [], getInFlight: null, unread: 0,
+    outbox: [], sending: null, holdUntil: 0, gets: [], getInFlight: null,
+    unread: 0, typers: new Map(), typingSent: 0,
+    sound: false, notify: false, audio: null,
   };
+  const entries = new WeakMap();  // pending message <li> -> its outbox entry
+
+  // -- storage (private modes throw) --------------------------------------------
+
+  function load(key) {
+    try { return localStorage.getItem(`chatbox.${key}`); } catch (e) { return null; }
+  }
+
+  function save(key, value) {
+    try {
+      if (value === null) localStorage.removeItem(`chatbox.${key}`);
+      else localStorage.setItem(`chatbox.${key}`, value);
+    } catch (e) { /* private mode: nothing remembered */ }
+  }
 
   // -- language --------------------------------------------------------------
 
@@ -76,18 +140,30 @@
     return typeof value === "function" ? value(...args) : value ?? key;
   }
 
+  // Everything on screen is re-rendered from state, so nothing stays behind
+  // in the old language.
   function setLanguage(lang) {
     state.lang = TEXT[lang] ? lang : "en";
     document.documentElement.lang = state.lang;
     ui.language.value = state.lang;
-    try { localStorage.setItem("chatbox.lang", state.lang); } catch (e) { /* private mode */ }
+    save("lang", state.lang);
     for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
     for (const el of document.querySelectorAll("[data-i18n-label]")) {
       el.setAttribute("aria-label", t(el.dataset.i18nLabel));
     }
-    ui.nameButton.textContent = state.myName ? t("change") : t("join");
+    for (const el of document.querySelectorAll("[data-i18n-placeholder]")) {
+      el.placeholder = t(el.dataset.i18nPlaceholder);
+    }
+    for (const item of ui.list.querySelectorAll(".notice[data-key]")) renderNotice(item);
+    for (const when of ui.list.querySelectorAll(".when")) renderWhen(when);
+    renderStatus();
     renderConnection();
-    for (const item of ui.list.querySelectorAll(".message.mine")) renderState(item);
+    renderWelcome();
+    renderOnline();
+    renderTyping();
+    renderCounter();
+    renderHint();
+    decorate();
     renderUnread();
   }
 
@@ -99,45 +175,96 @@
   }
 
   function connect() {
-    clearTimeout(state.retryTimer);
+    clearRetry();
     state.wanted = true;
     const ws = new WebSocket(socketUrl());
     state.ws = ws;
-    setStatus(t("connecting"));
+    state.registered = false;
+    state.pingTimeout = 0;
+    setStatus("busy", "connecting");
+    // A paused server accepts the TCP connection and never answers the upgrade.
+    state.connectTimer = setTimeout(() => lose(ws), CONNECT_TIMEOUT);
     ws.onopen = () => {
+      clearTimeout(state.connectTimer);
       state.backoff = 1000;
       renderConnection();
-      setStatus(state.myName ? t("connected") : t("pickName"));
       const name = state.myName || state.pendingName;  // take our name back
       state.pendingName = null;
       if (name) requestName(name);
+      else {
+        setStatus("busy", "pickName");
+        transmit({ type: "online" });
+      }
     };
     ws.onmessage = (event) => {
+      noteFrame(ws);
       let message;
       try { message = JSON.parse(event.data); } catch (e) { return; }
       handle(message);
     };
-    ws.onclose = () => {
-      if (state.ws !== ws) return;
-      state.ws = null;
-      dropInFlight();
-      renderConnection();
-      if (!state.wanted) { setStatus(t("disconnected")); return; }
-      const wait = state.backoff + Math.floor(Math.random() * 500);
-      state.backoff = Math.min(state.backoff * 2, 30000);
-      setStatus(t("reconnecting", Math.ceil(wait / 1000)));
-      state.retryTimer = setTimeout(connect, wait);
-    };
+    ws.onclose = () => lose(ws);
+  }
+
+  // The socket closed, or we gave up on it (no frame for too long, or no
+  // answer to the upgrade). Its handlers are detached first: a close
+  // handshake with a frozen server can take a minute, and nothing it says
+  // afterwards may be mistaken for the next connection's replies.
+  function lose(ws) {
+    if (state.ws !== ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) {
+      try { ws.close(); } catch (e) { /* already closing */ }
+    }
+    state.ws = null;
+    state.registered = false;
+    clearTimeout(state.connectTimer);
+    clearTimeout(state.watchdog);
+    dropInFlight();
+    clearTypers();
+    renderConnection();
+    if (state.wanted) scheduleRetry();
+    else setStatus("off", "disconnected");
+  }
+
+  function scheduleRetry() {
+    const wait = state.backoff + Math.floor(Math.random() * 500);
+    state.backoff = Math.min(state.backoff * 2, 30000);
+    state.retryAt = Date.now() + wait;
+    state.retryTimer = setTimeout(connect, wait);
+    state.countdown = setInterval(renderCountdown, 1000);
+    renderCountdown();
+    ui.retryNow.hidden = false;
+  }
+
+  function renderCountdown() {
+    const seconds = Math.max(1, Math.ceil((state.retryAt - Date.now()) / 1000));
+    setStatus("off", "reconnecting", seconds);
+  }
+
+  function clearRetry() {
+    clearTimeout(state.retryTimer);
+    clearInterval(state.countdown);
+    ui.retryNow.hidden = true;
   }
 
   function disconnect() {
     state.wanted = false;
-    clearTimeout(state.retryTimer);
-    if (state.ws) state.ws.close(1000);
-    state.ws = null;
-    dropInFlight();
-    renderConnection();
-    setStatus(t("disconnected"));
+    clearRetry();
+    if (state.ws) lose(state.ws);
+    // Nothing will carry them now: say so, and offer Retry.
+    for (const entry of state.outbox) fail(entry, t("lost"));
+    state.outbox = [];
+    setStatus("off", "disconnected");
+  }
+
+  // Server pings (every S seconds) prove the connection alive; once we have
+  // seen one, silence for max(3S, 15) s means it is gone even though the
+  // socket still looks open (a paused server, a dead NAT mapping).
+  function noteFrame(ws) {
+    if (!state.pingTimeout) return;
+    clearTimeout(state.watchdog);
+    const limit = Math.max(3 * state.pingTimeout, 15) * 1000;
+    state.watchdog = setTimeout(() => lose(ws), limit);
   }
 
   function isOpen() { return state.ws && state.ws.readyState === WebSocket.OPEN; }
@@ -148,13 +275,14 @@
     return true;
   }
 
+  // Messages in flight go back to the front of the outbox: each keeps its
+  // send_id, so resending after the rejoin cannot store it twice.
   function dropInFlight() {
     state.askedName = null;
     state.gets = [];
     state.getInFlight = null;
-    if (state.sending) { fail(state.sending, t("lost")); state.sending = null; }
-    for (const item of state.outbox) fail(item, t("lost"));
-    state.outbox = [];
+    if (state.sending) { state.outbox.unshift(state.sending); state.sending = null; }
+    for (const entry of state.outbox) renderState(entry.item);
     renderComposer();
   }
 
@@ -162,11 +290,18 @@
 
   function handle(message) {
     switch (message.type) {
+      case "ping":
+        if (typeof message.timeout === "number" && message.timeout > 0) {
+          state.pingTimeout = message.timeout;
+          noteFrame(state.ws);
+        }
+        return undefined;
       case "name": return onName(message);
       case "send": return onSend(message);
       case "get": return onGet(message);
+      case "online": return onOnline(message);
       case "receive": return onEvent(message);
-      default: return undefined;  // ping, and anything newer than this client
+      default: return undefined;  // anything newer than this client
     }
   }
 
@@ -179,50 +314,87 @@
   function requestName(name) {
     state.askedName = name;
     ui.nameError.textContent = "";
+    ui.renameError.textContent = "";
     transmit({ type: "name", name });
   }
 
   function onName(message) {
+    const asked = state.askedName;
     state.askedName = null;
-    if (!message.status) {
-      ui.nameError.textContent = reason(message);
-      // A refused register means this connection holds no name (on a
-      // reconnect, someone else may have taken ours meanwhile).
-      if (message.action === "register") state.myName = null;
-      renderComposer();
+    if (!message.status) return onNameRefused(message, asked);
+    if (message.action === "change") {
+      state.myName = message.newname;
+      save("name", state.myName);
+      renameInOnline(message.oldname, message.newname);
+      notice("youRenamed", message.newname);
+      closeRename();
+      return undefined;
+    }
+    state.myName = message.name;
+    state.registered = true;
+    state.rejoins = 0;
+    save("name", state.myName);
+    setStatus("ok", "connected");
+    renderJoined();
+    if (state.focusOnJoin) { state.focusOnJoin = false; ui.content.focus(); }
+    // A new session: the latest page, or everything missed since lastId.
+    if (state.lastId) requestGet({ after: state.lastId }, "catchup");
+    else requestGet({ limit: PAGE }, "latest");
+    pumpSend();
+    return undefined;
+  }
+
+  function onNameRefused(message, asked) {
+    if (message.action !== "register") {
+      ui.renameError.textContent = reason(message);
       return;
     }
-    const first = !state.myName || message.action === "register";
-    state.myName = message.action === "change" ? message.newname : message.name;
-    ui.name.value = state.myName;
-    ui.nameButton.textContent = t("change");
-    setStatus(t("connected"));
-    renderComposer();
-    if (first) {
-      // A new session: the latest page, or everything missed since lastId.
-      if (state.lastId) requestGet({ after: state.lastId }, "catchup");
-      else requestGet({ limit: PAGE }, "latest");
-    } else {
-      renameInOnline(message.oldname, message.newname);
+    // Rejoining after a drop or a reload: the server may not have noticed
+    // yet that our previous connection is gone, so "taken" is retried.
+    const ours = asked !== null && (asked === state.myName || asked === state.savedName);
+    if (message.reason === "NameAlreadyUsed" && ours && state.rejoins < REJOIN_TRIES) {
+      state.rejoins += 1;
+      setTimeout(() => { if (isOpen() && !state.registered) requestName(asked); }, 1500);
+      return;
+    }
+    state.myName = null;
+    state.rejoins = 0;
+    renderJoined();
+    if (asked) ui.name.value = asked;
+    ui.nameError.textContent = reason(message);
+    setStatus("busy", "pickName");
+    transmit({ type: "online" });
+  }
+
+  function onOnline(message) {
+    if (message.status && typeof message.count === "number") {
+      state.onlineCount = message.count;
+      renderWelcome();
     }
   }
 
   function onEvent(message) {
     switch (message.datatype) {
       case "message":
-        if (addMessages([message], "append")) noteUnread(1);
-        break;
+        stopTyping(message.name);
+        receiveMessage(message);
+        return;
+      case "typing":
+        if (message.name !== state.myName) startTyping(message.name);
+        return;
       case "register":
         if (!state.online.includes(message.name)) state.online.push(message.name);
-        notice(t("joined", message.name));
+        notice("joined", message.name);
         break;
       case "change":
+        stopTyping(message.oldname);
         renameInOnline(message.oldname, message.newname);
-        notice(t("renamed", message.oldname, message.newname));
+        notice("renamed", message.oldname, message.newname);
         break;
       case "leave":
+        stopTyping(message.name);
         state.online = state.online.filter((n) => n !== message.name);
-        notice(t("left", message.name));
+        notice("left", message.name);
         break;
       default:
         return;
@@ -252,19 +424,20 @@
     const request = state.getInFlight;
     state.getInFlight = null;
     if (message.status && request) {
-      const entries = message.data.message;
+      const got = message.data.message;
       state.online = message.data.online.slice();
       renderOnline();
       if (request.purpose === "older") {
         const keep = ui.messages.scrollHeight - ui.messages.scrollTop;
-        addMessages(entries, "prepend");
+        addMessages(got, "prepend");
         ui.messages.scrollTop = ui.messages.scrollHeight - keep;
-        if (entries.length < PAGE) markStart();
+        if (got.length < PAGE) markStart();
       } else {
         const stick = atBottom();
-        addMessages(entries, "append");
-        if (request.purpose === "latest" && entries.length < PAGE) markStart();
+        const added = addMessages(got, "append");
+        if (request.purpose === "latest" && got.length < PAGE) markStart();
         if (stick || request.purpose === "latest") scrollToBottom();
+        else if (added) noteUnread(added);
       }
     } else if (!message.status && message.reason === "RateLimited" && request) {
       setTimeout(() => { state.gets.unshift(request); pumpGets(); }, message.retry_after * 1000);
@@ -278,71 +451,275 @@
   }
 
   function loadOlder() {
-    if (state.atStart || state.oldestId === null || !state.myName) return;
+    if (state.atStart || state.oldestId === null || !state.registered) return;
     if (state.getInFlight || state.gets.some((g) => g.purpose === "older")) return;
     requestGet({ before: state.oldestId, limit: PAGE }, "older");
   }
 
+  // -- messages ------------------------------------------------------------------------
+
+  // "At the bottom" is decided before the new node exists: measured after,
+  // any message taller than the threshold looked like scrolling up.
+  function receiveMessage(message) {
+    const stick = atBottom();
+    if (!addMessages([message], "append")) return;
+    const mention = mentions(message.content);
+    if (stick) scrollToBottom();
+    if (!stick || document.hidden) noteUnread(1);
+    if (document.hidden || (mention && !stick)) alertUser(message, mention);
+    else if (mention && state.sound) beep();
+  }
+
   // Adds entries not seen yet, keeping the list in id order; returns how many.
-  function addMessages(entries, where) {
-    const fresh = entries.filter((m) => typeof m.id !== "number" || !state.seen.has(m.id));
+  function addMessages(list, where) {
+    const fresh = list.filter((m) => typeof m.id !== "number" || !state.seen.has(m.id));
     const nodes = fresh.map((m) => {
       if (typeof m.id === "number") {
         state.seen.add(m.id);
         state.lastId = Math.max(state.lastId, m.id);
         state.oldestId = state.oldestId === null ? m.id : Math.min(state.oldestId, m.id);
       }
-      return messageNode(m.name, m.content, m.timestamp, m.id, m.name === state.myName);
+      return messageNode(m.name, m.content, messageTime(m), m.id, m.name === state.myName);
     });
+    if (!nodes.length) return 0;
     if (where === "prepend") ui.list.prepend(...nodes);
     else ui.list.append(...nodes);
+    decorate();
     return nodes.length;
   }
 
-  function messageNode(name, content, timestamp, id, mine) {
+  // Epoch ms: the ext `time`, else the v2 timestamp read as local time
+  // (the server's zone is unknown; servers before `time` and v2 history).
+  function messageTime(m) {
+    if (typeof m.time === "number") return m.time;
+    const match = /^(\d{2})\/(\d{2})\/(\d{4}), (\d{2}):(\d{2}):(\d{2})$/.exec(m.timestamp || "");
+    if (!match) return null;
+    const [, d, mo, y, h, mi, s] = match.map(Number);
+    return new Date(y, mo - 1, d, h, mi, s).getTime();
+  }
+
+  function messageNode(name, content, time, id, mine) {
     const item = document.createElement("li");
     item.className = "message" + (mine ? " mine" : "");
+    item.dataset.name = name;
     if (typeof id === "number") item.dataset.id = String(id);
+    const avatar = document.createElement("span");
+    avatar.className = "avatar";
+    avatar.setAttribute("aria-hidden", "true");
+    paintPerson(avatar, name);
+    const bubble = document.createElement("div");
+    bubble.className = "bubble";
+    const meta = document.createElement("div");
+    meta.className = "meta";
     const who = document.createElement("span");
     who.className = "who";
     who.textContent = name;
     const when = document.createElement("time");
     when.className = "when";
-    when.textContent = (timestamp || "").split(", ")[1]?.slice(0, 5) || "";
-    when.title = timestamp || "";
+    meta.append(who, " ", when);
     const text = document.createElement("p");
     text.className = "text";
-    text.textContent = content;
-    item.append(who, when, text);
+    const mention = !mine && mentions(content);
+    renderText(text, content);
+    item.classList.toggle("mention", mention);
+    bubble.append(meta, text);
+    item.append(avatar, bubble);
+    setTime(item, time);
     return item;
   }
 
-  function notice(text) {
+  function setTime(item, time) {
+    const when = item.querySelector(".when");
+    if (time === null) { delete item.dataset.time; when.textContent = ""; return; }
+    item.dataset.time = String(time);
+    when.dateTime = new Date(time).toISOString();
+    renderWhen(when);
+  }
+
+  function renderWhen(when) {
+    const time = Number(when.closest(".message").dataset.time);
+    if (!time) return;
+    const date = new Date(time);
+    when.textContent = `${pad(date.getHours())}:${pad(date.getMinutes())}`;
+    when.title = date.toLocaleString(LOCALE[state.lang], {
+      weekday: "long", day: "numeric", month: "long", year: "numeric",
+      hour: "2-digit", minute: "2-digit", second: "2-digit",
+    });
+  }
+
+  function pad(n) { return String(n).padStart(2, "0"); }
+
+  // Text nodes, with http(s) links as <a> elements and our nickname marked.
+  function renderText(into, content) {
+    let at = 0;
+    for (const match of content.matchAll(LINK)) {
+      const url = match[0].replace(/[.,;:!?)\]'"]+$/, "");
+      appendMentions(into, content.slice(at, match.index));
+      let href = null;
+      try { href = new URL(url); } catch (e) { /* not a URL after all */ }
+      if (href && (href.protocol === "http:" || href.protocol === "https:")) {
+        const link = document.createElement("a");
+        link.href = href.href;
+        link.textContent = url;
+        link.rel = "noopener noreferrer";
+        link.target = "_blank";
+        into.append(link);
+      } else {
+        into.append(url);
+      }
+      at = match.index + url.length;
+    }
+    appendMentions(into, content.slice(at));
+  }
+
+  function appendMentions(into, text) {
+    const pattern = mentionPattern();
+    if (!pattern || !text) { if (text) into.append(text); return; }
+    let at = 0;
+    for (const match of text.matchAll(pattern)) {
+      if (!standsAlone(text, match.index, match[0].length)) continue;
+      into.append(text.slice(at, match.index));
+      const mark = document.createElement("mark");
+      mark.textContent = match[0];
+      into.append(mark);
+      at = match.index + match[0].length;
+    }
+    into.append(text.slice(at));
+  }
+
+  function mentionPattern() {
+    if (!state.myName || !state.myName.trim()) return null;
+    const escaped = state.myName.trim().replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    return new RegExp(escaped, "giu");
+  }
+
+  // "An" mentions An; "Anh", "bAn" do not.
+  function standsAlone(text, index, length) {
+    const word = /[\p{L}\p{N}\p{M}]/u;
+    return !word.test(text[index - 1] || "") && !word.test(text[index + length] || "");
+  }
+
+  function mentions(content) {
+    const pattern = mentionPattern();
+    if (!pattern) return false;
+    for (const match of content.matchAll(pattern)) {
+      if (standsAlone(content, match.index, match[0].length)) return true;
+    }
+    return false;
+  }
+
+  // A stable colour and initial per nickname, from a hash of it.
+  function paintPerson(el, name) {
+    let hash = 0;
+    for (let i = 0; i < name.length; i++) hash = (hash * 31 + name.charCodeAt(i)) >>> 0;
+    el.style.setProperty("--hue", String(hash % 360));
+    const first = name.trim() || "?";
+    const segment = typeof Intl.Segmenter === "function"
+      ? new Intl.Segmenter().segment(first)[Symbol.iterator]().next().value.segment
+      : Array.from(first)[0];
+    el.textContent = segment.toLocaleUpperCase();
+  }
+
+  function dayKey(time) {
+    const d = new Date(time);
+    return `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}`;
+  }
+
+  function dayLabel(time) {
+    const now = new Date();
+    if (dayKey(time) === dayKey(now.getTime())) return t("today");
+    const yesterday = new Date(now.getFullYear(), now.getMonth(), now.getDate() - 1);
+    if (dayKey(time) === dayKey(yesterday.getTime())) return t("yesterday");
+    const d = new Date(time);
+    return `${pad(d.getDate())}/${pad(d.getMonth() + 1)}/${d.getFullYear()}`;
+  }
+
+  // Day separators, grouping by sender and minute, and where "sent" shows.
+  // One pass over the list after each change: cheap next to layout, and
+  // separators already right stay untouched (the log region would
+  // announce them again).
+  function decorate() {
+    const keep = new Set();
+    let prev = null;
+    let prevDay = null;
+    let latestSent = null;
+    for (const node of Array.from(ui.list.children)) {
+      if (!node.classList.contains("message")) {
+        if (node.classList.contains("notice")) prev = null;
+        continue;
+      }
+      const time = Number(node.dataset.time) || null;
+      const day = time ? dayKey(time) : prevDay;
+      if (day !== prevDay && time) {
+        let sep = node.previousElementSibling;
+        if (!sep || !sep.classList.contains("day") || sep.dataset.day !== day || keep.has(sep)) {
+          sep = document.createElement("li");
+          sep.className = "day";
+          sep.dataset.day = day;
+          node.before(sep);
+        }
+        sep.textContent = dayLabel(time);
+        keep.add(sep);
+        prev = null;
+      }
+      prevDay = day;
+      const sameGroup = prev && prev.dataset.name === node.dataset.name
+        && prev.nextElementSibling === node
+        && Math.floor(Number(prev.dataset.time) / 60000) === Math.floor((time || 0) / 60000);
+      node.classList.toggle("cont", Boolean(sameGroup));
+      prev = node;
+      if (node.dataset.state === "sent") latestSent = node;
+    }
+    for (const sep of ui.list.querySelectorAll(".day")) if (!keep.has(sep)) sep.remove();
+    for (const node of ui.list.querySelectorAll(".message[data-state]")) {
+      renderState(node, node === latestSent);
+    }
+  }
+
+  function notice(key, ...args) {
     const item = document.createElement("li");
     item.className = "notice";
-    item.textContent = text;
+    item.dataset.key = key;
+    item.dataset.args = JSON.stringify(args);
+    renderNotice(item);
     const stick = atBottom();
     ui.list.append(item);
+    decorate();
     if (stick) scrollToBottom();
+  }
+
+  function renderNotice(item) {
+    item.textContent = t(item.dataset.key, ...JSON.parse(item.dataset.args));
   }
 
   // -- sending -------------------------------------------------------------------------------
 
+  // One id per message, kept across every retry: the server answers a
+  // repeat with the original reply instead of storing it again.
+  function newSendId() {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));  // randomUUID needs https
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   function queueSend(content) {
-    const item = messageNode(state.myName, content, "", null, true);
+    const item = messageNode(state.myName, content, Date.now(), null, true);
     item.dataset.state = "pending";
-    const entry = { content, item };
+    const entry = { content, item, sendId: newSendId() };
+    entries.set(item, entry);
     ui.list.append(item);
-    renderState(item);
+    decorate();
     scrollToBottom();
     state.outbox.push(entry);
     pumpSend();
   }
 
   function pumpSend() {
-    if (state.sending || !state.outbox.length || !isOpen()) return;
+    if (state.sending || !state.outbox.length || !isOpen() || !state.registered) return;
+    const wait = state.holdUntil - Date.now();
+    if (wait > 0) { setTimeout(pumpSend, wait); return; }
     state.sending = state.outbox.shift();
-    transmit({ type: "send", content: state.sending.content });
+    renderState(state.sending.item);
+    transmit({ type: "send", content: state.sending.content, send_id: state.sending.sendId });
   }
 
   function onSend(message) {
@@ -350,16 +727,23 @@
     state.sending = null;
     if (!entry) return;
     if (message.status) {
-      entry.item.dataset.state = "sent";
-      entry.item.dataset.id = String(message.id);
-      state.seen.add(message.id);
-      state.lastId = Math.max(state.lastId, message.id);
-      entry.item.querySelector(".when").textContent = message.timestamp.split(", ")[1].slice(0, 5);
-      renderState(entry.item);
+      const item = entry.item;
+      // A catch-up may have brought the same message (stored before a drop).
+      const twin = ui.list.querySelector(`.message[data-id="${Number(message.id)}"]`);
+      if (twin && twin !== item) item.remove();
+      else {
+        item.dataset.state = "sent";
+        if (typeof message.id === "number") {
+          item.dataset.id = String(message.id);
+          state.seen.add(message.id);
+          state.lastId = Math.max(state.lastId, message.id);
+        }
+        setTime(item, messageTime(message) ?? Number(item.dataset.time));
+      }
+      decorate();
     } else if (message.reason === "RateLimited") {
       state.outbox.unshift(entry);
-      setTimeout(pumpSend, message.retry_after * 1000);
-      return;
+      state.holdUntil = Date.now() + message.retry_after * 1000;
     } else {
       fail(entry, reason(message));
     }
@@ -372,51 +756,202 @@
     renderState(entry.item);
   }
 
-  function renderState(item) {
-    item.classList.toggle("failed", item.dataset.state === "failed");
+  function retry(entry) {
+    entry.item.dataset.state = "pending";
+    ui.list.append(entry.item);  // it is sent now, so it goes last
+    state.outbox.push(entry);
+    decorate();
+    scrollToBottom();
+    if (!state.ws) connect();
+    pumpSend();
+  }
+
+  // "sent" shows on our latest message only; pending and failed always.
+  function renderState(item, latest = false) {
+    const key = item.dataset.state;
+    item.classList.toggle("failed", key === "failed");
     let label = item.querySelector(".state");
+    item.querySelector(".retry")?.remove();
+    if (key === "sent" && !latest) { label?.remove(); return; }
     if (!label) {
       label = document.createElement("span");
       label.className = "state";
-      item.querySelector(".when").after(label);
+      item.querySelector(".bubble").append(label);
     }
-    const key = item.dataset.state;
-    label.textContent = key === "failed" ? `${t("failed")}: ${item.dataset.reason}` : t(key || "sent");
-    item.querySelector(".retry")?.remove();
+    if (key === "failed") label.textContent = `${t("failed")}: ${item.dataset.reason}`;
+    else if (key === "pending") label.textContent = isOpen() ? t("pending") : t("waiting");
+    else label.textContent = t("sent");
     if (key === "failed") {
-      const retry = document.createElement("button");
-      retry.type = "button";
-      retry.className = "retry";
-      retry.textContent = t("retry");
-      retry.addEventListener("click", () => {
-        item.remove();
-        queueSend(item.querySelector(".text").textContent);
-      });
-      label.after(retry);
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "retry small";
+      button.textContent = t("retry");
+      button.addEventListener("click", () => retry(entries.get(item)));
+      label.after(button);
     }
+  }
+
+  // -- typing ----------------------------------------------------------------------------------
+
+  function noteTyping() {
+    if (!state.registered || !ui.content.value) return;
+    const now = Date.now();
+    if (now - state.typingSent < TYPING_EVERY) return;
+    state.typingSent = now;
+    transmit({ type: "typing" });
+  }
+
+  function startTyping(name) {
+    clearTimeout(state.typers.get(name));
+    state.typers.set(name, setTimeout(() => stopTyping(name), TYPING_SHOWN));
+    renderTyping();
+  }
+
+  function stopTyping(name) {
+    if (!state.typers.has(name)) return;
+    clearTimeout(state.typers.get(name));
+    state.typers.delete(name);
+    renderTyping();
+  }
+
+  function clearTypers() {
+    for (const timer of state.typers.values()) clearTimeout(timer);
+    state.typers.clear();
+    renderTyping();
+  }
+
+  function renderTyping() {
+    const names = Array.from(state.typers.keys());
+    ui.typing.textContent = names.length === 0 ? ""
+      : names.length === 1 ? t("typing1", names[0])
+        : names.length === 2 ? t("typing2", names[0], names[1])
+          : t("typingMany", names.length);
+  }
+
+  // -- attention: unread count, sound, desktop notification --------------------------------------
+
+  function noteUnread(count) {
+    state.unread += count;
+    renderUnread();
+  }
+
+  function clearUnread() {
+    if (!state.unread) return;
+    state.unread = 0;
+    renderUnread();
+  }
+
+  function renderUnread() {
+    ui.unread.hidden = state.unread === 0 || atBottom();
+    ui.unread.textContent = t("unread", state.unread);
+    document.title = state.unread ? `(${state.unread}) ${TITLE}` : TITLE;
+  }
+
+  function alertUser(message, mention) {
+    if (state.sound) beep();
+    if (!state.notify || typeof Notification !== "function" || Notification.permission !== "granted") return;
+    const title = mention ? t("mentioned", message.name) : message.name;
+    try {
+      const shown = new Notification(title, { body: message.content.slice(0, 200), tag: "chatbox" });
+      shown.onclick = () => { window.focus(); shown.close(); };
+    } catch (e) { /* some mobile browsers only notify from a service worker */ }
+  }
+
+  // A short tone made on the spot: no sound file to ship or fetch.
+  function beep() {
+    try {
+      state.audio = state.audio || new AudioContext();
+      const ctx = state.audio;
+      if (ctx.state === "suspended") ctx.resume();
+      const tone = ctx.createOscillator();
+      const gain = ctx.createGain();
+      tone.frequency.value = 880;
+      gain.gain.setValueAtTime(0.08, ctx.currentTime);
+      gain.gain.exponentialRampToValueAtTime(0.0001, ctx.currentTime + 0.25);
+      tone.connect(gain).connect(ctx.destination);
+      tone.start();
+      tone.stop(ctx.currentTime + 0.25);
+    } catch (e) { /* no audio here */ }
+  }
+
+  function setSound(on) {
+    state.sound = on;
+    ui.sound.checked = on;
+    save("sound", on ? "1" : null);
+    if (on) beep();  // made during the click, so autoplay rules allow it later
+  }
+
+  async function setNotify(on) {
+    if (on && typeof Notification === "function" && Notification.permission !== "granted") {
+      on = (await Notification.requestPermission()) === "granted";
+    }
+    state.notify = on && typeof Notification === "function";
+    ui.notify.checked = state.notify;
+    save("notify", state.notify ? "1" : null);
   }
 
   // -- rendering --------------------------------------------------------------------------------
 
-  function setStatus(text) { ui.status.textContent = text; }
+  function setStatus(kind, key, ...args) {
+    state.status = { kind, key, args };
+    renderStatus();
+  }
+
+  function renderStatus() {
+    const { kind, key, args } = state.status;
+    ui.status.dataset.kind = kind;
+    ui.statusText.textContent = t(key, ...args);
+  }
 
   function renderConnection() {
-    ui.connection.textContent = state.ws ? t("disconnect") : t("connect");
+    ui.connection.textContent = state.ws || state.wanted ? t("disconnect") : t("connect");
+    for (const entry of state.outbox) renderState(entry.item);
     renderComposer();
   }
 
+  // Joined: the composer; not joined: the nickname form and welcome line.
+  function renderJoined() {
+    const joined = Boolean(state.myName);
+    ui.nameForm.hidden = joined;
+    ui.renameSection.hidden = !joined;
+    if (!joined) ui.name.value = ui.name.value || load("name") || "";
+    renderComposer();
+    renderOnline();
+  }
+
   function renderComposer() {
-    const ready = Boolean(isOpen() && state.myName);
+    const ready = Boolean(state.myName);
     ui.content.disabled = !ready;
     ui.send.disabled = !ready;
   }
 
+  function renderWelcome() {
+    ui.welcome.textContent = state.onlineCount === null ? "" : t("welcome", state.onlineCount);
+  }
+
+  function renderHint() {
+    ui.hint.textContent = touch.matches ? t("touchHint") : t("enterHint");
+  }
+
+  function renderCounter() {
+    const length = ui.content.value.length;
+    ui.counter.textContent = length >= COUNTER_FROM ? t("counter", length) : "";
+    ui.counter.classList.toggle("near", length >= MAX_CONTENT - 100);
+  }
+
   function renderOnline() {
     ui.onlineCount.textContent = String(state.online.length);
+    ui.onlineCountShort.textContent = String(state.online.length);
     ui.onlineList.replaceChildren(...state.online.map((name) => {
       const item = document.createElement("li");
-      item.textContent = name === state.myName ? `${name} (${t("you")})` : name;
+      const avatar = document.createElement("span");
+      avatar.className = "avatar";
+      avatar.setAttribute("aria-hidden", "true");
+      paintPerson(avatar, name);
+      const label = document.createElement("span");
+      label.textContent = name === state.myName ? `${name} (${t("you")})` : name;
       if (name === state.myName) item.className = "me";
+      item.append(avatar, label);
       return item;
     }));
   }
@@ -428,19 +963,40 @@
 
   function scrollToBottom() {
     ui.messages.scrollTop = ui.messages.scrollHeight;
-    state.unread = 0;
-    renderUnread();
+    if (!document.hidden) clearUnread();
+    else renderUnread();
   }
 
-  function noteUnread(count) {
-    if (atBottom()) { scrollToBottom(); return; }
-    state.unread += count;
-    renderUnread();
+  function setTheme(theme) {
+    const value = ["light", "dark"].includes(theme) ? theme : "system";
+    ui.theme.value = value;
+    if (value === "system") delete document.documentElement.dataset.theme;
+    else document.documentElement.dataset.theme = value;
+    save("theme", value === "system" ? null : value);
   }
 
-  function renderUnread() {
-    ui.unread.hidden = state.unread === 0;
-    ui.unread.textContent = t("unread", state.unread);
+  // On a phone the language and connection controls live in the menu.
+  function placeControls() {
+    if (phone.matches) ui.menuControls.append(ui.controls);
+    else ui.onlineToggle.before(ui.controls);
+  }
+
+  function openMenu(open) {
+    ui.menu.hidden = !open;
+    ui.menuButton.setAttribute("aria-expanded", String(open));
+    if (!open) closeRename();
+  }
+
+  function closeRename() {
+    ui.renameForm.hidden = true;
+    ui.renameOpen.hidden = false;
+    ui.renameError.textContent = "";
+  }
+
+  function toggleOnline() {
+    const open = !document.body.classList.contains("show-online");
+    document.body.classList.toggle("show-online", open);
+    ui.onlineToggle.setAttribute("aria-expanded", String(open));
   }
 
   // -- wiring -------------------------------------------------------------------------------------
@@ -448,6 +1004,8 @@
   ui.nameForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const name = ui.name.value;
+    state.focusOnJoin = true;
+    state.savedName = null;  // typed now: a refusal is the answer, not a race
     if (isOpen()) requestName(name);
     else {
       state.pendingName = name;  // sent as soon as the socket opens
@@ -455,34 +1013,85 @@
     }
   });
 
+  ui.renameOpen.addEventListener("click", () => {
+    ui.renameOpen.hidden = true;
+    ui.renameForm.hidden = false;
+    ui.rename.value = state.myName || "";
+    ui.rename.focus();
+    ui.rename.select();
+  });
+
+  ui.renameForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (isOpen() && state.registered) requestName(ui.rename.value);
+  });
+
+  ui.renameCancel.addEventListener("click", () => { closeRename(); ui.renameOpen.focus(); });
+
   ui.composer.addEventListener("submit", (event) => {
     event.preventDefault();
     const content = ui.content.value;
     if (!content.trim() || !state.myName) return;
     ui.content.value = "";
+    renderCounter();
     queueSend(content);
+    ui.content.focus();
   });
 
+  // On touch keyboards Enter is the only way to make a new line; Send is a button.
   ui.content.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !touch.matches) {
       event.preventDefault();
       ui.composer.requestSubmit();
     }
   });
 
+  ui.content.addEventListener("input", () => { renderCounter(); noteTyping(); });
+
   ui.messages.addEventListener("scroll", () => {
     if (ui.messages.scrollTop < 40) loadOlder();
-    if (atBottom() && state.unread) { state.unread = 0; renderUnread(); }
+    if (atBottom() && !document.hidden) clearUnread();
+    else renderUnread();
+  });
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && atBottom()) clearUnread();
   });
 
   ui.unread.addEventListener("click", scrollToBottom);
-  ui.connection.addEventListener("click", () => (state.ws ? disconnect() : connect()));
+  ui.retryNow.addEventListener("click", () => { state.backoff = 1000; connect(); });
+  ui.connection.addEventListener("click", () => (state.ws || state.wanted ? disconnect() : connect()));
   ui.language.addEventListener("change", () => setLanguage(ui.language.value));
+  ui.theme.addEventListener("change", () => setTheme(ui.theme.value));
+  ui.sound.addEventListener("change", () => setSound(ui.sound.checked));
+  ui.notify.addEventListener("change", () => setNotify(ui.notify.checked));
+  ui.onlineToggle.addEventListener("click", toggleOnline);
+  ui.menuButton.addEventListener("click", () => openMenu(ui.menu.hidden));
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !ui.menu.hidden) { openMenu(false); ui.menuButton.focus(); }
+  });
+  document.addEventListener("click", (event) => {
+    if (!ui.menu.hidden && !ui.menu.parentElement.contains(event.target)) openMenu(false);
+  });
+  phone.addEventListener("change", placeControls);
+  touch.addEventListener("change", renderHint);
 
-  let saved = null;
-  try { saved = localStorage.getItem("chatbox.lang"); } catch (e) { /* private mode */ }
   const browser = (navigator.language || "en").toLowerCase().startsWith("vi") ? "vi" : "en";
-  setLanguage(saved || browser);
+  state.lang = load("lang") || browser;
+  state.myName = null;
+  state.savedName = load("name");
+  state.pendingName = state.savedName;  // rejoin on reload
+  ui.name.value = state.pendingName || "";
+  state.sound = load("sound") === "1";
+  ui.sound.checked = state.sound;
+  state.notify = load("notify") === "1" && typeof Notification === "function"
+    && Notification.permission === "granted";
+  ui.notify.checked = state.notify;
+  ui.notify.disabled = typeof Notification !== "function";
+  setTheme(load("theme"));
+  placeControls();
+  renderJoined();
+  setLanguage(state.lang);
   connect();
   window.chatbox = { state };  // for tests and curious people
 })();
