@@ -1,11 +1,24 @@
-"""How this project starts Debian's Chromium, for tests and docs/screenshot.py.
+"""How this project starts Debian's Chromium, for tests and docs/screenshot.py,
+and the helpers every browser test shares (tests/test_browser*.py).
 
 Headless, no sandbox (CI runs as root), and none of Chromium's background
 traffic: on a machine whose network reaches only package registries, those
 connections are refused by the dozen at every start.
+
+The browser tests run the server in the test reactor and Playwright in a
+worker thread (`in_browser`); steps that need the server cross back into
+the reactor (`in_reactor`, `await_in_reactor`).
 """
 
+import os
 import shutil
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import blockingCallFromThread, deferToThread
 
 PATH = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = [
@@ -18,6 +31,106 @@ ARGS = [
     "--disable-sync",
 ]
 
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
 
-def launch(playwright):
+
+def launch(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=PATH, args=ARGS)
+
+
+def skip_without_chromium() -> pytest.MarkDecorator | None:
+    """The browser test modules' pytestmark: skip here, fail where required."""
+    if PATH:
+        return None
+    if os.environ.get("CHATBOX_REQUIRE_BROWSER"):
+        raise RuntimeError(
+            "Chromium is required for the browser tests (scripts/test installs it)"
+        )
+    return pytest.mark.skip(reason="no chromium here; scripts/test installs it")
+
+
+class Browser:
+    """One Chromium, its pages, and every console error they show."""
+
+    def __init__(self, playwright: Any) -> None:
+        self.browser = launch(playwright)
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+
+    def page(
+        self, url: str, locale: str = "en-GB", init: str | None = None, **options
+    ) -> Any:
+        """A page in its own context (own storage); `init` runs before the
+        page's scripts (a fake Math.random, a recording Notification)."""
+        context = self.browser.new_context(locale=locale, **options)
+        page = context.new_page()
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        if init:
+            page.add_init_script(init)
+        page.goto(url)
+        return page
+
+    def join(self, url: str, name: str, **options) -> Any:
+        page = self.page(url, **options)
+        join(page, name)
+        return page
+
+
+def join(page: Any, name: str) -> None:
+    page.fill("#name", name)
+    page.press("#name", "Enter")
+    page.wait_for_selector("#content:not([disabled])")
+
+
+def say(page: Any, text: str) -> None:
+    """Post from a page and wait until the server has stored it."""
+    before = page.locator(".message.mine[data-id]").count()
+    page.fill("#content", text)
+    page.click("#send")
+    page.wait_for_function(
+        f"document.querySelectorAll('.message.mine[data-id]').length > {before}"
+    )
+
+
+def in_browser(scenario: Callable[[Browser], None]) -> Deferred:
+    """Run `scenario` with a fresh Chromium in a worker thread."""
+
+    def run() -> None:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            browser = Browser(playwright)
+            try:
+                scenario(browser)
+                assert not browser.errors, browser.errors
+                assert not browser.dialogs, browser.dialogs
+            finally:
+                browser.browser.close()
+
+    return deferToThread(run)
+
+
+def in_reactor(function: Callable, *args: Any) -> Any:
+    return blockingCallFromThread(reactor, function, *args)
+
+
+def await_in_reactor(coroutine: Callable[[], Coroutine]) -> Any:
+    """Run an async step (a test client's request) in the reactor; wait for it."""
+    return blockingCallFromThread(reactor, lambda: Deferred.fromCoroutine(coroutine()))
+
+
+def page_url(server: Any) -> str:
+    return f"http://127.0.0.1:{server.port}/"
+
+
+def message_texts(page: Any) -> list[str]:
+    return page.locator("#message-list .message .text").all_inner_texts()
+
+
+def at_bottom(page: Any) -> bool:
+    return page.eval_on_selector(
+        "#messages", "b => b.scrollHeight - b.scrollTop - b.clientHeight < 2"
+    )

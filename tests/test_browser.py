@@ -5,79 +5,28 @@ worker thread, and steps that need the server (dropping every socket,
 posting as another user) cross back into the reactor.
 """
 
-import os
-from collections.abc import Callable
-
-import pytest
 from pytest_twisted import ensureDeferred
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import blockingCallFromThread, deferToThread
 
-from tests import chromium
+from tests.chromium import (
+    Browser,
+    in_browser,
+    in_reactor,
+    message_texts,
+    page_url,
+    skip_without_chromium,
+)
 from tests.client import connect
 
-if not chromium.PATH:
-    if os.environ.get("CHATBOX_REQUIRE_BROWSER"):
-        raise RuntimeError(
-            "Chromium is required for the browser tests (scripts/test installs it)"
-        )
-    pytestmark = pytest.mark.skip(reason="no chromium here; scripts/test installs it")
+if skip := skip_without_chromium():
+    pytestmark = skip
 
 
-class Browser:
-    """One Chromium, its pages, and every console error they show."""
-
-    def __init__(self, playwright) -> None:
-        self.browser = chromium.launch(playwright)
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-
-    def page(self, url: str, locale: str = "en-GB", **options):
-        context = self.browser.new_context(locale=locale, **options)
-        page = context.new_page()
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        page.goto(url)
-        return page
-
-    def join(self, url: str, name: str, **options):
-        page = self.page(url, **options)
-        page.fill("#name", name)
-        page.press("#name", "Enter")
-        page.wait_for_selector("#content:not([disabled])")
-        return page
-
-
-def in_browser(scenario: Callable[[Browser], None]) -> Deferred:
-    """Run `scenario` with a fresh Chromium in a worker thread."""
-
-    def run() -> None:
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as playwright:
-            browser = Browser(playwright)
-            try:
-                scenario(browser)
-                assert not browser.errors, browser.errors
-                assert not browser.dialogs, browser.dialogs
-            finally:
-                browser.browser.close()
-
-    return deferToThread(run)
-
-
-def in_reactor(function: Callable, *args):
-    return blockingCallFromThread(reactor, function, *args)
-
-
-def page_url(server) -> str:
-    return f"http://127.0.0.1:{server.port}/"
-
-
-def message_texts(page) -> list[str]:
-    return page.locator("#message-list .message .text").all_inner_texts()
+def rename(page, name: str) -> None:
+    page.click("#menu-button")
+    page.click("#rename-open")
+    page.fill("#rename", name)
+    page.press("#rename", "Enter")
 
 
 @ensureDeferred
@@ -95,16 +44,16 @@ async def test_two_people_chat_rename_and_leave(server):
         bo.wait_for_selector(".message.mine[data-state=sent]")
         an.wait_for_selector("#message-list .message >> text=xin chào An")
 
-        bo.fill("#name", "Bảo")
-        bo.click("#name-button")
+        # Renaming lives in the menu; the renamer is told too.
+        rename(bo, "Bảo")
         an.wait_for_selector("text=Bo is now Bảo")
+        bo.wait_for_selector("#message-list .notice >> text=You are now Bảo")
         an.wait_for_function(
             "document.querySelector('#online-list').innerText.includes('Bảo')"
         )
         # The refusal reasons show next to the nickname field.
-        an.fill("#name", "BẢO")
-        an.click("#name-button")
-        an.wait_for_selector("#name-error >> text=That nickname is taken.")
+        rename(an, "BẢO")
+        an.wait_for_selector("#rename-error >> text=That nickname is taken.")
 
         bo.close()
         an.wait_for_selector("text=Bảo left")
@@ -202,8 +151,8 @@ async def test_keyboard_only_in_vietnamese_on_a_phone(server):
     def scenario(browser: Browser) -> None:
         page = browser.page(url, locale="vi-VN", viewport={"width": 375, "height": 700})
         assert page.inner_text("#name-button") == "Tham gia"
-        page.keyboard.press("Tab")  # language select
-        page.keyboard.press("Tab")  # connection button
+        page.keyboard.press("Tab")  # online list toggle
+        page.keyboard.press("Tab")  # menu (language, connection, theme)
         page.keyboard.press("Tab")  # nickname
         page.keyboard.type("Chi")
         page.keyboard.press("Enter")
@@ -212,10 +161,12 @@ async def test_keyboard_only_in_vietnamese_on_a_phone(server):
         page.keyboard.type("Chào cả lớp")
         page.keyboard.press("Enter")
         page.wait_for_selector(".message.mine[data-state=sent] >> text=đã gửi")
-        # Everything is on screen at phone width.
-        for selector in ("#name", "#content", "#send", "#online-list"):
+        # Everything is on screen at phone width (the online list on demand).
+        page.click("#online-toggle")
+        for selector in ("#content", "#send", "#online-list"):
             box = page.locator(selector).bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= 375, selector
+        page.click("#menu-button")
         page.select_option("#language", "en")
         assert page.inner_text("#send") == "Send"
 
