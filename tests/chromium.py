@@ -59,12 +59,20 @@ class Browser:
         self.dialogs: list[str] = []
 
     def page(
-        self, url: str, locale: str = "en-GB", init: str | None = None, **options
+        self,
+        url: str,
+        locale: str = "en-GB",
+        init: str | None = None,
+        setup: Callable[[Any], None] | None = None,
+        **options,
     ) -> Any:
         """A page in its own context (own storage); `init` runs before the
-        page's scripts (a fake Math.random, a recording Notification)."""
+        page's scripts (a fake Math.random, a recording Notification),
+        `setup(page)` before it loads (a fake clock, a WebSocket route)."""
         context = self.browser.new_context(locale=locale, **options)
         page = context.new_page()
+        if setup:
+            setup(page)
         page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
