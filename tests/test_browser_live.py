@@ -356,7 +356,7 @@ async def test_switching_language_translates_everything(
         assert status(an) == words["connected"]
         if viewport is PHONE:
             an.click("#online-toggle")
-        assert an.inner_text("#online-list .me") == f"An ({words['you']})"
+        assert an.inner_text("#online-list .me .person") == f"An ({words['you']})"
         assert an.inner_text("#message-list .notice") == words["renamed"]
         assert an.inner_text("#message-list .day") == words["today"]
         assert an.inner_text(".message.mine .state") == words["sent"]

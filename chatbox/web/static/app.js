@@ -949,6 +949,7 @@
       avatar.setAttribute("aria-hidden", "true");
       paintPerson(avatar, name);
       const label = document.createElement("span");
+      label.className = "person";
       label.textContent = name === state.myName ? `${name} (${t("you")})` : name;
       if (name === state.myName) item.className = "me";
       item.append(avatar, label);
@@ -981,7 +982,9 @@
     else ui.onlineToggle.before(ui.controls);
   }
 
+  // The menu and the phone's online panel overlap: one at a time.
   function openMenu(open) {
+    if (open) showOnline(false);
     ui.menu.hidden = !open;
     ui.menuButton.setAttribute("aria-expanded", String(open));
     if (!open) closeRename();
@@ -993,8 +996,8 @@
     ui.renameError.textContent = "";
   }
 
-  function toggleOnline() {
-    const open = !document.body.classList.contains("show-online");
+  function showOnline(open) {
+    if (open && !ui.menu.hidden) openMenu(false);
     document.body.classList.toggle("show-online", open);
     ui.onlineToggle.setAttribute("aria-expanded", String(open));
   }
@@ -1065,7 +1068,9 @@
   ui.theme.addEventListener("change", () => setTheme(ui.theme.value));
   ui.sound.addEventListener("change", () => setSound(ui.sound.checked));
   ui.notify.addEventListener("change", () => setNotify(ui.notify.checked));
-  ui.onlineToggle.addEventListener("click", toggleOnline);
+  ui.onlineToggle.addEventListener("click", () => {
+    showOnline(!document.body.classList.contains("show-online"));
+  });
   ui.menuButton.addEventListener("click", () => openMenu(ui.menu.hidden));
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && !ui.menu.hidden) { openMenu(false); ui.menuButton.focus(); }
