@@ -1,8 +1,15 @@
-"""Regenerate docs/screenshot.png: a real server, two people chatting.
+"""Regenerate the README's screenshots of the bundled client: a real server,
+a class chatting in Vietnamese and English (yesterday's homework, today's
+lab, a mention, links, someone typing), seen by An at desktop and phone
+size, light and dark:
+
+    docs/screenshot-desktop-light.png   docs/screenshot-desktop-dark.png
+    docs/screenshot-phone-light.png     docs/screenshot-phone-dark.png
 
 .venv/bin/python docs/screenshot.py
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -16,9 +23,41 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from tests import chromium  # noqa: E402  (one place knows how to start it)
 
+# Yesterday afternoon, already in the history: (minutes after 16:00, who, what).
+YESTERDAY = [
+    (2, "Cô Hạnh", "Bài tập tuần này: đọc chương 3 và làm bài 1–5 nhé."),
+    (3, "Cô Hạnh", "Slides: https://example.edu/networks/week-3"),
+    (11, "Tuấn", "Dạ em cảm ơn cô!"),
+]
+# This morning, posted live.
+TODAY = [
+    ("Linh", "Good morning! Is everyone here for the 9:00 lab?"),
+    ("Minh", "Yes — setting up the projector now."),
+    ("Linh", "An, can you bring the extra HDMI cable?"),
+    ("An", "Sure, on my way! 5 minutes."),
+    ("Minh", "Chào cả lớp! Nhớ mang laptop nhé."),
+    ("Linh", "Lab sheet: https://example.edu/lab/websockets"),
+    ("Linh", "We start with the echo server, then the chat."),
+]
+SHOTS = [
+    ("desktop", chromium.DESKTOP, "en"),
+    ("phone", chromium.PHONE, "vi"),
+]
 
-def main() -> None:
-    workdir = tempfile.mkdtemp(prefix="chatbox-shot-")
+
+def history(workdir: Path) -> None:
+    """Yesterday's messages, written as the server writes them."""
+    now = time.localtime()
+    four_pm = time.mktime((*now[:2], now[2] - 1, 16, 0, 0, 0, 0, -1))
+    entries = []
+    for i, (minute, name, content) in enumerate(YESTERDAY, 1):
+        second = int(four_pm) + minute * 60
+        stamp = time.strftime("%d/%m/%Y, %H:%M:%S", time.localtime(second))
+        entries.append({"id": i, "name": name, "content": content, "timestamp": stamp})
+    (workdir / "data.json").write_text(json.dumps(entries, ensure_ascii=False))
+
+
+def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
     twistd = str(Path(sys.executable).parent / "twistd")
     server = subprocess.Popen(
         [twistd, "-n", "--pidfile=", "chatbox", "--port=tcp:0:interface=127.0.0.1"],
@@ -27,46 +66,48 @@ def main() -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    for line in server.stdout:
+        match = re.search(r"listening on ws://[\d.]+:(\d+)", line)
+        if match:
+            return server, f"http://127.0.0.1:{match.group(1)}/"
+    raise RuntimeError("chatbox did not start")
+
+
+def join(browser, url: str, name: str):
+    page = browser.new_page(locale="en-GB", viewport=chromium.DESKTOP)
+    page.goto(url)
+    chromium.join(page, name)
+    return page
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="chatbox-shot-"))
+    history(workdir)
+    server, url = start_server(workdir)
     try:
-        for line in server.stdout:
-            match = re.search(r"listening on ws://[\d.]+:(\d+)", line)
-            if match:
-                url = f"http://127.0.0.1:{match.group(1)}/"
-                break
         with sync_playwright() as p:
             browser = chromium.launch(p)
-            pages = {}
-            for name in ("Linh", "Minh", "An"):
-                page = browser.new_page(
-                    locale="en-GB", viewport={"width": 1100, "height": 640}
+            pages = {name: join(browser, url, name) for name in ("Linh", "Minh", "An")}
+            for name, text in TODAY:
+                chromium.say(pages[name], text)
+            an = pages["An"]
+            an.wait_for_selector("text=We start with the echo server")
+            for size, viewport, lang in SHOTS:
+                an.set_viewport_size(viewport)
+                an.evaluate(
+                    "lang => { const s = document.querySelector('#language');"
+                    " s.value = lang; s.dispatchEvent(new Event('change')); }",
+                    lang,
                 )
-                page.goto(url)
-                page.fill("#name", name)
-                page.press("#name", "Enter")
-                page.wait_for_selector("#content:not([disabled])")
-                pages[name] = page
-            lines = [
-                ("Linh", "Good morning! Is everyone here for the 9:00 lab?"),
-                ("Minh", "Yes — I'm setting up the projector now."),
-                ("An", "On my way, 5 minutes!"),
-                (
-                    "Linh",
-                    "Great. Today: WebSockets and Twisted. "
-                    "Slides are in the shared folder.",
-                ),
-                ("Minh", "Chào cả lớp! Nhớ mang laptop nhé."),
-            ]
-            for name, text in lines:
-                pages[name].fill("#content", text)
-                pages[name].press("#content", "Enter")
-                pages[name].wait_for_selector(
-                    ".message.mine[data-state=sent] >> nth=-1"
-                )
-                time.sleep(0.2)
-            pages["Minh"].fill("#name", "Minh (TA)")
-            pages["Minh"].click("#name-button")
-            pages["An"].wait_for_selector("text=Minh is now Minh (TA)")
-            pages["An"].screenshot(path=str(HERE / "screenshot.png"))
+                for scheme in ("light", "dark"):
+                    an.emulate_media(color_scheme=scheme)
+                    # Someone typing (shown for 6 s after each event).
+                    pages["Minh"].fill("#content", "")
+                    pages["Minh"].evaluate("window.chatbox.state.typingSent = 0")
+                    pages["Minh"].type("#content", "Mình")
+                    an.wait_for_selector("#typing:not(:empty)")
+                    an.eval_on_selector("#messages", "b => { b.scrollTop = 1e6; }")
+                    an.screenshot(path=str(HERE / f"screenshot-{size}-{scheme}.png"))
             browser.close()
     finally:
         server.terminate()
