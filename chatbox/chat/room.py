@@ -28,10 +28,11 @@ from typing import Any, NamedTuple
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from chatbox.wire.clock import Moment
+from chatbox.wire import codec
+from chatbox.wire.clock import Moment, millis_of
 from chatbox.wire.messages import Message
 
-__all__ = ["Deliver", "IRoom", "Posted", "RoomError"]
+__all__ = ["Deliver", "IRoom", "Posted", "RoomError", "posted_from"]
 
 # How a room hands an event to this process's connections: the event, and
 # the connection that caused it (it gets a reply instead), if it is local.
@@ -45,6 +46,22 @@ class Posted(NamedTuple):
     name: str
     content: str
     when: Moment
+
+
+def posted_from(entry: bytes | None, fallback: Posted) -> Posted:
+    """The `Posted` of a stored history entry (chatbox.wire.messages'
+    shape), for the reply to a repeated send_id: the room keeps only the
+    id, and the history has the rest. An entry gone from history (only a
+    cluster whose history was emptied by hand can lack one) is answered
+    with `fallback`: the original's id, with the repeat's own fields."""
+    if entry is None:
+        return fallback
+    stored = codec.decode(entry)
+    text = stored["timestamp"]
+    millis = stored.get("time")
+    if type(millis) is not int:
+        millis = millis_of(text) or 0
+    return Posted(fallback.id, stored["name"], stored["content"], Moment(text, millis))
 
 
 class RoomError(Exception):

@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from chatbox.chat import sends
 from chatbox.chat.arns import NameTaken, name_keys
-from chatbox.chat.room import Deliver, IRoom, Posted, RoomError
+from chatbox.chat.room import Deliver, IRoom, Posted, RoomError, posted_from
 from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress
 from chatbox.cluster.commands import Commands
@@ -90,19 +90,6 @@ def _event(fields: dict[bytes, bytes]) -> messages.Message | None:
     if kind == b"leave":
         return messages.left(name, when)
     return None
-
-
-def _original(result: list, fallback: Posted) -> Posted:
-    """The message a repeated send_id stands for, from the POST script's
-    {id, entry}; `fallback` keeps the id if its entry is gone from history."""
-    message_id, entry = result
-    if not entry:
-        return fallback._replace(id=int(message_id))
-    stored = codec.decode(entry)
-    text = stored["timestamp"]
-    millis = stored.get("time")
-    when = Moment(text, millis if type(millis) is int else millis_of(text) or 0)
-    return Posted(int(message_id), stored["name"], stored["content"], when)
 
 
 @implementer(IRoom)
@@ -361,8 +348,10 @@ class RedisRoom:
         )
 
         def stored(result: object) -> Posted:
-            if isinstance(result, list):
-                return _original(result, Posted(0, name, content, when))
+            if isinstance(result, list):  # a repeat: {id, entry or false}
+                message_id, entry = result
+                original = Posted(int(message_id), name, content, when)
+                return posted_from(entry or None, original)
             if result == -1:
                 raise RoomError(_NAME_LOST)
             return Posted(int(result), name, content, when)

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from chatbox.chat.arns import NameTaken, Registry
-from chatbox.chat.room import Deliver, IRoom, Posted
+from chatbox.chat.room import Deliver, IRoom, Posted, posted_from
 from chatbox.chat.sends import RecentSends
 from chatbox.local.store import DurableStore
 from chatbox.wire import messages
@@ -91,17 +91,21 @@ class LocalRoom:
         if key is not None:
             earlier = self.sends.earlier(key)
             if earlier is not None:
-                return earlier
+                return earlier.addCallback(
+                    lambda message_id: posted_from(
+                        self.store.history.entry(message_id),
+                        Posted(message_id, name, content, when),
+                    )
+                )
         stored = self.store.append(name, content, when)
+        if key is not None:
+            self.sends.track(key, stored)
 
         def durable(message_id: int) -> Posted:
             self._deliver(messages.posted(name, content, when, message_id), owner)
             return Posted(message_id, name, content, when)
 
-        stored.addCallback(durable)
-        if key is not None:
-            self.sends.track(key, stored)
-        return stored
+        return stored.addCallback(durable)
 
     def typing(self, owner: Hashable, name: str) -> None:
         self._deliver(messages.typing(name), owner)
