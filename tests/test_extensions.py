@@ -185,3 +185,31 @@ async def test_the_online_count_is_there_before_joining(server):
     watcher = await connect(server.url)
     await stranger.register("Dung")
     assert (await watcher.request({"type": "online"}))["count"] == 4
+
+
+@ensureDeferred
+async def test_one_address_gets_no_more_typing_hints_than_messages(tmp_path):
+    """Each connection's own 2 s interval is no limit for an address with
+    many connections: its hints share the address's --ip-send-rate."""
+    from tests.server import start_server
+
+    server = await start_server(
+        tmp_path / "data.json", "--ip-send-rate=0.01", "--ip-send-burst=3"
+    )
+    try:
+        watcher = await server.user("Watcher")
+        typists = [await server.user(f"T{i}") for i in range(10)]
+        for _ in typists:
+            await watcher.event()  # their joins
+        for typist in typists:
+            typist.send_json({"type": "typing"})
+            await typist.get(limit=1)  # handled, in order, after its typing
+        marker = await server.user("Marker")
+        assert (await marker.say("that was all"))["status"] is True
+        heard = []
+        while (event := await watcher.event())["datatype"] != "message":
+            heard.append((event["datatype"], event["name"]))
+        typing = [("typing", f"T{i}") for i in range(3)]
+        assert heard == [*typing, ("register", "Marker")]
+    finally:
+        await server.stop()

@@ -631,6 +631,9 @@ class ChatProtocol(WebSocketServerProtocol):
         if now < self._typing_quiet_until:
             return
         self._typing_quiet_until = now + TYPING_INTERVAL
+        key = self.address_key
+        if key is not None and not self.factory.typing_per_address.take(key, now):
+            return  # one address's many connections, each within its own
         self.factory.room.typing(self, name)
         self.factory.metrics.request("typing", "ok")
 
