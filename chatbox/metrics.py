@@ -72,7 +72,7 @@ class Metrics:
         self._bytes_out = bytes_out
 
     def request(self, kind: object, outcome: str) -> None:
-        known = kind if kind in ("name", "send", "get") else "other"
+        known = kind if kind in ("name", "send", "get", "typing", "online") else "other"
         self.requests.labels(type=known, outcome=outcome).inc()
 
 

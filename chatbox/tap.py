@@ -366,7 +366,7 @@ def _make_room(config: dict[str, Any], reactor: Any, metrics: Metrics) -> IRoom:
         )
     store = DurableStore(config["data"], reactor, config["fold-threshold"], metrics)
     store.load()
-    return LocalRoom(store)
+    return LocalRoom(store, reactor.seconds)
 
 
 def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:

@@ -666,3 +666,33 @@ async def test_bare_get_at_real_size_fetches_only_what_it_returns(tmp_path, redi
     finally:
         await node.kill(signal.SIGTERM)
         await other.kill(signal.SIGTERM)
+
+
+@pytest_twisted.ensureDeferred
+async def test_issue_12_extensions_across_nodes(nodes):
+    """`time`, send_id, typing and the online count, cluster-wide: a retry
+    on another node (the reply was lost, so its sender cannot know whether
+    it was stored) gets the original and stores nothing."""
+    one, two, _ = nodes
+    stranger = await connect(two.url)
+    an = await user(one, "An")
+    bo = await user(two, "Bo")
+    assert (await stranger.request({"type": "online"}))["count"] == 2
+    await an.event()  # Bo joined
+
+    first = await an.request({"type": "send", "content": "once", "send_id": "k1"})
+    posted = await bo.event()
+    assert posted["time"] == first["time"] and type(first["time"]) is int
+    an.abort()
+    assert (await bo.event())["datatype"] == "leave"
+    again = await user(two, "An")
+    assert (await bo.event())["datatype"] == "register"
+    repeat = await again.request({"type": "send", "content": "twice", "send_id": "k1"})
+    assert repeat == first
+
+    again.send_json({"type": "typing"})
+    typing = await bo.event()
+    assert typing == {"type": "receive", "datatype": "typing", "name": "An"}
+    history = (await bo.get())["data"]["message"]
+    assert [(m["content"], m["time"]) for m in history] == [("once", first["time"])]
+    await settled(bo, again)  # nothing else: no second "once", no echo

@@ -30,25 +30,30 @@ from tests.client import connect
 
 REPLY_SHAPES = {
     ("name", True): [
-        {"type", "action", "name", "status", "timestamp"},
-        {"type", "action", "oldname", "newname", "status", "timestamp"},
+        {"type", "action", "name", "status", "timestamp", "time"},
+        {"type", "action", "oldname", "newname", "status", "timestamp", "time"},
     ],
     ("name", False): [
         {"type", "action", "name", "status", "reason"},
         {"type", "action", "oldname", "newname", "status", "reason"},
         {"type", "status", "reason", "need"},
     ],
-    ("send", True): [{"type", "name", "content", "status", "timestamp", "id"}],
+    ("send", True): [
+        {"type", "name", "content", "status", "timestamp", "time", "id"},
+        {"type", "name", "content", "status", "timestamp", "time", "id", "send_id"},
+    ],
     ("send", False): [
         {"type", "username", "content", "status", "reason"},
         {"type", "status", "reason"},
         {"type", "status", "reason", "need"},
+        {"type", "status", "reason", "field"},
     ],
-    ("get", True): [{"type", "status", "name", "timestamp", "data"}],
+    ("get", True): [{"type", "status", "name", "timestamp", "time", "data"}],
     ("get", False): [
         {"type", "status", "reason"},
         {"type", "status", "reason", "field"},
     ],
+    ("online", True): [{"type", "status", "count"}],
     (None, False): [{"type", "status", "reason"}, {"status", "reason"}],
 }
 REASONS = {
@@ -73,7 +78,7 @@ def check_shape(reply: dict) -> None:
     if reply.get("type") == "get" and reply["status"]:
         assert set(reply["data"]) == {"message", "online"}
         for message in reply["data"]["message"]:
-            assert set(message) == {"id", "name", "content", "timestamp"}
+            assert set(message) == {"id", "name", "content", "timestamp", "time"}
 
 
 # -- hostile input --
@@ -150,6 +155,12 @@ requests = st.one_of(
         lambda c: {"type": "send", "content": c},
         st.one_of(st.text(max_size=60), st.sampled_from(TRICKY), json_values),
     ),
+    st.builds(
+        lambda c, i: {"type": "send", "content": c, "send_id": i},
+        st.text(max_size=20),
+        st.one_of(st.sampled_from(["s1", "s2", "x" * 65, ""]), json_values),
+    ),
+    st.just({"type": "online"}),
     st.builds(
         lambda q: {"type": "get", **q},
         st.dictionaries(st.sampled_from(["limit", "before", "after"]), json_values),

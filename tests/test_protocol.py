@@ -26,6 +26,7 @@ async def test_register_replies_and_tells_everyone_else(server):
         "name": "An",
         "status": True,
         "timestamp": reply["timestamp"],
+        "time": reply["time"],
     }
     assert TIMESTAMP.match(reply["timestamp"])
     assert await bo.event() == {
@@ -33,6 +34,7 @@ async def test_register_replies_and_tells_everyone_else(server):
         "datatype": "register",
         "name": "An",
         "timestamp": reply["timestamp"],
+        "time": reply["time"],
     }
     await an.no_event_before(bo)  # not told of its own registration
 
@@ -119,6 +121,7 @@ async def test_change_replies_and_tells_everyone_else(server):
         "newname": "Anh",
         "status": True,
         "timestamp": reply["timestamp"],
+        "time": reply["time"],
     }
     assert await bo.event() == {
         "type": "receive",
@@ -126,6 +129,7 @@ async def test_change_replies_and_tells_everyone_else(server):
         "oldname": "An",
         "newname": "Anh",
         "timestamp": reply["timestamp"],
+        "time": reply["time"],
     }
     await an.no_event_before(bo)  # not told of its own change
 
@@ -205,6 +209,7 @@ async def test_send_replies_with_id_and_tells_everyone_else(server):
         "content": "xin chào",
         "status": True,
         "timestamp": reply["timestamp"],
+        "time": reply["time"],
         "id": 1,
     }
     assert await bo.event() == {
@@ -213,6 +218,7 @@ async def test_send_replies_with_id_and_tells_everyone_else(server):
         "name": "An",
         "content": "xin chào",
         "timestamp": reply["timestamp"],
+        "time": reply["time"],
         "id": 1,
     }
     assert (await an.say("again"))["id"] == 2
@@ -290,6 +296,7 @@ async def test_get_returns_history_oldest_first_and_who_is_online(server):
         "status": True,
         "name": "An",
         "timestamp": reply["timestamp"],
+        "time": reply["time"],
         "data": {
             "message": [
                 {
@@ -297,12 +304,14 @@ async def test_get_returns_history_oldest_first_and_who_is_online(server):
                     "name": "An",
                     "content": "one",
                     "timestamp": first["timestamp"],
+                    "time": first["time"],
                 },
                 {
                     "id": 2,
                     "name": "Bo",
                     "content": "two",
                     "timestamp": second["timestamp"],
+                    "time": second["time"],
                 },
             ],
             "online": ["An", "Bo"],
@@ -426,6 +435,7 @@ async def test_leave_is_broadcast_at_once_on_a_clean_close(server):
         "datatype": "leave",
         "name": "An",
         "timestamp": event["timestamp"],
+        "time": event["time"],
     }
     assert (await bo.get())["data"]["online"] == ["Bo"]
 

@@ -20,6 +20,7 @@ from chatbox.chat.arns import MAX_NAME_LENGTH
 from chatbox.chat.content import MAX_CONTENT_LENGTH
 from chatbox.local import datafile
 from chatbox.wire import codec, messages
+from chatbox.wire.clock import millis_of
 from tests.client import fired
 from tests.server import start_server
 from tests.test_classic_client import browser
@@ -34,7 +35,11 @@ def prefill(path: Path, count: int, content: str = "", name: str = "") -> None:
     entries = [
         codec.encode_compact(
             messages.history_entry(
-                i, name or f"user{i % 300}", content or f"message {i}", TIMESTAMP
+                i,
+                name or f"user{i % 300}",
+                content or f"message {i}",
+                TIMESTAMP,
+                millis_of(TIMESTAMP),
             )
         )
         for i in range(1, count + 1)

@@ -14,6 +14,9 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from chatbox.local import datafile
 from chatbox.local.store import FOLD_RETRY_SECONDS, DurableStore, StoreError
+from chatbox.wire.clock import Moment
+
+T = Moment("24/11/2026, 14:05:09", 1795964709000)
 
 
 @pytest_twisted.async_yield_fixture
@@ -103,7 +106,7 @@ async def test_an_append_is_acknowledged_only_after_its_fsync_returns(tmp_path):
     store.load()
     store.start()
     try:
-        acked = store.append("An", "hi", "t")
+        acked = store.append("An", "hi", T)
         acked.addCallback(lambda message_id: held.order.append("acked") or message_id)
         # Whichever comes first: the write reaching its fsync, or the ack.
         await DeferredList([held.entered, acked], fireOnOneCallback=True)
@@ -124,7 +127,8 @@ async def test_an_append_is_acknowledged_only_after_its_fsync_returns(tmp_path):
             "id": 1,
             "name": "An",
             "content": "hi",
-            "timestamp": "t",
+            "timestamp": T.text,
+            "time": T.millis,
         }
         assert len(store.history) == 1
     finally:
@@ -135,7 +139,7 @@ async def test_an_append_is_acknowledged_only_after_its_fsync_returns(tmp_path):
 @ensureDeferred
 async def test_concurrent_appends_share_writes(watched):
     store, journals = watched
-    results = await DeferredList([store.append("An", f"m{i}", "t") for i in range(200)])
+    results = await DeferredList([store.append("An", f"m{i}", T) for i in range(200)])
     assert [r for ok, r in results] == list(range(1, 201))
     batches = [data.count(b"\n") for data, _ in journals.writes]
     assert sum(batches) == 200
@@ -144,7 +148,7 @@ async def test_concurrent_appends_share_writes(watched):
 
 @ensureDeferred
 async def test_history_only_shows_durable_messages(store):
-    pending = store.append("An", "in flight", "t")
+    pending = store.append("An", "in flight", T)
     assert len(store.history) == 0
     await pending
     assert len(store.history) == 1
@@ -155,7 +159,7 @@ async def test_close_folds_everything_into_data_json(tmp_path):
     store = reopen(str(tmp_path / "data.json"))
     store.start()
     for i in range(10):
-        await store.append("An", f"m{i}", "t")
+        await store.append("An", f"m{i}", T)
     await store.close()
     saved = json.loads((tmp_path / "data.json").read_text())
     assert [m["content"] for m in saved] == [f"m{i}" for i in range(10)]
@@ -170,7 +174,7 @@ async def test_the_journal_is_folded_when_it_outgrows_data_json(tmp_path):
     store.start()
     try:
         for i in range(300):
-            await store.append("An", f"message {i}", "t")
+            await store.append("An", f"message {i}", T)
         await store.flush()
         saved = json.loads((tmp_path / "data.json").read_text())
         assert len(saved) > 100  # folded at least once while running
@@ -188,7 +192,7 @@ async def test_start_up_folds_a_journal_left_by_a_crash(tmp_path):
     store = reopen(path)
     store.start()
     for i in range(5):
-        await store.append("An", f"m{i}", "t")
+        await store.append("An", f"m{i}", T)
     left = await crash(store, tmp_path)
     assert (left / "data.json.journal").stat().st_size > 0
     assert not (left / "data.json").exists()  # everything is in the journal
@@ -216,7 +220,7 @@ async def crash(store, tmp_path):
 async def _append_after(store):
     store.start()
     try:
-        return await store.append("An", "next", "t")
+        return await store.append("An", "next", T)
     finally:
         await store.close()
 
@@ -226,7 +230,7 @@ async def test_a_failed_write_is_refused_and_the_next_one_succeeds(watched):
     store, journals = watched
     journals.full = True
     try:
-        await store.append("An", "lost", "t")
+        await store.append("An", "lost", T)
     except StoreError as e:
         assert str(e) == "No space left on device"
     else:
@@ -234,7 +238,7 @@ async def test_a_failed_write_is_refused_and_the_next_one_succeeds(watched):
     assert not store.healthy and len(store.history) == 0
     journals.full = False
     # The refused message's id is given back: the journal stays gapless.
-    assert await store.append("An", "kept", "t") == 1
+    assert await store.append("An", "kept", T) == 1
     assert store.healthy
     assert [json.loads(e)["content"] for e in store.history.entries] == ["kept"]
 
@@ -272,19 +276,19 @@ async def test_a_failed_fold_keeps_the_retired_journal_until_a_retry_folds_it(
     try:
         monkeypatch.setattr(datafile, "write_array", disk_full)
         for i in range(20):  # enough to pass the threshold and retire
-            await store.append("An", f"early {i}", "t")
+            await store.append("An", f"early {i}", T)
         await store.flush()
         assert old.exists()
         retired = old.read_bytes()
         for i in range(40):  # the journal outgrows the threshold again
-            await store.append("An", f"late {i}", "t")
+            await store.append("An", f"late {i}", T)
         await store.flush()
         assert old.read_bytes() == retired  # never renamed over
         assert store.healthy  # acknowledged writes kept working throughout
 
         monkeypatch.setattr(datafile, "write_array", real_write_array)
         later.skip = FOLD_RETRY_SECONDS  # the retry is due
-        await store.append("An", "after the disk has room", "t")
+        await store.append("An", "after the disk has room", T)
         await store.flush()
         assert not old.exists()
         saved = json.loads((tmp_path / "data.json").read_text())
@@ -300,7 +304,7 @@ async def test_a_big_burst_is_written_in_capped_batches_each_acked_when_durable(
 ):
     store, journals = watched
     content = "ü" * 1000
-    sent = [store.append("An", content, "t") for _ in range(3000)]
+    sent = [store.append("An", content, T) for _ in range(3000)]
     results = await DeferredList(sent)
     assert [r for ok, r in results] == list(range(1, 3001))
     writes = [(len(data), before) for data, before in journals.writes]
@@ -317,7 +321,7 @@ async def test_a_big_burst_is_written_in_capped_batches_each_acked_when_durable(
 async def test_a_message_larger_than_a_batch_goes_alone(watched):
     store, journals = watched
     big = "x" * (datafile.MAX_BATCH_BYTES + 10)
-    sent = [store.append("An", text, "t") for text in ("a", "b", big, "c")]
+    sent = [store.append("An", text, T) for text in ("a", "b", big, "c")]
     results = await DeferredList(sent)
     assert [r for ok, r in results] == [1, 2, 3, 4]
     writes = [data.count(b"\n") for data, _ in journals.writes]
@@ -335,7 +339,7 @@ async def test_a_second_store_on_the_same_file_refuses_until_the_first_closes(
     first = reopen(path)
     first.start()
     try:
-        await first.append("An", "one", "t")
+        await first.append("An", "one", T)
         journal = (tmp_path / "data.json.journal").read_bytes()
         with pytest.raises(datafile.HistoryFileError, match="is in use by another"):
             second = reopen(path)
@@ -358,7 +362,7 @@ async def test_start_up_keeps_a_torn_tail_beside_the_history_and_logs_it(
     path = str(tmp_path / "data.json")
     store = reopen(path)
     store.start()
-    await store.append("An", "kept", "t")
+    await store.append("An", "kept", T)
     left = await crash(store, tmp_path)
     path = str(left / "data.json")
     torn = b'0badc0de {"id":2,"name":"An","con'

@@ -10,6 +10,12 @@ both. The local room answers ARNS and history at once (its Deferreds have
 fired when returned); only `post` waits, for the journal's fsync, in both
 rooms.
 
+A `post` may carry the client's `send_id` (ext): a repeat of one the room
+has already stored, from the same nickname within its window, fires with
+the original's `Posted` and stores and tells nothing. The room decides,
+because only it can make "already stored?" and "store it" one step: on a
+cluster, in the same Redis script.
+
 Owners are the protocol instances of this process's connections. A room
 knows the nicknames of its own process's connections synchronously
 (`name_of`), because a request must be checked against them at once; the
@@ -17,18 +23,45 @@ cluster-wide truth is the room's to keep.
 """
 
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
+from chatbox.wire import codec
+from chatbox.wire.clock import Moment, millis_of
 from chatbox.wire.messages import Message
 
-__all__ = ["Deliver", "IRoom", "RoomError"]
+__all__ = ["Deliver", "IRoom", "Posted", "RoomError", "posted_from"]
 
 # How a room hands an event to this process's connections: the event, and
 # the connection that caused it (it gets a reply instead), if it is local.
 Deliver = Callable[[Message, Hashable | None], None]
+
+
+class Posted(NamedTuple):
+    """A stored message, as its `send` reply tells it."""
+
+    id: int
+    name: str
+    content: str
+    when: Moment
+
+
+def posted_from(entry: bytes | None, fallback: Posted) -> Posted:
+    """The `Posted` of a stored history entry (chatbox.wire.messages'
+    shape), for the reply to a repeated send_id: the room keeps only the
+    id, and the history has the rest. An entry gone from history (only a
+    cluster whose history was emptied by hand can lack one) is answered
+    with `fallback`: the original's id, with the repeat's own fields."""
+    if entry is None:
+        return fallback
+    stored = codec.decode(entry)
+    text = stored["timestamp"]
+    millis = stored.get("time")
+    if type(millis) is not int:
+        millis = millis_of(text) or 0
+    return Posted(fallback.id, stored["name"], stored["content"], Moment(text, millis))
 
 
 class RoomError(Exception):
@@ -60,24 +93,33 @@ class IRoom(Interface):
     def message_count() -> int:
         """Messages in the history, as last known."""
 
-    def claim(owner: Hashable, name: str, timestamp: str) -> "Deferred[None]":
+    def claim(owner: Hashable, name: str, when: Moment) -> "Deferred[None]":
         """Register `owner` as `name` and tell everyone else; fails with
         NameTaken or RoomError."""
 
-    def rename(owner: Hashable, name: str, timestamp: str) -> "Deferred[str]":
+    def rename(owner: Hashable, name: str, when: Moment) -> "Deferred[str]":
         """Change `owner`'s nickname and tell everyone else; fires with the
         old name; fails with NameTaken or RoomError."""
 
-    def release(owner: Hashable, timestamp: str) -> str | None:
+    def release(owner: Hashable, when: Moment) -> str | None:
         """`owner` is gone: free its nickname and tell everyone else. Returns
         the nickname it held here, if any; the room finishes (and retries)
         the release on its own."""
 
     def post(
-        owner: Hashable, name: str, content: str, timestamp: str
-    ) -> "Deferred[int]":
-        """Store a message; fires with its id once stored durably and sent on
-        to everyone else; fails with RoomError."""
+        owner: Hashable, name: str, content: str, when: Moment, send_id: str | None
+    ) -> "Deferred[Posted]":
+        """Store a message; fires once it is stored durably and sent on to
+        everyone else; fails with RoomError. A repeat of `send_id` by `name`
+        within the window fires with the original instead (waiting for it,
+        if it is still being stored)."""
+
+    def typing(owner: Hashable, name: str) -> None:
+        """Tell everyone else that `name` is typing; never stored, and
+        dropped rather than retried when the room is unwell."""
+
+    def online_count() -> "Deferred[int]":
+        """How many nicknames are registered in the whole chat."""
 
     def page(
         limit: int, before: int | None, after: int | None, max_bytes: int

@@ -15,7 +15,12 @@ one line here and one in the scripts' preamble.
                  `<nodes>:<node id>` is the SET of that node's holders
 - msgid    STRING  the last message id
 - history  ZSET  encoded history entries, scored by id
-- events   STREAM  every register / change / message / leave, in order
+- events   STREAM  every register / change / message / leave, in order,
+                 and typing (ext) hints between them
+- sends    HASH  "<nickname>\n<send_id>" -> message id, of recent sends
+                 that carried a send_id (chatbox.chat.sends says why)
+- sendexp  ZSET  the same fields -> when each is forgotten, in ms of Redis'
+                 clock
 
 This module imports nothing heavy: chatbox-redis and the tests use it as well
 as the node.
@@ -41,6 +46,8 @@ class Keys(NamedTuple):
     msgid: str
     history: str
     events: str
+    sends: str
+    sendexp: str
 
     @classmethod
     def under(cls, prefix: str = DEFAULT_PREFIX) -> "Keys":

@@ -78,7 +78,7 @@ class Lease:
             scripts.HEARTBEAT,
             self.node,
             self._lease_ms,
-            self._timestamps.now(),
+            *self._timestamps.now(),
             STREAM_LENGTH,
             "0" if self.held else "1",
         )
@@ -117,7 +117,7 @@ class Lease:
         if self._heart.running:
             self._heart.stop()
         retired = self._commands.run(
-            scripts.RETIRE, self.node, self._timestamps.now(), STREAM_LENGTH
+            scripts.RETIRE, self.node, *self._timestamps.now(), STREAM_LENGTH
         )
 
         def gone(result: object) -> object:

@@ -28,8 +28,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chatbox.chat import sends
 from chatbox.chat.arns import NameTaken, name_keys
-from chatbox.chat.room import Deliver, IRoom, RoomError
+from chatbox.chat.room import Deliver, IRoom, Posted, RoomError, posted_from
 from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress
 from chatbox.cluster.commands import Commands
@@ -38,6 +39,7 @@ from chatbox.cluster.lease import Lease
 from chatbox.cluster.link import RedisInDoubt, RedisLink
 from chatbox.cluster.reader import EventReader
 from chatbox.wire import codec, messages
+from chatbox.wire.clock import Moment, millis_of
 
 __all__ = ["DEFAULT_PREFIX", "RedisRoom", "entry_template"]
 
@@ -49,10 +51,11 @@ _NOT_READY = "not connected to the chat cluster yet"
 _NAME_LOST = "nickname lost, reconnect"
 
 
-def entry_template(name: str, content: str, timestamp: str) -> tuple[bytes, bytes]:
+def entry_template(name: str, content: str, when: Moment) -> tuple[bytes, bytes]:
     """The history entry of chatbox.wire.messages, split around its id, which
     only Redis knows until the message is stored."""
-    encoded = codec.encode(messages.history_entry(0, name, content, timestamp))
+    entry = messages.history_entry(0, name, content, when.text, when.millis)
+    encoded = codec.encode(entry)
     head, _, tail = encoded.partition(b'"id":0')
     return head + b'"id":', tail
 
@@ -71,16 +74,21 @@ def _event(fields: dict[bytes, bytes]) -> messages.Message | None:
     """
     kind = fields[b"k"]
     name = fields[b"n"].decode()
-    timestamp = fields[b"t"].decode()
+    if kind == b"typing":
+        return messages.typing(name)
+    text = fields[b"t"].decode()
+    # An event an older node wrote has no `ms`: read from its v2 timestamp.
+    millis = int(fields[b"ms"]) if b"ms" in fields else millis_of(text) or 0
+    when = Moment(text, millis)
     if kind == b"message":
         content = fields[b"c"].decode()
-        return messages.posted(name, content, timestamp, int(fields[b"id"]))
+        return messages.posted(name, content, when, int(fields[b"id"]))
     if kind == b"register":
-        return messages.joined(name, timestamp)
+        return messages.joined(name, when)
     if kind == b"change":
-        return messages.renamed(fields[b"old"].decode(), name, timestamp)
+        return messages.renamed(fields[b"old"].decode(), name, when)
     if kind == b"leave":
-        return messages.left(name, timestamp)
+        return messages.left(name, when)
     return None
 
 
@@ -109,7 +117,7 @@ class RedisRoom:
         self._claiming: set[Hashable] = set()
         self._serial = itertools.count(1)
         # Holders whose release Redis has not confirmed, with the leave's time.
-        self._unreleased: dict[str, str] = {}
+        self._unreleased: dict[str, Moment] = {}
         self._releasing: set[str] = set()
         self._held_for: Hashable | None = None  # reading waits for its reply
         self._messages = 0
@@ -179,7 +187,7 @@ class RedisRoom:
     # -- IRoom: requests --
 
     def _name_script(
-        self, script: bytes, holder: str, name: str, timestamp: str, refused: str
+        self, script: bytes, holder: str, name: str, when: Moment, refused: str
     ) -> "Deferred[bytes]":
         """CLAIM or RENAME, which take the same arguments and answer alike:
         fires with the stream id of the event; fails with NameTaken, or with
@@ -190,7 +198,8 @@ class RedisRoom:
             holder,
             "\n".join(name_keys(name)),
             name,
-            timestamp,
+            when.text,
+            when.millis,
             STREAM_LENGTH,
         )
 
@@ -203,14 +212,14 @@ class RedisRoom:
 
         return running.addCallback(answered)
 
-    def claim(self, owner: Hashable, name: str, timestamp: str) -> "Deferred[None]":
+    def claim(self, owner: Hashable, name: str, when: Moment) -> "Deferred[None]":
         if not self.ready:
             return fail(RoomError(_NOT_READY))
         holder = f"{self.node}:{next(self._serial)}"
         self._holder_of[owner] = holder
         self._owner_of[holder] = owner
         self._claiming.add(owner)
-        claimed = self._name_script(scripts.CLAIM, holder, name, timestamp, _NOT_READY)
+        claimed = self._name_script(scripts.CLAIM, holder, name, when, _NOT_READY)
 
         def decided(event_id: bytes) -> None:
             if self._holder_of.get(owner) != holder:
@@ -227,7 +236,7 @@ class RedisRoom:
                 if failure.check(RedisInDoubt):
                     # The claim may have happened: free whatever it got. A
                     # new claim gets a new holder.
-                    self.release(owner, timestamp)
+                    self.release(owner, when)
                 else:
                     self._forget(owner)
             return failure
@@ -241,14 +250,14 @@ class RedisRoom:
 
         return claimed.addCallbacks(decided, failed).addBoth(finished)
 
-    def rename(self, owner: Hashable, name: str, timestamp: str) -> "Deferred[str]":
+    def rename(self, owner: Hashable, name: str, when: Moment) -> "Deferred[str]":
         holder = self._holder_of.get(owner)
         old = self._names.get(owner)
         if holder is None or old is None:
             return fail(RoomError(_NAME_LOST))
         if not self.ready:
             return fail(RoomError(_NOT_READY))
-        renamed = self._name_script(scripts.RENAME, holder, name, timestamp, _NAME_LOST)
+        renamed = self._name_script(scripts.RENAME, holder, name, when, _NAME_LOST)
 
         def decided(_: bytes) -> str:
             if self._holder_of.get(owner) == holder:
@@ -264,11 +273,11 @@ class RedisRoom:
 
         return renamed.addCallbacks(decided, failed)
 
-    def release(self, owner: Hashable, timestamp: str) -> str | None:
+    def release(self, owner: Hashable, when: Moment) -> str | None:
         name = self._names.get(owner)
         holder = self._forget(owner)
         if holder is not None:
-            self._unreleased[holder] = timestamp
+            self._unreleased[holder] = when
             self._release(holder)
         return name
 
@@ -292,7 +301,7 @@ class RedisRoom:
             scripts.RELEASE,
             self.node,
             holder,
-            self._unreleased[holder],
+            *self._unreleased[holder],
             STREAM_LENGTH,
         )
 
@@ -311,30 +320,53 @@ class RedisRoom:
         released.addBoth(lambda _: self._releasing.discard(holder))
 
     def post(
-        self, owner: Hashable, name: str, content: str, timestamp: str
-    ) -> "Deferred[int]":
+        self,
+        owner: Hashable,
+        name: str,
+        content: str,
+        when: Moment,
+        send_id: str | None = None,
+    ) -> "Deferred[Posted]":
         holder = self._holder_of.get(owner)
         if holder is None:
             return fail(RoomError(_NAME_LOST))
-        head, tail = entry_template(name, content, timestamp)
+        head, tail = entry_template(name, content, when)
         posted = self._commands.run(
             scripts.POST,
             self.node,
             holder,
             name,
             content,
-            timestamp,
+            when.text,
+            when.millis,
             head,
             tail,
             STREAM_LENGTH,
+            send_id or "",
+            int(sends.WINDOW * 1000),
+            sends.MAX_TRACKED,
         )
 
-        def stored(result: object) -> int:
+        def stored(result: object) -> Posted:
+            if isinstance(result, list):  # a repeat: {id, entry or false}
+                message_id, entry = result
+                original = Posted(int(message_id), name, content, when)
+                return posted_from(entry or None, original)
             if result == -1:
                 raise RoomError(_NAME_LOST)
-            return int(result)
+            return Posted(int(result), name, content, when)
 
         return posted.addCallback(stored)
+
+    def typing(self, owner: Hashable, name: str) -> None:
+        holder = self._holder_of.get(owner)
+        if holder is None or not self._commands.up:
+            return
+        sent = self._commands.run(scripts.TYPING, holder, name, STREAM_LENGTH)
+        sent.addErrback(lambda failure: failure.trap(RoomError))
+
+    def online_count(self) -> "Deferred[int]":
+        return self._commands.run(scripts.ONLINE_COUNT).addCallback(int)
 
     def page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0

@@ -29,18 +29,22 @@ The scripts are bytes, encoded once here rather than at every request.
 __all__ = [
     "CLAIM",
     "HEARTBEAT",
+    "ONLINE_COUNT",
     "PAGE",
     "POST",
     "RELEASE",
     "RENAME",
     "RETIRE",
     "STREAM_STATE",
+    "TYPING",
 ]
 
 # The locals in the order of chatbox.cluster.keys.Keys' fields.
 _PREAMBLE = """
-local owner, held, display, online, joinseq, nodes, msgid, history, events =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local owner, held, display, online, joinseq, nodes, msgid, history, events,
+      sends, sendexp =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
+  KEYS[10], KEYS[11]
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -119,12 +123,12 @@ local function drop(holder)
 end
 
 -- Release every nickname a node holds, with a leave for each; forget the node.
-local function reap(node, ts, maxlen)
+local function reap(node, ts, ms, maxlen)
   local released = 0
   for _, holder in ipairs(redis.call('SMEMBERS', holders_of(node))) do
     local name = drop(holder)
     if name then
-      emit(maxlen, 'k', 'leave', 'o', holder, 'n', name, 't', ts)
+      emit(maxlen, 'k', 'leave', 'o', holder, 'n', name, 't', ts, 'ms', ms)
       released = released + 1
     end
   end
@@ -134,14 +138,14 @@ local function reap(node, ts, maxlen)
 end
 """
 
-# ARGV: node, holder, keys (joined by newlines), name, timestamp, maxlen.
+# ARGV: node, holder, keys (joined by newlines), name, timestamp, ms, maxlen.
 # Returns the stream id of the register event, 0 if the name is taken, -1 if
 # this node holds no lease. A holder that already holds a name (its earlier
 # claim's reply was lost) leaves it first, with its leave event.
 CLAIM = (
     _PREAMBLE
     + """
-local node, holder, joined, name, ts, maxlen = unpack(ARGV)
+local node, holder, joined, name, ts, ms, maxlen = unpack(ARGV)
 if not leased(node) then
   return -1
 end
@@ -151,23 +155,23 @@ if taken(keys, holder) then
 end
 local previous = drop(holder)
 if previous then
-  emit(maxlen, 'k', 'leave', 'o', holder, 'n', previous, 't', ts)
+  emit(maxlen, 'k', 'leave', 'o', holder, 'n', previous, 't', ts, 'ms', ms)
 end
 hold(holder, keys, joined)
 redis.call('HSET', display, holder, name)
 redis.call('ZADD', online, redis.call('INCR', joinseq), holder)
 redis.call('SADD', holders_of(node), holder)
-return emit(maxlen, 'k', 'register', 'o', holder, 'n', name, 't', ts)
+return emit(maxlen, 'k', 'register', 'o', holder, 'n', name, 't', ts, 'ms', ms)
 """
 ).encode()
 
-# ARGV: node, holder, keys (joined by newlines), name, timestamp, maxlen.
+# ARGV: node, holder, keys (joined by newlines), name, timestamp, ms, maxlen.
 # Returns the stream id of the change event, 0 if the name is taken (or is
 # exactly the current one, as v2), -1 if the holder's name is gone (lease lost).
 RENAME = (
     _PREAMBLE
     + """
-local node, holder, joined, name, ts, maxlen = unpack(ARGV)
+local node, holder, joined, name, ts, ms, maxlen = unpack(ARGV)
 local old_joined = redis.call('HGET', held, holder)
 if not old_joined or not leased(node) then
   return -1
@@ -183,41 +187,97 @@ end
 unhold(holder, old_joined)
 hold(holder, keys, joined)
 redis.call('HSET', display, holder, name)
-return emit(maxlen, 'k', 'change', 'o', holder, 'old', old, 'n', name, 't', ts)
+return emit(maxlen, 'k', 'change', 'o', holder, 'old', old, 'n', name,
+            't', ts, 'ms', ms)
 """
 ).encode()
 
-# ARGV: node, holder, timestamp, maxlen. Returns 1 if a name was released
+# ARGV: node, holder, timestamp, ms, maxlen. Returns 1 if a name was released
 # (and its leave sent), 0 if the holder held none. Safe to repeat.
 RELEASE = (
     _PREAMBLE
     + """
-local node, holder, ts, maxlen = unpack(ARGV)
+local node, holder, ts, ms, maxlen = unpack(ARGV)
 redis.call('SREM', holders_of(node), holder)
 local name = drop(holder)
 if not name then
   return 0
 end
-emit(maxlen, 'k', 'leave', 'o', holder, 'n', name, 't', ts)
+emit(maxlen, 'k', 'leave', 'o', holder, 'n', name, 't', ts, 'ms', ms)
 return 1
 """
 ).encode()
 
-# ARGV: node, holder, name, content, timestamp, entry head, entry tail, maxlen.
+# ARGV: node, holder, name, content, timestamp, ms, entry head, entry tail,
+# maxlen, send_id ("" for none), window ms, most send_ids kept.
 # The history entry is head .. id .. tail (chatbox.wire.messages makes its shape).
-# Returns the new id, or -1 if the holder no longer holds `name`.
+# Returns the new id; {id, entry} of the original when `name` sent `send_id`
+# within the window (nothing is stored or told); or -1 if the holder no
+# longer holds `name`. Checking and storing in one script is what makes a
+# retry after a lost reply (RedisInDoubt) safe.
 POST = (
     _PREAMBLE
     + """
-local node, holder, name, content, ts, head, tail, maxlen = unpack(ARGV)
+local node, holder, name, content, ts, ms, head, tail, maxlen, send_id, window,
+      most = unpack(ARGV)
 if redis.call('HGET', display, holder) ~= name or not leased(node) then
   return -1
+end
+local sent = false
+local now = 0
+if send_id ~= '' then
+  sent = name .. '\\n' .. send_id
+  now = now_ms()
+  -- Forget what has expired, a bounded number per call.
+  local expired = redis.call('ZRANGE', sendexp, '-inf', now, 'BYSCORE',
+                             'LIMIT', 0, 100)
+  if #expired > 0 then
+    redis.call('HDEL', sends, unpack(expired))
+    redis.call('ZREM', sendexp, unpack(expired))
+  end
+  local earlier = redis.call('HGET', sends, sent)
+  if earlier then
+    local entry = redis.call('ZRANGE', history, earlier, earlier, 'BYSCORE')
+    return {tonumber(earlier), entry[1] or false}
+  end
 end
 local id = redis.call('INCR', msgid)
 redis.call('ZADD', history, id, head .. id .. tail)
 emit(maxlen, 'k', 'message', 'o', holder, 'n', name, 'c', content, 't', ts,
-     'id', id)
+     'ms', ms, 'id', id)
+if sent then
+  redis.call('HSET', sends, sent, id)
+  redis.call('ZADD', sendexp, now + tonumber(window), sent)
+  local over = redis.call('ZCARD', sendexp) - tonumber(most)
+  if over > 0 then
+    local oldest = redis.call('ZRANGE', sendexp, 0, over - 1)
+    redis.call('HDEL', sends, unpack(oldest))
+    redis.call('ZREM', sendexp, unpack(oldest))
+  end
+end
 return id
+"""
+).encode()
+
+# ARGV: holder, name, maxlen. A typing hint (ext) in the stream, between the
+# events, if the holder still holds `name`; returns 1 if sent, else 0.
+TYPING = (
+    _PREAMBLE
+    + """
+local holder, name, maxlen = unpack(ARGV)
+if redis.call('HGET', display, holder) ~= name then
+  return 0
+end
+emit(maxlen, 'k', 'typing', 'o', holder, 'n', name)
+return 1
+"""
+).encode()
+
+# Registered nicknames in the whole cluster.
+ONLINE_COUNT = (
+    _PREAMBLE
+    + """
+return redis.call('ZCARD', online)
 """
 ).encode()
 
@@ -266,7 +326,7 @@ return {entries, cut, names}
 """
 ).encode()
 
-# ARGV: node, lease ms, timestamp, maxlen, joining ("1" or "0").
+# ARGV: node, lease ms, timestamp, ms, maxlen, joining ("1" or "0").
 # First reaps every node whose lease has run out (this one too), sending a
 # leave for each of their names; being in one script, each dead node is
 # reaped exactly once, whichever node gets there first. Then renews this
@@ -275,11 +335,11 @@ return {entries, cut, names}
 HEARTBEAT = (
     _PREAMBLE
     + """
-local node, lease, ts, maxlen, joining = unpack(ARGV)
+local node, lease, ts, ms, maxlen, joining = unpack(ARGV)
 local now = now_ms()
 local released = 0
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now)) do
-  released = released + reap(dead, ts, maxlen)
+  released = released + reap(dead, ts, ms, maxlen)
 end
 if joining ~= '1' and not redis.call('ZSCORE', nodes, node) then
   return {0, released, redis.call('ZCARD', history)}
@@ -289,13 +349,13 @@ return {1, released, redis.call('ZCARD', history)}
 """
 ).encode()
 
-# ARGV: node, timestamp, maxlen. A node leaving cleanly: its names are
+# ARGV: node, timestamp, ms, maxlen. A node leaving cleanly: its names are
 # released with their leaves and its lease is given up.
 RETIRE = (
     _PREAMBLE
     + """
-local node, ts, maxlen = unpack(ARGV)
-return reap(node, ts, maxlen)
+local node, ts, ms, maxlen = unpack(ARGV)
+return reap(node, ts, ms, maxlen)
 """
 ).encode()
 

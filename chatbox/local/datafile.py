@@ -5,8 +5,9 @@ or on the store's threads, never on the reactor while it serves.
 
 Layout, for a history file `data.json`:
 
-- `data.json` — a JSON array of `{"id","name","content","timestamp"}`, one
-  entry per line; what v2 reads and writes (v2 entries have no `id`).
+- `data.json` — a JSON array of `{"id","name","content","timestamp","time"}`,
+  one entry per line; what v2 reads and writes (v2 entries have no `id` or
+  `time`; both are given when such a file is loaded).
 - `data.json.journal` — one record per line, `<crc32 as 8 hex> <entry JSON>`,
   appended and fsync'd per batch of messages; everything newer than
   data.json. The checksum is what tells a torn write from damage.
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatbox.wire import codec, messages
+from chatbox.wire.clock import millis_of
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -133,8 +135,13 @@ def _entry(
         raise HistoryFileError(
             f"{where}: 'id' must be an integer above {last_id}, found {message_id!r}"
         )
+    millis = record.get("time")
+    if type(millis) is not int:
+        # Written before `time` existed, or by hand: derived from the v2
+        # timestamp, in this server's zone, which is what it was written in.
+        millis = millis_of(record["timestamp"])
     entry = messages.history_entry(
-        message_id, record["name"], record["content"], record["timestamp"]
+        message_id, record["name"], record["content"], record["timestamp"], millis
     )
     return message_id, codec.encode_compact(entry)
 

@@ -43,6 +43,13 @@ class History:
         self._offsets.append(self._offsets[-1] + len(entry))
         self._entries.append(entry)
 
+    def entry(self, message_id: int) -> bytes | None:
+        """The encoded entry with this id, if there is one."""
+        index = bisect_left(self._ids, message_id)
+        if index < len(self._ids) and self._ids[index] == message_id:
+            return self._entries[index]
+        return None
+
     def page(
         self,
         limit: int,

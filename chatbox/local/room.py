@@ -12,9 +12,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from chatbox.chat.arns import NameTaken, Registry
-from chatbox.chat.room import Deliver, IRoom
+from chatbox.chat.room import Deliver, IRoom, Posted, posted_from
+from chatbox.chat.sends import RecentSends
 from chatbox.local.store import DurableStore
 from chatbox.wire import messages
+from chatbox.wire.clock import Moment
 
 __all__ = ["LocalRoom"]
 
@@ -25,10 +27,11 @@ def _nobody(event: messages.Message, exclude: Hashable | None) -> None:
 
 @implementer(IRoom)
 class LocalRoom:
-    def __init__(self, store: DurableStore) -> None:
+    def __init__(self, store: DurableStore, seconds: Callable[[], float]) -> None:
         self.store = store
         self.where = store.path
         self.registry = Registry()
+        self.sends = RecentSends(seconds)
         self._deliver: Deliver = _nobody
 
     @property
@@ -54,38 +57,61 @@ class LocalRoom:
     def message_count(self) -> int:
         return len(self.store.history)
 
-    def claim(self, owner: Hashable, name: str, timestamp: str) -> "Deferred[None]":
+    def claim(self, owner: Hashable, name: str, when: Moment) -> "Deferred[None]":
         try:
             self.registry.claim(owner, name)
         except NameTaken as taken:
             return fail(taken)
-        self._deliver(messages.joined(name, timestamp), owner)
+        self._deliver(messages.joined(name, when), owner)
         return succeed(None)
 
-    def rename(self, owner: Hashable, name: str, timestamp: str) -> "Deferred[str]":
+    def rename(self, owner: Hashable, name: str, when: Moment) -> "Deferred[str]":
         try:
             old = self.registry.rename(owner, name)
         except NameTaken as taken:
             return fail(taken)
-        self._deliver(messages.renamed(old, name, timestamp), owner)
+        self._deliver(messages.renamed(old, name, when), owner)
         return succeed(old)
 
-    def release(self, owner: Hashable, timestamp: str) -> str | None:
+    def release(self, owner: Hashable, when: Moment) -> str | None:
         name = self.registry.release(owner)
         if name is not None:
-            self._deliver(messages.left(name, timestamp), owner)
+            self._deliver(messages.left(name, when), owner)
         return name
 
     def post(
-        self, owner: Hashable, name: str, content: str, timestamp: str
-    ) -> "Deferred[int]":
-        stored = self.store.append(name, content, timestamp)
+        self,
+        owner: Hashable,
+        name: str,
+        content: str,
+        when: Moment,
+        send_id: str | None = None,
+    ) -> "Deferred[Posted]":
+        key = None if send_id is None else (name, send_id)
+        if key is not None:
+            earlier = self.sends.earlier(key)
+            if earlier is not None:
+                return earlier.addCallback(
+                    lambda message_id: posted_from(
+                        self.store.history.entry(message_id),
+                        Posted(message_id, name, content, when),
+                    )
+                )
+        stored = self.store.append(name, content, when)
+        if key is not None:
+            self.sends.track(key, stored)
 
-        def durable(message_id: int) -> int:
-            self._deliver(messages.posted(name, content, timestamp, message_id), owner)
-            return message_id
+        def durable(message_id: int) -> Posted:
+            self._deliver(messages.posted(name, content, when, message_id), owner)
+            return Posted(message_id, name, content, when)
 
         return stored.addCallback(durable)
+
+    def typing(self, owner: Hashable, name: str) -> None:
+        self._deliver(messages.typing(name), owner)
+
+    def online_count(self) -> "Deferred[int]":
+        return succeed(len(self.registry))
 
     def page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0

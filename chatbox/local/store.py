@@ -36,6 +36,7 @@ from chatbox.local import datafile
 from chatbox.local.history import History
 from chatbox.metrics import Metrics
 from chatbox.wire import codec, messages
+from chatbox.wire.clock import Moment
 
 __all__ = ["DurableStore", "StoreError"]
 
@@ -78,7 +79,7 @@ class DurableStore:
         self._lock: datafile.HistoryLock | None = None
         self._next_id = 1
         self._array_bytes = 0
-        self._queue: deque[tuple[str, str, str, Deferred[int]]] = deque()
+        self._queue: deque[tuple[str, str, Moment, Deferred[int]]] = deque()
         self._writing = False
         self._folding: Deferred[None] | None = None
         # A retired journal is on disk, not yet folded into data.json.
@@ -140,10 +141,10 @@ class DurableStore:
 
     # -- serving --
 
-    def append(self, name: str, content: str, timestamp: str) -> "Deferred[int]":
+    def append(self, name: str, content: str, when: Moment) -> "Deferred[int]":
         """Store one message; fires with its id once durable, or StoreError."""
         done: Deferred[int] = Deferred()
-        self._queue.append((name, content, timestamp, done))
+        self._queue.append((name, content, when, done))
         self._write_next()
         return done
 
@@ -181,9 +182,11 @@ class DurableStore:
         records: list[bytes] = []
         size = 0
         while self._queue:
-            name, content, timestamp, done = self._queue[0]
+            name, content, when, done = self._queue[0]
             entry = codec.encode_compact(
-                messages.history_entry(self._next_id, name, content, timestamp)
+                messages.history_entry(
+                    self._next_id, name, content, when.text, when.millis
+                )
             )
             record = datafile.record(entry)
             if records and size + len(record) > datafile.MAX_BATCH_BYTES:

@@ -54,6 +54,11 @@ class ChatFactory(WebSocketServerFactory):
         self.names_per_address = AddressBuckets(
             limits.address_name_rate, limits.address_name_burst
         )
+        # Typing hints reach everyone as messages do, so one address gets
+        # as many of them as of messages; past that they are dropped.
+        self.typing_per_address = AddressBuckets(
+            limits.address_send_rate, limits.address_send_burst
+        )
         self.reply_gate = ByteGate(limits.max_reply_bytes)
         self.log_budget = LogBudget(reactor, self.logger)
         # The open WebSockets, for broadcast. How many connections there are

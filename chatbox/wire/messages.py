@@ -3,12 +3,17 @@
 docs/PROTOCOL.md is the contract; the names here follow its sections. Field
 names and types are v2's exactly, including the `username` key of the two
 send-failure replies and `"type": null` for UnknownType. Extensions only add
-fields (`id`) and reasons, never rename or retype a v2 field.
+fields (`id`, `time`, `send_id`), reasons, requests and event types, never
+rename or retype a v2 field.
+
+Every shape with v2's `timestamp` takes a `Moment`, so `time`, the same
+instant in epoch milliseconds, is beside it wherever it is.
 """
 
 from typing import Any
 
 from chatbox.wire import codec
+from chatbox.wire.clock import Moment
 
 __all__ = [
     "Refused",
@@ -21,6 +26,7 @@ __all__ = [
     "joined",
     "left",
     "not_enough_key",
+    "online_count",
     "ping",
     "posted",
     "rate_limited",
@@ -29,6 +35,7 @@ __all__ = [
     "renamed",
     "send_ok",
     "send_refused",
+    "typing",
     "unknown_register",
     "unknown_type",
     "wrong_argument",
@@ -59,13 +66,14 @@ def _with_error(reply: Message, error: str | None) -> Message:
 # -- name -------------------------------------------------------------------
 
 
-def register_ok(name: str, timestamp: str) -> Message:
+def register_ok(name: str, when: Moment) -> Message:
     return {
         "type": "name",
         "action": "register",
         "name": name,
         "status": True,
-        "timestamp": timestamp,
+        "timestamp": when.text,
+        "time": when.millis,
     }
 
 
@@ -80,14 +88,15 @@ def register_refused(name: Any, reason: str, error: str | None = None) -> Messag
     return _with_error(reply, error)
 
 
-def change_ok(old: str, new: str, timestamp: str) -> Message:
+def change_ok(old: str, new: str, when: Moment) -> Message:
     return {
         "type": "name",
         "action": "change",
         "oldname": old,
         "newname": new,
         "status": True,
-        "timestamp": timestamp,
+        "timestamp": when.text,
+        "time": when.millis,
     }
 
 
@@ -108,15 +117,21 @@ def change_refused(
 # -- send -------------------------------------------------------------------
 
 
-def send_ok(name: str, content: str, timestamp: str, message_id: int) -> Message:
-    return {
+def send_ok(
+    name: str, content: str, when: Moment, message_id: int, send_id: str | None
+) -> Message:
+    reply = {
         "type": "send",
         "name": name,
         "content": content,
         "status": True,
-        "timestamp": timestamp,
+        "timestamp": when.text,
+        "time": when.millis,
         "id": message_id,
     }
+    if send_id is not None:
+        reply["send_id"] = send_id
+    return reply
 
 
 def send_refused(
@@ -136,19 +151,32 @@ def send_refused(
 # -- get --------------------------------------------------------------------
 
 
-def history_entry(message_id: int, name: str, content: str, timestamp: str) -> Message:
-    """One stored message, as kept in data.json and sent in `get`."""
-    return {"id": message_id, "name": name, "content": content, "timestamp": timestamp}
+def history_entry(
+    message_id: int, name: str, content: str, timestamp: str, millis: int | None
+) -> Message:
+    """One stored message, as kept in data.json and sent in `get`. `millis`
+    is None only for an entry whose v2 timestamp could not be read."""
+    entry = {"id": message_id, "name": name, "content": content}
+    entry["timestamp"] = timestamp
+    if millis is not None:
+        entry["time"] = millis
+    return entry
 
 
-def get_ok(name: str, timestamp: str, entries: list[bytes], online: list[str]) -> bytes:
+def get_ok(name: str, when: Moment, entries: list[bytes], online: list[str]) -> bytes:
     """The `get` reply, already encoded.
 
     History entries are kept encoded, so the reply is spliced from them
     instead of decoding and re-encoding up to the whole history cap.
     """
     head = codec.encode(
-        {"type": "get", "status": True, "name": name, "timestamp": timestamp}
+        {
+            "type": "get",
+            "status": True,
+            "name": name,
+            "timestamp": when.text,
+            "time": when.millis,
+        }
     )
     return b"".join(
         (
@@ -176,15 +204,19 @@ def fault(
 ) -> Message:
     """The `ErrorWhen...` reply for a request the server failed to carry out,
     shaped as that request type's own failure replies; `name` is the
-    requester's nickname (None: not registered). A fault in any request
-    but `name` and `send` is answered as `get`'s."""
+    requester's nickname (None: not registered). The ext requests, which v2
+    clients never send, get `ServerError`."""
     if request_type == "name":
         if name is None:
             return register_refused(request.get("name"), "ErrorWhenRegister", error)
         return change_refused(name, request.get("name"), "ErrorWhenChange", error)
     if request_type == "send":
         return send_refused(name, request.get("content"), "ErrorWhenSend", error)
-    return get_refused(name, "ErrorWhenGet", error)
+    if request_type == "get":
+        return get_refused(name, "ErrorWhenGet", error)
+    return _with_error(
+        {"type": request_type, "status": False, "reason": "ServerError"}, error
+    )
 
 
 def unknown_register(request_type: str) -> Message:
@@ -231,43 +263,58 @@ def unknown_type() -> Message:
 # -- events to everyone else ----------------------------------------------------
 
 
-def joined(name: str, timestamp: str) -> Message:
+def joined(name: str, when: Moment) -> Message:
     return {
         "type": "receive",
         "datatype": "register",
         "name": name,
-        "timestamp": timestamp,
+        "timestamp": when.text,
+        "time": when.millis,
     }
 
 
-def renamed(old: str, new: str, timestamp: str) -> Message:
+def renamed(old: str, new: str, when: Moment) -> Message:
     return {
         "type": "receive",
         "datatype": "change",
         "oldname": old,
         "newname": new,
-        "timestamp": timestamp,
+        "timestamp": when.text,
+        "time": when.millis,
     }
 
 
-def posted(name: str, content: str, timestamp: str, message_id: int) -> Message:
+def posted(name: str, content: str, when: Moment, message_id: int) -> Message:
     return {
         "type": "receive",
         "datatype": "message",
         "name": name,
         "content": content,
-        "timestamp": timestamp,
+        "timestamp": when.text,
+        "time": when.millis,
         "id": message_id,
     }
 
 
-def left(name: str, timestamp: str) -> Message:
+def left(name: str, when: Moment) -> Message:
     return {
         "type": "receive",
         "datatype": "leave",
         "name": name,
-        "timestamp": timestamp,
+        "timestamp": when.text,
+        "time": when.millis,
     }
+
+
+def typing(name: str) -> Message:
+    """ext: `name` is typing. No timestamp: it is never stored, and is
+    stale within seconds."""
+    return {"type": "receive", "datatype": "typing", "name": name}
+
+
+def online_count(count: int) -> Message:
+    """ext: how many are in the chat, for a client that has not joined."""
+    return {"type": "online", "status": True, "count": count}
 
 
 def ping(timeout: float) -> Message:

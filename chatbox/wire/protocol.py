@@ -32,7 +32,8 @@ from twisted.python.failure import Failure
 
 from chatbox.chat.arns import NameTaken, is_valid_name
 from chatbox.chat.content import is_valid_content
-from chatbox.chat.room import RoomError
+from chatbox.chat.room import Posted, RoomError
+from chatbox.chat.sends import valid_send_id
 from chatbox.limits import AddressBuckets, TokenBucket, address_key, client_address
 from chatbox.wire import codec, messages
 from chatbox.wire.backpressure import PendingOutput
@@ -56,6 +57,8 @@ LARGE_REPLY = 256 * 1024
 # past this many such refusals in 10 s (or twice the burst, if more) it is
 # closed with 1008 rather than answered forever (chatbox.wire.refusals).
 FLOOD_REFUSALS = 50
+# ext typing: at most one event per connection this often (seconds).
+TYPING_INTERVAL = 2.0
 # Frames of any kind (fragments, pings, pongs) a connection may send for each
 # request --rate/--burst allow it; past that it is closed with 1008.
 FRAMES_PER_REQUEST = 20
@@ -87,6 +90,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._refusals: Refusals | None = None  # set in connectionMade
         self._frames: TokenBucket | None = None  # set in connectionMade
         self._discarding: int | None = None  # bytes still to throw away
+        self._typing_quiet_until = 0.0  # ext typing: no event before then
 
     # -- connection life --
 
@@ -412,14 +416,14 @@ class ChatProtocol(WebSocketServerProtocol):
         name = request["name"]
         old = self.factory.room.name_of(self)
         self._per_address(self.factory.names_per_address, "name")
-        timestamp = self.factory.timestamps.now()
+        when = self.factory.timestamps.now()
         if old is None:
             if not is_valid_name(name):
                 raise Refused(messages.register_refused(name, "WrongFormatName"))
-            claimed = self.factory.room.claim(self, name, timestamp)
+            claimed = self.factory.room.claim(self, name, when)
 
             def registered(_: object) -> None:
-                self.reply(messages.register_ok(name, timestamp))
+                self.reply(messages.register_ok(name, when))
                 self._note("{peer} registered as {name!r}", peer=self.peer, name=name)
 
             def refused(reason: str, error: str | None = None) -> Refused:
@@ -429,10 +433,10 @@ class ChatProtocol(WebSocketServerProtocol):
         else:
             if not is_valid_name(name):
                 raise Refused(messages.change_refused(old, name, "WrongFormatName"))
-            renamed = self.factory.room.rename(self, name, timestamp)
+            renamed = self.factory.room.rename(self, name, when)
 
             def changed(previous: str) -> None:
-                self.reply(messages.change_ok(previous, name, timestamp))
+                self.reply(messages.change_ok(previous, name, when))
                 self._note("{old!r} is now {new!r}", old=previous, new=name)
 
             def refused(reason: str, error: str | None = None) -> Refused:
@@ -471,6 +475,9 @@ class ChatProtocol(WebSocketServerProtocol):
         content = request["content"]
         if not is_valid_content(content):
             raise Refused(messages.send_refused(name, content, "WrongFormatContent"))
+        send_id = request.get("send_id")
+        if send_id is not None and not valid_send_id(send_id):
+            raise Refused(messages.wrong_argument("send", "send_id"))
         self._per_address(self.factory.sends_per_address, "send")
         if self.factory.closing:
             raise Refused(
@@ -478,18 +485,22 @@ class ChatProtocol(WebSocketServerProtocol):
                     name, content, "ErrorWhenSend", "server shutting down"
                 )
             )
-        timestamp = self.factory.timestamps.now()
-        stored = self.factory.room.post(self, name, content, timestamp)
+        when = self.factory.timestamps.now()
+        stored = self.factory.room.post(self, name, content, when, send_id)
         # Counted only once post returned: one that raised (a bug, answered
         # by _handle) must not leave every later get waiting for it.
         self._order.send_started()
 
-        def durable(message_id: int) -> None:
-            self.reply(messages.send_ok(name, content, timestamp, message_id))
+        def durable(posted: Posted) -> None:
+            self.reply(
+                messages.send_ok(
+                    posted.name, posted.content, posted.when, posted.id, send_id
+                )
+            )
             self._note(
                 "{name!r} posted message {id} ({length} characters)",
                 name=name,
-                id=message_id,
+                id=posted.id,
                 length=len(content),
             )
 
@@ -539,13 +550,13 @@ class ChatProtocol(WebSocketServerProtocol):
         name = room.name_of(self)
         if name is None:
             return
-        now = self.factory.timestamps.now()
+        when = self.factory.timestamps.now()
         size = sum(map(len, entries))
         self.factory.metrics.request("get", "ok")
 
         def frame() -> PreparedMessage:
             return self.factory.prepareMessage(
-                messages.get_ok(name, now, entries, online)
+                messages.get_ok(name, when, entries, online)
             )
 
         if size < LARGE_REPLY:
@@ -611,4 +622,41 @@ class ChatProtocol(WebSocketServerProtocol):
         if self.factory.room.name_of(self) is not None:
             self.reply(self._fault("get", request, _INTERNAL_ERROR))
 
-    _handlers = {"name": handle_name, "send": handle_send, "get": handle_get}
+    def handle_typing(self, request: dict[str, Any]) -> None:
+        """ext: a hint, so it is never answered when it works, and extra
+        ones are dropped instead of refused: a client typing steadily must
+        never see a RateLimited it did not cause by sending."""
+        name = self._registered_name("typing")
+        now = self.factory.reactor.seconds()
+        if now < self._typing_quiet_until:
+            return
+        self._typing_quiet_until = now + TYPING_INTERVAL
+        key = self.address_key
+        if key is not None and not self.factory.typing_per_address.take(key, now):
+            return  # one address's many connections, each within its own
+        self.factory.room.typing(self, name)
+        self.factory.metrics.request("typing", "ok")
+
+    def handle_online(self, request: dict[str, Any]) -> None:
+        """ext: the count a welcome screen shows, before joining; a count
+        only, since who is there is for those who joined."""
+        counted = self.factory.room.online_count()
+
+        def answer(count: int) -> None:
+            if self.can_send:
+                self.reply(messages.online_count(count))
+
+        def failed(failure: Failure) -> None:
+            failure.trap(RoomError)
+            reply = messages.fault("online", None, request, str(failure.value))
+            self.refuse("online", Refused(reply))
+
+        counted.addCallbacks(answer, failed)
+
+    _handlers = {
+        "name": handle_name,
+        "send": handle_send,
+        "get": handle_get,
+        "typing": handle_typing,
+        "online": handle_online,
+    }

@@ -20,6 +20,10 @@ from chatbox.cluster.reader import RETRY_SECONDS, EventReader
 from chatbox.cluster.room import RedisRoom, entry_template
 from chatbox.tap import Options
 from chatbox.wire import codec, messages
+from chatbox.wire.clock import Moment
+
+T = Moment("24/11/2026, 14:05:09", 1795964709000)
+LEFT = Moment("24/11/2026, 14:06:10", 1795964770123)  # a leave's own time
 
 
 @pytest.mark.parametrize(
@@ -71,11 +75,9 @@ def test_address_never_shows_the_password():
     ["plain", '"id":0', 'quote " and \\ backslash', "xin chào 🎉", "}{", "\u2028"],
 )
 def test_entry_template_matches_the_history_entry(content):
-    head, tail = entry_template("Ａn", content, "24/11/2026, 14:05:09")
+    head, tail = entry_template("Ａn", content, T)
     for message_id in (1, 42, 10**12):
-        expected = codec.encode(
-            messages.history_entry(message_id, "Ａn", content, "24/11/2026, 14:05:09")
-        )
+        expected = codec.encode(messages.history_entry(message_id, "Ａn", content, *T))
         assert head + str(message_id).encode() + tail == expected
 
 
@@ -95,9 +97,10 @@ def test_redis_options_are_checked():
 def test_keys_are_the_scripts_locals_in_order():
     """Scripts read KEYS by position into named locals; Python passes Keys'
     fields in order. The two lists must be one list."""
-    preamble = re.search(rb"local ([a-z, ]+) =\s+KEYS\[1\]", scripts.CLAIM)
+    preamble = re.search(rb"local ([a-z,\s]+) =\s+KEYS\[1\]", scripts.CLAIM)
     assert preamble is not None
-    assert tuple(preamble.group(1).decode().split(", ")) == Keys._fields
+    locals_ = preamble.group(1).decode().replace(",", " ").split()
+    assert tuple(locals_) == Keys._fields
     keys = Keys.under("test:")
     assert (keys.owner, keys.events) == ("test:owner", "test:events")
     assert list(keys) == [f"test:{name}" for name in Keys._fields]
@@ -195,7 +198,7 @@ def test_stream_waits_for_the_reply_of_a_claim_it_overtook():
     room = node.room
     an = object()
     order: list[str] = []
-    room.claim(an, "An", "t").addCallback(lambda _: order.append("reply"))
+    room.claim(an, "An", T).addCallback(lambda _: order.append("reply"))
 
     node.reader_link.stream(
         _entry(b"1-0", k="register", o="n2:7", n="Bo", t="t"),
@@ -223,7 +226,7 @@ def test_claim_reply_before_the_stream_joins_at_its_own_event():
     node = Node()
     room = node.room
     an = object()
-    room.claim(an, "An", "t")
+    room.claim(an, "An", T)
     node.commands_link.pending(scripts.CLAIM)[1].callback(b"5-0")
     assert room.name_of(an) == "An" and list(room.audience()) == []
     node.reader_link.stream(_entry(b"4-0", k="register", o="n2:1", n="Bo", t="t"))
@@ -239,7 +242,7 @@ def test_lost_lease_closes_registered_clients_and_seeks_the_lease_again():
     node = Node()
     room = node.room
     an = object()
-    room.claim(an, "An", "t")
+    room.claim(an, "An", T)
     node.commands_link.pending(scripts.CLAIM)[1].callback(b"1-0")
     node.beat(held=False, messages=7)
     assert node.lost == [[an]]
@@ -260,7 +263,7 @@ def test_reader_that_missed_trimmed_events_has_clients_register_again():
     node = Node()
     room = node.room
     an = object()
-    room.claim(an, "An", "t")
+    room.claim(an, "An", T)
     node.commands_link.pending(scripts.CLAIM)[1].callback(b"1-0")
     node.reader_link.stream(_entry(b"1-0", k="register", o="n1:1", n="An", t="t"))
     node.reader_link.reads[-1].errback(RedisInDoubt("redis connection lost"))
@@ -306,7 +309,7 @@ def test_an_event_of_unknown_kind_is_skipped_not_taken_for_a_leave():
 def _registered(node: Node, name: str = "An") -> object:
     """A connection of node n1 that holds `name` (as holder n1:1...)."""
     owner = object()
-    node.room.claim(owner, name, "t")
+    node.room.claim(owner, name, T)
     node.commands_link.pending(scripts.CLAIM)[1].callback(b"1-0")
     assert node.room.name_of(owner) == name
     return owner
@@ -326,9 +329,9 @@ def test_release_that_failed_is_sent_again_at_the_next_heartbeat(outage):
     lives). The heartbeat retries the release, with the leave's own time."""
     node = Node()
     an = _registered(node)
-    assert node.room.release(an, "left at t1") == "An"
+    assert node.room.release(an, LEFT) == "An"
     args, reply = node.commands_link.pending(scripts.RELEASE)
-    assert args[:3] == ["n1", "n1:1", "left at t1"]
+    assert args[:4] == ["n1", "n1:1", *LEFT]
     reply.errback(outage)
     assert len(_releases(node.commands_link)) == 1  # no busy retry loop
 
@@ -346,15 +349,15 @@ def test_release_while_redis_is_down_is_sent_when_the_link_is_back():
     node = Node()
     an = _registered(node)
     node.commands_link.up = False
-    node.room.release(an, "left at t1")
+    node.room.release(an, LEFT)
     assert _releases(node.commands_link) == []
     node.commands_link.up = True
     node.commands_link.reconnected()
     assert _releases(node.commands_link) == []  # after the lease, not before
     _, heartbeat = node.commands_link.pending(scripts.HEARTBEAT)
     heartbeat.callback([1, 0, 0])
-    sent = [args[:3] for args in _releases(node.commands_link)]
-    assert sent == [["n1", "n1:1", "left at t1"]], "the release was not retried"
+    sent = [args[:4] for args in _releases(node.commands_link)]
+    assert sent == [["n1", "n1:1", *LEFT]], "the release was not retried"
 
 
 @pytest.mark.parametrize(

@@ -34,3 +34,12 @@ def test_ids_only_grow(history):
     with pytest.raises(ValueError):
         history.append(13, b"{}")
     assert History().last_id == 0
+
+
+def test_entry_by_id(history):
+    """How a repeated send_id's reply finds the original's fields."""
+    for message_id in (1, 5, 13):
+        assert history.entry(message_id) == b'{"id":%d}' % message_id
+    for missing in (0, 4, 14):
+        assert history.entry(missing) is None
+    assert History().entry(1) is None

@@ -17,7 +17,7 @@ from tests.unit.test_cluster_units import FakeLink
 
 def test_the_local_room_is_an_iroom(tmp_path):
     store = DurableStore(str(tmp_path / "data.json"), MemoryReactorClock())
-    assert verifyObject(IRoom, LocalRoom(store))
+    assert verifyObject(IRoom, LocalRoom(store, MemoryReactorClock().seconds))
 
 
 def test_the_cluster_room_is_an_iroom():

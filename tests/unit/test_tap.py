@@ -1,6 +1,7 @@
 """twistd options, endpoints, and refusing to start on bad input."""
 
 import json
+import time
 
 import pytest
 from twisted.internet import reactor
@@ -109,6 +110,8 @@ def test_corrupt_history_stops_start_up_and_is_left_alone(tmp_path):
 
 
 def test_v2_history_loads(tmp_path):
+    """An entry v2 wrote gets an id and `time` (ext), read from its v2
+    timestamp in this server's zone, as v2 wrote it."""
     data = tmp_path / "data.json"
     data.write_text(
         json.dumps(
@@ -124,6 +127,7 @@ def test_v2_history_loads(tmp_path):
         "name": "An",
         "content": "cũ",
         "timestamp": "01/01/2020, 10:00:00",
+        "time": int(time.mktime((2020, 1, 1, 10, 0, 0, 0, 0, -1))) * 1000,
     }
 
 
