@@ -219,10 +219,16 @@ async def test_typing_shows_for_others_and_stops_with_the_message(server):
     def scenario(browser: Browser) -> None:
         an = browser.join(url, "An", viewport=DESKTOP)
         # Bo's clock stands still: however fast he types, one request is due.
-        bo = browser.page(url, viewport=DESKTOP, setup=lambda p: p.clock.install())
-        bo.clock.pause_at(bo.evaluate("Date.now()") + 1000)
         sent: list[str] = []
-        bo.on("websocket", lambda ws: ws.on("framesent", sent.append))
+
+        def setup(page: Any) -> None:
+            page.clock.install()
+            page.on(
+                "websocket", lambda ws: ws.on("framesent", lambda f: sent.append(f))
+            )
+
+        bo = browser.page(url, viewport=DESKTOP, setup=setup)
+        bo.clock.pause_at(bo.evaluate("Date.now()") + 1000)
         join(bo, "Bo")
         bo.type("#content", "xin chào")
         an.wait_for_selector("#typing >> text=Bo is typing…")

@@ -728,18 +728,17 @@
     if (!entry) return;
     if (message.status) {
       const item = entry.item;
-      // A catch-up may have brought the same message (stored before a drop).
+      // The history fetched after a reconnect may already hold it (stored
+      // before the drop, the reply lost): ours takes its place, in id order.
       const twin = ui.list.querySelector(`.message[data-id="${Number(message.id)}"]`);
-      if (twin && twin !== item) item.remove();
-      else {
-        item.dataset.state = "sent";
-        if (typeof message.id === "number") {
-          item.dataset.id = String(message.id);
-          state.seen.add(message.id);
-          state.lastId = Math.max(state.lastId, message.id);
-        }
-        setTime(item, messageTime(message) ?? Number(item.dataset.time));
+      if (twin && twin !== item) twin.replaceWith(item);
+      item.dataset.state = "sent";
+      if (typeof message.id === "number") {
+        item.dataset.id = String(message.id);
+        state.seen.add(message.id);
+        state.lastId = Math.max(state.lastId, message.id);
       }
+      setTime(item, messageTime(message) ?? Number(item.dataset.time));
       decorate();
     } else if (message.reason === "RateLimited") {
       state.outbox.unshift(entry);
