@@ -1,5 +1,5 @@
 """Regenerate the README's screenshots of the bundled client: a real server,
-a class chatting in Vietnamese and English (yesterday's homework, today's
+a class chatting in Vietnamese and English (last days' homework, today's
 lab, a mention, links, someone typing), seen by An at desktop and phone
 size, light and dark:
 
@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import sync_playwright
 
@@ -23,15 +24,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from tests import chromium  # noqa: E402  (one place knows how to start it)
 
-# Yesterday afternoon, already in the history: (minutes after 16:00, who, what).
-YESTERDAY = [
-    (2, "Cô Hạnh", "Bài tập tuần này: đọc chương 3 và làm bài 1–5 nhé."),
-    (3, "Cô Hạnh", "Slides: https://example.edu/networks/week-3"),
-    (11, "Tuấn", "Dạ em cảm ơn cô!"),
+# Already in the history: (days ago, minutes after 16:00, who, what).
+EARLIER = [
+    (3, 0, "Cô Hạnh", "Chào cả lớp, đây là kênh chat của môn Mạng máy tính."),
+    (3, 1, "Tuấn", "Dạ em chào cô ạ!"),
+    (1, 2, "Cô Hạnh", "Bài tập tuần này: đọc chương 3 và làm bài 1–5 nhé."),
+    (1, 2, "Cô Hạnh", "Slides: https://example.edu/networks/week-3"),
+    (1, 11, "Tuấn", "Dạ em cảm ơn cô!"),
 ]
-# This morning, posted live.
+# Today, posted live.
 TODAY = [
-    ("Linh", "Good morning! Is everyone here for the 9:00 lab?"),
+    ("Linh", "Hi all! Is everyone coming to the lab session?"),
     ("Minh", "Yes — setting up the projector now."),
     ("Linh", "An, can you bring the extra HDMI cable?"),
     ("An", "Sure, on my way! 5 minutes."),
@@ -46,12 +49,12 @@ SHOTS = [
 
 
 def history(workdir: Path) -> None:
-    """Yesterday's messages, written as the server writes them."""
+    """The earlier messages, written as the server writes them."""
     now = time.localtime()
-    four_pm = time.mktime((*now[:2], now[2] - 1, 16, 0, 0, 0, 0, -1))
     entries = []
-    for i, (minute, name, content) in enumerate(YESTERDAY, 1):
-        second = int(four_pm) + minute * 60
+    for i, (days, minute, name, content) in enumerate(EARLIER, 1):
+        four_pm = time.mktime((*now[:2], now[2] - days, 16, 0, 0, 0, 0, -1))
+        second = int(four_pm) + minute * 60 + i
         stamp = time.strftime("%d/%m/%Y, %H:%M:%S", time.localtime(second))
         entries.append({"id": i, "name": name, "content": content, "timestamp": stamp})
     (workdir / "data.json").write_text(json.dumps(entries, ensure_ascii=False))
@@ -60,7 +63,15 @@ def history(workdir: Path) -> None:
 def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
     twistd = str(Path(sys.executable).parent / "twistd")
     server = subprocess.Popen(
-        [twistd, "-n", "--pidfile=", "chatbox", "--port=tcp:0:interface=127.0.0.1"],
+        [
+            twistd,
+            "-n",
+            "--pidfile=",
+            "chatbox",
+            "--port=tcp:0:interface=127.0.0.1",
+            # A whole class from one address, typing hints included.
+            "--ip-send-rate=0",
+        ],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -73,7 +84,7 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("chatbox did not start")
 
 
-def join(browser, url: str, name: str):
+def join(browser: Any, url: str, name: str) -> Any:
     page = browser.new_page(locale="en-GB", viewport=chromium.DESKTOP)
     page.goto(url)
     chromium.join(page, name)
@@ -101,12 +112,15 @@ def main() -> None:
                 )
                 for scheme in ("light", "dark"):
                     an.emulate_media(color_scheme=scheme)
-                    # Someone typing (shown for 6 s after each event).
+                    # Someone typing, shown for 6 s after each hint; the
+                    # server passes one hint per 2 s per connection.
+                    time.sleep(2.1)
                     pages["Minh"].fill("#content", "")
                     pages["Minh"].evaluate("window.chatbox.state.typingSent = 0")
                     pages["Minh"].type("#content", "Mình")
                     an.wait_for_selector("#typing:not(:empty)")
                     an.eval_on_selector("#messages", "b => { b.scrollTop = 1e6; }")
+                    an.evaluate("document.activeElement.blur()")
                     an.screenshot(path=str(HERE / f"screenshot-{size}-{scheme}.png"))
             browser.close()
     finally:
