@@ -16,9 +16,11 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-__all__ = ["TIMESTAMP_FORMAT", "Moment", "Timestamps", "millis_of"]
+__all__ = ["LAST_MILLIS", "TIMESTAMP_FORMAT", "Moment", "Timestamps", "millis_of"]
 
 TIMESTAMP_FORMAT = "%d/%m/%Y, %H:%M:%S"
+# The last millisecond of 31/12/9999 (UTC): what a 4-digit year can say.
+LAST_MILLIS = 253_402_300_799_999
 
 
 class Moment(NamedTuple):
