@@ -51,14 +51,30 @@ async def test_history_written_before_time_gets_it_on_load(tmp_path):
             [
                 {"name": "An", "content": "v2", "timestamp": "01/01/2020, 10:00:00"},
                 {"name": "Bo", "content": "odd", "timestamp": "not a time"},
+                # By hand: a `time` no 4-digit year can have is read anew.
+                {
+                    "name": "Cy",
+                    "content": "hand",
+                    "timestamp": "01/01/2020, 10:00:00",
+                    "time": -5,
+                },
+                {
+                    "name": "Dung",
+                    "content": "moved",
+                    "timestamp": "01/01/2020, 10:00:00",
+                    "time": 1577844000000,
+                },
             ]
         )
     )
     server = await start_server(data)
     try:
-        an = await server.user("Cy")
-        old, odd = (await an.get())["data"]["message"]
+        an = await server.user("Reader")
+        old, odd, hand, moved = (await an.get())["data"]["message"]
         same_instant(old)
+        assert hand["time"] == old["time"]
+        # A `time` from a server in another zone is what it meant: kept.
+        assert moved["time"] == 1577844000000
         # A timestamp nobody can read keeps its text and gets no `time`.
         assert odd["timestamp"] == "not a time" and "time" not in odd
     finally:
@@ -188,13 +204,13 @@ async def test_the_online_count_is_there_before_joining(server):
 
 
 @ensureDeferred
-async def test_one_address_gets_no_more_typing_hints_than_messages(tmp_path):
+async def test_one_address_gets_half_as_many_typing_hints_as_messages(tmp_path):
     """Each connection's own 2 s interval is no limit for an address with
-    many connections: its hints share the address's --ip-send-rate."""
+    many connections: its hints get half its --ip-send-rate and burst."""
     from tests.server import start_server
 
     server = await start_server(
-        tmp_path / "data.json", "--ip-send-rate=0.01", "--ip-send-burst=3"
+        tmp_path / "data.json", "--ip-send-rate=0.01", "--ip-send-burst=6"
     )
     try:
         watcher = await server.user("Watcher")
@@ -213,3 +229,54 @@ async def test_one_address_gets_no_more_typing_hints_than_messages(tmp_path):
         assert heard == [*typing, ("register", "Marker")]
     finally:
         await server.stop()
+
+
+@ensureDeferred
+async def test_typing_on_every_keystroke_is_never_refused_nor_closed(tmp_path):
+    """A client of someone else's making may send a hint per keystroke:
+    hints past the limits are dropped, never answered RateLimited (which
+    leads to a 1008 close for flooding)."""
+    from tests.server import start_server
+
+    server = await start_server(tmp_path / "data.json", "--rate=1", "--burst=5")
+    try:
+        an = await server.user("An")
+        # Twelve times the request burst (within the frame budget, 20 times).
+        for _ in range(60):
+            an.send_json({"type": "typing"})
+        reply = await an.get(limit=1)
+        assert reply["status"] is True, reply
+        assert an.replies.pending == [] and not an.closed.called
+    finally:
+        await server.stop()
+
+
+class FailOnce(HeldFsync):
+    """Held at its first fsync, which then fails as a full disk does."""
+
+    def fsync(self, fd: int) -> None:
+        if not self._open.is_set():
+            super().fsync(fd)  # waits for release()
+            raise OSError(28, "No space left on device")
+        super().fsync(fd)
+
+
+@ensureDeferred
+async def test_a_repeat_waiting_for_an_original_that_failed_is_a_new_try(server):
+    held = FailOnce()
+    # Private hook: the running store's journal, held at its fsync.
+    server.factory.room.store._journal._fsync = held.fsync
+    an = await server.user("An")
+    watcher = await server.user("Watcher")
+    an.send_json({"type": "send", "content": "full disk", "send_id": "s-7"})
+    await held.entered
+    an.abort()
+    await watcher.event()  # An left
+    again = await server.user("An")
+    again.send_json({"type": "send", "content": "full disk", "send_id": "s-7"})
+    # Answered at once, after the send before it was handled: it waits now.
+    assert (await again.request({"type": "online"}))["count"] == 2
+    held.release()
+    repeat = await again.reply()
+    assert (repeat["status"], repeat["id"], repeat["content"]) == (True, 1, "full disk")
+    assert [m["id"] for m in (await watcher.get())["data"]["message"]] == [1]

@@ -114,9 +114,10 @@ class IRoom(Interface):
         within the window fires with the original instead (waiting for it,
         if it is still being stored)."""
 
-    def typing(owner: Hashable, name: str) -> None:
-        """Tell everyone else that `name` is typing; never stored, and
-        dropped rather than retried when the room is unwell."""
+    def typing(owner: Hashable, name: str, when: Moment) -> None:
+        """Tell everyone else that `name` is typing (as of `when`, which
+        no client is told); never stored, and dropped rather than retried
+        when the room is unwell."""
 
     def online_count() -> "Deferred[int]":
         """How many nicknames are registered in the whole chat."""

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -46,6 +46,8 @@ __all__ = ["DEFAULT_PREFIX", "RedisRoom", "entry_template"]
 # History entries one PAGE call returns at most: a bare `get` of 10,000
 # entries is a few dozen short calls, each leaving Redis free in between.
 PAGE_SLICE = 500
+# Seconds an online count read from Redis is answered from.
+COUNT_FOR = 1.0
 
 _NOT_READY = "not connected to the chat cluster yet"
 _NAME_LOST = "nickname lost, reconnect"
@@ -121,6 +123,11 @@ class RedisRoom:
         self._releasing: set[str] = set()
         self._held_for: Hashable | None = None  # reading waits for its reply
         self._messages = 0
+        # The online count, as last asked of Redis (online_count).
+        self._count = 0
+        self._count_until = 0.0
+        self._count_asked: Deferred | None = None
+        self._count_waiters: list[Deferred[int]] = []
 
         reader.attach(self._on_event, self._announce_ready, self._missed_events)
         lease.watch(self._lease_renewed, self._lease_lost)
@@ -358,15 +365,39 @@ class RedisRoom:
 
         return posted.addCallback(stored)
 
-    def typing(self, owner: Hashable, name: str) -> None:
+    def typing(self, owner: Hashable, name: str, when: Moment) -> None:
         holder = self._holder_of.get(owner)
         if holder is None or not self._commands.up:
             return
-        sent = self._commands.run(scripts.TYPING, holder, name, STREAM_LENGTH)
+        sent = self._commands.run(scripts.TYPING, holder, name, *when, STREAM_LENGTH)
         sent.addErrback(lambda failure: failure.trap(RoomError))
 
     def online_count(self) -> "Deferred[int]":
-        return self._commands.run(scripts.ONLINE_COUNT).addCallback(int)
+        """Asked by connections that have not joined, which nothing else
+        limits per address: one script a second per node at most, however
+        many ask, all answered from it."""
+        now = self._clock.seconds()
+        if self._count_asked is None and now < self._count_until:
+            return succeed(self._count)
+        waiter: Deferred[int] = Deferred()
+        if self._count_asked is None:
+            self._count_asked = self._commands.run(scripts.ONLINE_COUNT)
+            self._count_asked.addBoth(self._counted)
+        self._count_waiters.append(waiter)
+        return waiter
+
+    def _counted(self, result: object) -> None:
+        self._count_asked = None
+        waiters, self._count_waiters = self._count_waiters, []
+        if isinstance(result, Failure):
+            for waiter in waiters:
+                waiter.errback(result)
+            result.trap(RoomError)
+            return
+        self._count = int(result)
+        self._count_until = self._clock.seconds() + COUNT_FOR
+        for waiter in waiters:
+            waiter.callback(self._count)
 
     def page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0

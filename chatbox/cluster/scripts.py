@@ -259,16 +259,19 @@ return id
 """
 ).encode()
 
-# ARGV: holder, name, maxlen. A typing hint (ext) in the stream, between the
-# events, if the holder still holds `name`; returns 1 if sent, else 0.
+# ARGV: holder, name, timestamp, ms, maxlen. A typing hint (ext) in the
+# stream, between the events, if the holder still holds `name`; returns 1 if
+# sent, else 0. It carries `t` and `ms` like every entry, though no client
+# sees them: an older node reads `t` of every entry before it looks at the
+# kind, and would log a traceback for each hint of a newer one.
 TYPING = (
     _PREAMBLE
     + """
-local holder, name, maxlen = unpack(ARGV)
+local holder, name, ts, ms, maxlen = unpack(ARGV)
 if redis.call('HGET', display, holder) ~= name then
   return 0
 end
-emit(maxlen, 'k', 'typing', 'o', holder, 'n', name)
+emit(maxlen, 'k', 'typing', 'o', holder, 'n', name, 't', ts, 'ms', ms)
 return 1
 """
 ).encode()

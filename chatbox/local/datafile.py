@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatbox.wire import codec, messages
-from chatbox.wire.clock import millis_of
+from chatbox.wire.clock import LAST_MILLIS, millis_of
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -136,9 +136,11 @@ def _entry(
             f"{where}: 'id' must be an integer above {last_id}, found {message_id!r}"
         )
     millis = record.get("time")
-    if type(millis) is not int:
+    if type(millis) is not int or not 0 <= millis <= LAST_MILLIS:
         # Written before `time` existed, or by hand: derived from the v2
         # timestamp, in this server's zone, which is what it was written in.
+        # (A `time` that disagrees with it is kept: a file moved from a
+        # server in another zone disagrees, and `time` is the one it meant.)
         millis = millis_of(record["timestamp"])
     entry = messages.history_entry(
         message_id, record["name"], record["content"], record["timestamp"], millis

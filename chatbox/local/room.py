@@ -9,10 +9,11 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatbox.chat.arns import NameTaken, Registry
-from chatbox.chat.room import Deliver, IRoom, Posted, posted_from
+from chatbox.chat.room import Deliver, IRoom, Posted, RoomError, posted_from
 from chatbox.chat.sends import RecentSends
 from chatbox.local.store import DurableStore
 from chatbox.wire import messages
@@ -91,12 +92,18 @@ class LocalRoom:
         if key is not None:
             earlier = self.sends.earlier(key)
             if earlier is not None:
-                return earlier.addCallback(
-                    lambda message_id: posted_from(
-                        self.store.history.entry(message_id),
-                        Posted(message_id, name, content, when),
-                    )
-                )
+
+                def original(message_id: int) -> Posted:
+                    entry = self.store.history.entry(message_id)
+                    return posted_from(entry, Posted(message_id, name, content, when))
+
+                def again(failure: Failure) -> "Deferred[Posted]":
+                    # The original was not stored: this repeat is a new try
+                    # (and the first of the waiters becomes the original).
+                    failure.trap(RoomError)
+                    return self.post(owner, name, content, when, send_id)
+
+                return earlier.addCallbacks(original, again)
         stored = self.store.append(name, content, when)
         if key is not None:
             self.sends.track(key, stored)
@@ -107,7 +114,7 @@ class LocalRoom:
 
         return stored.addCallback(durable)
 
-    def typing(self, owner: Hashable, name: str) -> None:
+    def typing(self, owner: Hashable, name: str, when: Moment) -> None:
         self._deliver(messages.typing(name), owner)
 
     def online_count(self) -> "Deferred[int]":

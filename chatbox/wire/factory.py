@@ -54,10 +54,11 @@ class ChatFactory(WebSocketServerFactory):
         self.names_per_address = AddressBuckets(
             limits.address_name_rate, limits.address_name_burst
         )
-        # Typing hints reach everyone as messages do, so one address gets
-        # as many of them as of messages; past that they are dropped.
+        # Typing hints reach everyone as messages do: one address gets half
+        # as many of them as of messages, on top; past that they are dropped.
+        # Their own budget, so a class typing never makes its sends refused.
         self.typing_per_address = AddressBuckets(
-            limits.address_send_rate, limits.address_send_burst
+            limits.address_send_rate / 2, max(1, limits.address_send_burst // 2)
         )
         self.reply_gate = ByteGate(limits.max_reply_bytes)
         self.log_budget = LogBudget(reactor, self.logger)

@@ -340,11 +340,16 @@ class ChatProtocol(WebSocketServerProtocol):
         request: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
         kind = request.get("type")
         try:
-            wait = (
-                1.0
-                if overflowing
-                else self._requests.take(self.factory.reactor.seconds())
-            )
+            if overflowing:
+                wait = 1.0
+            elif kind == "typing" and self.factory.room.name_of(self) is not None:
+                # A hint is dropped, not refused, when there are too many:
+                # a client sending one per keystroke must not be told
+                # RateLimited, nor closed as a flooder. The frame budget
+                # still bounds what parsing them costs.
+                wait = 0.0
+            else:
+                wait = self._requests.take(self.factory.reactor.seconds())
             if wait:
                 limited = kind if isinstance(kind, str) else None
                 raise Refused(messages.rate_limited(limited, wait))
@@ -634,7 +639,7 @@ class ChatProtocol(WebSocketServerProtocol):
         key = self.address_key
         if key is not None and not self.factory.typing_per_address.take(key, now):
             return  # one address's many connections, each within its own
-        self.factory.room.typing(self, name)
+        self.factory.room.typing(self, name, self.factory.timestamps.now())
         self.factory.metrics.request("typing", "ok")
 
     def handle_online(self, request: dict[str, Any]) -> None:

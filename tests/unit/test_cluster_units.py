@@ -10,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
+from chatbox.chat.room import RoomError
 from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress, parse_redis_url
 from chatbox.cluster.commands import Commands
@@ -388,3 +389,40 @@ def test_lease_is_renewed_every_sixth_of_it_for_six_tenths_of_it(
         assert args[:2] == ["n1", lease_ms]  # the lease Redis sets, in ms
         reply.callback([1, 0, 0])
     assert lease.held
+
+
+def test_the_online_count_is_one_script_a_second_however_many_ask():
+    """Connections that have not joined can ask by the thousand; Redis is
+    asked at most once a second per node, and a failure reaches them all."""
+    node = Node()
+    results: list[object] = []
+    for _ in range(100):
+        node.room.online_count().addBoth(results.append)
+    asked = _count_scripts(node)
+    assert len(asked) == 1
+    asked[0][2].callback(7)
+    assert results == [7] * 100
+    node.room.online_count().addBoth(results.append)
+    assert results[-1] == 7 and len(_count_scripts(node)) == 1  # from the cache
+    node.clock.advance(1.0)
+    node.room.online_count().addBoth(results.append)
+    _, reply = node.commands_link.pending(scripts.ONLINE_COUNT)
+    reply.errback(RedisUnavailable("redis is down"))
+    assert results[-1].check(RoomError)
+
+
+def _count_scripts(node: Node) -> list:
+    return [e for e in node.commands_link.evals if e[0] == scripts.ONLINE_COUNT]
+
+
+def test_every_stream_entry_carries_a_time():
+    """Nodes of the release before typing hints read `t` of every entry
+    before its kind, so an entry without one (a hint, say) gave them a
+    traceback per entry during a rolling upgrade."""
+    source = b"".join(
+        getattr(scripts, name) for name in scripts.__all__ if name.isupper()
+    ).decode()
+    emits = [f for f in re.findall(r"emit\(maxlen, ([^)]*)\)", source) if f != "..."]
+    assert len(emits) >= 7
+    for fields in emits:
+        assert "'t', ts, 'ms', ms" in " ".join(fields.split()), fields
