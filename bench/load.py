@@ -4,6 +4,7 @@
         --senders 10 --messages 200 --in-flight 8 [--pid PID]
     python bench/load.py URL --mode paced --senders 10 --rate 1000 --seconds 5
     python bench/load.py URL --mode idle --clients 2000 --pid SERVER_PID
+    python bench/load.py URL --mode crowd --clients 1000   # then stdin commands
     python bench/load.py URL --mode gets --limit 50 --count 1000
     python bench/load.py URL --mode gets --limit 0 --count 50    # bare gets
     python bench/load.py URL --mode paced --getters 10   # + 10 bare-get loops
@@ -21,6 +22,12 @@ Modes:
 - paced: the same, but the senders post at a total of `rate` messages/s.
 - idle: connect and register `clients` and do nothing; with --pid, reports
   the server's RSS growth per connection.
+- crowd: connect and register `clients` (as `student0000`...), print
+  `{"ready": N}`, then obey one command per line of stdin: `churn K` closes
+  the first K still open and registers K more (`back0000`...), then prints
+  `{"ready": N}` again; `quit` (or the end of stdin) ends it. For tests of
+  a browser among a big class (tests/test_browser_real_size.py), since
+  test clients in the test's own reactor would be the slowest part.
 - gets: one client asks `get` with `limit` over and over; latency. With
   `--limit 0` the `get` is bare, as the classic client sends it.
 - `--getters N` (fanout and paced): N more clients ask bare `get`s one
@@ -180,7 +187,9 @@ async def connect(url: str, stats: Stats) -> Client:
     return await client.upgraded
 
 
-async def connect_many(url: str, count: int, stats: Stats, prefix: str) -> list[Client]:
+async def connect_many(
+    url: str, count: int, stats: Stats, prefix: str, digits: int = 0, first: int = 0
+) -> list[Client]:
     urls = url.split(",")
     clients: list[Client] = []
     for start in range(0, count, 100):  # in waves, not a thundering herd
@@ -193,7 +202,7 @@ async def connect_many(url: str, count: int, stats: Stats, prefix: str) -> list[
         clients.extend(wave)
     replies = await asyncio.gather(
         *(
-            c.request({"type": "name", "name": f"{prefix}{i}"})
+            c.request({"type": "name", "name": f"{prefix}{first + i:0{digits}d}"})
             for i, c in enumerate(clients)
         )
     )
@@ -358,6 +367,31 @@ async def run_idle(options: argparse.Namespace) -> dict:
     }
 
 
+async def run_crowd(options: argparse.Namespace) -> dict:
+    stats = Stats()
+    clients = await connect_many(options.url, options.clients, stats, "student", 4)
+    print(json.dumps({"ready": len(clients)}), flush=True)
+    loop = asyncio.get_running_loop()
+    back = 0
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        command = line.split()
+        if not command or command[0] == "quit":
+            break
+        if command[0] == "churn":
+            count = int(command[1])
+            leaving, clients = clients[:count], clients[count:]
+            for client in leaving:
+                client.transport.close()
+            fresh = await connect_many(options.url, count, stats, "back", 4, back)
+            back += count
+            clients.extend(fresh)
+            print(json.dumps({"ready": len(clients)}), flush=True)
+    for client in clients:
+        client.transport.close()
+    return {"mode": "crowd", "clients": len(clients)}
+
+
 async def run_gets(options: argparse.Namespace) -> dict:
     stats = Stats()
     [client] = await connect_many(options.url, 1, stats, "reader")
@@ -411,7 +445,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="chatbox load generator")
     parser.add_argument("url", nargs="?")
     parser.add_argument(
-        "--mode", choices=("fanout", "paced", "idle", "gets"), default="fanout"
+        "--mode", choices=("fanout", "paced", "idle", "gets", "crowd"), default="fanout"
     )
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--senders", type=int, default=10)
@@ -431,7 +465,8 @@ def main() -> None:
     elif not options.url:
         parser.error("a ws:// or wss:// URL is needed")
     else:
-        run = {"idle": run_idle, "gets": run_gets}.get(options.mode, run_traffic)
+        modes = {"idle": run_idle, "gets": run_gets, "crowd": run_crowd}
+        run = modes.get(options.mode, run_traffic)
         result = asyncio.run(run(options))
     print(json.dumps(result), flush=True)
 

@@ -938,9 +938,18 @@
     ui.counter.classList.toggle("near", length >= MAX_CONTENT - 100);
   }
 
+  // The counts at once; the list at most once a frame. Rebuilding a list of
+  // 1,000 people for each of 600 joins and leaves in a burst (a class
+  // reloading) kept the page busy for half a minute.
+  let onlinePainting = 0;
   function renderOnline() {
     ui.onlineCount.textContent = String(state.online.length);
     ui.onlineCountShort.textContent = String(state.online.length);
+    if (!onlinePainting) onlinePainting = requestAnimationFrame(paintOnline);
+  }
+
+  function paintOnline() {
+    onlinePainting = 0;
     ui.onlineList.replaceChildren(...state.online.map((name) => {
       const item = document.createElement("li");
       const avatar = document.createElement("span");
