@@ -95,6 +95,12 @@ async def test_a_big_class_with_a_long_history(tmp_path):
             settled = time.monotonic() - started
             names = page.locator("#online-list li").all_inner_texts()
             assert not any(name.endswith("student0000") for name in names)
+            # 600 joins and leaves fold into a line for each run of them.
+            notices = page.locator("#message-list .notice").all_inner_texts()
+            assert notices[-2:] == [
+                f"student0000, student0001 and {CHURN - 2} others left",
+                f"back0000, back0001 and {CHURN - 2} others joined",
+            ], notices[-3:]
 
             # Older pages still load at the top.
             page.eval_on_selector("#messages", "box => { box.scrollTop = 0; }")

@@ -45,6 +45,8 @@
       pending: "sending…", waiting: "waiting for the connection…", sent: "sent",
       failed: "not sent", retry: "Retry", lost: "connection lost",
       joined: (n) => `${n} joined`, left: (n) => `${n} left`,
+      twoPeople: (a, b) => `${a} and ${b}`,
+      manyPeople: (a, b, more) => `${a}, ${b} and ${more} others`,
       renamed: (a, b) => `${a} is now ${b}`, youRenamed: (b) => `You are now ${b}`,
       unread: (n) => `${n} new message${n === 1 ? "" : "s"} ↓`,
       today: "Today", yesterday: "Yesterday",
@@ -77,6 +79,8 @@
       pending: "đang gửi…", waiting: "đang chờ kết nối…", sent: "đã gửi",
       failed: "chưa gửi được", retry: "Gửi lại", lost: "mất kết nối",
       joined: (n) => `${n} đã tham gia`, left: (n) => `${n} đã rời đi`,
+      twoPeople: (a, b) => `${a} và ${b}`,
+      manyPeople: (a, b, more) => `${a}, ${b} và ${more} người khác`,
       renamed: (a, b) => `${a} đổi tên thành ${b}`, youRenamed: (b) => `Bạn đã đổi tên thành ${b}`,
       unread: (n) => `${n} tin nhắn mới ↓`,
       today: "Hôm nay", yesterday: "Hôm qua",
@@ -677,19 +681,45 @@
   }
 
   function notice(key, ...args) {
-    const item = document.createElement("li");
-    item.className = "notice";
-    item.dataset.key = key;
-    item.dataset.args = JSON.stringify(args);
-    renderNotice(item);
     const stick = atBottom();
-    ui.list.append(item);
-    decorate();
+    if (!foldNotice(key, args)) {
+      const item = document.createElement("li");
+      item.className = "notice";
+      item.dataset.key = key;
+      item.dataset.args = JSON.stringify(args);
+      item.dataset.at = String(Date.now());
+      renderNotice(item);
+      ui.list.append(item);
+      decorate();
+    }
     if (stick) scrollToBottom();
   }
 
+  // Joins (or leaves) in a row within a minute share one line, "A, B and
+  // 298 others joined": a class reloading at once must not push the
+  // conversation out of sight with 300 lines of it.
+  function foldNotice(key, args) {
+    const last = ui.list.lastElementChild;
+    if ((key !== "joined" && key !== "left") || !last || last.dataset.key !== key) return false;
+    if (Date.now() - Number(last.dataset.at) > 60000) return false;
+    const names = JSON.parse(last.dataset.args);
+    names.push(...args);
+    last.dataset.args = JSON.stringify(names);
+    renderNotice(last);
+    return true;
+  }
+
   function renderNotice(item) {
-    item.textContent = t(item.dataset.key, ...JSON.parse(item.dataset.args));
+    const args = JSON.parse(item.dataset.args);
+    const key = item.dataset.key;
+    if ((key === "joined" || key === "left") && args.length > 1) {
+      const who = args.length === 2 ? t("twoPeople", args[0], args[1])
+        : t("manyPeople", args[0], args[1], args.length - 2);
+      item.textContent = t(key, who);
+      item.title = args.join(", ");
+      return;
+    }
+    item.textContent = t(key, ...args);
   }
 
   // -- sending -------------------------------------------------------------------------------
