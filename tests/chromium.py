@@ -33,6 +33,13 @@ ARGS = [
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+LOCALES = {"en": "en-GB", "vi": "vi-VN"}
+# Issue 12's two sizes, each in one of the two languages.
+SIZES = pytest.mark.parametrize(
+    ("viewport", "lang"),
+    [(DESKTOP, "en"), (PHONE, "vi")],
+    ids=["desktop-en", "phone-vi"],
+)
 
 
 def launch(playwright: Any) -> Any:

@@ -15,7 +15,9 @@ from pytest_twisted import ensureDeferred
 
 from tests.chromium import (
     DESKTOP,
+    LOCALES,
     PHONE,
+    SIZES,
     Browser,
     await_in_reactor,
     in_browser,
@@ -30,12 +32,6 @@ from tests.server import start_server
 if skip := skip_without_chromium():
     pytestmark = skip
 
-LOCALES = {"en": "en-GB", "vi": "vi-VN"}
-SIZES = pytest.mark.parametrize(
-    ("viewport", "lang"),
-    [(DESKTOP, "en"), (PHONE, "vi")],
-    ids=["desktop-en", "phone-vi"],
-)
 
 # Desktop notifications, recorded: headless Chromium shows none.
 RECORD_NOTIFICATIONS = """

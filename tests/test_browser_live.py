@@ -22,7 +22,9 @@ from pytest_twisted import ensureDeferred
 from tests import process
 from tests.chromium import (
     DESKTOP,
+    LOCALES,
     PHONE,
+    SIZES,
     Browser,
     at_bottom,
     await_in_reactor,
@@ -40,12 +42,6 @@ from tests.server import start_server
 if skip := skip_without_chromium():
     pytestmark = skip
 
-LOCALES = {"en": "en-GB", "vi": "vi-VN"}
-SIZES = pytest.mark.parametrize(
-    ("viewport", "lang"),
-    [(DESKTOP, "en"), (PHONE, "vi")],
-    ids=["desktop-en", "phone-vi"],
-)
 TEXT = {
     "en": {
         "connected": "Connected",

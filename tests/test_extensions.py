@@ -111,19 +111,27 @@ async def test_a_repeated_send_id_gets_the_original_and_stores_nothing(server):
     assert other["id"] != first["id"] and fresh["id"] not in (first["id"], other["id"])
 
 
-@ensureDeferred
-async def test_a_repeat_while_the_original_is_being_stored_waits_for_it(server):
-    held = HeldFsync()
+async def retried_while_held(server, held: HeldFsync, content: str):
+    """An sends `content` with a send_id; the journal holds its write at the
+    fsync while An's connection dies and An, back, sends it again. Returns
+    An's new connection and a watcher, both registered."""
     # Private hook: the running store's journal, held at its fsync.
     server.factory.room.store._journal._fsync = held.fsync
     an = await server.user("An")
     watcher = await server.user("Watcher")
-    an.send_json({"type": "send", "content": "slow disk", "send_id": "s-9"})
+    an.send_json({"type": "send", "content": content, "send_id": "s-9"})
     await held.entered
     an.abort()
     await watcher.event()  # An left
     again = await server.user("An")
-    again.send_json({"type": "send", "content": "slow disk", "send_id": "s-9"})
+    again.send_json({"type": "send", "content": content, "send_id": "s-9"})
+    return again, watcher
+
+
+@ensureDeferred
+async def test_a_repeat_while_the_original_is_being_stored_waits_for_it(server):
+    held = HeldFsync()
+    again, watcher = await retried_while_held(server, held, "slow disk")
     held.release()
     repeat = await again.reply()
     assert (repeat["status"], repeat["id"], repeat["content"]) == (True, 1, "slow disk")
@@ -264,16 +272,7 @@ class FailOnce(HeldFsync):
 @ensureDeferred
 async def test_a_repeat_waiting_for_an_original_that_failed_is_a_new_try(server):
     held = FailOnce()
-    # Private hook: the running store's journal, held at its fsync.
-    server.factory.room.store._journal._fsync = held.fsync
-    an = await server.user("An")
-    watcher = await server.user("Watcher")
-    an.send_json({"type": "send", "content": "full disk", "send_id": "s-7"})
-    await held.entered
-    an.abort()
-    await watcher.event()  # An left
-    again = await server.user("An")
-    again.send_json({"type": "send", "content": "full disk", "send_id": "s-7"})
+    again, watcher = await retried_while_held(server, held, "full disk")
     # Answered at once, after the send before it was handled: it waits now.
     assert (await again.request({"type": "online"}))["count"] == 2
     held.release()

@@ -507,10 +507,7 @@
     item.className = "message" + (mine ? " mine" : "");
     item.dataset.name = name;
     if (typeof id === "number") item.dataset.id = String(id);
-    const avatar = document.createElement("span");
-    avatar.className = "avatar";
-    avatar.setAttribute("aria-hidden", "true");
-    paintPerson(avatar, name);
+    const avatar = avatarOf(name);
     const bubble = document.createElement("div");
     bubble.className = "bubble";
     const meta = document.createElement("div");
@@ -613,6 +610,15 @@
   }
 
   // A stable colour and initial per nickname, from a hash of it.
+  // The name beside it says who it is; the avatar only helps the eye.
+  function avatarOf(name) {
+    const avatar = document.createElement("span");
+    avatar.className = "avatar";
+    avatar.setAttribute("aria-hidden", "true");
+    paintPerson(avatar, name);
+    return avatar;
+  }
+
   function paintPerson(el, name) {
     let hash = 0;
     for (let i = 0; i < name.length; i++) hash = (hash * 31 + name.charCodeAt(i)) >>> 0;
@@ -982,10 +988,7 @@
     onlinePainting = 0;
     ui.onlineList.replaceChildren(...state.online.map((name) => {
       const item = document.createElement("li");
-      const avatar = document.createElement("span");
-      avatar.className = "avatar";
-      avatar.setAttribute("aria-hidden", "true");
-      paintPerson(avatar, name);
+      const avatar = avatarOf(name);
       const label = document.createElement("span");
       label.className = "person";
       label.textContent = name === state.myName ? `${name} (${t("you")})` : name;
