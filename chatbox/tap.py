@@ -366,7 +366,9 @@ def _make_room(config: dict[str, Any], reactor: Any, metrics: Metrics) -> IRoom:
         )
     store = DurableStore(config["data"], reactor, config["fold-threshold"], metrics)
     store.load()
-    return LocalRoom(store, reactor.seconds)
+    room = LocalRoom(store, reactor.seconds)
+    room.restore_sends()
+    return room
 
 
 def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:

@@ -279,3 +279,55 @@ async def test_a_repeat_waiting_for_an_original_that_failed_is_a_new_try(server)
     repeat = await again.reply()
     assert (repeat["status"], repeat["id"], repeat["content"]) == (True, 1, "full disk")
     assert [m["id"] for m in (await watcher.get())["data"]["message"]] == [1]
+
+
+@ensureDeferred
+async def test_send_ids_outlive_a_clean_restart(tmp_path):
+    """A deploy: the phone's socket died silently before the reply came, the
+    server was restarted (SIGTERM, as systemd does), the phone retries."""
+    import signal
+
+    from tests.process import start
+
+    first = await start(tmp_path)
+    try:
+        an = await connect(first.url)
+        await an.register("An")
+        sent = await an.request({"type": "send", "content": "once", "send_id": "d-1"})
+    finally:
+        await first.kill(signal.SIGTERM)
+    assert first.stopped_cleanly, first.output.decode()
+    assert (tmp_path / "data.json.sends").exists()
+
+    second = await start(tmp_path)
+    try:
+        again = await connect(second.url)
+        await again.register("An")
+        retry = await again.request(
+            {"type": "send", "content": "once", "send_id": "d-1"}
+        )
+        assert retry == sent
+        history = (await again.get())["data"]["message"]
+        assert [m["content"] for m in history] == ["once"]
+    finally:
+        await second.kill(signal.SIGTERM)
+
+
+@ensureDeferred
+async def test_a_damaged_send_id_file_is_ignored_with_a_warning(tmp_path):
+    import signal
+
+    from tests.process import start
+
+    (tmp_path / "data.json.sends").write_text("[not json")
+    server = await start(tmp_path)
+    try:
+        an = await connect(server.url)
+        await an.register("An")
+        assert (await an.say("fine"))["status"] is True
+    finally:
+        await server.kill(signal.SIGTERM)
+    assert b"ignored the send_ids of the last run" in server.output
+    assert server.stopped_cleanly
+    # The clean stop wrote a good one in its place.
+    assert json.loads((tmp_path / "data.json.sends").read_text()) == []

@@ -15,8 +15,9 @@ is kept, never the content (the history has it): 50,000 entries of the
 longest nicknames in a 4-byte script are some 40 MB, 50,000 of 4,000-emoji
 messages would have been 800 MB.
 
-Held in memory by the single-process room; a server that crashes between
-storing and replying forgets them (the cluster keeps them in Redis).
+Held in memory by the single-process room, which writes them beside the
+history when it stops cleanly and reads them back when it starts, so a
+deploy forgets none; a crash does (the cluster keeps them in Redis).
 """
 
 from collections import OrderedDict
@@ -32,6 +33,9 @@ MAX_SEND_ID = 64
 _ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 Key = tuple[str, str]  # (nickname as typed, send_id)
+# What outlives a restart: nickname, send_id, message id, when it is
+# forgotten (seconds of the reactor's clock, which is the wall clock).
+Kept = tuple[str, str, int, float]
 
 
 def valid_send_id(value: object) -> bool:
@@ -108,6 +112,29 @@ class RecentSends:
             return failure
 
         outcome.addCallbacks(stored, failed)
+
+    def kept(self) -> list[Kept]:
+        """The stored ones still in the window, oldest first, to be written
+        out when the server stops."""
+        self._expire()
+        return [
+            (name, send_id, entry.message_id, entry.expires)
+            for (name, send_id), entry in self._entries.items()
+            if entry.message_id is not None
+        ]
+
+    def restore(self, kept: list[Kept]) -> int:
+        """Take back what `kept` gave before a restart; returns how many are
+        still in the window."""
+        now = self._seconds()
+        for name, send_id, message_id, expires in kept:
+            if expires > now:
+                entry = _Entry(expires)
+                entry.message_id = message_id
+                self._entries[(name, send_id)] = entry
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+        return len(self._entries)
 
     def _expire(self) -> None:
         now = self._seconds()

@@ -17,6 +17,8 @@ Layout, for a history file `data.json`:
   a second server on the same files refuses before it reads anything.
 - `data.json.torn-<UTC time>` — the bytes of a torn last write, kept as
   evidence before the journal is folded away.
+- `data.json.sends` — the recent send_ids (chatbox.chat.sends), written at a
+  clean stop and read at start, so a retry after a deploy is still known.
 
 Crash safety follows from the order of operations: data.json only ever
 changes by an atomic replace of a fully fsync'd temporary file, a journal
@@ -37,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatbox.chat.sends import Kept, valid_send_id
 from chatbox.wire import codec, messages
 from chatbox.wire.clock import LAST_MILLIS, millis_of
 
@@ -406,6 +409,44 @@ def write_array(
                 os.unlink(temporary)
             raise
     fsync_directory(path, fsync=fsync)
+
+
+def sends_path(path: str) -> str:
+    return path + ".sends"
+
+
+def write_sends(
+    path: str, kept: Sequence[Kept], *, fsync: Callable[[int], None] = os.fsync
+) -> None:
+    """Replace history file `path`'s send_id file with `kept`, atomically."""
+    rows = [codec.encode_compact(list(row)) for row in kept]
+    write_array(sends_path(path), rows, len(rows), fsync=fsync)
+
+
+def read_sends(path: str) -> list[Kept]:
+    """What write_sends wrote for history file `path` ([] if nothing);
+    raises HistoryFileError if it cannot be read. Rows of the wrong shape
+    are skipped: the worst they can cause is a message stored twice."""
+    where = sends_path(path)
+    raw = _read_file(where)
+    if not raw.strip():
+        return []
+    try:
+        rows = codec.decode(raw)
+    except codec.DecodeError as e:
+        raise HistoryFileError(f"{where}: not valid JSON: {e}") from e
+    if not isinstance(rows, list):
+        raise HistoryFileError(f"{where}: expected a JSON array")
+    return [
+        (row[0], row[1], row[2], float(row[3]))
+        for row in rows
+        if isinstance(row, list)
+        and len(row) == 4
+        and isinstance(row[0], str)
+        and valid_send_id(row[1])
+        and type(row[2]) is int
+        and type(row[3]) in (int, float)
+    ]
 
 
 def remove_durably(path: str, *, fsync: Callable[[int], None] = os.fsync) -> None:

@@ -9,12 +9,14 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatbox.chat.arns import NameTaken, Registry
 from chatbox.chat.room import Deliver, IRoom, Posted, RoomError, posted_from
 from chatbox.chat.sends import RecentSends
+from chatbox.local import datafile
 from chatbox.local.store import DurableStore
 from chatbox.wire import messages
 from chatbox.wire.clock import Moment
@@ -28,6 +30,8 @@ def _nobody(event: messages.Message, exclude: Hashable | None) -> None:
 
 @implementer(IRoom)
 class LocalRoom:
+    log = Logger()
+
     def __init__(self, store: DurableStore, seconds: Callable[[], float]) -> None:
         self.store = store
         self.where = store.path
@@ -132,5 +136,22 @@ class LocalRoom:
     def flush(self) -> "Deferred[None]":
         return self.store.flush()
 
+    def restore_sends(self) -> int:
+        """Read back the send_ids a clean stop wrote (blocking: start-up
+        only); returns how many are still in the window. One that cannot be
+        read is logged and skipped: without it a retry may store again."""
+        try:
+            kept = datafile.read_sends(self.store.path)
+        except datafile.HistoryFileError as e:
+            self.log.warn("ignored the send_ids of the last run: {error}", error=e)
+            return 0
+        return self.sends.restore(kept)
+
     def close(self) -> "Deferred[bool]":
-        return Deferred.fromCoroutine(self.store.close())
+        kept = self.sends.kept()
+        path = self.store.path
+
+        def keep_sends() -> None:
+            datafile.write_sends(path, kept)
+
+        return Deferred.fromCoroutine(self.store.close(keep_sends))

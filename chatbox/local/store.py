@@ -344,11 +344,13 @@ class DurableStore:
         self._idle_waiters.append(waiter)
         return waiter
 
-    async def close(self) -> bool:
+    async def close(self, last: Callable[[], None] | None = None) -> bool:
         """Flush, fold everything into data.json, and release the threads.
 
-        True when data.json now holds the whole history; False when the fold
-        failed (the journal keeps everything and start-up folds it).
+        `last` runs on a pool thread after the fold, while the lock is still
+        held: the room's own file (its send_ids) is written there. True when
+        data.json now holds the whole history; False when the fold failed
+        (the journal keeps everything and start-up folds it).
         """
         await self.flush()
         journal, self._journal = self._journal, None
@@ -372,6 +374,15 @@ class DurableStore:
                     "could not fold history into {path} ({file}: {error}); "
                     "the journal keeps it for the next start",
                     path=self.path,
+                    file=e.filename,
+                    error=e.strerror,
+                )
+        if last is not None:
+            try:
+                await self._in_thread(last)
+            except OSError as e:
+                self.log.warn(
+                    "could not write {file}: {error}",
                     file=e.filename,
                     error=e.strerror,
                 )

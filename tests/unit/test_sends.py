@@ -90,3 +90,20 @@ def test_one_address_with_a_new_id_each_time_cannot_grow_it_without_bound():
 )
 def test_send_ids_are_short_and_plain(value, valid):
     assert valid_send_id(value) is valid
+
+
+def test_what_a_clean_stop_keeps_comes_back_after_a_restart():
+    clock = Clock()
+    before = RecentSends(clock, window=600)
+    before.track(("An", "s1"), succeed(1))
+    before.track(("An", "s2"), Deferred())  # still being stored: not kept
+    clock.now += 300
+    before.track(("Bo", "s3"), succeed(2))
+    kept = before.kept()
+    assert kept == [("An", "s1", 1, 1600.0), ("Bo", "s3", 2, 1900.0)]
+
+    clock.now += 400  # the restart took a while: An's s1 has expired
+    after = RecentSends(clock, window=600)
+    assert after.restore(kept) == 1
+    assert after.earlier(("An", "s1")) is None
+    assert result_of(after.earlier(("Bo", "s3"))) == 2
