@@ -41,6 +41,7 @@ class ChatService(Service):
         self.factory = factory
         self.room = room
         self.ping_interval = ping_interval
+        factory.json_ping = ping_interval
         self.shutdown_timeout = shutdown_timeout
         self._pinger: LoopingCall | None = None
 

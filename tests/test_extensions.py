@@ -331,3 +331,19 @@ async def test_a_damaged_send_id_file_is_ignored_with_a_warning(tmp_path):
     assert server.stopped_cleanly
     # The clean stop wrote a good one in its place.
     assert json.loads((tmp_path / "data.json.sends").read_text()) == []
+
+
+@ensureDeferred
+async def test_a_new_connection_gets_a_keepalive_at_once(tmp_path):
+    """How a browser learns how long a silence means the server froze, so a
+    page that joined a second before the server stopped still notices."""
+    from tests.server import start_server
+
+    server = await start_server(tmp_path / "data.json", "--json-ping=30")
+    try:
+        client = await server.client()
+        # Long before the first of every 30 s, and before any reply.
+        assert await client.ping(timeout=5) == {"type": "ping", "timeout": 30}
+        assert client.raw[0] == {"type": "ping", "timeout": 30}
+    finally:
+        await server.stop()

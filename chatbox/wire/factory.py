@@ -140,6 +140,9 @@ class ChatFactory(WebSocketServerFactory):
             if connection is not exclude:
                 connection.deliver(prepared)
 
+    # Seconds between v2's JSON keepalives (0: none), set by ChatService.
+    json_ping: float = 0.0
+
     def ping_everyone(self, interval: float) -> None:
         """v2's JSON keepalive, to every open connection, registered or not."""
         prepared = self.prepareMessage(codec.encode(messages.ping(interval)))
