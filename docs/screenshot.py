@@ -36,7 +36,7 @@ EARLIER = [
 TODAY = [
     ("Linh", "Hi all! Is everyone coming to the lab session?"),
     ("Minh", "Yes — setting up the projector now."),
-    ("Linh", "An, can you bring the extra HDMI cable?"),
+    ("Linh", "@An can you bring the extra HDMI cable?"),
     ("An", "Sure, on my way! 5 minutes."),
     ("Minh", "Chào cả lớp! Nhớ mang laptop nhé."),
     ("Linh", "Lab sheet: https://example.edu/lab/websockets"),

@@ -131,14 +131,17 @@ async def test_unread_count_in_the_title_mentions_and_notifications(server):
         an.check("#opt-sound")
         an.keyboard.press("Escape")
         set_hidden(an, True)
-        for text in ("hello everyone", "An, can you share the slides?", "Chị Anh ơi"):
+        # A mention is @An; a bare "an" (an everyday Vietnamese word, as
+        # in "an tâm") and @Anh are not.
+        texts = ("hello everyone", "@An can you share the slides?", "an tâm, @Anh ơi")
+        for text in texts:
             await_in_reactor(lambda text=text: bo.say(text))
-        an.wait_for_selector("text=Chị Anh ơi")
+        an.wait_for_selector("text=an tâm, @Anh ơi")
         assert an.title() == "(3) chatbox"
         assert an.evaluate("window.notified") == ["Bo", "Bo mentioned you", "Bo"]
         mentions = an.locator(".message.mention")
         assert mentions.count() == 1
-        assert mentions.locator("mark").inner_text() == "An"
+        assert mentions.locator("mark").inner_text() == "@An"
         set_hidden(an, False)
         assert an.title() == "chatbox"
         an.reload()  # the toggles are remembered
@@ -322,7 +325,7 @@ async def test_no_serious_accessibility_findings(tmp_path: Path, viewport):
             before = browser.page(page_url(server), viewport=viewport)
             assert serious(before) == []  # the nickname form
             an = browser.join(page_url(server), "An", viewport=viewport)
-            await_in_reactor(lambda: bo.say("An, are you coming?"))
+            await_in_reactor(lambda: bo.say("@An are you coming?"))
             say(an, "On my way")
             in_reactor(bo.send_json, {"type": "typing"})
             an.wait_for_selector("#typing:not(:empty)")

@@ -34,6 +34,7 @@
       disconnected: "Disconnected", retryNow: "Retry now",
       reconnecting: (s) => `Connection lost, retrying in ${s} s…`,
       pickName: "Pick a nickname to start chatting.", you: "you",
+      rejoining: (n) => `Rejoining as ${n}…`, tooLong: "Messages are at most 4,000 characters.",
       welcome: (n) => (n === 0 ? "Welcome! Nobody is online yet."
         : n === 1 ? "Welcome! 1 person is online." : `Welcome! ${n} people are online.`),
       NameAlreadyUsed: "That nickname is taken.",
@@ -68,6 +69,7 @@
       disconnected: "Đã ngắt kết nối", retryNow: "Thử lại ngay",
       reconnecting: (s) => `Mất kết nối, thử lại sau ${s} giây…`,
       pickName: "Chọn một biệt danh để bắt đầu.", you: "bạn",
+      rejoining: (n) => `Đang vào lại với tên ${n}…`, tooLong: "Tin nhắn dài tối đa 4.000 ký tự.",
       welcome: (n) => (n === 0 ? "Chào mừng! Chưa có ai trực tuyến."
         : `Chào mừng! Có ${n} người đang trực tuyến.`),
       NameAlreadyUsed: "Biệt danh này đã có người dùng.",
@@ -135,6 +137,18 @@
       if (value === null) localStorage.removeItem(`chatbox.${key}`);
       else localStorage.setItem(`chatbox.${key}`, value);
     } catch (e) { /* private mode: nothing remembered */ }
+  }
+
+  // The name this tab rejoins with on reload is this tab's own: two tabs of
+  // one browser are two people, and must not take each other's name. The
+  // browser-wide one (save "name") only fills the field of a new tab.
+  function loadTabName() {
+    try { return sessionStorage.getItem("chatbox.name"); } catch (e) { return null; }
+  }
+
+  function rememberName(name) {
+    save("name", name);
+    try { sessionStorage.setItem("chatbox.name", name); } catch (e) { /* private mode */ }
   }
 
   // -- language --------------------------------------------------------------
@@ -328,16 +342,17 @@
     if (!message.status) return onNameRefused(message, asked);
     if (message.action === "change") {
       state.myName = message.newname;
-      save("name", state.myName);
+      rememberName(state.myName);
       renameInOnline(message.oldname, message.newname);
       notice("youRenamed", message.newname);
-      closeRename();
+      openMenu(false);
+      ui.content.focus();
       return undefined;
     }
     state.myName = message.name;
     state.registered = true;
     state.rejoins = 0;
-    save("name", state.myName);
+    rememberName(state.myName);
     setStatus("ok", "connected");
     renderJoined();
     if (state.focusOnJoin) { state.focusOnJoin = false; ui.content.focus(); }
@@ -358,6 +373,7 @@
     const ours = asked !== null && (asked === state.myName || asked === state.savedName);
     if (message.reason === "NameAlreadyUsed" && ours && state.rejoins < REJOIN_TRIES) {
       state.rejoins += 1;
+      setStatus("busy", "rejoining", asked);
       setTimeout(() => { if (isOpen() && !state.registered) requestName(asked); }, 1500);
       return;
     }
@@ -374,6 +390,7 @@
     if (message.status && typeof message.count === "number") {
       state.onlineCount = message.count;
       renderWelcome();
+      renderOnline();
     }
   }
 
@@ -467,7 +484,7 @@
   function receiveMessage(message) {
     const stick = atBottom();
     if (!addMessages([message], "append")) return;
-    const mention = mentions(message.content);
+    const mention = message.name !== state.myName && mentions(message.content);
     if (stick) scrollToBottom();
     if (!stick || document.hidden) noteUnread(1);
     if (document.hidden || (mention && !stick)) alertUser(message, mention);
@@ -521,7 +538,7 @@
     const text = document.createElement("p");
     text.className = "text";
     const mention = !mine && mentions(content);
-    renderText(text, content);
+    renderText(text, content, !mine);
     item.classList.toggle("mention", mention);
     bubble.append(meta, text);
     item.append(avatar, bubble);
@@ -551,11 +568,11 @@
   function pad(n) { return String(n).padStart(2, "0"); }
 
   // Text nodes, with http(s) links as <a> elements and our nickname marked.
-  function renderText(into, content) {
+  function renderText(into, content, marking) {
     let at = 0;
     for (const match of content.matchAll(LINK)) {
-      const url = match[0].replace(/[.,;:!?)\]'"]+$/, "");
-      appendMentions(into, content.slice(at, match.index));
+      const url = linkEnd(match[0]);
+      appendMentions(into, content.slice(at, match.index), marking);
       let href = null;
       try { href = new URL(url); } catch (e) { /* not a URL after all */ }
       if (href && (href.protocol === "http:" || href.protocol === "https:")) {
@@ -570,11 +587,24 @@
       }
       at = match.index + url.length;
     }
-    appendMentions(into, content.slice(at));
+    appendMentions(into, content.slice(at), marking);
   }
 
-  function appendMentions(into, text) {
-    const pattern = mentionPattern();
+  // Punctuation after a link is the sentence's, and so is a closing
+  // bracket the link did not open: "(see https://x.org/a)" but
+  // "https://en.wikipedia.org/wiki/Python_(language)".
+  function linkEnd(url) {
+    const trailing = /[.,;:!?\]'"]+$/;
+    url = url.replace(trailing, "");
+    const count = (c) => url.split(c).length - 1;
+    while (url.endsWith(")") && count(")") > count("(")) {
+      url = url.slice(0, -1).replace(trailing, "");
+    }
+    return url;
+  }
+
+  function appendMentions(into, text, marking) {
+    const pattern = marking ? mentionPattern() : null;
     if (!pattern || !text) { if (text) into.append(text); return; }
     let at = 0;
     for (const match of text.matchAll(pattern)) {
@@ -588,13 +618,15 @@
     into.append(text.slice(at));
   }
 
+  // A mention is @ and the nickname, as in every chat app: a bare name
+  // would not do here, where "An" and "Phím" are everyday words too.
   function mentionPattern() {
     if (!state.myName || !state.myName.trim()) return null;
     const escaped = state.myName.trim().replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-    return new RegExp(escaped, "giu");
+    return new RegExp(`@${escaped}`, "giu");
   }
 
-  // "An" mentions An; "Anh", "bAn" do not.
+  // "@An" mentions An; "@Anh", "x@An" do not.
   function standsAlone(text, index, length) {
     const word = /[\p{L}\p{N}\p{M}]/u;
     return !word.test(text[index - 1] || "") && !word.test(text[index + length] || "");
@@ -619,10 +651,15 @@
     return avatar;
   }
 
+  // Twelve hues far apart, picked by FNV-1a: hue = hash % 360 gave
+  // "Student 1" and "Student 2" colours one degree apart.
+  const HUES = [210, 0, 130, 35, 275, 180, 330, 85, 245, 15, 300, 160];
   function paintPerson(el, name) {
-    let hash = 0;
-    for (let i = 0; i < name.length; i++) hash = (hash * 31 + name.charCodeAt(i)) >>> 0;
-    el.style.setProperty("--hue", String(hash % 360));
+    let hash = 0x811c9dc5;
+    for (let i = 0; i < name.length; i++) {
+      hash = Math.imul(hash ^ name.charCodeAt(i), 0x01000193) >>> 0;
+    }
+    el.style.setProperty("--hue", String(HUES[hash % HUES.length]));
     const first = name.trim() || "?";
     const segment = typeof Intl.Segmenter === "function"
       ? new Intl.Segmenter().segment(first)[Symbol.iterator]().next().value.segment
@@ -968,8 +1005,16 @@
     ui.hint.textContent = touch.matches ? t("touchHint") : t("enterHint");
   }
 
+  // Characters as the server counts them (code points): 4,000 emoji are
+  // a valid message, though they are 8,000 UTF-16 units.
+  function characters(text) {
+    let count = 0;
+    for (const _ of text) count += 1;
+    return count;
+  }
+
   function renderCounter() {
-    const length = ui.content.value.length;
+    const length = characters(ui.content.value);
     ui.counter.textContent = length >= COUNTER_FROM ? t("counter", length) : "";
     ui.counter.classList.toggle("near", length >= MAX_CONTENT - 100);
   }
@@ -979,14 +1024,22 @@
   // reloading) kept the page busy for half a minute.
   let onlinePainting = 0;
   function renderOnline() {
-    ui.onlineCount.textContent = String(state.online.length);
-    ui.onlineCountShort.textContent = String(state.online.length);
+    // Before joining the list is empty, but the welcome line's count is known.
+    const count = state.myName || state.onlineCount === null
+      ? state.online.length : state.onlineCount;
+    ui.onlineCount.textContent = String(count);
+    ui.onlineCountShort.textContent = String(count);
     if (!onlinePainting) onlinePainting = requestAnimationFrame(paintOnline);
   }
 
   function paintOnline() {
     onlinePainting = 0;
-    ui.onlineList.replaceChildren(...state.online.map((name) => {
+    // You first, then by name as this language sorts them: finding a
+    // classmate among fifty is easier in order than in order of arrival.
+    const collator = new Intl.Collator(LOCALE[state.lang]);
+    const others = state.online.filter((name) => name !== state.myName).sort(collator.compare);
+    const people = state.online.includes(state.myName) ? [state.myName, ...others] : others;
+    ui.onlineList.replaceChildren(...people.map((name) => {
       const item = document.createElement("li");
       const avatar = avatarOf(name);
       const label = document.createElement("span");
@@ -1076,6 +1129,10 @@
     event.preventDefault();
     const content = ui.content.value;
     if (!content.trim() || !state.myName) return;
+    if (characters(content) > MAX_CONTENT) {
+      ui.counter.textContent = `${t("counter", characters(content))} · ${t("tooLong")}`;
+      return;
+    }
     ui.content.value = "";
     renderCounter();
     queueSend(content);
@@ -1092,7 +1149,15 @@
 
   ui.content.addEventListener("input", () => { renderCounter(); noteTyping(); });
 
+  // At the bottom when the box shrinks (the phone's status row appears, the
+  // keyboard opens): stay there, or the last message goes under the box.
+  let pinned = true;
+  new ResizeObserver(() => {
+    if (pinned) ui.messages.scrollTop = ui.messages.scrollHeight;
+  }).observe(ui.messages);
+
   ui.messages.addEventListener("scroll", () => {
+    pinned = atBottom();
     if (ui.messages.scrollTop < 40) loadOlder();
     if (atBottom() && !document.hidden) clearUnread();
     else renderUnread();
@@ -1114,10 +1179,18 @@
   });
   ui.menuButton.addEventListener("click", () => openMenu(ui.menu.hidden));
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && !ui.menu.hidden) { openMenu(false); ui.menuButton.focus(); }
+    if (event.key !== "Escape") return;
+    if (!ui.menu.hidden) { openMenu(false); ui.menuButton.focus(); }
+    if (document.body.classList.contains("show-online")) {
+      showOnline(false);
+      ui.onlineToggle.focus();
+    }
   });
   document.addEventListener("click", (event) => {
     if (!ui.menu.hidden && !ui.menu.parentElement.contains(event.target)) openMenu(false);
+    const panel = document.querySelector(".online");
+    if (document.body.classList.contains("show-online") && !panel.contains(event.target)
+        && !ui.onlineToggle.contains(event.target)) showOnline(false);
   });
   phone.addEventListener("change", placeControls);
   touch.addEventListener("change", renderHint);
@@ -1125,9 +1198,9 @@
   const browser = (navigator.language || "en").toLowerCase().startsWith("vi") ? "vi" : "en";
   state.lang = load("lang") || browser;
   state.myName = null;
-  state.savedName = load("name");
+  state.savedName = loadTabName();
   state.pendingName = state.savedName;  // rejoin on reload
-  ui.name.value = state.pendingName || "";
+  ui.name.value = state.pendingName || load("name") || "";
   state.sound = load("sound") === "1";
   ui.sound.checked = state.sound;
   state.notify = load("notify") === "1" && typeof Notification === "function"
