@@ -2,6 +2,10 @@
 
 The child listens on port 0; its log line "chatbox listening on ws://..."
 tells the test where. Output is kept for assertions and failure messages.
+
+The child runs this working tree's code (PYTHONPATH), not the copy pip
+installed in .venv: a test of a change must not pass against the code from
+before it.
 """
 
 import os
@@ -17,6 +21,7 @@ from twisted.internet.protocol import ProcessProtocol
 
 TWISTD = str(Path(sysconfig.get_path("scripts")) / "twistd")
 HELD_TWISTD = [sys.executable, str(Path(__file__).with_name("held_twistd.py"))]
+REPOSITORY = str(Path(__file__).resolve().parent.parent)
 LISTENING = re.compile(rb"chatbox listening on (wss?://[^\s]+)")
 START_TIMEOUT = 30
 
@@ -89,6 +94,7 @@ def spawn(workdir: Path, *args: str, held: bool = False) -> ServerProcess:
     `held`: with its journal writes held (see tests/held_twistd.py)."""
     process = ServerProcess()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = REPOSITORY
     command = HELD_TWISTD if held else [TWISTD]
     reactor.spawnProcess(
         process,

@@ -3,6 +3,8 @@
 import subprocess
 from importlib import metadata
 
+from pytest_twisted import ensureDeferred
+
 from tests.process import TWISTD
 
 
@@ -76,3 +78,23 @@ def test_installed_metadata_declares_the_runtime_dependencies():
         "prometheus-client",
     ):
         assert package in requires, requires
+
+
+@ensureDeferred
+async def test_child_processes_run_this_trees_code(tmp_path):
+    """Crash and browser tests start twistd as a child; it must serve the
+    code under test, not the copy pip installed before the change (a
+    reviewer broke app.js and the frozen-server test stayed green)."""
+    import signal
+    from pathlib import Path
+
+    from tests.http import fetch
+    from tests.process import start
+
+    server = await start(tmp_path)
+    try:
+        code, _, body = await fetch(server, "/static/app.js")
+    finally:
+        await server.kill(signal.SIGTERM)
+    tree = Path(__file__).resolve().parent.parent / "chatbox/web/static/app.js"
+    assert code == 200 and body == tree.read_bytes()
