@@ -281,7 +281,9 @@
   function noteFrame(ws) {
     if (!state.pingTimeout) return;
     clearTimeout(state.watchdog);
-    const limit = Math.max(3 * state.pingTimeout, 15) * 1000;
+    // setTimeout fires at once past 2^31 - 1 ms: a huge --json-ping must
+    // not make every client reconnect in a loop.
+    const limit = Math.min(Math.max(3 * state.pingTimeout, 15) * 1000, 2 ** 31 - 1);
     state.watchdog = setTimeout(() => lose(ws), limit);
   }
 
@@ -500,7 +502,9 @@
         state.lastId = Math.max(state.lastId, m.id);
         state.oldestId = state.oldestId === null ? m.id : Math.min(state.oldestId, m.id);
       }
-      return messageNode(m.name, m.content, messageTime(m), m.id, m.name === state.myName);
+      const name = String(m.name ?? "");
+      const content = String(m.content ?? "");
+      return messageNode(name, content, messageTime(m), m.id, name === state.myName);
     });
     if (!nodes.length) return 0;
     if (where === "prepend") ui.list.prepend(...nodes);
@@ -511,8 +515,10 @@
 
   // Epoch ms: the ext `time`, else the v2 timestamp read as local time
   // (the server's zone is unknown; servers before `time` and v2 history).
+  // Whatever a server sends, a page of history must still show: a time no
+  // Date can hold falls back to the v2 text, and that to none.
   function messageTime(m) {
-    if (typeof m.time === "number") return m.time;
+    if (Number.isFinite(m.time) && Math.abs(m.time) <= 8.64e15) return m.time;
     const match = /^(\d{2})\/(\d{2})\/(\d{4}), (\d{2}):(\d{2}):(\d{2})$/.exec(m.timestamp || "");
     if (!match) return null;
     const [, d, mo, y, h, mi, s] = match.map(Number);
@@ -578,7 +584,9 @@
       if (href && (href.protocol === "http:" || href.protocol === "https:")) {
         const link = document.createElement("a");
         link.href = href.href;
-        link.textContent = url;
+        // A link whose text reorders itself ("…/\u202Egpj.exe" shows as
+        // "…exe.jpg") shows where it really goes instead.
+        link.textContent = /[\u200E\u200F\u202A-\u202E\u2066-\u2069]/.test(url) ? href.href : url;
         link.rel = "noopener noreferrer";
         link.target = "_blank";
         into.append(link);
@@ -756,13 +764,14 @@
     const args = JSON.parse(item.dataset.args);
     const key = item.dataset.key;
     if ((key === "joined" || key === "left") && args.length > 1) {
-      const who = args.length === 2 ? t("twoPeople", args[0], args[1])
-        : t("manyPeople", args[0], args[1], args.length - 2);
-      item.textContent = t(key, who);
+      const shown = args.slice(0, 2);
+      const who = args.length === 2 ? t("twoPeople", ...marks(shown))
+        : t("manyPeople", ...marks(shown), args.length - 2);
+      fillNames(item, t(key, who), shown);
       item.title = args.join(", ");
       return;
     }
-    item.textContent = t(key, ...args);
+    fillNames(item, t(key, ...marks(args)), args);
   }
 
   // -- sending -------------------------------------------------------------------------------
@@ -894,10 +903,28 @@
 
   function renderTyping() {
     const names = Array.from(state.typers.keys());
-    ui.typing.textContent = names.length === 0 ? ""
-      : names.length === 1 ? t("typing1", names[0])
-        : names.length === 2 ? t("typing2", names[0], names[1])
-          : t("typingMany", names.length);
+    if (names.length === 0) ui.typing.textContent = "";
+    else if (names.length <= 2) {
+      fillNames(ui.typing, t(names.length === 1 ? "typing1" : "typing2", ...marks(names)), names);
+    } else ui.typing.textContent = t("typingMany", names.length);
+  }
+
+  // A sentence with nicknames in it, each its own <bdi> element: a name
+  // such as "Linh left. Mallory" or one in a right-to-left script cannot
+  // pass for, or reorder, the words around it. The sentence is translated
+  // with a private-use mark in each name's place, then split at them.
+  function marks(names) {
+    return names.map((_, i) => `\uE000${i}\uE001`);
+  }
+
+  function fillNames(into, text, names) {
+    const parts = text.split(/\uE000(\d+)\uE001/);
+    into.replaceChildren(...parts.map((part, i) => {
+      if (i % 2 === 0) return part;
+      const name = document.createElement("bdi");
+      name.textContent = names[Number(part)];
+      return name;
+    }));
   }
 
   // -- attention: unread count, sound, desktop notification --------------------------------------
@@ -930,7 +957,11 @@
   }
 
   // A short tone made on the spot: no sound file to ship or fetch.
+  let lastBeep = 0;
   function beep() {
+    // Twenty mentions a second from a classmate must not be twenty tones.
+    if (Date.now() - lastBeep < 3000) return;
+    lastBeep = Date.now();
     try {
       state.audio = state.audio || new AudioContext();
       const ctx = state.audio;
@@ -1044,7 +1075,15 @@
       const avatar = avatarOf(name);
       const label = document.createElement("span");
       label.className = "person";
-      label.textContent = name === state.myName ? `${name} (${t("you")})` : name;
+      label.textContent = name;
+      if (name === state.myName) {
+        // Its own element: anyone may be called "An (you)", but only this
+        // badge is drawn as one.
+        const you = document.createElement("span");
+        you.className = "you";
+        you.textContent = `(${t("you")})`;
+        label.append(" ", you);
+      }
       if (name === state.myName) item.className = "me";
       item.append(avatar, label);
       return item;
