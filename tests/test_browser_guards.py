@@ -182,7 +182,10 @@ TITLES_AS_IN = """locale => Array.from(document.querySelectorAll("#message-list 
 def check_language(page: Any, lang: str, other: str) -> None:
     words = TEXT[lang]
     titles = page.evaluate(TITLES_AS_IN, LOCALES[lang])
-    assert titles and all(shown == wanted for shown, wanted in titles), titles
+    wrong = [(shown, wanted) for shown, wanted in titles if shown != wanted]
+    assert titles and not wrong, (
+        f"{len(wrong)} titles, first (shown, wanted): {wrong[0]}"
+    )
     assert page.inner_text("#connection") == words["connect"]
     counter = page.inner_text("#counter")
     assert counter.startswith("4100 / 4000"), counter
