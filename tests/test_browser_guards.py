@@ -223,7 +223,7 @@ async def test_switching_language_translates_every_string_on_screen(tmp_path: Pa
             )
             an.wait_for_selector(f"#welcome >> text={TEXT['en']['welcome']}")
             join(an, "An")
-            an.wait_for_selector("text=earlier 39")
+            an.wait_for_selector("#message-list >> text=earlier 39")
             send_unanswered(an, "lost in the post")
             an.eval_on_selector("#messages", "box => { box.scrollTop = 0; }")
             await_in_reactor(lambda: bo.say("are you there?"))
@@ -261,7 +261,7 @@ async def test_one_persons_messages_group_within_a_minute_only(tmp_path: Path):
 
         def scenario(browser: Browser) -> None:
             an = browser.join(page_url(server), "An", viewport=DESKTOP)
-            an.wait_for_selector("text=65 s later")
+            an.wait_for_selector("#message-list >> text=65 s later")
             assert grouped(an) == [False, True, False]
 
         await in_browser(scenario)
@@ -281,12 +281,12 @@ async def test_grouping_stops_at_a_join_notice(server):
         )
         join(an, "An")
         await_in_reactor(lambda: bo.say("one"))
-        an.wait_for_selector("text=one")
+        an.wait_for_selector("#message-list >> text=one")
         await_in_reactor(lambda: server.user("Chi"))
         an.wait_for_selector("#message-list .notice >> text=Chi joined")
         await_in_reactor(lambda: bo.say("two"))
         await_in_reactor(lambda: bo.say("three"))
-        an.wait_for_selector("text=three")
+        an.wait_for_selector("#message-list >> text=three")
         assert grouped(an) == [False, False, True]
 
     await in_browser(scenario)
@@ -338,10 +338,10 @@ async def test_scrolled_up_a_new_message_shows_the_button_that_scrolls_down(serv
 
     def scenario(browser: Browser) -> None:
         an = browser.join(page_url(server), "An", viewport=DESKTOP)
-        an.wait_for_selector("text=earlier 39")
+        an.wait_for_selector("#message-list >> text=earlier 39")
         an.eval_on_selector("#messages", "box => { box.scrollTop = 0; }")
         await_in_reactor(lambda: bo.say("something new"))
-        an.wait_for_selector("text=something new")
+        an.wait_for_selector("#message-list >> text=something new")
         assert an.locator("#unread").is_visible()
         assert an.inner_text("#unread") == "1 new message ↓"
         assert not at_bottom(an)
