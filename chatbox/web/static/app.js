@@ -270,7 +270,7 @@
     clearRetry();
     if (state.ws) lose(state.ws);
     // Nothing will carry them now: say so, and offer Retry.
-    for (const entry of state.outbox) fail(entry, t("lost"));
+    for (const entry of state.outbox) fail(entry, { reason: "lost" });
     state.outbox = [];
     setStatus("off", "disconnected");
   }
@@ -826,14 +826,16 @@
       state.outbox.unshift(entry);
       state.holdUntil = Date.now() + message.retry_after * 1000;
     } else {
-      fail(entry, reason(message));
+      fail(entry, message);
     }
     pumpSend();
   }
 
-  function fail(entry, why) {
+  // The refusal is kept, not its words, so a language switch translates
+  // it too: `{reason: "lost"}`, or the server's reply.
+  function fail(entry, refusal) {
     entry.item.dataset.state = "failed";
-    entry.item.dataset.reason = why;
+    entry.item.dataset.refusal = JSON.stringify(refusal);
     renderState(entry.item);
   }
 
@@ -859,7 +861,9 @@
       label.className = "state";
       item.querySelector(".bubble").append(label);
     }
-    if (key === "failed") label.textContent = `${t("failed")}: ${item.dataset.reason}`;
+    if (key === "failed") {
+      label.textContent = `${t("failed")}: ${reason(JSON.parse(item.dataset.refusal))}`;
+    }
     else if (key === "pending") label.textContent = isOpen() ? t("pending") : t("waiting");
     else label.textContent = t("sent");
     if (key === "failed") {
