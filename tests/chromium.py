@@ -10,9 +10,12 @@ worker thread (`in_browser`); steps that need the server cross back into
 the reactor (`in_reactor`, `await_in_reactor`).
 """
 
+import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -149,3 +152,27 @@ def at_bottom(page: Any) -> bool:
     return page.eval_on_selector(
         "#messages", "b => b.scrollHeight - b.scrollTop - b.clientHeight < 2"
     )
+
+
+def seeded(tmp_path: Path, entries: list[tuple[str, str, int]]) -> Path:
+    """A data.json holding (name, content, epoch second) entries, as the
+    server writes them: so the test, not the clock, says which day and
+    minute each message is in."""
+    data = tmp_path / "data.json"
+    data.write_text(
+        json.dumps(
+            [
+                {
+                    "id": i,
+                    "name": name,
+                    "content": content,
+                    "timestamp": time.strftime(
+                        "%d/%m/%Y, %H:%M:%S", time.localtime(second)
+                    ),
+                    "time": second * 1000,
+                }
+                for i, (name, content, second) in enumerate(entries, 1)
+            ]
+        )
+    )
+    return data

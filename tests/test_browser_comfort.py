@@ -4,7 +4,6 @@ line, unread counts and mentions, grouped bubbles with safe links, the
 typing line, the phone layout, dark mode, and an axe-core audit.
 """
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.chromium import (
     join,
     page_url,
     say,
+    seeded,
     skip_without_chromium,
 )
 from tests.server import start_server
@@ -56,28 +56,6 @@ def set_hidden(page: Any, hidden: bool) -> None:
 
 def focused(page: Any) -> str:
     return page.evaluate("document.activeElement && document.activeElement.id")
-
-
-def seeded(tmp_path: Path, entries: list[tuple[str, str, int]]) -> Path:
-    """A data.json holding (name, content, epoch second) entries."""
-    data = tmp_path / "data.json"
-    data.write_text(
-        json.dumps(
-            [
-                {
-                    "id": i,
-                    "name": name,
-                    "content": content,
-                    "timestamp": time.strftime(
-                        "%d/%m/%Y, %H:%M:%S", time.localtime(second)
-                    ),
-                    "time": second * 1000,
-                }
-                for i, (name, content, second) in enumerate(entries, 1)
-            ]
-        )
-    )
-    return data
 
 
 @ensureDeferred

@@ -24,6 +24,7 @@ from tests.chromium import (
     in_reactor,
     join,
     page_url,
+    seeded,
     skip_without_chromium,
 )
 from tests.server import start_server
@@ -41,30 +42,6 @@ WebSocket.prototype.send = function (data) {
   return send.call(this, data);
 };
 """
-
-
-def seeded(tmp_path: Path, entries: list[tuple[str, str, int]]) -> Path:
-    """A data.json holding (name, content, epoch second) entries, as the
-    server writes them: so the test, not the clock, says which minute each
-    message is in."""
-    data = tmp_path / "data.json"
-    data.write_text(
-        json.dumps(
-            [
-                {
-                    "id": i,
-                    "name": name,
-                    "content": content,
-                    "timestamp": time.strftime(
-                        "%d/%m/%Y, %H:%M:%S", time.localtime(second)
-                    ),
-                    "time": second * 1000,
-                }
-                for i, (name, content, second) in enumerate(entries, 1)
-            ]
-        )
-    )
-    return data
 
 
 class SwallowFirstSendReply:
