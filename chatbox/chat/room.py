@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from chatbox.wire import codec
-from chatbox.wire.clock import Moment, millis_of
+from chatbox.wire.clock import Moment, time_of
 from chatbox.wire.messages import Message
 
 __all__ = ["Deliver", "IRoom", "Posted", "RoomError", "posted_from"]
@@ -58,10 +58,8 @@ def posted_from(entry: bytes | None, fallback: Posted) -> Posted:
         return fallback
     stored = codec.decode(entry)
     text = stored["timestamp"]
-    millis = stored.get("time")
-    if type(millis) is not int:
-        millis = millis_of(text) or 0
-    return Posted(fallback.id, stored["name"], stored["content"], Moment(text, millis))
+    when = Moment(text, time_of(text, stored.get("time")) or 0)
+    return Posted(fallback.id, stored["name"], stored["content"], when)
 
 
 class RoomError(Exception):

@@ -39,7 +39,7 @@ from chatbox.cluster.lease import Lease
 from chatbox.cluster.link import RedisInDoubt, RedisLink
 from chatbox.cluster.reader import EventReader
 from chatbox.wire import codec, messages
-from chatbox.wire.clock import Moment, millis_of
+from chatbox.wire.clock import Moment, time_of
 
 __all__ = ["DEFAULT_PREFIX", "RedisRoom", "entry_template"]
 
@@ -80,8 +80,8 @@ def _event(fields: dict[bytes, bytes]) -> messages.Message | None:
         return messages.typing(name)
     text = fields[b"t"].decode()
     # An event an older node wrote has no `ms`: read from its v2 timestamp.
-    millis = int(fields[b"ms"]) if b"ms" in fields else millis_of(text) or 0
-    when = Moment(text, millis)
+    ms = fields.get(b"ms")
+    when = Moment(text, time_of(text, None if ms is None else int(ms)) or 0)
     if kind == b"message":
         content = fields[b"c"].decode()
         return messages.posted(name, content, when, int(fields[b"id"]))

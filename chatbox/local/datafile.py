@@ -41,7 +41,7 @@ from typing import Any
 
 from chatbox.chat.sends import Kept, valid_send_id
 from chatbox.wire import codec, messages
-from chatbox.wire.clock import LAST_MILLIS, millis_of
+from chatbox.wire.clock import time_of
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -138,13 +138,9 @@ def _entry(
         raise HistoryFileError(
             f"{where}: 'id' must be an integer above {last_id}, found {message_id!r}"
         )
-    millis = record.get("time")
-    if type(millis) is not int or not 0 <= millis <= LAST_MILLIS:
-        # Written before `time` existed, or by hand: derived from the v2
-        # timestamp, in this server's zone, which is what it was written in.
-        # (A `time` that disagrees with it is kept: a file moved from a
-        # server in another zone disagrees, and `time` is the one it meant.)
-        millis = millis_of(record["timestamp"])
+    # Written before `time` existed, or by hand: derived from the v2
+    # timestamp, in this server's zone, which is what it was written in.
+    millis = time_of(record["timestamp"], record.get("time"))
     entry = messages.history_entry(
         message_id, record["name"], record["content"], record["timestamp"], millis
     )

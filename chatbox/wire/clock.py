@@ -16,7 +16,14 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-__all__ = ["LAST_MILLIS", "TIMESTAMP_FORMAT", "Moment", "Timestamps", "millis_of"]
+__all__ = [
+    "LAST_MILLIS",
+    "TIMESTAMP_FORMAT",
+    "Moment",
+    "Timestamps",
+    "millis_of",
+    "time_of",
+]
 
 TIMESTAMP_FORMAT = "%d/%m/%Y, %H:%M:%S"
 # The last millisecond of 31/12/9999 (UTC): what a 4-digit year can say.
@@ -42,6 +49,18 @@ class Timestamps:
             self._text = time.strftime(TIMESTAMP_FORMAT, time.localtime(second))
         # Never past the second the text names, whatever the float's rounding.
         return Moment(self._text, min(int(seconds * 1000), second * 1000 + 999))
+
+
+def time_of(text: str, millis: object) -> int | None:
+    """The `time` of something stored with v2 timestamp `text` and maybe a
+    `time` (`millis`): that one if it is an integer a 4-digit year can
+    have, else read from `text` (None if it cannot be). One rule for what
+    a file, a stream entry or a stored entry says. A `time` that disagrees
+    with `text` is kept: a history moved from a server in another zone
+    disagrees, and `time` is the one it meant."""
+    if type(millis) is int and 0 <= millis <= LAST_MILLIS:
+        return millis
+    return millis_of(text)
 
 
 _V2 = re.compile(r"(\d\d)/(\d\d)/(\d{4}), (\d\d):(\d\d):(\d\d)", re.ASCII)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from chatbox.wire.clock import Timestamps, millis_of
+from chatbox.wire.clock import LAST_MILLIS, Timestamps, millis_of, time_of
 
 
 def test_time_is_the_instant_the_v2_timestamp_names():
@@ -39,3 +39,11 @@ def test_a_v2_timestamp_reads_as_local_time():
 )
 def test_what_is_not_a_v2_timestamp_has_no_time(text):
     assert millis_of(text) is None
+
+
+def test_a_stored_time_is_kept_if_a_date_can_have_it_else_read_from_the_text():
+    text = "24/11/2026, 14:05:09"
+    assert time_of(text, 1577844000000) == 1577844000000  # another zone's: kept
+    for impossible in (-5, LAST_MILLIS + 1, 1.5e12, "1577844000000", True, None):
+        assert time_of(text, impossible) == millis_of(text), impossible
+    assert time_of("not a time", None) is None
