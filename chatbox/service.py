@@ -41,7 +41,6 @@ class ChatService(Service):
         self.factory = factory
         self.room = room
         self.ping_interval = ping_interval
-        factory.json_ping = ping_interval
         self.shutdown_timeout = shutdown_timeout
         self._pinger: LoopingCall | None = None
 
@@ -49,7 +48,8 @@ class ChatService(Service):
         super().startService()
         self.room.start()
         if self.ping_interval > 0:
-            self._pinger = LoopingCall(self.factory.ping_everyone, self.ping_interval)
+            self.factory.start_pinging(self.ping_interval)
+            self._pinger = LoopingCall(self.factory.ping_everyone)
             self._pinger.clock = self.factory.reactor
             self._pinger.start(self.ping_interval, now=False)
 

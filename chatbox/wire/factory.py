@@ -10,6 +10,7 @@ every recipient.
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -140,14 +141,21 @@ class ChatFactory(WebSocketServerFactory):
             if connection is not exclude:
                 connection.deliver(prepared)
 
-    # Seconds between v2's JSON keepalives (0: none), set by ChatService.
-    json_ping: float = 0.0
+    def start_pinging(self, interval: float) -> None:
+        """v2's JSON keepalive every `interval` seconds (ChatService's to
+        schedule), and at once to each new connection (ChatProtocol.onOpen):
+        a browser, which cannot see WebSocket pings, learns from the first
+        how long a silence means the server is gone, before it can freeze.
+        One frame, encoded once, serves every ping."""
+        self.ping_frame = self.prepareMessage(codec.encode(messages.ping(interval)))
 
-    def ping_everyone(self, interval: float) -> None:
+    # The keepalive frame, once pinging started.
+    ping_frame: PreparedMessage | None = None
+
+    def ping_everyone(self) -> None:
         """v2's JSON keepalive, to every open connection, registered or not."""
-        prepared = self.prepareMessage(codec.encode(messages.ping(interval)))
         for connection in list(self.connections):
-            connection.deliver(prepared)
+            connection.deliver(self.ping_frame)
 
     # -- shutdown --
 

@@ -243,14 +243,8 @@ class ChatProtocol(WebSocketServerProtocol):
         self._note(
             "connection from {address} ({peer})", address=self.address, peer=self.peer
         )
-        interval = self.factory.json_ping
-        if interval > 0:
-            # A first keepalive at once rather than within `interval`: a
-            # browser, which cannot see WebSocket pings, learns from it how
-            # long a silence means the server is gone, before it can freeze.
-            self.deliver(
-                self.factory.prepareMessage(codec.encode(messages.ping(interval)))
-            )
+        if self.factory.ping_frame is not None:
+            self.deliver(self.factory.ping_frame)  # the first, at once
 
     @property
     def can_send(self) -> bool:
