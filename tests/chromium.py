@@ -36,6 +36,8 @@ ARGS = [
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+# A phone as Playwright emulates one: its size, a touch screen, mobile.
+TOUCH_PHONE = {"viewport": PHONE, "has_touch": True, "is_mobile": True}
 LOCALES = {"en": "en-GB", "vi": "vi-VN"}
 # Issue 12's two sizes, each in one of the two languages.
 SIZES = pytest.mark.parametrize(

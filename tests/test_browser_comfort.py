@@ -17,6 +17,7 @@ from tests.chromium import (
     LOCALES,
     PHONE,
     SIZES,
+    TOUCH_PHONE,
     Browser,
     await_in_reactor,
     in_browser,
@@ -221,9 +222,7 @@ async def test_typing_shows_for_others_and_stops_with_the_message(server):
 @ensureDeferred
 async def test_the_phone_layout(server):
     def scenario(browser: Browser) -> None:
-        page = browser.join(
-            page_url(server), "Chi", viewport=PHONE, has_touch=True, is_mobile=True
-        )
+        page = browser.join(page_url(server), "Chi", **TOUCH_PHONE)
         # A compact header: a dot for the status, the rest in the menu.
         assert page.locator("#status .dot").is_visible()
         assert page.inner_text("#status") == "Connected"
@@ -271,6 +270,13 @@ async def test_dark_mode_follows_the_system_and_the_switch_is_remembered(server)
         page.reload()
         page.wait_for_function("window.chatbox.state.registered")
         assert background(page) == "rgb(242, 244, 247)"
+        # And the other way: Dark chosen on a light system (the menu's own
+        # rule, not the system's media query, must do it).
+        light = browser.join(page_url(server), "Bo", color_scheme="light")
+        assert background(light) == "rgb(242, 244, 247)"
+        light.click("#menu-button")
+        light.select_option("#theme", "dark")
+        assert background(light) == "rgb(20, 23, 26)"
 
     await in_browser(scenario)
 

@@ -10,6 +10,7 @@ from pytest_twisted import ensureDeferred
 from tests.chromium import (
     DESKTOP,
     PHONE,
+    TOUCH_PHONE,
     Browser,
     await_in_reactor,
     in_browser,
@@ -135,9 +136,7 @@ async def test_renaming_from_the_keyboard_returns_to_the_message_box(server):
 @ensureDeferred
 async def test_the_phones_online_panel_closes_as_the_menu_does(server):
     def scenario(browser: Browser) -> None:
-        page = browser.join(
-            page_url(server), "Chi", viewport=PHONE, has_touch=True, is_mobile=True
-        )
+        page = browser.join(page_url(server), "Chi", **TOUCH_PHONE)
         for close in ("Escape", "outside"):
             page.click("#online-toggle")
             assert page.locator("#online-list").is_visible()

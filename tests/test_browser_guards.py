@@ -326,21 +326,3 @@ async def test_scrolled_up_a_new_message_shows_the_button_that_scrolls_down(serv
         assert an.locator("#unread").is_hidden()
 
     await in_browser(scenario)
-
-
-def background(page: Any) -> str:
-    return page.evaluate("getComputedStyle(document.body).backgroundColor")
-
-
-@ensureDeferred
-async def test_dark_chosen_in_the_menu_darkens_a_light_system(server):
-    """Mutation: style.css without its `:root[data-theme=dark]` rule."""
-
-    def scenario(browser: Browser) -> None:
-        page = browser.join(page_url(server), "An", color_scheme="light")
-        assert background(page) == "rgb(242, 244, 247)"
-        page.click("#menu-button")
-        page.select_option("#theme", "dark")
-        assert background(page) == "rgb(20, 23, 26)"
-
-    await in_browser(scenario)
