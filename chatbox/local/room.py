@@ -122,7 +122,7 @@ class LocalRoom:
         self._deliver(messages.typing(name), owner)
 
     def online_count(self) -> "Deferred[int]":
-        return succeed(len(self.registry))
+        return succeed(self.registered_count())
 
     def page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0
