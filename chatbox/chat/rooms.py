@@ -309,6 +309,14 @@ class Rooms:
     def loaded_count(self) -> int:
         return sum(1 for slot in self._slots.values() if slot.room is not None)
 
+    def registered_count(self) -> int:
+        """This process's connections holding a nickname, in every room."""
+        return sum(room.registered_count() for _, room in self.loaded())
+
+    def message_count(self) -> int:
+        """Messages in the histories of the rooms in memory."""
+        return sum(room.message_count() for _, room in self.loaded())
+
     def listing(self) -> "Deferred[list[dict[str, Any]]]":
         """The listed rooms for GET /rooms: name, online, last_activity."""
         return Deferred.fromCoroutine(self._listing())

@@ -99,19 +99,17 @@ class Health(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         room = self.factory.room
-        failing = sum(
-            1 for _, loaded in self.factory.rooms.loaded() if not loaded.healthy
-        )
+        rooms = self.factory.rooms
+        failing = sum(1 for _, loaded in rooms.loaded() if not loaded.healthy)
         healthy = room.healthy and not failing
         request.setResponseCode(200 if healthy else 503)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        rooms = self.factory.rooms
         return codec.encode(
             {
                 "status": "up" if healthy else "failing",
                 "connections": len(self.factory.connections),
-                "registered": room.registered_count(),
+                "registered": rooms.registered_count(),
                 "history": room.message_count(),
                 **room.health(),
                 "rooms": {
