@@ -125,8 +125,10 @@ class IRoomMaker(Interface):
         ms, None if unknown). Blocking: called once, at start-up."""
 
     def make(name: str) -> "Deferred[IRoom]":
-        """The room, loaded and started (off the reactor thread); a failure
-        is logged, and the client told only that the room is unavailable."""
+        """The room, loaded and started (off the reactor thread). Fails with
+        RoomRefused to refuse the name (the client gets its status and
+        reason as they are); any other failure is logged, and the client
+        told only that the room is unavailable."""
 
     def unload(name: str, room: IRoom) -> "Deferred[Unloaded]":
         """Close a room nobody is in (and forget one that never held a
@@ -259,21 +261,29 @@ class Rooms:
             self._idle_from_now(slot)
 
     def _not_loaded(self, failure: Failure, slot: _Slot) -> None:
-        # The details (a file's path, say) are for the operator's log only.
-        reason = "room unavailable: the server could not load it"
-        self.log.error(
-            "could not load room {name}: {error}",
-            name=slot.name,
-            error=failure.getErrorMessage(),
-        )
-        self._failed[slot.name] = (
-            self._reactor.seconds() + FAILED_LOAD_SECONDS,
-            reason,
-        )
         del self._slots[slot.name]
+        if failure.check(RoomRefused):
+            # The backend's decision, not a fault (a cluster's room limit,
+            # counted in Redis): passed on as it is, not remembered, and
+            # the name is not a room.
+            refused = failure.value
+            self._known.pop(slot.name, None)
+        else:
+            # The details (a file's path, say) are for the operator's log only.
+            reason = "room unavailable: the server could not load it"
+            self.log.error(
+                "could not load room {name}: {error}",
+                name=slot.name,
+                error=failure.getErrorMessage(),
+            )
+            self._failed[slot.name] = (
+                self._reactor.seconds() + FAILED_LOAD_SECONDS,
+                reason,
+            )
+            refused = RoomRefused(503, reason)
         waiters, slot.waiters = slot.waiters, []
         for waiter in waiters:
-            waiter.errback(RoomRefused(503, reason))
+            waiter.errback(refused)
 
     def _unload(self, slot: _Slot) -> None:
         slot.idle = None
