@@ -9,10 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService
-from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 from twisted.python import usage
-from zope.interface import implementer
 
 from chatbox.chat.room import IRoom
 from chatbox.chat.rooms import IRoomMaker, RoomPolicy, Rooms
@@ -378,8 +376,6 @@ class Options(usage.Options):
                 raise usage.UsageError("--redis-lease must be at least 1 second")
             if not self["redis-timeout"] > 0:
                 raise usage.UsageError("--redis-timeout must be above 0")
-            if self["rooms"].strip():
-                raise usage.UsageError("--rooms cannot be used with --redis yet")
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -396,23 +392,6 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, wanted if soft < wanted else soft
 
 
-@implementer(IRoomMaker)
-class _NoNamedRooms:
-    """Until the cluster keeps rooms: postOptions refuses --rooms with --redis."""
-
-    def stored(self) -> dict[str, int | None]:
-        return {}
-
-    def make(self, name: str) -> Any:
-        return fail(RuntimeError("no rooms on a cluster"))
-
-    def unload(self, name: str, room: IRoom) -> Any:
-        raise AssertionError("never made")
-
-    def summary(self, name: str) -> Any:
-        return succeed((0, None))
-
-
 def _make_rooms(config: dict[str, Any], reactor: Any, metrics: Metrics) -> Rooms:
     """A cluster node's rooms in Redis, or this process's own in files: the
     default room with data.json is locked and loaded now, before anything
@@ -423,14 +402,19 @@ def _make_rooms(config: dict[str, Any], reactor: Any, metrics: Metrics) -> Rooms
     if config["redis"] is not None:
         # Only a cluster node loads the Redis client.
         from chatbox.cluster.room import RedisRoom
+        from chatbox.cluster.rooms import RedisRooms
 
-        default = RedisRoom.from_address(
+        node = RedisRoom.from_address(
             config["redis"],
             reactor,
             lease=config["redis-lease"],
             timeout=config["redis-timeout"],
         )
-        maker = _NoNamedRooms()
+        policy = config["room-policy"]
+        # --max-rooms is counted cluster-wide, in Redis; a fixed list needs no count.
+        most = policy.max_rooms if policy.open else 0
+        default = node
+        maker = RedisRooms(node, reactor, most, config["redis-timeout"])
     else:
         store = DurableStore(config["data"], reactor, config["fold-threshold"], metrics)
         store.load()

@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
 from tests import process
-from tests.client import connect
+from tests.client import connect, handshake_status
 from tests.http import fetch, metric
 from tests.redis_server import RedisServer
 
@@ -696,3 +696,245 @@ async def test_issue_12_extensions_across_nodes(nodes):
     history = (await bo.get())["data"]["message"]
     assert [(m["content"], m["time"]) for m in history] == [("once", first["time"])]
     await settled(bo, again)  # nothing else: no second "once", no echo
+
+
+# -- rooms on a cluster (issue 13) --
+
+ROOMS_OPEN = ("--rooms=open", "--listed-rooms=alpha,beta")
+
+
+def room_url(node, room: str) -> str:
+    return f"{node.url}/{room}"
+
+
+async def room_user(node, room: str, name: str):
+    client = await connect(room_url(node, room))
+    reply = await client.register(name)
+    assert reply["status"] is True, reply
+    return client
+
+
+async def redis_set(redis: RedisServer, key: str) -> set[str]:
+    out, _, _ = await getProcessOutputAndValue(
+        "redis-cli", ["-p", str(redis.port), "SMEMBERS", key]
+    )
+    return set(out.decode().split())
+
+
+async def room_list(node) -> dict:
+    code, _, body = await fetch(node, "/rooms")
+    assert code == 200, body
+    return json.loads(body)
+
+
+async def same_room_list(*nodes, within: float = 5) -> dict:
+    """GET /rooms on every node, once they agree (a node that has the room
+    loaded answers its online count from a read at most a second old)."""
+    deadline = time.monotonic() + within
+    while True:
+        lists = [await room_list(node) for node in nodes]
+        if all(listed == lists[0] for listed in lists):
+            return lists[0]
+        assert time.monotonic() < deadline, lists
+        await sleep(0.1)
+
+
+@pytest_twisted.async_yield_fixture
+async def room_nodes(tmp_path: Path, redis: RedisServer):
+    started = [
+        await start_node(tmp_path, redis, f"node{i}", *ROOMS_OPEN) for i in (1, 2)
+    ]
+    yield started
+    for node in started:
+        await node.kill(signal.SIGTERM)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_spread_across_two_nodes(room_nodes, redis):
+    """Room alpha has users on both nodes, beta only on node 2: alpha is one
+    chat across nodes (events, ARNS), beta's events never reach node 1,
+    which does not even read beta's stream, and GET /rooms is the same on
+    both nodes."""
+    one, two = room_nodes
+    alice = await room_user(one, "alpha", "Alice")
+    bob = await room_user(two, "alpha", "Bob")
+    assert (await alice.event())["name"] == "Bob"
+    # One ARNS per room, across nodes: a look-alike of Alice is taken in
+    # alpha on node 2, and Alice herself is free in beta and the default room.
+    stranger = await connect(room_url(two, "alpha"))
+    assert (await stranger.register("ALICE"))["reason"] == "NameAlreadyUsed"
+    also_alice = await room_user(two, "beta", "Alice")
+    cy = await room_user(two, "beta", "Cy")
+    assert (await also_alice.event())["name"] == "Cy"
+    lobby = [await user(one, "Alice"), await user(two, "Di")]
+    assert (await lobby[0].event())["name"] == "Di"
+
+    said = await cy.say("only in beta")
+    heard = await also_alice.event()
+    assert (heard["content"], heard["id"]) == ("only in beta", 1)
+    for i in range(3):
+        assert (await bob.say(f"alpha {i}"))["id"] == i + 1
+        assert (await alice.event())["content"] == f"alpha {i}"
+    last_alpha = (await alice.say("alpha done"))["time"]
+    assert (await bob.event())["content"] == "alpha done"
+    # Nothing of beta (or of alpha) reached alpha's or the default room's
+    # clients beyond their own room's events.
+    await settled(alice, bob)
+    await settled(*lobby)
+    await settled(also_alice, cy)
+    assert (await alice.get())["data"]["online"] == ["Alice", "Bob"]
+    assert [m["content"] for m in (await lobby[1].get())["data"]["message"]] == [
+        f"marker {turn}" for turn in range(3)
+    ]
+
+    # Node 1 follows the default room and alpha only: it has not loaded
+    # beta, reads two streams, and Redis lists it among alpha's followers,
+    # not beta's.
+    (_, first), (_, second) = await health(one), await health(two)
+    assert (first["streams"], first["rooms"]["loaded"]) == (2, 2), first
+    assert (second["streams"], second["rooms"]["loaded"]) == (3, 3), second
+    assert await redis_set(redis, "chatbox:room:beta:followers") == {second["node"]}
+    assert await redis_set(redis, "chatbox:room:alpha:followers") == {
+        first["node"],
+        second["node"],
+    }
+    assert await redis_set(redis, "chatbox:rooms") == {"alpha", "beta"}
+
+    # (settled's markers were the last messages in each room.)
+    newest = [(await c.get())["data"]["message"][-1] for c in (alice, also_alice)]
+    assert newest[0]["time"] > last_alpha and newest[1]["time"] > said["time"]
+    listed = await same_room_list(one, two)
+    assert listed == {
+        "rooms": [
+            {"name": "alpha", "online": 2, "last_activity": newest[0]["time"]},
+            {"name": "beta", "online": 2, "last_activity": newest[1]["time"]},
+        ]
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_killed_node_releases_its_names_in_every_room(room_nodes, redis):
+    one, two = room_nodes
+    rooms = ("", "alpha", "beta")
+    watchers = [
+        await room_user(one, room, f"Watcher{i}") for i, room in enumerate(rooms)
+    ]
+    for i, room in enumerate(rooms):
+        await room_user(two, room, f"Victim{i}")
+    for i, watcher in enumerate(watchers):
+        assert (await watcher.event())["name"] == f"Victim{i}"
+    victim_id = (await health(two))[1]["node"]
+    assert await redis_set(redis, f"chatbox:following:{victim_id}") == {"alpha", "beta"}
+
+    started = time.monotonic()
+    await two.kill(signal.SIGKILL)
+    for i, watcher in enumerate(watchers):
+        left = await watcher.event(timeout=LEASE + 5)
+        assert (left["datatype"], left["name"]) == ("leave", f"Victim{i}"), left
+    elapsed = time.monotonic() - started
+    assert elapsed < FREED_WITHIN + FREED_MARGIN, f"names freed after {elapsed:.2f} s"
+    # Every room's name is free again, and the dead node is gone from every
+    # room's bookkeeping.
+    for i, room in enumerate(rooms):
+        again = await room_user(one, room, f"victim{i}")
+        assert (await watchers[i].event())["name"] == f"victim{i}"
+        assert (await again.get())["data"]["online"] == [f"Watcher{i}", f"victim{i}"]
+    assert await redis_set(redis, f"chatbox:following:{victim_id}") == set()
+    for room in ("alpha", "beta"):
+        followers = await redis_set(redis, f"chatbox:room:{room}:followers")
+        assert victim_id not in followers
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_rooms_is_counted_across_the_cluster(tmp_path, redis):
+    """Two rooms at most, cluster-wide: each node has loaded one, and a third
+    name is refused on both, though neither has reached the limit alone. A
+    room that never held a message is forgotten once unloaded everywhere,
+    which frees its place; one with a message keeps it."""
+    args = ("--rooms=open", "--max-rooms=2", "--room-idle=0.5")
+    one = await start_node(tmp_path, redis, "node1", *args)
+    two = await start_node(tmp_path, redis, "node2", *args)
+    try:
+        quiet = await connect(room_url(one, "r1"))
+        talker = await room_user(two, "r2", "An")
+        assert (await talker.say("kept"))["status"] is True
+        for node in (one, two):
+            assert await handshake_status(node.port, "/r3") == 404
+        assert await handshake_status(two.port, "/r1") == 101  # known: it may
+        assert await redis_set(redis, "chatbox:rooms") == {"r1", "r2"}
+
+        quiet.sendClose()
+        await quiet.wait_closed()
+        deadline = time.monotonic() + 10
+        while await redis_set(redis, "chatbox:rooms") != {"r2"}:
+            assert time.monotonic() < deadline, "r1 was not forgotten"
+            await sleep(0.1)
+        assert await redis_set(redis, "chatbox:room:r1:followers") == set()
+        third = await room_user(one, "r3", "Bo")
+        talker.sendClose()
+        await talker.wait_closed()
+        await sleep(2)  # r2 unloads on node 2: kept, with its message
+        assert await redis_set(redis, "chatbox:rooms") == {"r2", "r3"}
+        assert await handshake_status(one.port, "/r4") == 404
+        assert (await third.say("still here"))["id"] == 1
+    finally:
+        await one.kill(signal.SIGTERM)
+        await two.kill(signal.SIGTERM)
+
+
+@pytest_twisted.ensureDeferred
+async def test_import_then_export_a_named_room(tmp_path, redis):
+    v2 = tmp_path / "class.json"
+    stamp = "24/11/2026, 14:05:09"
+    v2.write_text(
+        json.dumps(
+            [
+                {"name": "An", "content": "bài tập", "timestamp": stamp},
+                {"name": "Bo", "content": "ok", "timestamp": stamp},
+            ],
+            ensure_ascii=False,
+        )
+    )
+    room = ["--room", "Class-7A", "--redis", redis.url]  # folded, as a path is
+    out, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["import", *room, str(v2)]
+    )
+    assert code == 0, err
+    assert b"imported 2 messages" in out and b"room class-7a" in out
+    _, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["import", *room, str(v2)]
+    )
+    assert code == 1 and b"already has a history (2 messages)" in err
+    _, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["import", "--room", "rooms", "--redis", redis.url, str(v2)]
+    )
+    assert code == 2 and b"--room" in err  # reserved: never a room
+    assert await redis_set(redis, "chatbox:rooms") == {"class-7a"}
+
+    node = await start_node(tmp_path, redis, "node", "--rooms=class-7a")
+    try:
+        lobby = await user(node, "Cy")
+        assert (await lobby.get())["data"]["message"] == []  # the default room's
+        client = await room_user(node, "class-7a", "Cy")
+        assert (await client.say("after import"))["id"] == 3
+        messages = (await client.get())["data"]["message"]
+        assert [(m["id"], m["content"]) for m in messages] == [
+            (1, "bài tập"),
+            (2, "ok"),
+            (3, "after import"),
+        ]
+    finally:
+        await node.kill(signal.SIGTERM)
+
+    exported = tmp_path / "exported.json"
+    _, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["export", *room, str(exported)]
+    )
+    assert code == 0, err
+    assert json.loads(exported.read_text()) == messages
+    default = tmp_path / "default.json"
+    _, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["export", "--redis", redis.url, str(default)]
+    )
+    assert code == 0, err
+    assert json.loads(default.read_text()) == []

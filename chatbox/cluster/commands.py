@@ -1,10 +1,11 @@
 # -*- test-case-name: tests.unit.test_cluster_units -*-
 """The node's command link, as the room and its lease share it.
 
-The room's requests and the lease's heartbeat are scripts on one connection
-(so Redis runs them in the order this node sent them), each given the
-cluster's keys. Each is tracked until it settles, so a closing node can wait
-for what it already sent (`flush`) before it retires from the cluster.
+The rooms' requests and the lease's heartbeat are scripts on one connection
+(so Redis runs them in the order this node sent them), each given its
+room's keys: every room a node follows shares the one link. Each is tracked
+until it settles, so a closing node can wait for what it already sent
+(`flush`) before it retires from the cluster.
 """
 
 from collections.abc import Callable
@@ -42,6 +43,16 @@ class Commands:
 
     def stop(self) -> "Deferred[None]":
         return self._link.stop()
+
+    def for_keys(self, keys: Keys) -> "Commands":
+        """Commands on the same link for another room's keys (so Redis still
+        runs this node's scripts in the order sent, across rooms); each
+        tracks its own for flush()."""
+        return Commands(self._link, keys)
+
+    def execute(self, *args: Any) -> Deferred:
+        """One plain command, untracked (a wake-up, a summary's read)."""
+        return self._link.execute(*args)
 
     def run(self, script: bytes, *args: Any) -> Deferred:
         """Run a script; the Deferred is tracked until settled, for flush()."""

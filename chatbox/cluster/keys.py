@@ -6,13 +6,13 @@ Every script of chatbox.cluster.scripts gets the same KEYS, in the order of
 reads them as fields (`keys.events`), never by position, so adding a key is
 one line here and one in the scripts' preamble.
 
+A room's own state (each room is a chat of its own: ARNS, history, events):
+
 - owner    HASH  nickname key (chatbox.chat.arns.name_keys) -> holder
 - held     HASH  holder -> its nickname keys, joined by newlines
 - display  HASH  holder -> nickname as typed
 - online   ZSET  holders, scored by when they registered (v2's order)
 - joinseq  STRING  the last registration number
-- nodes    ZSET  node id -> lease expiry, in ms of Redis' own clock;
-                 `<nodes>:<node id>` is the SET of that node's holders
 - msgid    STRING  the last message id
 - history  ZSET  encoded history entries, scored by id
 - events   STREAM  every register / change / message / leave, in order,
@@ -21,6 +21,29 @@ one line here and one in the scripts' preamble.
                  that carried a send_id (chatbox.chat.sends says why)
 - sendexp  ZSET  the same fields -> when each is forgotten, in ms of Redis'
                  clock
+- holders  prefix: `<holders>:<node id>` is the SET of that node's holders
+                 in this room
+- followers SET  the nodes that have this room loaded (named rooms only)
+
+The cluster's, the same in every room's Keys:
+
+- nodes    ZSET  node id -> lease expiry, in ms of Redis' own clock (one
+                 lease per node, whatever rooms it follows)
+- rooms    SET   the named rooms that exist: followed by a node, or with a
+                 message (what --max-rooms counts, cluster-wide)
+- following prefix: `<following>:<node id>` is the SET of the named rooms
+                 that node follows, so whoever reaps a dead node finds its
+                 holders in every room
+- named    prefix of the named rooms' keys: room NAME's own keys are
+                 `<named><NAME>:<field>` (scripts.py's `use_room` builds the
+                 same names in Lua, to reap a dead node's rooms)
+- wake     prefix: `<wake>:<node id>` is a one-entry STREAM the node writes
+                 to wake its own blocked reader (chatbox.cluster.reader)
+
+The default room (`/`, name "") keeps exactly the keys a cluster had before
+rooms: `<prefix><field>`, with its holder sets at `<prefix>nodes:<node id>`,
+so an existing cluster's data and `chatbox-redis` exports keep working.
+Room NAME's are under `<prefix>room:<NAME>:` (a room name has no `:`).
 
 This module imports nothing heavy: chatbox-redis and the tests use it as well
 as the node.
@@ -28,12 +51,34 @@ as the node.
 
 from typing import NamedTuple
 
-__all__ = ["DEFAULT_PREFIX", "STREAM_LENGTH", "Keys"]
+__all__ = ["DEFAULT_PREFIX", "ROOM_FIELDS", "STREAM_LENGTH", "Keys"]
 
 DEFAULT_PREFIX = "chatbox:"
 # Events kept in the stream (approximately; Redis trims whole blocks). A node
 # reads them as they come; this only bounds how long one may be away.
 STREAM_LENGTH = 100_000
+
+# A room's own keys, each `<room prefix><field>` (holders: `<prefix>nodes`).
+ROOM_FIELDS = (
+    "owner",
+    "held",
+    "display",
+    "online",
+    "joinseq",
+    "msgid",
+    "history",
+    "events",
+    "sends",
+    "sendexp",
+    "holders",
+    "followers",
+)
+
+
+def _room_key(prefix: str, field: str) -> str:
+    # `nodes:<node>` is where the holder sets always were: kept for the default
+    # room, and the same shape in a named room's prefix.
+    return f"{prefix}{'nodes' if field == 'holders' else field}"
 
 
 class Keys(NamedTuple):
@@ -48,9 +93,33 @@ class Keys(NamedTuple):
     events: str
     sends: str
     sendexp: str
+    holders: str
+    followers: str
+    rooms: str
+    following: str
+    named: str
+    wake: str
 
     @classmethod
     def under(cls, prefix: str = DEFAULT_PREFIX) -> "Keys":
-        """Every key named `<prefix><field>`: one Redis holds one cluster
-        per prefix."""
-        return cls(*(f"{prefix}{name}" for name in cls._fields))
+        """The default room's keys (every one `<prefix><field>`, holders at
+        `<prefix>nodes:<node>`): one Redis holds one cluster per prefix."""
+        return cls.for_room("", prefix)
+
+    @classmethod
+    def for_room(cls, name: str, prefix: str = DEFAULT_PREFIX) -> "Keys":
+        """Room `name`'s keys ("" is the default room) in the cluster under
+        `prefix`; `name` must be a valid room name (chatbox.chat.roomnames)."""
+        own = f"{prefix}room:{name}:" if name else prefix
+        fields = {field: _room_key(own, field) for field in ROOM_FIELDS}
+        fields.update(
+            nodes=f"{prefix}nodes",
+            rooms=f"{prefix}rooms",
+            following=f"{prefix}following",
+            named=f"{prefix}room:",
+            wake=f"{prefix}wake",
+        )
+        return cls(**fields)
+
+    def wake_of(self, node: str) -> str:
+        return f"{self.wake}:{node}"

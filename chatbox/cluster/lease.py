@@ -1,6 +1,10 @@
 # -*- test-case-name: tests.unit.test_cluster_units -*-
 """A node's lease on its place in the cluster, kept alive by a heartbeat.
 
+One lease per node, whatever rooms it follows: HEARTBEAT and RETIRE reap a
+node's names in the default room and in every named room it follows (its
+`following` set, chatbox.cluster.keys), so rooms add no heartbeats.
+
 A node that dies cannot say so, and its nicknames must not stay taken for
 ever: so each node holds a lease in Redis and renews it every `lease / 6`
 seconds for `0.6 * lease`, in Redis' clock (the nodes' clocks need not
@@ -11,7 +15,7 @@ script's time), and a node survives two missed renewals (the third comes at
 half the lease).
 
 A node that finds its own lease gone has had its names released and
-perhaps handed to others: the room hears of it (`lost`) and closes its
+perhaps handed to others: every room hears of it (`lost`) and closes its
 registered connections (1012) so their clients register again, and the
 lease is sought again at once.
 
@@ -20,9 +24,9 @@ the room reports.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,7 +37,12 @@ from chatbox.cluster.commands import Commands
 from chatbox.cluster.keys import STREAM_LENGTH
 from chatbox.wire.clock import Timestamps
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "Watcher"]
+
+
+class Watcher(NamedTuple):
+    renewed: Callable[[int, bool], None]
+    lost: Callable[[int], None]
 
 
 class Lease:
@@ -52,17 +61,34 @@ class Lease:
         self._beating = False
         self._heart = LoopingCall(self.beat)
         self._heart.clock = clock
-        self._renewed: Callable[[int, bool], None] = lambda messages, gained: None
-        self._lost: Callable[[int], None] = lambda messages: None
+        # One lease for the node, however many rooms it follows: each
+        # room watches it.
+        self._watchers: list[Watcher] = []
+        self._waiting: list[Deferred[None]] = []
 
     def watch(
         self, renewed: Callable[[int, bool], None], lost: Callable[[int], None]
-    ) -> None:
+    ) -> "Watcher":
         """After each heartbeat: `renewed(messages, gained)`, gained being
         whether the lease was not held before; or `lost(messages)` when Redis
-        had already released this node. `messages` is the history's size."""
-        self._renewed = renewed
-        self._lost = lost
+        had already released this node (and so its names in every room).
+        `messages` is the default room's history size. Returns what
+        `unwatch` takes."""
+        watcher = Watcher(renewed, lost)
+        self._watchers.append(watcher)
+        return watcher
+
+    def unwatch(self, watcher: "Watcher") -> None:
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+
+    def when_held(self) -> "Deferred[None]":
+        """Fires once the lease is held (at once if it is)."""
+        if self.held:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiting.append(waiter)
+        return waiter
 
     def start(self) -> None:
         self._commands.on_up(self.beat)  # which is how a lease is first had
@@ -93,10 +119,15 @@ class Lease:
             if held:
                 gained = not self.held
                 self.held = True
-                self._renewed(messages, gained)
+                for watcher in list(self._watchers):
+                    watcher.renewed(messages, gained)
+                waiting, self._waiting = self._waiting, []
+                for waiter in waiting:
+                    waiter.callback(None)
             else:
                 self.held = False
-                self._lost(messages)
+                for watcher in list(self._watchers):
+                    watcher.lost(messages)
                 self._clock.callLater(0, self.beat)  # join again at once
 
         def failed(failure: Failure) -> None:

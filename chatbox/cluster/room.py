@@ -1,6 +1,12 @@
 # -*- test-case-name: tests.unit.test_cluster_units -*-
 """A room shared by several chatbox nodes through Redis.
 
+The default room (`/`) and each named room a node has loaded is one
+RedisRoom over its own keys (chatbox.cluster.keys); the default one owns the
+node's command link, event reader and lease, which its named rooms share
+(`named`), so a node holds two connections and one lease whatever rooms it
+follows (chatbox.cluster.rooms says when a room is followed).
+
 Each node is one chatbox process. The cluster's state lives in Redis and is
 changed only by the Lua scripts of chatbox.cluster.scripts, each atomic, each
 writing its event to one Redis stream in the same step. The room is the
@@ -39,7 +45,7 @@ from chatbox.cluster.lease import Lease
 from chatbox.cluster.link import RedisInDoubt, RedisLink
 from chatbox.cluster.reader import EventReader
 from chatbox.wire import codec, messages
-from chatbox.wire.clock import Moment, time_of
+from chatbox.wire.clock import Moment, Timestamps, time_of
 
 __all__ = ["DEFAULT_PREFIX", "RedisRoom", "entry_template"]
 
@@ -65,6 +71,12 @@ def entry_template(name: str, content: str, when: Moment) -> tuple[bytes, bytes]
 def _entry_id(entry: bytes) -> int:
     """The id of an encoded history entry, which entry_template puts first."""
     return int(entry[len(b'{"id":') : entry.index(b",")])
+
+
+def _wake(commands: Commands, stream: str) -> None:
+    """Add an entry to a node's wake-up stream (chatbox.cluster.reader)."""
+    woken = commands.execute("XADD", stream, "MAXLEN", 1, "*", "w", 1)
+    woken.addErrback(lambda failure: failure.trap(RoomError))
 
 
 def _event(fields: dict[bytes, bytes]) -> messages.Message | None:
@@ -99,10 +111,20 @@ class RedisRoom:
     log = Logger()
 
     def __init__(
-        self, commands: Commands, reader: EventReader, lease: Lease, clock: Any
+        self,
+        commands: Commands,
+        reader: EventReader,
+        lease: Lease,
+        clock: Any,
+        name: str = "",
     ) -> None:
         self.node = lease.node
         self.where = str(commands.address)
+        # "" is the default room, which owns the node's link, reader and
+        # lease (starts them, and retires the node when it closes); a named
+        # room shares them (chatbox.cluster.rooms makes it).
+        self.room_name = name
+        self._keys = commands.keys
         self._commands = commands
         self._reader = reader
         self._lease = lease
@@ -130,8 +152,11 @@ class RedisRoom:
         self._count_asked: Deferred | None = None
         self._count_waiters: list[Deferred[int]] = []
 
-        reader.attach(self._on_event, self._announce_ready, self._missed_events)
-        lease.watch(self._lease_renewed, self._lease_lost)
+        # Set by unload: Redis forgot the room (no follower, no message).
+        self.forgotten = False
+        if not name:
+            reader.attach(self._on_event, self._announce_ready, self._missed_events)
+        self._watcher = lease.watch(self._lease_renewed, self._lease_lost)
 
     @classmethod
     def from_address(
@@ -143,15 +168,56 @@ class RedisRoom:
         prefix: str = DEFAULT_PREFIX,
         node: str | None = None,
     ) -> "RedisRoom":
-        """The room of a new node (`node` names it, else a random id) of
-        the cluster at `address`, with its own two connections to it."""
+        """The default room of a new node (`node` names it, else a random
+        id) of the cluster at `address`, with the node's two connections to
+        it, which its named rooms share (`named`)."""
         keys = Keys.under(prefix)
         commands = Commands(RedisLink(address, reactor, timeout, "redis"), keys)
         reader = EventReader(
             RedisLink(address, reactor, timeout, "redis event reader"), keys, reactor
         )
         node = node or uuid.uuid4().hex[:12]
+        wake = keys.wake_of(node)
+        reader.wake_with(wake, lambda: _wake(commands, wake))
         return cls(commands, reader, Lease(commands, reactor, node, lease), reactor)
+
+    def named(self, name: str, prefix: str = DEFAULT_PREFIX) -> "RedisRoom":
+        """Room `name` on this node, sharing its link, reader and lease; not
+        followed until `follow` (chatbox.cluster.rooms)."""
+        commands = self._commands.for_keys(Keys.for_room(name, prefix))
+        return RedisRoom(commands, self._reader, self._lease, self._clock, name)
+
+    def commands_for(self, keys: Keys) -> Commands:
+        """This node's command link, for another room's keys."""
+        return self._commands.for_keys(keys)
+
+    def when_leased(self) -> "Deferred[None]":
+        return self._lease.when_held()
+
+    def follow(self, most: int) -> "Deferred[bool]":
+        """Count this named room among the cluster's (at most `most`, 0 for
+        no limit) and start reading its stream where it is now. Fires with
+        False if the cluster has `most` rooms already."""
+        followed = self._commands.run(scripts.FOLLOW, self.node, self.room_name, most)
+
+        def answered(result: object) -> bool:
+            if result == -1:
+                raise RoomError(_NOT_READY)
+            if result == 0:
+                return False
+            last, added, messages, newest = result  # type: ignore[misc]
+            self._messages = int(messages)
+            self._last_activity = None if int(newest) < 0 else int(newest)
+            self._reader.follow(
+                self._keys.events,
+                self._on_event,
+                lambda: None,
+                self._missed_events,
+                at=(last, int(added)),
+            )
+            return True
+
+        return followed.addCallback(answered)
 
     # -- IRoom: set-up and state --
 
@@ -160,6 +226,8 @@ class RedisRoom:
         self._lost = lost
 
     def start(self) -> None:
+        if self.room_name:
+            return  # the node is the default room's to start
         self._lease.start()  # whose heartbeats retry pending releases
         self._commands.start()
         self._reader.start()
@@ -167,7 +235,7 @@ class RedisRoom:
     @property
     def ready(self) -> bool:
         """Leased, and reading the stream from a known place."""
-        return self._lease.held and self._reader.positioned
+        return self._lease.held and self._reader.positioned(self._keys.events)
 
     @property
     def healthy(self) -> bool:
@@ -178,6 +246,8 @@ class RedisRoom:
             "redis": "ok" if self._commands.up and self._reader.up else "unavailable",
             "node": self.node,
             "lease": "held" if self._lease.held else "none",
+            # Rooms whose events this node reads: those loaded here.
+            "streams": self._reader.following(),
         }
 
     def name_of(self, owner: Hashable) -> str | None:
@@ -212,6 +282,7 @@ class RedisRoom:
             when.text,
             when.millis,
             STREAM_LENGTH,
+            self.room_name,
         )
 
         def answered(result: object) -> bytes:
@@ -236,7 +307,7 @@ class RedisRoom:
             if self._holder_of.get(owner) != holder:
                 return
             self._names[owner] = name
-            if self._reader.passed(event_id):
+            if self._reader.passed(event_id, self._keys.events):
                 # The stream passed the claim's event before this reply
                 # (only if it was trimmed or read around): join now.
                 self._audience[owner] = None
@@ -440,14 +511,23 @@ class RedisRoom:
     # -- the lease --
 
     def _lease_renewed(self, messages: int, gained: bool) -> None:
-        self._messages = messages
+        if not self.room_name:
+            self._messages = messages  # the heartbeat counts the default room's
         if gained:
             self._announce_ready()
+            if self.room_name and self._reader.positioned(self._keys.events):
+                self._follow_again()
         for holder in list(self._unreleased):
             self._release(holder)
 
+    def _follow_again(self) -> None:
+        """Back after a lost lease, whose reaping dropped this node from the
+        room's followers: be one again (the room was counted already)."""
+        again = self._commands.run(scripts.FOLLOW, self.node, self.room_name, 0)
+        again.addErrback(lambda failure: failure.trap(RoomError))
+
     def _announce_ready(self) -> None:
-        if self.ready:
+        if self.ready and not self.room_name:
             self.log.info(
                 "node {node} joined the chat cluster at {where}",
                 node=self.node,
@@ -455,7 +535,8 @@ class RedisRoom:
             )
 
     def _lease_lost(self, messages: int) -> None:
-        self._messages = messages
+        if not self.room_name:
+            self._messages = messages
         owners = list(self._names)
         for owner in owners:
             self._forget(owner)  # Redis released their holders already.
@@ -525,7 +606,33 @@ class RedisRoom:
         return self._commands.flush()
 
     def close(self) -> "Deferred[bool]":
+        if self.room_name:
+            return Deferred.fromCoroutine(self._unfollow())
         return Deferred.fromCoroutine(self._close())
+
+    async def _unfollow(self) -> bool:
+        """A named room unloaded: stop reading its stream, and tell Redis
+        this node no longer follows it, releasing any name it still holds
+        there (its connections are gone; a release in doubt is done here).
+        If that fails, the node's lease covers it: its reaper, or its own
+        RETIRE, releases them."""
+        await self.flush()
+        self._reader.unfollow(self._keys.events)
+        self._lease.unwatch(self._watcher)
+        when = Timestamps(self._clock.seconds).now()
+        try:
+            _, forgotten = await self._commands.run(
+                scripts.UNFOLLOW, self.node, self.room_name, *when, STREAM_LENGTH
+            )
+        except RoomError as e:
+            self.log.warn(
+                "room {name}: could not tell redis this node left it: {error}",
+                name=self.room_name,
+                error=e,
+            )
+            return False
+        self.forgotten = bool(forgotten)
+        return True
 
     async def _close(self) -> bool:
         await self.flush()

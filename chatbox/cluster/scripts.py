@@ -9,7 +9,10 @@ change, never a change without its event or an event without its change.
 
 Every script gets the same KEYS, in the order of chatbox.cluster.keys.Keys
 (whose docstring says what each holds), and the preamble below unpacks them
-into locals of the same names.
+into locals of the same names: those of the room the script is about (a
+named room's, or the default room's). Node-wide scripts (HEARTBEAT, RETIRE)
+get the default room's, and reach the named rooms a node follows through
+its `following` set and `use_room`; STREAM_STATE alone takes streams.
 
 A holder is one connection: `<node id>:<number>`. Leases use Redis' clock
 (TIME), so the nodes' clocks need not agree.
@@ -28,6 +31,7 @@ The scripts are bytes, encoded once here rather than at every request.
 
 __all__ = [
     "CLAIM",
+    "FOLLOW",
     "HEARTBEAT",
     "ONLINE_COUNT",
     "PAGE",
@@ -35,16 +39,45 @@ __all__ = [
     "RELEASE",
     "RENAME",
     "RETIRE",
+    "ROOM_SUMMARY",
     "STREAM_STATE",
     "TYPING",
+    "UNFOLLOW",
 ]
 
 # The locals in the order of chatbox.cluster.keys.Keys' fields.
 _PREAMBLE = """
 local owner, held, display, online, joinseq, nodes, msgid, history, events,
-      sends, sendexp =
+      sends, sendexp, holders, followers, rooms, following, named, wake =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
-  KEYS[10], KEYS[11]
+  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
+
+-- Switch the room-level locals (and so every function below) to room
+-- `name`'s keys, built as chatbox.cluster.keys.Keys.for_room builds them; false
+-- switches back to the script's own room. Only reaping a node, which must
+-- reach every room it followed, uses it.
+local own_room = {owner, held, display, online, joinseq, msgid, history, events,
+                  sends, sendexp, holders, followers}
+local function use_room(name)
+  if name then
+    local p = named .. name .. ':'
+    owner = p .. 'owner'
+    held = p .. 'held'
+    display = p .. 'display'
+    online = p .. 'online'
+    joinseq = p .. 'joinseq'
+    msgid = p .. 'msgid'
+    history = p .. 'history'
+    events = p .. 'events'
+    sends = p .. 'sends'
+    sendexp = p .. 'sendexp'
+    holders = p .. 'nodes'
+    followers = p .. 'followers'
+  else
+    owner, held, display, online, joinseq, msgid, history, events, sends, sendexp,
+      holders, followers = unpack(own_room)
+  end
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -52,7 +85,11 @@ local function now_ms()
 end
 
 local function holders_of(node)
-  return nodes .. ':' .. node
+  return holders .. ':' .. node
+end
+
+local function following_of(node)
+  return following .. ':' .. node
 end
 
 local function leased(node)
@@ -122,8 +159,28 @@ local function drop(holder)
   return name
 end
 
--- Release every nickname a node holds, with a leave for each; forget the node.
-local function reap(node, ts, ms, maxlen)
+-- Record that `node` follows named room `name` (whose keys are in use): the
+-- room exists, and a reaper of the node finds its holders there.
+local function follow(node, name)
+  redis.call('SADD', rooms, name)
+  redis.call('SADD', followers, node)
+  redis.call('SADD', following_of(node), name)
+end
+
+-- A named room nobody follows and that never held a message is not kept:
+-- its keys go, and it no longer counts towards --max-rooms. Returns 1 if so.
+local function forget_if_empty(name)
+  if redis.call('SCARD', followers) > 0 or redis.call('EXISTS', msgid) == 1 then
+    return 0
+  end
+  redis.call('DEL', owner, held, display, online, joinseq, history, events,
+             sends, sendexp, followers)
+  redis.call('SREM', rooms, name)
+  return 1
+end
+
+-- Release every nickname a node holds in the room in use, with a leave each.
+local function reap_here(node, ts, ms, maxlen)
   local released = 0
   for _, holder in ipairs(redis.call('SMEMBERS', holders_of(node))) do
     local name = drop(holder)
@@ -133,19 +190,50 @@ local function reap(node, ts, ms, maxlen)
     end
   end
   redis.call('DEL', holders_of(node))
+  return released
+end
+
+-- Release every nickname a node holds, in the script's room (the default)
+-- and in every named room it follows, with a leave each; forget the node.
+local function reap(node, ts, ms, maxlen)
+  local released = reap_here(node, ts, ms, maxlen)
+  for _, name in ipairs(redis.call('SMEMBERS', following_of(node))) do
+    use_room(name)
+    released = released + reap_here(node, ts, ms, maxlen)
+    redis.call('SREM', followers, node)
+    forget_if_empty(name)
+  end
+  use_room(false)
+  redis.call('DEL', following_of(node), wake .. ':' .. node)
   redis.call('ZREM', nodes, node)
   return released
 end
+
+-- When the newest message of the room in use was posted (epoch ms), or -1.
+local function last_activity()
+  local newest = redis.call('ZRANGE', history, -1, -1)
+  if #newest == 0 then
+    return -1
+  end
+  local ok, entry = pcall(cjson.decode, newest[1])
+  if ok and type(entry) == 'table' and type(entry['time']) == 'number' then
+    return entry['time']
+  end
+  return -1
+end
 """
 
-# ARGV: node, holder, keys (joined by newlines), name, timestamp, ms, maxlen.
+# ARGV: node, holder, keys (joined by newlines), name, timestamp, ms, maxlen,
+# room ("" for the default room; absent from an older node, which has none).
 # Returns the stream id of the register event, 0 if the name is taken, -1 if
 # this node holds no lease. A holder that already holds a name (its earlier
-# claim's reply was lost) leaves it first, with its leave event.
+# claim's reply was lost) leaves it first, with its leave event. In a named
+# room the claim also records that the node follows it, so a node that lost
+# its lease (and so its place in `following`) is found again by its reaper.
 CLAIM = (
     _PREAMBLE
     + """
-local node, holder, joined, name, ts, ms, maxlen = unpack(ARGV)
+local node, holder, joined, name, ts, ms, maxlen, room = unpack(ARGV)
 if not leased(node) then
   return -1
 end
@@ -161,6 +249,9 @@ hold(holder, keys, joined)
 redis.call('HSET', display, holder, name)
 redis.call('ZADD', online, redis.call('INCR', joinseq), holder)
 redis.call('SADD', holders_of(node), holder)
+if room and room ~= '' then
+  follow(node, room)
+end
 return emit(maxlen, 'k', 'register', 'o', holder, 'n', name, 't', ts, 'ms', ms)
 """
 ).encode()
@@ -314,10 +405,10 @@ if budget > 0 then
 end
 local names = {}
 if first == '1' then
-  local holders = redis.call('ZRANGE', online, 0, -1)
-  for first = 1, #holders, 500 do
-    local last = math.min(first + 499, #holders)
-    local chunk = redis.call('HMGET', display, unpack(holders, first, last))
+  local listed = redis.call('ZRANGE', online, 0, -1)
+  for first = 1, #listed, 500 do
+    local last = math.min(first + 499, #listed)
+    local chunk = redis.call('HMGET', display, unpack(listed, first, last))
     for i = 1, #chunk do
       if chunk[i] then
         names[#names + 1] = chunk[i]
@@ -362,22 +453,84 @@ return reap(node, ts, ms, maxlen)
 """
 ).encode()
 
-# The stream's last generated id, entries ever added, and entries kept
-# ({"0-0", 0, 0} if it does not exist). A reader that has handled every
-# entry up to an id knows how many were added by then; the entries added
-# since must all still be kept, or some were trimmed before it read them.
-# (Redis 7.0's max-deleted-entry-id tells of XDEL only, not of trimming.)
-STREAM_STATE = (
+# ARGV: node, room name, most rooms (0: no limit). Run on the room's keys
+# when a node loads a named room: counts the room among the cluster's rooms
+# (refused past the limit, in the same step as the count) and records that
+# this node follows it. Returns -1 if the node holds no lease, 0 if the room
+# is new and the cluster has `most` rooms already, else {the stream's last
+# generated id, entries ever added to it, messages in history, the newest
+# message's time in epoch ms or -1}: where this node starts reading.
+FOLLOW = (
     _PREAMBLE
     + """
-if redis.call('EXISTS', events) == 0 then
-  return {'0-0', 0, 0}
+local node, name, most = unpack(ARGV)
+if not leased(node) then
+  return -1
 end
-local info = redis.call('XINFO', 'STREAM', events)
-local state = {}
-for i = 1, #info, 2 do
-  state[info[i]] = info[i + 1]
+most = tonumber(most)
+if most > 0 and redis.call('SISMEMBER', rooms, name) == 0
+   and redis.call('SCARD', rooms) >= most then
+  return 0
 end
-return {state['last-generated-id'], state['entries-added'], state['length']}
+follow(node, name)
+local last, added = '0-0', 0
+if redis.call('EXISTS', events) == 1 then
+  local info = redis.call('XINFO', 'STREAM', events)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      last = info[i + 1]
+    elseif info[i] == 'entries-added' then
+      added = info[i + 1]
+    end
+  end
+end
+return {last, added, redis.call('ZCARD', history), last_activity()}
 """
 ).encode()
+
+# ARGV: node, room name, timestamp, ms, maxlen. A node unloading a named
+# room: whatever names it still holds there are released (a leave each), it
+# no longer follows the room, and a room nobody follows that never held a
+# message is forgotten. Returns {names released, 1 if forgotten else 0}.
+UNFOLLOW = (
+    _PREAMBLE
+    + """
+local node, name, ts, ms, maxlen = unpack(ARGV)
+local released = reap_here(node, ts, ms, maxlen)
+redis.call('SREM', followers, node)
+redis.call('SREM', following_of(node), name)
+return {released, forget_if_empty(name)}
+"""
+).encode()
+
+# A room's registered nicknames and its newest message's time (epoch ms, or
+# -1): GET /rooms on a node that has not loaded the room.
+ROOM_SUMMARY = (
+    _PREAMBLE
+    + """
+return {redis.call('ZCARD', online), last_activity()}
+"""
+).encode()
+
+# KEYS: event streams (any number). For each, the last generated id,
+# entries ever added, and entries kept ({"0-0", 0, 0} if it does not exist).
+# A reader that has handled every entry up to an id knows how many were
+# added by then; the entries added since must all still be kept, or some
+# were trimmed before it read them. (Redis 7.0's max-deleted-entry-id tells
+# of XDEL only, not of trimming.)
+STREAM_STATE = b"""
+local states = {}
+for i, stream in ipairs(KEYS) do
+  if redis.call('EXISTS', stream) == 0 then
+    states[i] = {'0-0', 0, 0}
+  else
+    local info = redis.call('XINFO', 'STREAM', stream)
+    local state = {}
+    for j = 1, #info, 2 do
+      state[info[j]] = info[j + 1]
+    end
+    states[i] = {state['last-generated-id'], state['entries-added'], state['length']}
+  end
+end
+return states
+"""

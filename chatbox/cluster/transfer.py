@@ -1,7 +1,12 @@
 """`chatbox-redis`: move history between a data.json and a cluster's Redis.
 
-    chatbox-redis import --redis redis://HOST:PORT/DB data.json
-    chatbox-redis export --redis redis://HOST:PORT/DB data.json [--force]
+    chatbox-redis import --redis redis://HOST:PORT/DB data.json [--room NAME]
+    chatbox-redis export --redis redis://HOST:PORT/DB data.json [--room NAME] [--force]
+
+Without --room, the default room (`/`); with it, room NAME (the name as in
+its URL, folded as the server folds it). A named room imported is counted
+among the cluster's rooms at once (even past --max-rooms: the operator
+asked for it), so it exists before anyone joins.
 
 Import is for moving a single-process chat onto a cluster: it takes
 data.json (and any journal beside it, as start-up would) into an empty
@@ -24,6 +29,7 @@ from twisted.internet import task, threads
 from twisted.internet.defer import Deferred
 
 from chatbox.chat.room import RoomError
+from chatbox.chat.roomnames import DEFAULT, NotARoom, check_name
 from chatbox.cluster.address import RedisAddress, parse_redis_url
 from chatbox.cluster.keys import Keys
 from chatbox.cluster.link import RedisLink
@@ -33,16 +39,23 @@ __all__ = ["main"]
 
 BATCH = 2000
 CONNECT_TIMEOUT = 10
-_KEYS = Keys.under()  # the keys every node uses (tap sets no other prefix)
 
-# Reserve ids 1..ARGV[1] for imported history, only if Redis has no history.
+# Reserve ids 1..ARGV[1] for imported history, only if the room has no
+# history; a named room (ARGV[2]) is counted among the cluster's rooms.
 _RESERVE = b"""
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('ZCARD', KEYS[2]) > 0 then
   return redis.call('ZCARD', KEYS[2])
 end
 redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('SADD', KEYS[3], ARGV[2])
+end
 return -1
 """
+
+
+def _where(link: RedisLink, room: str) -> str:
+    return f"{link.address}" + (f" (room {room})" if room else "")
 
 
 class TransferError(Exception):
@@ -60,14 +73,18 @@ async def _connect(reactor: Any, address: RedisAddress) -> RedisLink:
     return link
 
 
-async def _import(link: RedisLink, loaded: datafile.Loaded) -> str:
+async def _import(link: RedisLink, loaded: datafile.Loaded, room: str) -> str:
     if not loaded.ids:
         return "nothing to import: the history file is empty"
+    keys = Keys.for_room(room)
     last = loaded.ids[-1]
-    found = await link.eval(_RESERVE, [_KEYS.msgid, _KEYS.history], [last])
+    found = await link.eval(
+        _RESERVE, [keys.msgid, keys.history, keys.rooms], [last, room]
+    )
     if found != -1:
         raise TransferError(
-            f"{link.address} already has a history ({found} messages); nothing imported"
+            f"{_where(link, room)} already has a history ({found} messages); "
+            "nothing imported"
         )
     for start in range(0, len(loaded.ids), BATCH):
         pairs: list[object] = []
@@ -77,19 +94,20 @@ async def _import(link: RedisLink, loaded: datafile.Loaded) -> str:
             strict=True,
         ):
             pairs += [message_id, entry]
-        await link.execute("ZADD", _KEYS.history, *pairs)
+        await link.execute("ZADD", keys.history, *pairs)
     return (
-        f"imported {len(loaded.ids)} messages into {link.address} "
+        f"imported {len(loaded.ids)} messages into {_where(link, room)} "
         f"(ids {loaded.ids[0]}..{last})"
     )
 
 
-async def _export(link: RedisLink, path: str) -> str:
+async def _export(link: RedisLink, path: str, room: str) -> str:
+    keys = Keys.for_room(room)
     entries: list[bytes] = []
     low = "-inf"
     while True:
         page = await link.execute(
-            "ZRANGE", _KEYS.history, low, "+inf", "BYSCORE", "WITHSCORES",
+            "ZRANGE", keys.history, low, "+inf", "BYSCORE", "WITHSCORES",
             "LIMIT", 0, BATCH,
         )  # fmt: skip
         if not page:
@@ -97,7 +115,7 @@ async def _export(link: RedisLink, path: str) -> str:
         entries += page[0::2]
         low = f"({int(float(page[-1]))}"
     await threads.deferToThread(datafile.write_array, path, entries, len(entries))
-    return f"exported {len(entries)} messages from {link.address} to {path}"
+    return f"exported {len(entries)} messages from {_where(link, room)} to {path}"
 
 
 def _has_history(path: str) -> bool:
@@ -111,9 +129,9 @@ async def _run(reactor: Any, args: argparse.Namespace, work: Any) -> None:
     link = await _connect(reactor, args.redis)
     try:
         if args.command == "import":
-            said = await _import(link, work)
+            said = await _import(link, work, args.room)
         else:
-            said = await _export(link, args.file)
+            said = await _export(link, args.file, args.room)
     except RoomError as e:
         raise TransferError(f"{args.redis}: {e}") from None
     finally:
@@ -137,11 +155,21 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="export: replace a history file that already has messages",
     )
+    parser.add_argument(
+        "--room",
+        default=DEFAULT,
+        help="the room NAME (ws://HOST:PORT/NAME); default: the default room at /",
+    )
     args = parser.parse_args(argv)
     try:
         args.redis = parse_redis_url(args.redis)
     except ValueError as e:
         parser.error(f"--redis: {e}")
+    if args.room:
+        try:
+            args.room = check_name(args.room)
+        except NotARoom as e:
+            parser.error(f"--room: {e}")
 
     work: Any = None
     try:

@@ -104,7 +104,6 @@ def test_keys_are_the_scripts_locals_in_order():
     assert tuple(locals_) == Keys._fields
     keys = Keys.under("test:")
     assert (keys.owner, keys.events) == ("test:owner", "test:events")
-    assert list(keys) == [f"test:{name}" for name in Keys._fields]
 
 
 class FakeLink:
@@ -178,7 +177,7 @@ class Node:
         self.room.start()
         self.beat(held=True)
         _, state = self.reader_link.pending(scripts.STREAM_STATE)
-        state.callback([b"0-0", 0, 0])
+        state.callback([[b"0-0", 0, 0]])
         assert self.room.ready
 
     def beat(self, held: bool, messages: int = 0) -> None:
@@ -271,7 +270,7 @@ def test_reader_that_missed_trimmed_events_has_clients_register_again():
     node.reader_link.reconnected()
     node.clock.advance(RETRY_SECONDS)
     _, state = node.reader_link.pending(scripts.STREAM_STATE)
-    state.callback([b"9-0", 9, 7])  # 8 added since, 7 kept: one trimmed unread
+    state.callback([[b"9-0", 9, 7]])  # 8 added since, 7 kept: one trimmed unread
     assert node.lost == [[an]]
 
 
@@ -282,7 +281,7 @@ def test_reader_back_without_a_gap_reads_on():
     node.reader_link.reconnected()
     node.clock.advance(RETRY_SECONDS)
     _, state = node.reader_link.pending(scripts.STREAM_STATE)
-    state.callback([b"9-0", 9, 8])  # 8 added since, all 8 kept
+    state.callback([[b"9-0", 9, 8]])  # 8 added since, all 8 kept
     assert node.lost == []
     node.reader_link.stream(_entry(b"2-0", k="leave", o="n2:1", n="Bo", t="t"))
     assert [e["datatype"] for e, _ in node.delivered] == ["register", "leave"]
