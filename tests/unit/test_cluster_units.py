@@ -14,7 +14,7 @@ from chatbox.chat.room import RoomError
 from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress, parse_redis_url
 from chatbox.cluster.commands import Commands
-from chatbox.cluster.keys import Keys
+from chatbox.cluster.keys import ROOM_FIELDS, Keys
 from chatbox.cluster.lease import Lease
 from chatbox.cluster.link import RedisInDoubt, RedisUnavailable
 from chatbox.cluster.reader import RETRY_SECONDS, EventReader
@@ -95,6 +95,71 @@ def test_redis_options_are_checked():
             Options().parseOptions(bad)
 
 
+def test_the_default_room_keeps_the_keys_of_a_cluster_before_rooms():
+    """An existing cluster's data (and `chatbox-redis` exports of it) must
+    keep working: the default room's keys are exactly those of before."""
+    keys = Keys.under()
+    before = {
+        field: f"chatbox:{field}"
+        for field in [
+            "owner",
+            "held",
+            "display",
+            "online",
+            "joinseq",
+            "nodes",
+            "msgid",
+            "history",
+            "events",
+            "sends",
+            "sendexp",
+        ]
+    }
+    assert {field: getattr(keys, field) for field in before} == before
+    # A node's holders were `<nodes>:<node id>`, and still are.
+    assert keys.holders == "chatbox:nodes"
+    assert Keys.for_room("") == keys
+
+
+def test_a_named_room_has_its_own_keys_and_shares_the_clusters():
+    room = Keys.for_room("class-7a")
+    mine = {f for f in Keys._fields if getattr(room, f).startswith("chatbox:room:")}
+    assert mine == {*ROOM_FIELDS, "named"}
+    assert room.owner == "chatbox:room:class-7a:owner"
+    assert room.events == "chatbox:room:class-7a:events"
+    assert room.holders == "chatbox:room:class-7a:nodes"
+    assert room.followers == "chatbox:room:class-7a:followers"
+    # One lease table, one set of rooms, one per-node index, for every room.
+    shared = ("nodes", "rooms", "following", "named", "wake")
+    for field in shared:
+        assert getattr(room, field) == getattr(Keys.under(), field)
+    assert room.named == "chatbox:room:"
+    # No two rooms share a key of their own (nor with the default room).
+    other, default = Keys.for_room("class-7b"), Keys.under()
+    for field in ROOM_FIELDS:
+        assert getattr(room, field) not in (
+            getattr(other, field),
+            getattr(default, field),
+        )
+    # A room's prefix never reaches into the cluster's own keys.
+    assert not any(k.startswith(Keys.under().rooms + ":") for k in room)
+
+
+def test_lua_builds_a_rooms_keys_as_python_does():
+    """Reaping a dead node reaches its named rooms through `use_room`, which
+    builds their keys in Lua: the same names as Keys.for_room, or a dead
+    node's names in a room would never be released."""
+    body = scripts.HEARTBEAT.decode()
+    body = body[body.index("local function use_room") : body.index("  else")]
+    built = dict(re.findall(r"(\w+) = p \.\. '(\w+)'", body))
+    assert set(built) == set(ROOM_FIELDS)
+    prefix = "chatbox:room:class-7a:"
+    room = Keys.for_room("class-7a")
+    for field, suffix in built.items():
+        assert getattr(room, field) == prefix + suffix, field
+    assert "local p = named .. name .. ':'" in body
+
+
 def test_keys_are_the_scripts_locals_in_order():
     """Scripts read KEYS by position into named locals; Python passes Keys'
     fields in order. The two lists must be one list."""
@@ -116,6 +181,9 @@ class FakeLink:
         self.up = True
         self.evals: list[tuple[bytes, list, Deferred]] = []
         self.reads: list[Deferred] = []
+        self.read_args: list[tuple] = []
+        self.eval_keys: list[list] = []
+        self.wakes: list[tuple] = []
         self._on_up: list = []
 
     def on_up(self, callback) -> None:
@@ -134,12 +202,17 @@ class FakeLink:
     def eval(self, script: bytes, keys, args) -> Deferred:
         reply: Deferred = Deferred()
         self.evals.append((script, list(args), reply))
+        self.eval_keys.append(list(keys))
         return reply
 
     def execute(self, *args) -> Deferred:
+        if args[0] == "XADD":  # a wake-up (chatbox.cluster.reader)
+            self.wakes.append(args)
+            return succeed(b"1-0")
         assert args[0] == "XREAD", args
         reply: Deferred = Deferred()
         self.reads.append(reply)
+        self.read_args.append(args)
         return reply
 
     def pending(self, script: bytes) -> tuple[list, Deferred]:
@@ -149,11 +222,19 @@ class FakeLink:
                 return args, reply
         raise AssertionError("no such call waits for a reply")
 
-    def stream(self, *entries: tuple[bytes, list[bytes]]) -> None:
-        """Answer the XREAD that waits with `entries`."""
+    def stream(
+        self, *entries: tuple[bytes, list[bytes]], key: bytes = b"chatbox:events"
+    ) -> None:
+        """Answer the XREAD that waits with `entries` of stream `key`."""
         waiting = [read for read in self.reads if not read.called]
         assert len(waiting) == 1, "the reader is not waiting for events"
-        waiting[0].callback([[b"chatbox:events", list(entries)]])
+        waiting[0].callback([[key, list(entries)]])
+
+    def streams_read(self) -> list[bytes]:
+        """The streams the XREAD waiting now names (STREAMS k1 k2 id1 id2)."""
+        args = self.read_args[-1]
+        named = args[args.index("STREAMS") + 1 :]
+        return list(named[: len(named) // 2])
 
 
 class Node:
@@ -425,3 +506,143 @@ def test_every_stream_entry_carries_a_time():
     assert len(emits) >= 7
     for fields in emits:
         assert "'t', ts, 'ms', ms" in " ".join(fields.split()), fields
+
+
+# -- rooms: one node, several rooms --
+
+ALPHA = Keys.for_room("alpha")
+
+
+class Named:
+    """Named room `name` of a Node, followed from `last` (its stream's end
+    when FOLLOW ran), with what it delivers and loses recorded."""
+
+    def __init__(self, node: Node, name: str = "alpha", last: bytes = b"5-0") -> None:
+        self.room = node.room.named(name)
+        self.delivered: list[tuple[dict, object]] = []
+        self.lost: list[list] = []
+        self.room.attach(
+            lambda event, exclude: self.delivered.append((event, exclude)),
+            self.lost.append,
+        )
+        followed: list[object] = []
+        self.room.follow(0).addBoth(followed.append)
+        args, reply = node.commands_link.pending(scripts.FOLLOW)
+        assert args == ["n1", name, 0]
+        assert node.commands_link.eval_keys[-1] == list(Keys.for_room(name))
+        reply.callback([last, 5, 3, 1795964709000])
+        assert followed == [True]
+        assert self.room.ready and self.room.message_count() == 3
+        assert self.room.last_activity() == 1795964709000
+
+
+def _reads_from(link: FakeLink) -> dict[bytes, bytes]:
+    """Each stream the waiting XREAD names, with the id it reads after."""
+    args = link.read_args[-1]
+    named = args[args.index("STREAMS") + 1 :]
+    half = len(named) // 2
+    return {
+        (k if isinstance(k, bytes) else k.encode()): v
+        for k, v in zip(named[:half], named[half:], strict=True)
+    }
+
+
+def test_one_reader_reads_every_loaded_room_and_a_new_one_wakes_it():
+    """A room loaded while the reader's XREAD is blocked must not wait for
+    the block to time out: the node adds to its wake-up stream, which every
+    XREAD names. Then one XREAD covers both rooms, each from its own place,
+    and each room's events go to that room alone."""
+    node = Node()
+    woken: list[int] = []
+    node.reader.wake_with("chatbox:wake:n1", lambda: woken.append(1))
+    alpha = Named(node)
+    assert woken == [1]  # the XREAD was out: woken
+    node.reader_link.stream(_entry(b"1-0", k="register", o="n2:1", n="Bo", t="t"))
+    assert _reads_from(node.reader_link) == {
+        b"chatbox:events": b"1-0",
+        b"chatbox:wake:n1": b"0-0",
+        ALPHA.events.encode(): b"5-0",
+    }
+    assert node.room.health()["streams"] == 2  # the wake-up stream is no room's
+    node.reader_link.stream(
+        _entry(b"6-0", k="register", o="n2:2", n="Cy", t="t"),
+        _entry(b"7-0", k="message", o="n2:2", n="Cy", c="hi", t="t", id="4"),
+        key=ALPHA.events.encode(),
+    )
+    assert [e["name"] for e, _ in alpha.delivered] == ["Cy", "Cy"]
+    assert [e["name"] for e, _ in node.delivered] == ["Bo"]  # nothing of alpha
+    assert alpha.room.message_count() == 4 and node.room.message_count() == 0
+    # A wake-up's own entry is read past, handed to no room.
+    node.reader_link.stream(_entry(b"9-0", w="1"), key=b"chatbox:wake:n1")
+    assert len(alpha.delivered) == 2 and len(node.delivered) == 1
+    assert _reads_from(node.reader_link)[b"chatbox:wake:n1"] == b"9-0"
+
+
+def test_an_unloaded_room_is_read_no_more():
+    """Unloading a room stops reading its stream at once (what an XREAD
+    already out brings of it is dropped), and tells Redis the node no longer
+    follows it."""
+    node = Node()
+    alpha = Named(node)
+    node.reader_link.stream(_entry(b"1-0", k="register", o="n2:1", n="Bo", t="t"))
+    closed: list[object] = []
+    alpha.room.close().addBoth(closed.append)
+    args, reply = node.commands_link.pending(scripts.UNFOLLOW)
+    assert args[:2] == ["n1", "alpha"]
+    node.reader_link.stream(
+        _entry(b"6-0", k="register", o="n2:2", n="Cy", t="t"), key=ALPHA.events.encode()
+    )
+    assert alpha.delivered == []
+    assert ALPHA.events.encode() not in _reads_from(node.reader_link)
+    reply.callback([0, 1])
+    assert closed == [True] and alpha.room.forgotten
+    assert node.room.health()["streams"] == 1
+    # The node's lease no longer reports to the unloaded room.
+    node.beat(held=False)
+    assert alpha.lost == []
+
+
+def test_a_lost_lease_closes_every_rooms_clients_and_rooms_follow_again():
+    """Redis released the node's names in every room: each room closes its
+    registered clients, and once the lease is back each named room records
+    itself as a follower again (its reaper had removed it)."""
+    node = Node()
+    alpha = Named(node)
+    an, bo = object(), object()
+    node.room.claim(an, "An", T)
+    node.commands_link.pending(scripts.CLAIM)[1].callback(b"1-0")
+    alpha.room.claim(bo, "Bo", T)
+    args, reply = node.commands_link.pending(scripts.CLAIM)
+    assert args[-1] == "alpha"  # a claim in a named room re-follows it too
+    reply.callback(b"6-0")
+    node.beat(held=False)
+    assert node.lost == [[an]] and alpha.lost == [[bo]]
+    assert alpha.room.registered_count() == 0
+    node.clock.advance(0)
+    _, heartbeat = node.commands_link.pending(scripts.HEARTBEAT)
+    heartbeat.callback([1, 0, 0])
+    args, _ = node.commands_link.pending(scripts.FOLLOW)
+    assert args == ["n1", "alpha", 0]  # no limit: the room was counted
+
+
+def test_the_cluster_room_limit_refuses_with_404():
+    from chatbox.chat.rooms import RoomRefused
+    from chatbox.cluster.rooms import RedisRooms
+
+    node = Node()
+    maker = RedisRooms(node.room, node.clock, most=2)
+    made: list[object] = []
+    maker.make("alpha").addBoth(made.append)
+    args, reply = node.commands_link.pending(scripts.FOLLOW)
+    assert args == ["n1", "alpha", 2]
+    reply.callback(0)
+    assert made[0].check(RoomRefused)
+    assert made[0].value.status == 404 and "limit" in str(made[0].value)
+    assert node.room.health()["streams"] == 1  # not followed
+
+    summary: list[object] = []
+    maker.summary("beta").addBoth(summary.append)
+    _, reply = node.commands_link.pending(scripts.ROOM_SUMMARY)
+    assert node.commands_link.eval_keys[-1] == list(Keys.for_room("beta"))
+    reply.callback([3, -1])
+    assert summary == [(3, None)]
