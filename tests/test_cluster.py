@@ -811,6 +811,24 @@ async def test_rooms_spread_across_two_nodes(room_nodes, redis):
         ]
     }
 
+    # Listing beta on node 1 read beta's state from Redis, not its stream.
+    assert (await health(one))[1]["streams"] == 2
+
+    # A node that stops cleanly leaves every room it followed: its names
+    # are released at once (with their leaves), and Redis forgets it.
+    await two.kill(signal.SIGTERM)
+    assert two.stopped_cleanly, two.output.decode()
+    left = await alice.event()
+    assert (left["datatype"], left["name"]) == ("leave", "Bob")
+    assert await redis_set(redis, "chatbox:room:beta:followers") == set()
+    assert await redis_set(redis, f"chatbox:following:{second['node']}") == set()
+    assert await redis_set(redis, "chatbox:rooms") == {"alpha", "beta"}  # messages
+    assert (await room_list(one))["rooms"][1] == {
+        "name": "beta",
+        "online": 0,
+        "last_activity": newest[1]["time"],
+    }
+
 
 @pytest_twisted.ensureDeferred
 async def test_killed_node_releases_its_names_in_every_room(room_nodes, redis):

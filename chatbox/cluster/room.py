@@ -41,7 +41,7 @@ from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress
 from chatbox.cluster.commands import Commands
 from chatbox.cluster.keys import DEFAULT_PREFIX, STREAM_LENGTH, Keys
-from chatbox.cluster.lease import Lease
+from chatbox.cluster.lease import Lease, Watcher
 from chatbox.cluster.link import RedisInDoubt, RedisLink
 from chatbox.cluster.reader import EventReader
 from chatbox.wire import codec, messages
@@ -154,9 +154,12 @@ class RedisRoom:
 
         # Set by unload: Redis forgot the room (no follower, no message).
         self.forgotten = False
+        # A named room reads and watches the lease from `follow` on, so one
+        # refused (the room limit) leaves nothing behind.
+        self._watcher: Watcher | None = None
         if not name:
             reader.attach(self._on_event, self._announce_ready, self._missed_events)
-        self._watcher = lease.watch(self._lease_renewed, self._lease_lost)
+            self._watcher = lease.watch(self._lease_renewed, self._lease_lost)
 
     @classmethod
     def from_address(
@@ -206,6 +209,7 @@ class RedisRoom:
             if result == 0:
                 return False
             last, added, messages, newest = result  # type: ignore[misc]
+            self._watcher = self._lease.watch(self._lease_renewed, self._lease_lost)
             self._messages = int(messages)
             self._last_activity = None if int(newest) < 0 else int(newest)
             self._reader.follow(
@@ -618,7 +622,8 @@ class RedisRoom:
         RETIRE, releases them."""
         await self.flush()
         self._reader.unfollow(self._keys.events)
-        self._lease.unwatch(self._watcher)
+        if self._watcher is not None:
+            self._lease.unwatch(self._watcher)
         when = Timestamps(self._clock.seconds).now()
         try:
             _, forgotten = await self._commands.run(

@@ -639,6 +639,7 @@ def test_the_cluster_room_limit_refuses_with_404():
     assert made[0].check(RoomRefused)
     assert made[0].value.status == 404 and "limit" in str(made[0].value)
     assert node.room.health()["streams"] == 1  # not followed
+    assert len(node.lease._watchers) == 1  # nor kept: a refusal costs nothing
 
     summary: list[object] = []
     maker.summary("beta").addBoth(summary.append)
