@@ -121,5 +121,9 @@ class Keys(NamedTuple):
         )
         return cls(**fields)
 
+    def room(self, name: str) -> "Keys":
+        """Room `name`'s keys in the same cluster (the same prefix)."""
+        return Keys.for_room(name, self.named.removesuffix("room:"))
+
     def wake_of(self, node: str) -> str:
         return f"{self.wake}:{node}"

@@ -184,15 +184,15 @@ class RedisRoom:
         reader.wake_with(wake, lambda: _wake(commands, wake))
         return cls(commands, reader, Lease(commands, reactor, node, lease), reactor)
 
-    def named(self, name: str, prefix: str = DEFAULT_PREFIX) -> "RedisRoom":
+    def named(self, name: str) -> "RedisRoom":
         """Room `name` on this node, sharing its link, reader and lease; not
         followed until `follow` (chatbox.cluster.rooms)."""
-        commands = self._commands.for_keys(Keys.for_room(name, prefix))
+        commands = self._commands.for_keys(self._keys.room(name))
         return RedisRoom(commands, self._reader, self._lease, self._clock, name)
 
-    def commands_for(self, keys: Keys) -> Commands:
-        """This node's command link, for another room's keys."""
-        return self._commands.for_keys(keys)
+    def commands_for(self, name: str) -> Commands:
+        """This node's command link, for room `name`'s keys."""
+        return self._commands.for_keys(self._keys.room(name))
 
     def when_leased(self) -> "Deferred[None]":
         return self._lease.when_held()

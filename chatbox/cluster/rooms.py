@@ -32,7 +32,6 @@ from zope.interface import implementer
 from chatbox.chat.room import IRoom, RoomError
 from chatbox.chat.rooms import IRoomMaker, RoomRefused, Unloaded
 from chatbox.cluster import scripts
-from chatbox.cluster.keys import DEFAULT_PREFIX, Keys
 from chatbox.cluster.room import RedisRoom
 
 __all__ = ["RedisRooms"]
@@ -48,7 +47,6 @@ class RedisRooms:
         reactor: Any,
         most: int = 0,
         timeout: float = 5.0,
-        prefix: str = DEFAULT_PREFIX,
     ) -> None:
         """`node` is the default room, whose link, reader and lease every
         named room shares; `most` the cluster's room limit (0: none, as with
@@ -57,7 +55,6 @@ class RedisRooms:
         self._reactor = reactor
         self._most = most
         self._timeout = timeout
-        self._prefix = prefix
 
     def stored(self) -> dict[str, int | None]:
         return {}
@@ -72,7 +69,7 @@ class RedisRooms:
             await self._node.when_leased().addTimeout(self._timeout, self._reactor)
         except TimeoutError:
             raise RoomError("not connected to the chat cluster yet") from None
-        room = self._node.named(name, self._prefix)
+        room = self._node.named(name)
         if not await room.follow(self._most):
             raise RoomRefused(404, LIMIT_REACHED)
         return room
@@ -86,7 +83,7 @@ class RedisRooms:
         return Unloaded(complete, kept=not room.forgotten)
 
     def summary(self, name: str) -> "Deferred[tuple[int, int | None]]":
-        commands = self._node.commands_for(Keys.for_room(name, self._prefix))
+        commands = self._node.commands_for(name)
         asked = commands.run(scripts.ROOM_SUMMARY)
 
         def answered(result: list[int]) -> tuple[int, int | None]:

@@ -141,6 +141,9 @@ def test_a_named_room_has_its_own_keys_and_shares_the_clusters():
             getattr(other, field),
             getattr(default, field),
         )
+    # A room of a cluster under another prefix stays under that prefix.
+    assert Keys.under("test:").room("class-7a") == Keys.for_room("class-7a", "test:")
+    assert Keys.for_room("class-7a", "test:").owner == "test:room:class-7a:owner"
     # A room's prefix never reaches into the cluster's own keys.
     assert not any(k.startswith(Keys.under().rooms + ":") for k in room)
 
