@@ -15,6 +15,15 @@ On each it runs bench/load.py twice: fan-out (200 clients, 10 senders x 200
 messages, 8 in flight: deliveries/s and sends/s at capacity) and paced
 (200 clients, 1,000 messages/s in total for 5 s: fan-out latency). Prints a
 Markdown table of the medians and, last, one JSON line with everything.
+
+    python bench/cluster.py --rooms [--idle 0,100,1000] [--rounds 3]
+
+Rooms on a cluster instead: two nodes with --rooms open, the same two runs
+(paced at 200 messages/s, below capacity) in one busy room (/busy, clients
+shared out between the nodes), while each node also has N idle rooms loaded
+(one open connection in each, N in --idle). Every loaded room's stream is
+named in the node's one XREAD, so this shows what following many quiet
+rooms costs a busy one.
 """
 
 import argparse
@@ -36,6 +45,12 @@ FANOUT = [
 PACED = [
     "--mode", "paced", "--clients", "200", "--senders", "10",
     "--rate", "1000", "--seconds", "5",
+]  # fmt: skip
+# Rooms: the same, paced well below capacity, so what a busy room's latency
+# pays for quiet rooms shows rather than the queueing of a saturated node.
+ROOMS_PACED = [
+    "--mode", "paced", "--clients", "200", "--senders", "10",
+    "--rate", "200", "--seconds", "5",
 ]  # fmt: skip
 # Small enough for the test suite to run, so this program cannot rot.
 QUICK = ["--clients", "12", "--messages", "20", "--rate", "100", "--seconds", "1"]
@@ -88,10 +103,16 @@ def start(target: str, redis: Redis) -> list[Server]:
     if target == "single":
         return [Server("chatbox", tempfile.mkdtemp(prefix="chatbox-bench-"))]
     redis.flush()
-    count = 1 if target == "1 node" else 2
+    return start_nodes(redis, 1 if target == "1 node" else 2)
+
+
+def start_nodes(redis: Redis, count: int, *extra: str) -> list[Server]:
     nodes = [
         Server(
-            "chatbox", tempfile.mkdtemp(prefix="chatbox-bench-"), f"--redis={redis.url}"
+            "chatbox",
+            tempfile.mkdtemp(prefix="chatbox-bench-"),
+            f"--redis={redis.url}",
+            *extra,
         )
         for _ in range(count)
     ]
@@ -145,6 +166,88 @@ def run(rounds: int, quick: bool = False) -> dict:
     return figures
 
 
+def hold_rooms(nodes: list, count: int) -> list[socket.socket]:
+    """One open WebSocket in each of `count` rooms on every node: the rooms
+    stay loaded (followed) while the sockets are held."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    held = []
+    for node in nodes:
+        host, port = node.url.removeprefix("ws://").split(":")
+        for i in range(count):
+            connection = socket.create_connection((host, int(port)))
+            connection.sendall(
+                f"GET /idle-{i} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += connection.recv(4096)
+            if b" 101 " not in answer.split(b"\r\n", 1)[0]:
+                raise RuntimeError(f"idle room {i} refused: {answer!r}")
+            held.append(connection)
+    return held
+
+
+def run_rooms(rounds: int, idle: list[int], quick: bool = False) -> dict:
+    redis = Redis()
+    results: dict[int, dict[str, list[dict]]] = {
+        count: {"fanout": [], "paced": []} for count in idle
+    }
+    try:
+        for _ in range(rounds):
+            for count in idle:
+                for mode, args in (("fanout", FANOUT), ("paced", ROOMS_PACED)):
+                    redis.flush()
+                    nodes = start_nodes(redis, 2, "--rooms=open", "--max-rooms=2100")
+                    held = hold_rooms(nodes, count)
+                    url = ",".join(f"{node.url}/busy" for node in nodes)
+                    extra = QUICK if quick else []
+                    results[count][mode].append(load(url, *args, *extra))
+                    for connection in held:
+                        connection.close()
+                    for node in nodes:
+                        node.stop()
+    finally:
+        redis.stop()
+    figures: dict = {"cores": os.cpu_count(), "rounds": rounds, "idle": {}}
+    median = statistics.median
+    for count, runs in results.items():
+        fanout, paced = runs["fanout"], runs["paced"]
+        for run_ in fanout + paced:
+            if run_["deliveries"] != run_["deliveries_expected"]:
+                raise RuntimeError(f"{count} idle rooms: deliveries missing: {run_}")
+        figures["idle"][count] = {
+            "deliveries_per_s": median(r["deliveries_per_s"] for r in fanout),
+            "sends_per_s": median(r["sends_per_s"] for r in fanout),
+            "paced_fanout_p50_ms": median(r["fanout_ms"]["p50"] for r in paced),
+            "paced_fanout_p99_ms": median(r["fanout_ms"]["p99"] for r in paced),
+        }
+    return figures
+
+
+def rooms_table(figures: dict) -> str:
+    idle = figures["idle"]
+    base = idle[min(idle)]
+    lines = [
+        "| idle rooms loaded per node | deliveries/s (busy room) | vs fewest "
+        "| sends/s | fan-out p50 / p99 at 200 msg/s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for count, f in idle.items():
+        lines.append(
+            f"| {count:,} | {f['deliveries_per_s']:,.0f} "
+            f"| {f['deliveries_per_s'] / base['deliveries_per_s']:.2f} "
+            f"| {f['sends_per_s']:,.0f} "
+            f"| {f['paced_fanout_p50_ms']} / {f['paced_fanout_p99_ms']} ms |"
+        )
+    return "\n".join(lines)
+
+
 def table(figures: dict) -> str:
     base = figures["single"]
     lines = [
@@ -168,9 +271,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument(
+        "--rooms", action="store_true", help="one busy room beside idle ones"
+    )
+    parser.add_argument("--idle", default="0,100,1000", help="idle rooms per node")
     options = parser.parse_args()
-    figures = run(options.rounds, options.quick)
-    print(table(figures))
+    if options.rooms:
+        idle = [int(count) for count in options.idle.split(",")]
+        figures = run_rooms(options.rounds, idle, options.quick)
+        print(rooms_table(figures))
+    else:
+        figures = run(options.rounds, options.quick)
+        print(table(figures))
     print(json.dumps(figures))
 
 

@@ -721,6 +721,13 @@ async def redis_set(redis: RedisServer, key: str) -> set[str]:
     return set(out.decode().split())
 
 
+async def redis_int(redis: RedisServer, *command: str) -> int:
+    out, _, _ = await getProcessOutputAndValue(
+        "redis-cli", ["-p", str(redis.port), *command]
+    )
+    return int(out)
+
+
 async def room_list(node) -> dict:
     code, _, body = await fetch(node, "/rooms")
     assert code == 200, body
@@ -799,6 +806,9 @@ async def test_rooms_spread_across_two_nodes(room_nodes, redis):
         second["node"],
     }
     assert await redis_set(redis, "chatbox:rooms") == {"alpha", "beta"}
+    # Loading a room woke each node's reader through its own one-entry stream.
+    for node_id in (first["node"], second["node"]):
+        assert await redis_int(redis, "XLEN", f"chatbox:wake:{node_id}") == 1
 
     # (settled's markers were the last messages in each room.)
     newest = [(await c.get())["data"]["message"][-1] for c in (alice, also_alice)]
@@ -822,6 +832,7 @@ async def test_rooms_spread_across_two_nodes(room_nodes, redis):
     assert (left["datatype"], left["name"]) == ("leave", "Bob")
     assert await redis_set(redis, "chatbox:room:beta:followers") == set()
     assert await redis_set(redis, f"chatbox:following:{second['node']}") == set()
+    assert await redis_int(redis, "EXISTS", f"chatbox:wake:{second['node']}") == 0
     assert await redis_set(redis, "chatbox:rooms") == {"alpha", "beta"}  # messages
     assert (await room_list(one))["rooms"][1] == {
         "name": "beta",
