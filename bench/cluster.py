@@ -21,9 +21,9 @@ Markdown table of the medians and, last, one JSON line with everything.
 Rooms on a cluster instead: two nodes with --rooms open, the same two runs
 (paced at 200 messages/s, below capacity) in one busy room (/busy, clients
 shared out between the nodes), while each node also has N idle rooms loaded
-(one open connection in each, N in --idle). Every loaded room's stream is
-named in the node's one XREAD, so this shows what following many quiet
-rooms costs a busy one.
+(one open connection in each, N in --idle): what following many quiet
+rooms costs a busy one (chatbox.cluster.reader reads a room only when its
+bell says it has news).
 """
 
 import argparse

@@ -806,9 +806,13 @@ async def test_rooms_spread_across_two_nodes(room_nodes, redis):
         second["node"],
     }
     assert await redis_set(redis, "chatbox:rooms") == {"alpha", "beta"}
-    # Loading a room woke each node's reader through its own one-entry stream.
+    # Alpha's events rang both nodes' bells; beta's only node 2's, whose
+    # news may name beta's stream but never alpha's: they are both read.
     for node_id in (first["node"], second["node"]):
-        assert await redis_int(redis, "XLEN", f"chatbox:wake:{node_id}") == 1
+        assert await redis_int(redis, "XLEN", f"chatbox:bell:{node_id}") == 1
+    assert await redis_set(redis, f"chatbox:news:{first['node']}") <= {
+        "chatbox:room:alpha:events"
+    }
 
     # (settled's markers were the last messages in each room.)
     newest = [(await c.get())["data"]["message"][-1] for c in (alice, also_alice)]
@@ -832,7 +836,8 @@ async def test_rooms_spread_across_two_nodes(room_nodes, redis):
     assert (left["datatype"], left["name"]) == ("leave", "Bob")
     assert await redis_set(redis, "chatbox:room:beta:followers") == set()
     assert await redis_set(redis, f"chatbox:following:{second['node']}") == set()
-    assert await redis_int(redis, "EXISTS", f"chatbox:wake:{second['node']}") == 0
+    for key in ("bell", "news"):
+        assert await redis_int(redis, "EXISTS", f"chatbox:{key}:{second['node']}") == 0
     assert await redis_set(redis, "chatbox:rooms") == {"alpha", "beta"}  # messages
     assert (await room_list(one))["rooms"][1] == {
         "name": "beta",

@@ -50,10 +50,6 @@ class Commands:
         tracks its own for flush()."""
         return Commands(self._link, keys)
 
-    def execute(self, *args: Any) -> Deferred:
-        """One plain command, untracked (a wake-up, a summary's read)."""
-        return self._link.execute(*args)
-
     def run(self, script: bytes, *args: Any) -> Deferred:
         """Run a script; the Deferred is tracked until settled, for flush()."""
         running = self._link.eval(script, self.keys, args)

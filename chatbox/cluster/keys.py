@@ -37,8 +37,11 @@ The cluster's, the same in every room's Keys:
 - named    prefix of the named rooms' keys: room NAME's own keys are
                  `<named><NAME>:<field>` (scripts.py's `use_room` builds the
                  same names in Lua, to reap a dead node's rooms)
-- wake     prefix: `<wake>:<node id>` is a one-entry STREAM the node writes
-                 to wake its own blocked reader (chatbox.cluster.reader)
+- bell     prefix: `<bell>:<node id>` is a one-entry STREAM rung when a
+                 named room the node follows has news (its reader blocks on
+                 it, chatbox.cluster.reader)
+- news     prefix: `<news>:<node id>` is the SET of the streams of named
+                 rooms with events that node has not yet been told of
 
 The default room (`/`, name "") keeps exactly the keys a cluster had before
 rooms: `<prefix><field>`, with its holder sets at `<prefix>nodes:<node id>`,
@@ -98,7 +101,8 @@ class Keys(NamedTuple):
     rooms: str
     following: str
     named: str
-    wake: str
+    bell: str
+    news: str
 
     @classmethod
     def under(cls, prefix: str = DEFAULT_PREFIX) -> "Keys":
@@ -117,7 +121,8 @@ class Keys(NamedTuple):
             rooms=f"{prefix}rooms",
             following=f"{prefix}following",
             named=f"{prefix}room:",
-            wake=f"{prefix}wake",
+            bell=f"{prefix}bell",
+            news=f"{prefix}news",
         )
         return cls(**fields)
 
@@ -125,5 +130,8 @@ class Keys(NamedTuple):
         """Room `name`'s keys in the same cluster (the same prefix)."""
         return Keys.for_room(name, self.named.removesuffix("room:"))
 
-    def wake_of(self, node: str) -> str:
-        return f"{self.wake}:{node}"
+    def bell_of(self, node: str) -> str:
+        return f"{self.bell}:{node}"
+
+    def news_of(self, node: str) -> str:
+        return f"{self.news}:{node}"

@@ -73,12 +73,6 @@ def _entry_id(entry: bytes) -> int:
     return int(entry[len(b'{"id":') : entry.index(b",")])
 
 
-def _wake(commands: Commands, stream: str) -> None:
-    """Add an entry to a node's wake-up stream (chatbox.cluster.reader)."""
-    woken = commands.execute("XADD", stream, "MAXLEN", 1, "*", "w", 1)
-    woken.addErrback(lambda failure: failure.trap(RoomError))
-
-
 def _event(fields: dict[bytes, bytes]) -> messages.Message | None:
     """The wire event for one stream entry; its shape is chatbox.wire.messages'.
 
@@ -180,8 +174,7 @@ class RedisRoom:
             RedisLink(address, reactor, timeout, "redis event reader"), keys, reactor
         )
         node = node or uuid.uuid4().hex[:12]
-        wake = keys.wake_of(node)
-        reader.wake_with(wake, lambda: _wake(commands, wake))
+        reader.listen_to(node)
         return cls(commands, reader, Lease(commands, reactor, node, lease), reactor)
 
     def named(self, name: str) -> "RedisRoom":
@@ -528,6 +521,8 @@ class RedisRoom:
         """Back after a lost lease, whose reaping dropped this node from the
         room's followers: be one again (the room was counted already)."""
         again = self._commands.run(scripts.FOLLOW, self.node, self.room_name, 0)
+        # Events while it was no follower rang no bell: read the room anyway.
+        again.addCallback(lambda _: self._reader.read_again(self._keys.events))
         again.addErrback(lambda failure: failure.trap(RoomError))
 
     def _announce_ready(self) -> None:

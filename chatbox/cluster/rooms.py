@@ -9,8 +9,9 @@ unloads it when idle; here that means following and unfollowing it:
   `rooms` set, refused with 404 past --max-rooms in the same atomic step, so
   two nodes cannot both take the last place), records this node as a
   follower, and tells where the room's stream ends, from where the node's
-  one reader starts reading it (chatbox.cluster.reader: one XREAD over all
-  followed streams, so no connection per room).
+  one reader starts reading it (chatbox.cluster.reader: it blocks on the
+  node's bell, which the room's events ring, and reads only the rooms with
+  news, so neither a connection nor a blocked key per room).
 - unload: UNFOLLOW releases any name the node still holds there, and forgets
   a room nobody follows that never held a message (a made-up name leaves
   nothing in Redis, and frees its place under --max-rooms).

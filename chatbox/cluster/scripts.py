@@ -41,6 +41,7 @@ __all__ = [
     "RETIRE",
     "ROOM_SUMMARY",
     "STREAM_STATE",
+    "TAKE_NEWS",
     "TYPING",
     "UNFOLLOW",
 ]
@@ -48,9 +49,10 @@ __all__ = [
 # The locals in the order of chatbox.cluster.keys.Keys' fields.
 _PREAMBLE = """
 local owner, held, display, online, joinseq, nodes, msgid, history, events,
-      sends, sendexp, holders, followers, rooms, following, named, wake =
+      sends, sendexp, holders, followers, rooms, following, named, bell, news =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
-  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
+  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17],
+  KEYS[18]
 
 -- Switch the room-level locals (and so every function below) to room
 -- `name`'s keys, built as chatbox.cluster.keys.Keys.for_room builds them; false
@@ -97,8 +99,19 @@ local function leased(node)
   return expiry and tonumber(expiry) > now_ms()
 end
 
+-- Append an event to the room's stream, and tell every node that follows
+-- the room (a named room's followers; the default room has none, every node
+-- reads its stream) that this stream has news: its `news` set gains the
+-- stream, and its bell rings, unless it already had news not yet taken (a
+-- ring since is pending then), so a busy room rings each node once per read.
 local function emit(maxlen, ...)
-  return redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', ...)
+  local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', ...)
+  for _, node in ipairs(redis.call('SMEMBERS', followers)) do
+    if redis.call('SADD', news .. ':' .. node, events) == 1 then
+      redis.call('XADD', bell .. ':' .. node, 'MAXLEN', 1, '*', 'r', 1)
+    end
+  end
+  return id
 end
 
 -- Lua has no split; keys are never empty, so only non-empty parts count.
@@ -204,7 +217,7 @@ local function reap(node, ts, ms, maxlen)
     forget_if_empty(name)
   end
   use_room(false)
-  redis.call('DEL', following_of(node), wake .. ':' .. node)
+  redis.call('DEL', following_of(node), bell .. ':' .. node, news .. ':' .. node)
   redis.call('ZREM', nodes, node)
   return released
 end
@@ -511,6 +524,14 @@ ROOM_SUMMARY = (
 return {redis.call('ZCARD', online), last_activity()}
 """
 ).encode()
+
+# KEYS: a node's `news` set. The streams it names, and the set emptied: the
+# reader takes them and reads just those streams.
+TAKE_NEWS = b"""
+local streams = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return streams
+"""
 
 # KEYS: event streams (any number). For each, the last generated id,
 # entries ever added, and entries kept ({"0-0", 0, 0} if it does not exist).

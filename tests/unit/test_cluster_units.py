@@ -130,7 +130,7 @@ def test_a_named_room_has_its_own_keys_and_shares_the_clusters():
     assert room.holders == "chatbox:room:class-7a:nodes"
     assert room.followers == "chatbox:room:class-7a:followers"
     # One lease table, one set of rooms, one per-node index, for every room.
-    shared = ("nodes", "rooms", "following", "named", "wake")
+    shared = ("nodes", "rooms", "following", "named", "bell", "news")
     for field in shared:
         assert getattr(room, field) == getattr(Keys.under(), field)
     assert room.named == "chatbox:room:"
@@ -186,7 +186,6 @@ class FakeLink:
         self.reads: list[Deferred] = []
         self.read_args: list[tuple] = []
         self.eval_keys: list[list] = []
-        self.wakes: list[tuple] = []
         self._on_up: list = []
 
     def on_up(self, callback) -> None:
@@ -209,9 +208,6 @@ class FakeLink:
         return reply
 
     def execute(self, *args) -> Deferred:
-        if args[0] == "XADD":  # a wake-up (chatbox.cluster.reader)
-            self.wakes.append(args)
-            return succeed(b"1-0")
         assert args[0] == "XREAD", args
         reply: Deferred = Deferred()
         self.reads.append(reply)
@@ -250,6 +246,7 @@ class Node:
         keys = Keys.under()
         commands = Commands(self.commands_link, keys)
         self.reader = EventReader(self.reader_link, keys, self.clock)
+        self.reader.listen_to("n1")
         self.lease = Lease(commands, self.clock, "n1")
         self.room = RedisRoom(commands, self.reader, self.lease, self.clock)
         self.delivered: list[tuple[dict, object]] = []
@@ -550,35 +547,84 @@ def _reads_from(link: FakeLink) -> dict[bytes, bytes]:
     }
 
 
-def test_one_reader_reads_every_loaded_room_and_a_new_one_wakes_it():
-    """A room loaded while the reader's XREAD is blocked must not wait for
-    the block to time out: the node adds to its wake-up stream, which every
-    XREAD names. Then one XREAD covers both rooms, each from its own place,
-    and each room's events go to that room alone."""
+BELL = b"chatbox:bell:n1"
+
+
+def _blocking(link: FakeLink) -> bool:
+    return "BLOCK" in link.read_args[-1]
+
+
+def _ring(node: Node, *news: bytes) -> None:
+    """Ring n1's bell, and answer the reader's TAKE_NEWS with `news`."""
+    node.reader_link.stream(
+        _entry(b"%d-0" % len(node.reader_link.reads), r="1"), key=BELL
+    )
+    _, reply = node.reader_link.pending(scripts.TAKE_NEWS)
+    assert node.reader_link.eval_keys[-1] == ["chatbox:news:n1"]
+    reply.callback(list(news))
+
+
+def test_the_reader_blocks_on_two_streams_and_reads_rooms_on_news():
+    """However many rooms a node has loaded, its blocking XREAD names the
+    default room's stream and its bell only; a named room is read when the
+    bell brings news of it (and once when it is loaded), each from its own
+    place, and its events go to that room alone."""
     node = Node()
-    woken: list[int] = []
-    node.reader.wake_with("chatbox:wake:n1", lambda: woken.append(1))
+    assert _reads_from(node.reader_link) == {b"chatbox:events": b"0-0", BELL: b"0-0"}
     alpha = Named(node)
-    assert woken == [1]  # the XREAD was out: woken
+    Named(node, "beta", last=b"2-0")
     node.reader_link.stream(_entry(b"1-0", k="register", o="n2:1", n="Bo", t="t"))
+    # Loaded: read once at once, without blocking.
+    assert not _blocking(node.reader_link)
     assert _reads_from(node.reader_link) == {
         b"chatbox:events": b"1-0",
-        b"chatbox:wake:n1": b"0-0",
+        BELL: b"0-0",
         ALPHA.events.encode(): b"5-0",
+        b"chatbox:room:beta:events": b"2-0",
     }
-    assert node.room.health()["streams"] == 2  # the wake-up stream is no room's
     node.reader_link.stream(
         _entry(b"6-0", k="register", o="n2:2", n="Cy", t="t"),
+        key=ALPHA.events.encode(),
+    )
+    assert [e["name"] for e, _ in alpha.delivered] == ["Cy"]
+    # Then blocking again on the default room and the bell alone.
+    assert _blocking(node.reader_link)
+    assert set(_reads_from(node.reader_link)) == {b"chatbox:events", BELL}
+    assert node.room.health()["streams"] == 3  # the bell is no room's
+
+    _ring(node, ALPHA.events.encode())
+    assert not _blocking(node.reader_link)
+    reading = _reads_from(node.reader_link)
+    assert reading[ALPHA.events.encode()] == b"6-0"
+    assert b"chatbox:room:beta:events" not in reading  # no news of beta
+    node.reader_link.stream(
         _entry(b"7-0", k="message", o="n2:2", n="Cy", c="hi", t="t", id="4"),
         key=ALPHA.events.encode(),
     )
     assert [e["name"] for e, _ in alpha.delivered] == ["Cy", "Cy"]
     assert [e["name"] for e, _ in node.delivered] == ["Bo"]  # nothing of alpha
     assert alpha.room.message_count() == 4 and node.room.message_count() == 0
-    # A wake-up's own entry is read past, handed to no room.
-    node.reader_link.stream(_entry(b"9-0", w="1"), key=b"chatbox:wake:n1")
-    assert len(alpha.delivered) == 2 and len(node.delivered) == 1
-    assert _reads_from(node.reader_link)[b"chatbox:wake:n1"] == b"9-0"
+    assert _blocking(node.reader_link)
+
+
+def test_news_taken_but_not_read_is_read_again():
+    """The bell rang and the news was taken, but the read of the room failed
+    (Redis went away): the news is gone from Redis, so the reader must read
+    every named room again once back, or the room's events would wait for
+    its next one."""
+    node = Node()
+    alpha = Named(node)
+    node.reader_link.stream()  # the blocking read comes back empty
+    node.reader_link.stream()  # alpha's first read: nothing yet
+    _ring(node, ALPHA.events.encode())
+    node.reader_link.reads[-1].errback(RedisInDoubt("redis connection lost"))
+    node.clock.advance(RETRY_SECONDS)
+    assert ALPHA.events.encode() in _reads_from(node.reader_link)
+    node.reader_link.stream(
+        _entry(b"6-0", k="register", o="n2:2", n="Cy", t="t"),
+        key=ALPHA.events.encode(),
+    )
+    assert [e["name"] for e, _ in alpha.delivered] == ["Cy"]
 
 
 def test_an_unloaded_room_is_read_no_more():
@@ -596,7 +642,9 @@ def test_an_unloaded_room_is_read_no_more():
         _entry(b"6-0", k="register", o="n2:2", n="Cy", t="t"), key=ALPHA.events.encode()
     )
     assert alpha.delivered == []
+    _ring(node, ALPHA.events.encode())  # news of it, too late: not read
     assert ALPHA.events.encode() not in _reads_from(node.reader_link)
+    assert _blocking(node.reader_link)
     reply.callback([0, 1])
     assert closed == [True] and alpha.room.forgotten
     assert node.room.health()["streams"] == 1
@@ -624,8 +672,15 @@ def test_a_lost_lease_closes_every_rooms_clients_and_rooms_follow_again():
     node.clock.advance(0)
     _, heartbeat = node.commands_link.pending(scripts.HEARTBEAT)
     heartbeat.callback([1, 0, 0])
-    args, _ = node.commands_link.pending(scripts.FOLLOW)
+    args, reply = node.commands_link.pending(scripts.FOLLOW)
     assert args == ["n1", "alpha", 0]  # no limit: the room was counted
+    # Events while it was no follower rang no bell: it is read anyway.
+    node.reader_link.stream()  # the blocking read returns
+    node.reader_link.stream()  # the first read of alpha
+    assert _blocking(node.reader_link)
+    reply.callback([b"9-0", 9, 3, -1])
+    node.reader_link.stream()  # the blocking read returns (or times out)
+    assert ALPHA.events.encode() in _reads_from(node.reader_link)
 
 
 def test_the_cluster_room_limit_refuses_with_404():
