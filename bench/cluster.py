@@ -88,6 +88,19 @@ class Redis:
         except OSError:
             return False
 
+    def cpu_seconds(self) -> float:
+        """Redis' own CPU time so far (user + system): what a run cost the
+        one Redis every node shares, however busy the machine is."""
+        with socket.create_connection(("127.0.0.1", self.port)) as s:
+            s.sendall(b"INFO cpu\r\nQUIT\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        fields = dict(
+            line.split(":", 1) for line in reply.decode().splitlines() if ":" in line
+        )
+        return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+
     def flush(self) -> None:
         with socket.create_connection(("127.0.0.1", self.port)) as s:
             s.sendall(b"FLUSHALL\r\n")
@@ -207,7 +220,12 @@ def run_rooms(rounds: int, idle: list[int], quick: bool = False) -> dict:
                     held = hold_rooms(nodes, count)
                     url = ",".join(f"{node.url}/busy" for node in nodes)
                     extra = QUICK if quick else []
-                    results[count][mode].append(load(url, *args, *extra))
+                    before = redis.cpu_seconds()
+                    result = load(url, *args, *extra)
+                    result["redis_cpu_us_per_send"] = round(
+                        (redis.cpu_seconds() - before) * 1e6 / result["acked"], 1
+                    )
+                    results[count][mode].append(result)
                     for connection in held:
                         connection.close()
                     for node in nodes:
@@ -226,6 +244,10 @@ def run_rooms(rounds: int, idle: list[int], quick: bool = False) -> dict:
             "sends_per_s": median(r["sends_per_s"] for r in fanout),
             "paced_fanout_p50_ms": median(r["fanout_ms"]["p50"] for r in paced),
             "paced_fanout_p99_ms": median(r["fanout_ms"]["p99"] for r in paced),
+            "redis_cpu_us_per_send": median(r["redis_cpu_us_per_send"] for r in fanout),
+            "paced_redis_cpu_us_per_send": median(
+                r["redis_cpu_us_per_send"] for r in paced
+            ),
         }
     return figures
 
@@ -235,15 +257,17 @@ def rooms_table(figures: dict) -> str:
     base = idle[min(idle)]
     lines = [
         "| idle rooms loaded per node | deliveries/s (busy room) | vs fewest "
-        "| sends/s | fan-out p50 / p99 at 200 msg/s |",
-        "| --- | --- | --- | --- | --- |",
+        "| sends/s | fan-out p50 / p99 at 200 msg/s "
+        "| Redis CPU per message, at capacity / at 200 msg/s |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for count, f in idle.items():
         lines.append(
             f"| {count:,} | {f['deliveries_per_s']:,.0f} "
             f"| {f['deliveries_per_s'] / base['deliveries_per_s']:.2f} "
             f"| {f['sends_per_s']:,.0f} "
-            f"| {f['paced_fanout_p50_ms']} / {f['paced_fanout_p99_ms']} ms |"
+            f"| {f['paced_fanout_p50_ms']} / {f['paced_fanout_p99_ms']} ms "
+            f"| {f['redis_cpu_us_per_send']} / {f['paced_redis_cpu_us_per_send']} us |"
         )
     return "\n".join(lines)
 
