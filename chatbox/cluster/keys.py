@@ -37,11 +37,9 @@ The cluster's, the same in every room's Keys:
 - named    prefix of the named rooms' keys: room NAME's own keys are
                  `<named><NAME>:<field>` (scripts.py's `use_room` builds the
                  same names in Lua, to reap a dead node's rooms)
-- bell     prefix: `<bell>:<node id>` is a one-entry STREAM rung when a
-                 named room the node follows has news (its reader blocks on
-                 it, chatbox.cluster.reader)
-- news     prefix: `<news>:<node id>` is the SET of the streams of named
-                 rooms with events that node has not yet been told of
+- bell     prefix: `<bell>:<node id>` is a STREAM with an entry naming a
+                 named room's stream for each event in a room the node
+                 follows (its reader blocks on it, chatbox.cluster.reader)
 
 The default room (`/`, name "") keeps exactly the keys a cluster had before
 rooms: `<prefix><field>`, with its holder sets at `<prefix>nodes:<node id>`,
@@ -54,12 +52,15 @@ as the node.
 
 from typing import NamedTuple
 
-__all__ = ["DEFAULT_PREFIX", "ROOM_FIELDS", "STREAM_LENGTH", "Keys"]
+__all__ = ["BELL_LENGTH", "DEFAULT_PREFIX", "ROOM_FIELDS", "STREAM_LENGTH", "Keys"]
 
 DEFAULT_PREFIX = "chatbox:"
 # Events kept in the stream (approximately; Redis trims whole blocks). A node
 # reads them as they come; this only bounds how long one may be away.
 STREAM_LENGTH = 100_000
+# Entries kept in a node's bell (approximately): a reader reads them as they
+# come, and reads every room again after any reconnect.
+BELL_LENGTH = 10_000
 
 # A room's own keys, each `<room prefix><field>` (holders: `<prefix>nodes`).
 ROOM_FIELDS = (
@@ -102,7 +103,6 @@ class Keys(NamedTuple):
     following: str
     named: str
     bell: str
-    news: str
 
     @classmethod
     def under(cls, prefix: str = DEFAULT_PREFIX) -> "Keys":
@@ -122,7 +122,6 @@ class Keys(NamedTuple):
             following=f"{prefix}following",
             named=f"{prefix}room:",
             bell=f"{prefix}bell",
-            news=f"{prefix}news",
         )
         return cls(**fields)
 
@@ -132,6 +131,3 @@ class Keys(NamedTuple):
 
     def bell_of(self, node: str) -> str:
         return f"{self.bell}:{node}"
-
-    def news_of(self, node: str) -> str:
-        return f"{self.news}:{node}"

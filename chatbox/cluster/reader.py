@@ -14,26 +14,27 @@ One reader per node, on one connection of its own (XREAD blocks it), reads
 every room the node has loaded; a room it has not loaded costs it nothing.
 It blocks on two streams only, whatever the number of rooms: the default
 room's (every node reads it) and the node's bell (`Keys.bell_of`). Every
-script that adds an event to a named room also puts that room's stream in
-the `news` set of each node that follows it, and rings the node's bell
-(once until the news is taken). When the bell rings, the reader takes the
-news (TAKE_NEWS, which empties the set) and reads just those streams, each
-from its own last entry, without blocking.
+script that adds an event to a named room also adds, in the same step, an
+entry naming that room's stream to the bell of each node that follows the
+room. The reader reads the bell like any stream, and then just the streams
+it named, each from its own last entry, without blocking.
 
 Why not one XREAD naming every followed stream: Redis' cost of a blocking
 XREAD grows with the streams it names (measured on Redis 7.0: about 1 ms of
 Redis' one CPU per XREAD over 1,000 streams, 0.14 ms over 100, 14 us over
 one), and a busy node issues one per batch of events, so a node with a
 thousand quiet rooms would spend Redis' time on them at every message of its
-one busy room. The bell costs one SADD per follower per event, and one XADD
-per follower per read. A connection per room was never an option: a
-thousand rooms would be a thousand connections per node.
+one busy room. The bell costs one XADD per follower per event, within the
+script that writes the event (a first design kept a set of rooms with news
+that the reader emptied, a write of its own, which cost Redis more per
+message than the quiet rooms it saved). A connection per room was never an
+option: a thousand rooms would be a thousand connections per node.
 
-News is never lost: the set is taken atomically, an event after the take
-adds its stream again and rings again, and a read that failed (Redis down,
-a reply lost) marks every followed stream to be read again. A room followed
-or followed again is read once at once, covering events from before the node
-was (again) a follower.
+News is never lost: the bell is a stream, read from where the reader left
+it; a read that failed (Redis down, a reply lost) or a reconnect marks
+every followed room to be read again (a bell trimmed while the node was
+away is covered so). A room followed or followed again is read once at
+once, covering events from before the node was (again) a follower.
 
 The room decides what an event means; it may ask the reader to hold at an
 event (until a claim's reply has gone out) and to resume later, and the
@@ -118,7 +119,6 @@ class EventReader:
         self._clock = clock
         self._streams: dict[bytes, _Stream] = {}
         self._bell: bytes | None = None
-        self._news: str | None = None
         self._to_read: set[bytes] = set()  # streams with news not yet read
 
         self._reading = False
@@ -137,9 +137,8 @@ class EventReader:
         self.follow(self._keys.events, handle, positioned, missed)
 
     def listen_to(self, node: str) -> None:
-        """Block on node `node`'s bell, and take its news when it rings."""
+        """Block on node `node`'s bell, and read the rooms it names."""
         self._bell = self._keys.bell_of(node).encode()
-        self._news = self._keys.news_of(node)
         bell = _Stream(self._bell, _ignore, lambda: None, lambda: None, False)
         bell.read_from = b"0-0"
         self._streams[self._bell] = bell
@@ -233,7 +232,7 @@ class EventReader:
                     await self._check_for_gaps()
                 await self._next()
             except RoomError:
-                # Whatever news was taken but not read is read again.
+                # Rooms rung for but perhaps not read are read again.
                 self._to_read.update(k for k, s in self._streams.items() if s.on_news)
                 if self._reading:
                     await deferLater(self._clock, RETRY_SECONDS, lambda: None)
@@ -246,7 +245,7 @@ class EventReader:
     async def _next(self) -> None:
         """One XREAD: of the streams with news (and the default room's and
         the bell, without waiting), or, with no news, blocking on the
-        default room's stream and the bell. Takes the news a ring brought."""
+        default room's stream and the bell."""
         blocking = [s for s in self._streams.values() if not s.on_news]
         news = [self._streams[k] for k in self._to_read if k in self._streams]
         self._to_read = set()
@@ -257,9 +256,6 @@ class EventReader:
         for followed in news:
             if brought.get(followed.key, 0) >= READ_BATCH:
                 self._to_read.add(followed.key)  # more to come
-        if self._bell is not None and self._bell in brought:
-            taken = await self._link.eval(scripts.TAKE_NEWS, [self._news], [])
-            self._to_read.update(taken)
 
     async def _read(self, streams: list[_Stream], block: bool) -> dict[bytes, int]:
         """One XREAD; its entries go to the backlog. Returns how many
@@ -286,7 +282,12 @@ class EventReader:
                 continue
             followed.read_from = entries[-1][0]
             followed.entries_read += len(entries)
-            self._backlog.extend((followed, i, flat) for i, flat in entries)
+            if key == self._bell:
+                # Each ring names a room's stream: read it next.
+                for _, flat in entries:
+                    self._to_read.update(flat[1::2])
+            else:
+                self._backlog.extend((followed, i, flat) for i, flat in entries)
         return brought
 
     def _stream_state(self, streams: list[_Stream]) -> Deferred:
@@ -307,8 +308,8 @@ class EventReader:
         """After a reconnect: if Redis trimmed events this node had not read
         (it was away while more than the stream holds went by), its clients
         in that room missed joins, leaves or messages. Every named room is
-        read again too: news taken just before the connection dropped may
-        not have been read."""
+        read again too: a ring read just before the connection dropped may
+        not have been followed by its read."""
         streams = [s for s in self._streams.values() if s.key != self._bell]
         states = await self._stream_state(streams) if streams else []
         self._came_back = False

@@ -29,6 +29,8 @@ before relying on the look-alike rule.
 The scripts are bytes, encoded once here rather than at every request.
 """
 
+from chatbox.cluster.keys import BELL_LENGTH
+
 __all__ = [
     "CLAIM",
     "FOLLOW",
@@ -41,18 +43,18 @@ __all__ = [
     "RETIRE",
     "ROOM_SUMMARY",
     "STREAM_STATE",
-    "TAKE_NEWS",
     "TYPING",
     "UNFOLLOW",
 ]
 
 # The locals in the order of chatbox.cluster.keys.Keys' fields.
-_PREAMBLE = """
+_PREAMBLE = (
+    f"local BELL_LENGTH = {BELL_LENGTH}\n"
+    + """
 local owner, held, display, online, joinseq, nodes, msgid, history, events,
-      sends, sendexp, holders, followers, rooms, following, named, bell, news =
+      sends, sendexp, holders, followers, rooms, following, named, bell =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
-  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17],
-  KEYS[18]
+  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
 
 -- Switch the room-level locals (and so every function below) to room
 -- `name`'s keys, built as chatbox.cluster.keys.Keys.for_room builds them; false
@@ -99,17 +101,17 @@ local function leased(node)
   return expiry and tonumber(expiry) > now_ms()
 end
 
--- Append an event to the room's stream, and tell every node that follows
--- the room (a named room's followers; the default room has none, every node
--- reads its stream) that this stream has news: its `news` set gains the
--- stream, and its bell rings, unless it already had news not yet taken (a
--- ring since is pending then), so a busy room rings each node once per read.
+-- Append an event to the room's stream, and ring the bell of every node
+-- that follows the room (a named room's followers; the default room has
+-- none, every node reads its stream) with the stream's name: the node's
+-- reader blocks on its bell and reads just the streams it names. In the
+-- same script, so the ring costs no write of its own to the append-only
+-- file, and a ring is never without its event.
 local function emit(maxlen, ...)
   local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', ...)
   for _, node in ipairs(redis.call('SMEMBERS', followers)) do
-    if redis.call('SADD', news .. ':' .. node, events) == 1 then
-      redis.call('XADD', bell .. ':' .. node, 'MAXLEN', 1, '*', 'r', 1)
-    end
+    redis.call('XADD', bell .. ':' .. node, 'MAXLEN', '~', BELL_LENGTH, '*',
+               'r', events)
   end
   return id
 end
@@ -217,7 +219,7 @@ local function reap(node, ts, ms, maxlen)
     forget_if_empty(name)
   end
   use_room(false)
-  redis.call('DEL', following_of(node), bell .. ':' .. node, news .. ':' .. node)
+  redis.call('DEL', following_of(node), bell .. ':' .. node)
   redis.call('ZREM', nodes, node)
   return released
 end
@@ -235,6 +237,7 @@ local function last_activity()
   return -1
 end
 """
+)
 
 # ARGV: node, holder, keys (joined by newlines), name, timestamp, ms, maxlen,
 # room ("" for the default room; absent from an older node, which has none).
@@ -524,14 +527,6 @@ ROOM_SUMMARY = (
 return {redis.call('ZCARD', online), last_activity()}
 """
 ).encode()
-
-# KEYS: a node's `news` set. The streams it names, and the set emptied: the
-# reader takes them and reads just those streams.
-TAKE_NEWS = b"""
-local streams = redis.call('SMEMBERS', KEYS[1])
-redis.call('DEL', KEYS[1])
-return streams
-"""
 
 # KEYS: event streams (any number). For each, the last generated id,
 # entries ever added, and entries kept ({"0-0", 0, 0} if it does not exist).
