@@ -980,3 +980,40 @@ async def test_import_then_export_a_named_room(tmp_path, redis):
     )
     assert code == 0, err
     assert json.loads(default.read_text()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_that_outlived_its_lease_follows_its_rooms_again(room_nodes, redis):
+    """A node frozen past its lease had its names released in every room and
+    was dropped from its rooms' followers (so its bell stopped ringing).
+    Awake, it closes its clients in the named room too (1012), becomes a
+    follower again, and its new clients there hear the room as before."""
+    one, two = room_nodes
+    watcher = await room_user(one, "alpha", "Watcher")
+    frozen = await room_user(two, "alpha", "Frozen")
+    assert (await watcher.event())["name"] == "Frozen"
+    node_two = (await health(two))[1]["node"]
+    two.transport.signalProcess(signal.SIGSTOP)
+    try:
+        left = await watcher.event(timeout=LEASE + 5)
+        assert (left["datatype"], left["name"]) == ("leave", "Frozen")
+        followers = await redis_set(redis, "chatbox:room:alpha:followers")
+        assert node_two not in followers
+        # Said while node 2 follows nothing: no bell of its rings for it.
+        assert (await watcher.say("while you slept"))["status"] is True
+    finally:
+        two.transport.signalProcess(signal.SIGCONT)
+    assert await frozen.close_code_from_server() == 1012
+    await two.wait_for(rb"joined the chat cluster", count=2)
+    deadline = time.monotonic() + LEASE
+    while node_two not in await redis_set(redis, "chatbox:room:alpha:followers"):
+        assert time.monotonic() < deadline, "node 2 did not follow alpha again"
+        await sleep(0.05)
+    again = await room_user(two, "alpha", "Thawed")
+    assert (await watcher.event())["name"] == "Thawed"
+    assert (await watcher.say("welcome back"))["status"] is True
+    heard = await again.event()
+    assert (heard["datatype"], heard["content"]) == ("message", "welcome back")
+    messages = (await again.get())["data"]["message"]
+    assert [m["content"] for m in messages] == ["while you slept", "welcome back"]
+    await settled(watcher, again)
