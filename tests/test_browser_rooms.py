@@ -30,7 +30,7 @@ from tests.chromium import (
 )
 from tests.client import connect
 from tests.server import RunningServer, start_server
-from tests.test_browser_comfort import serious
+from tests.test_browser_comfort import RECORD_NOTIFICATIONS, serious, set_hidden
 
 if skip := skip_without_chromium():
     pytestmark = skip
@@ -510,6 +510,41 @@ async def test_the_room_controls_are_translated_on_a_language_switch(
         await server.stop()
 
 
+@ensureDeferred
+async def test_unread_title_and_notifications_name_the_room(tmp_path: Path):
+    server = await rooms_server(tmp_path / "data.json")
+    try:
+        url = base(server)
+
+        def scenario(browser: Browser) -> None:
+            bo = browser.join(f"{url}/class-7b", "Bo", viewport=DESKTOP)
+            an = browser.join(
+                f"{url}/class-7b",
+                "An",
+                viewport=DESKTOP,
+                init=RECORD_NOTIFICATIONS,
+                permissions=["notifications"],
+            )
+            open_menu(an)
+            an.check("#opt-notify")
+            close_menu(an)
+            set_hidden(an, True)
+            say(bo, "hello")
+            say(bo, "@An homework?")
+            an.wait_for_selector("text=@An homework?")
+            assert an.title() == "(2) class-7b · chatbox"
+            assert an.evaluate("window.notified") == [
+                "Bo · class-7b",
+                "Bo mentioned you · class-7b",
+            ]
+            set_hidden(an, False)
+            assert an.title() == "class-7b · chatbox"
+
+        await in_browser(scenario)
+    finally:
+        await server.stop()
+
+
 def fits(page: Any, selector: str) -> bool:
     """Inside the viewport, and the page does not scroll sideways."""
     return page.evaluate(
@@ -523,7 +558,7 @@ def fits(page: Any, selector: str) -> bool:
 
 @ensureDeferred
 async def test_the_phone_layout_with_the_longest_room_name(tmp_path: Path):
-    longest = "a" + "-b" * 19 + "c"  # 40 characters
+    longest = "theclassroomofthewholeschoolyear2026to27"  # nowhere to break
     assert len(longest) == 40
     server = await start_server(
         tmp_path / "data.json",

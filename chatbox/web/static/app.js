@@ -976,9 +976,11 @@
   function alertUser(message, mention) {
     if (state.sound) beep();
     if (!state.notify || typeof Notification !== "function" || Notification.permission !== "granted") return;
-    const title = mention ? t("mentioned", message.name) : message.name;
+    const who = mention ? t("mentioned", message.name) : message.name;
+    // Two rooms open in two tabs: each its own notification, saying which.
+    const title = ROOM ? `${who} · ${ROOM}` : who;
     try {
-      const shown = new Notification(title, { body: message.content.slice(0, 200), tag: "chatbox" });
+      const shown = new Notification(title, { body: message.content.slice(0, 200), tag: `chatbox${ROOM_PATH}` });
       shown.onclick = () => { window.focus(); shown.close(); };
     } catch (e) { /* some mobile browsers only notify from a service worker */ }
   }
