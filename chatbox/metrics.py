@@ -7,6 +7,7 @@ copy that could drift.
 """
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -50,6 +51,18 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
+        self.rooms_open = Gauge(
+            "chatbox_rooms_open",
+            "Rooms someone is connected to (the default room included).",
+            registry=self.registry,
+        )
+        self.rooms_loaded = Gauge(
+            "chatbox_rooms_loaded",
+            "Rooms held in memory: open ones, and idle ones not yet unloaded.",
+            registry=self.registry,
+        )
+        self._rooms: Any = None
+        self.registry.register(_RoomChanges(self))
         self.slow_consumers = Counter(
             "chatbox_slow_consumer_disconnects",
             "Clients cut off because they stopped reading.",
@@ -71,6 +84,14 @@ class Metrics:
         self.messages_stored.set_function(messages)
         self._bytes_out = bytes_out
 
+    def observe_rooms(self, rooms: Any) -> None:
+        """chatbox.chat.rooms.Rooms, read when scraped: one series each for
+        all rooms, never one per room (a thousand rooms would be a thousand
+        series, and a room's name can be an invitation)."""
+        self._rooms = rooms
+        self.rooms_open.set_function(rooms.open_count)
+        self.rooms_loaded.set_function(rooms.loaded_count)
+
     def request(self, kind: object, outcome: str) -> None:
         known = kind if kind in ("name", "send", "get", "typing", "online") else "other"
         self.requests.labels(type=known, outcome=outcome).inc()
@@ -87,4 +108,24 @@ class _BytesOut:
             "chatbox_bytes_out",
             "Bytes written to WebSocket clients.",
             value=self.metrics._bytes_out(),
+        )
+
+
+class _RoomChanges:
+    """Rooms loaded and unloaded since start, counted by the registry."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        rooms = self.metrics._rooms
+        yield CounterMetricFamily(
+            "chatbox_room_loads",
+            "Rooms loaded into memory since start (the default room not counted).",
+            value=0 if rooms is None else rooms.loads,
+        )
+        yield CounterMetricFamily(
+            "chatbox_room_unloads",
+            "Idle rooms closed and dropped from memory since start.",
+            value=0 if rooms is None else rooms.unloads,
         )

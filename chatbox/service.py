@@ -20,7 +20,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from chatbox.chat.room import IRoom
+from chatbox.chat.rooms import Rooms
 from chatbox.wire.factory import ChatFactory
 
 __all__ = ["ChatService", "ListenerService"]
@@ -34,19 +34,20 @@ class ChatService(Service):
     def __init__(
         self,
         factory: ChatFactory,
-        room: IRoom,
+        rooms: Rooms,
         ping_interval: float,
         shutdown_timeout: float = 10.0,
     ) -> None:
         self.factory = factory
-        self.room = room
+        self.rooms = rooms
+        self.room = rooms.default
         self.ping_interval = ping_interval
         self.shutdown_timeout = shutdown_timeout
         self._pinger: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
-        self.room.start()
+        self.room.start()  # a named room starts as it loads
         if self.ping_interval > 0:
             self.factory.start_pinging(self.ping_interval)
             self._pinger = LoopingCall(self.factory.ping_everyone)
@@ -72,7 +73,7 @@ class ChatService(Service):
             "shutting down: saving pending messages, then closing {count} client(s)",
             count=len(self.factory.connections),
         )
-        await self.room.flush()
+        await self.rooms.flush()
         try:
             await self.factory.close_all().addTimeout(self.shutdown_timeout, reactor)
         except TimeoutError:
@@ -83,12 +84,14 @@ class ChatService(Service):
             )
             self.factory.abort_all()
         self.factory.log_budget.flush()
-        complete = await self.room.close()
+        named = self.rooms.loaded_count() - 1
+        complete = await self.rooms.close()
         if complete:
             self.log.info(
-                "history saved: {count} messages in {where}",
+                "history saved: {count} messages in {where}{rooms}",
                 count=self.room.message_count(),
                 where=self.room.where,
+                rooms=f", and {named} more room(s)" if named > 0 else "",
             )
         else:
             # Never claim a save that failed. The room's own error line says

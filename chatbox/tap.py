@@ -9,15 +9,19 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService
+from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 from twisted.python import usage
+from zope.interface import implementer
 
 from chatbox.chat.room import IRoom
+from chatbox.chat.rooms import IRoomMaker, RoomPolicy, Rooms
 from chatbox.cluster.address import parse_redis_url
 from chatbox.endpoints import EndpointError, server_endpoint
 from chatbox.limits import Limits
 from chatbox.local import datafile
 from chatbox.local.room import LocalRoom
+from chatbox.local.rooms import LocalRooms
 from chatbox.local.store import DEFAULT_FOLD_THRESHOLD, DurableStore
 from chatbox.metrics import Metrics
 from chatbox.service import ChatService, ListenerService
@@ -32,6 +36,8 @@ log = Logger()
 # and twistd's log (64), and one batch of accepted connections waiting to be
 # told they are refused (at most the listen backlog, 50).
 RESERVED_FILES = 128
+# And for each room that may be loaded: its journal and its lock.
+FILES_PER_ROOM = 2
 
 
 def _positive_int(value: str) -> int:
@@ -292,6 +298,38 @@ class Options(usage.Options):
             _positive_int,
         ],
         [
+            "rooms",
+            None,
+            "",
+            "Which rooms (ws://HOST:PORT/NAME) exist besides the default one at /: "
+            "empty (the default) for none; 'open' to let any valid name make a room "
+            "on first join (up to --max-rooms); or a comma list of names, or a file "
+            "with one name per line. Other paths are refused with 404.",
+        ],
+        [
+            "listed-rooms",
+            None,
+            "",
+            "Rooms shown by GET /rooms and the page's room switcher (a comma list or "
+            "a file); the others are unlisted, so a name can work as an invitation.",
+        ],
+        [
+            "max-rooms",
+            None,
+            1000,
+            "With --rooms open: most rooms (with history, or in use) there can be; "
+            "joining a new name past that is refused with 404.",
+            _positive_int,
+        ],
+        [
+            "room-idle",
+            None,
+            60.0,
+            "Seconds a room nobody is in stays in memory before it is closed (its "
+            "history folded and its files released); it loads again on next join.",
+            _seconds,
+        ],
+        [
             "redis",
             None,
             None,
@@ -325,6 +363,12 @@ class Options(usage.Options):
             raise usage.UsageError("--tls-cert and --tls-key go together")
         # The pair as one value from here on, so no later code can see half.
         self["tls"] = (self["tls-cert"], self["tls-key"]) if self["tls-cert"] else None
+        try:
+            self["room-policy"] = RoomPolicy.from_options(
+                self["rooms"], self["listed-rooms"], self["max-rooms"]
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--rooms: {e}") from None
         if self["redis"] is not None:
             try:
                 self["redis"] = parse_redis_url(self["redis"])
@@ -334,6 +378,8 @@ class Options(usage.Options):
                 raise usage.UsageError("--redis-lease must be at least 1 second")
             if not self["redis-timeout"] > 0:
                 raise usage.UsageError("--redis-timeout must be above 0")
+            if self["rooms"].strip():
+                raise usage.UsageError("--rooms cannot be used with --redis yet")
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -350,25 +396,49 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, wanted if soft < wanted else soft
 
 
-def _make_room(config: dict[str, Any], reactor: Any, metrics: Metrics) -> IRoom:
-    """A cluster node's room in Redis, or this process's own with data.json
-    (locked and loaded now, before anything listens; raises HistoryFileError,
-    or an OSError naming its file)."""
+@implementer(IRoomMaker)
+class _NoNamedRooms:
+    """Until the cluster keeps rooms: postOptions refuses --rooms with --redis."""
+
+    def stored(self) -> dict[str, int | None]:
+        return {}
+
+    def make(self, name: str) -> Any:
+        return fail(RuntimeError("no rooms on a cluster"))
+
+    def unload(self, name: str, room: IRoom) -> Any:
+        raise AssertionError("never made")
+
+    def summary(self, name: str) -> Any:
+        return succeed((0, None))
+
+
+def _make_rooms(config: dict[str, Any], reactor: Any, metrics: Metrics) -> Rooms:
+    """A cluster node's rooms in Redis, or this process's own in files: the
+    default room with data.json is locked and loaded now, before anything
+    listens (raises HistoryFileError, or an OSError naming its file); named
+    rooms load on first join."""
+    default: IRoom
+    maker: IRoomMaker
     if config["redis"] is not None:
         # Only a cluster node loads the Redis client.
         from chatbox.cluster.room import RedisRoom
 
-        return RedisRoom.from_address(
+        default = RedisRoom.from_address(
             config["redis"],
             reactor,
             lease=config["redis-lease"],
             timeout=config["redis-timeout"],
         )
-    store = DurableStore(config["data"], reactor, config["fold-threshold"], metrics)
-    store.load()
-    room = LocalRoom(store, reactor.seconds)
-    room.restore_sends()
-    return room
+        maker = _NoNamedRooms()
+    else:
+        store = DurableStore(config["data"], reactor, config["fold-threshold"], metrics)
+        store.load()
+        room = LocalRoom(store, reactor.seconds)
+        room.restore_sends()
+        default = room
+        maker = LocalRooms(config["data"], reactor, config["fold-threshold"], metrics)
+    return Rooms(default, maker, config["room-policy"], reactor, config["room-idle"])
 
 
 def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:
@@ -378,7 +448,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     try:
         endpoint, scheme = server_endpoint(reactor, str(config["port"]), config["tls"])
         metrics = Metrics()
-        room = _make_room(config, reactor, metrics)
+        rooms = _make_rooms(config, reactor, metrics)
     except (EndpointError, datafile.HistoryFileError) as e:
         raise SystemExit(f"chatbox: cannot start: {e}") from None
     except OSError as e:
@@ -397,7 +467,9 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     # log lines each, and starve the history and Redis of files: the total cap
     # stays below it, so they are refused with a cheap 503 instead.
     max_connections = config["max-connections"]
-    fits = max(1, after - RESERVED_FILES)
+    fits = max(
+        1, after - RESERVED_FILES - FILES_PER_ROOM * config["room-policy"].most_rooms
+    )
     if max_connections > fits:
         log.warn(
             "open file limit {limit} leaves room for {fits} connections, below "
@@ -434,7 +506,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         handshake_timeout=config["handshake-timeout"],
     )
     factory = ChatFactory(
-        room,
+        rooms,
         reactor,
         history_cap=config["history-cap"],
         limits=limits,
@@ -457,7 +529,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     )
 
     top = MultiService()
-    chat = ChatService(factory, room, config["json-ping"], config["shutdown-timeout"])
+    chat = ChatService(factory, rooms, config["json-ping"], config["shutdown-timeout"])
     chat.setName("chat")
     chat.setServiceParent(top)
     listener = ListenerService(endpoint, make_site(factory), scheme, reactor)

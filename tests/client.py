@@ -191,10 +191,10 @@ class _RawHTTP(Protocol):
             self.done.callback(self.received)
 
 
-async def handshake_status(port: int, **headers: str) -> int:
+async def handshake_status(port: int, path: str = "/", **headers: str) -> int:
     """The HTTP status a bare WebSocket handshake to 127.0.0.1:`port` gets."""
     lines = [
-        "GET / HTTP/1.1",
+        f"GET {path} HTTP/1.1",
         f"Host: 127.0.0.1:{port}",
         "Upgrade: websocket",
         "Connection: Upgrade",

@@ -120,6 +120,10 @@ class IRoom(Interface):
     def online_count() -> "Deferred[int]":
         """How many nicknames are registered in the whole chat."""
 
+    def last_activity() -> int | None:
+        """When the newest message was posted (epoch ms), as last known;
+        None if there is none (GET /rooms)."""
+
     def page(
         limit: int, before: int | None, after: int | None, max_bytes: int
     ) -> "Deferred[tuple[list[bytes], list[str]]]":

@@ -123,6 +123,7 @@ class RedisRoom:
         self._releasing: set[str] = set()
         self._held_for: Hashable | None = None  # reading waits for its reply
         self._messages = 0
+        self._last_activity: int | None = None  # of the newest message seen
         # The online count, as last asked of Redis (online_count).
         self._count = 0
         self._count_until = 0.0
@@ -190,6 +191,9 @@ class RedisRoom:
 
     def message_count(self) -> int:
         return self._messages
+
+    def last_activity(self) -> int | None:
+        return self._last_activity
 
     # -- IRoom: requests --
 
@@ -494,6 +498,9 @@ class RedisRoom:
                 self._audience[origin] = None
         elif kind == b"message":
             self._messages += 1
+            stamp = fields.get(b"ms")
+            if stamp is not None:
+                self._last_activity = int(stamp)
         try:
             event = _event(fields)
             if event is None:

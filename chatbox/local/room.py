@@ -18,8 +18,8 @@ from chatbox.chat.room import Deliver, IRoom, Posted, RoomError, posted_from
 from chatbox.chat.sends import RecentSends
 from chatbox.local import datafile
 from chatbox.local.store import DurableStore
-from chatbox.wire import messages
-from chatbox.wire.clock import Moment
+from chatbox.wire import codec, messages
+from chatbox.wire.clock import Moment, time_of
 
 __all__ = ["LocalRoom"]
 
@@ -123,6 +123,13 @@ class LocalRoom:
 
     def online_count(self) -> "Deferred[int]":
         return succeed(self.registered_count())
+
+    def last_activity(self) -> int | None:
+        entries = self.store.history.entries
+        if not entries:
+            return None
+        stored = codec.decode(entries[-1])
+        return time_of(stored["timestamp"], stored.get("time"))
 
     def page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0

@@ -134,9 +134,17 @@ class DurableStore:
                 self.path, self.history.entries, len(self.history), self._journal
             )
 
-    def start(self) -> None:
-        if self._lock is not None:
+    def claim(self) -> None:
+        """Write our pid into the lock (chatbox.local.datafile.HistoryLock);
+        a room loaded at run time does it on its loading thread."""
+        if self._lock is not None and not self._claimed:
             self._lock.claim()
+            self._claimed = True
+
+    _claimed = False
+
+    def start(self) -> None:
+        self.claim()
         self._pool.start()
 
     # -- serving --

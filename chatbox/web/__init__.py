@@ -2,8 +2,11 @@
 
 One port serves everything, as v2 users expect `ws://HOST:PORT`:
 
-- any request with `Upgrade: websocket` is the chat socket (docs/PROTOCOL.md);
-- `GET /` is the bundled browser client, `/static/...` its files;
+- any request with `Upgrade: websocket` is the chat socket (docs/PROTOCOL.md),
+  in the room its path names (chatbox.chat.roomnames);
+- `GET /` is the bundled browser client, `GET /NAME` the same page in room
+  NAME, `/static/...` its files;
+- `GET /rooms` lists the rooms the operator chose to list (JSON);
 - `/healthz` says whether the server can do its job (JSON; 503 if not);
 - `/metrics` is Prometheus' text format.
 
@@ -16,10 +19,12 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client.twisted import MetricsResource
+from twisted.python.failure import Failure
 from twisted.web import pages, static
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from chatbox.chat.roomnames import DEFAULT, NotARoom, room_of_path
 from chatbox.web.admission import Admission
 from chatbox.web.channel import ChatChannel, ChatRequest
 from chatbox.web.handshake import handshake_refusal
@@ -29,6 +34,24 @@ from chatbox.wire.factory import ChatFactory
 __all__ = ["make_site"]
 
 STATIC = resources.files("chatbox.web") / "static"
+# Served at the top, so never rooms: chatbox.chat.roomnames reserves them.
+CHILDREN = (b"static", b"healthz", b"metrics", b"rooms")
+
+
+def _plain(request: Request, code: int, reason: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return reason.encode() + b"\n"
+
+
+def _room_refusal(factory: ChatFactory, path: bytes) -> tuple[int, str] | None:
+    """Why the page or socket at `path` names no room one may enter, if so."""
+    try:
+        name = room_of_path(path.decode("latin-1"))
+    except NotARoom as e:
+        return 404, str(e)
+    refused = factory.rooms.refusal(name)
+    return None if refused is None else (refused.status, str(refused))
 
 
 def _is_websocket(request: Request) -> bool:
@@ -46,17 +69,21 @@ class ChatSocket(WebSocketResource):
         refusal = handshake_refusal(
             request, limits.allowed_origins, self.factory.versions
         )
+        if refusal is None:
+            # Decided here, not in onConnect, where Autobahn would log lines
+            # for each refusal (chatbox.web.handshake).
+            room_refusal = _room_refusal(self.factory, request.path)
+            if room_refusal is not None:
+                refusal = (*room_refusal, [])
         if refusal is not None:
             code, reason, headers = refusal
             if self.factory.admission is not None:
                 # The Gate's key is the client's address, as admission counts it.
                 address = getattr(request.channel.transport, "key", None) or "-"
                 self.factory.admission.refusals.note(address, reason)
-            request.setResponseCode(code)
             for name, value in headers:
                 request.setHeader(name, value)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return reason.encode() + b"\n"
+            return _plain(request, code, reason)
         # twisted.web would time the connection out as an idle HTTP channel
         # (after 12 hours) even though the WebSocket has taken it over.
         request.channel.setTimeout(None)
@@ -72,10 +99,14 @@ class Health(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         room = self.factory.room
-        healthy = room.healthy
+        failing = sum(
+            1 for _, loaded in self.factory.rooms.loaded() if not loaded.healthy
+        )
+        healthy = room.healthy and not failing
         request.setResponseCode(200 if healthy else 503)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
+        rooms = self.factory.rooms
         return codec.encode(
             {
                 "status": "up" if healthy else "failing",
@@ -83,28 +114,90 @@ class Health(Resource):
                 "registered": room.registered_count(),
                 "history": room.message_count(),
                 **room.health(),
+                "rooms": {
+                    "open": rooms.open_count(),
+                    "loaded": rooms.loaded_count(),
+                    "failing": failing,
+                },
             }
         )
+
+
+class RoomList(Resource):
+    """GET /rooms: the listed rooms, for the page's switcher and for a
+    school's own portal. Unlisted rooms are never named here."""
+
+    isLeaf = True
+
+    def __init__(self, factory: ChatFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def render_GET(self, request: Request) -> object:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+
+        def listed(rooms: list[dict[str, object]]) -> None:
+            request.write(codec.encode({"rooms": rooms}))
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            request.setResponseCode(503)
+            request.write(codec.encode({"error": "room list unavailable"}))
+            request.finish()
+
+        self.factory.rooms.listing().addCallbacks(listed, failed)
+        return NOT_DONE_YET
 
 
 class Root(Resource):
     def __init__(self, factory: ChatFactory) -> None:
         super().__init__()
+        self.factory = factory
         self.socket = ChatSocket(factory)
         self.page = static.File(str(STATIC / "index.html"), defaultType="text/html")
         self.putChild(b"static", static.File(str(STATIC)))
         self.putChild(b"healthz", Health(factory))
         self.putChild(b"metrics", MetricsResource(factory.metrics.registry))
+        self.putChild(b"rooms", RoomList(factory))
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         if _is_websocket(request):
-            return self.socket  # The classic client connects to any path.
+            return self.socket  # in the room its path names
         if path == b"":
             return self.page
-        return super().getChildWithDefault(path, request)
+        if path in self.children:
+            return super().getChildWithDefault(path, request)
+        return self._room_page(request)
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        return pages.notFound()  # Escapes what it shows, unlike the default.
+    def _room_page(self, request: Request) -> Resource:
+        """The page in the room the path names: at its one canonical path
+        (a 301 from any other spelling, so the page's own location is the
+        room's share link), or 404 for a room that cannot be entered."""
+        refusal = _room_refusal(self.factory, request.path)
+        if refusal is not None:
+            return pages.notFound(brief=refusal[1])
+        name = room_of_path(request.path.decode("latin-1"))
+        canonical = f"/{name}".encode() if name != DEFAULT else b"/"
+        if request.path != canonical:
+            return _MovedTo(canonical)
+        request.postpath = []  # the page is the whole answer
+        return self.page
+
+
+class _MovedTo(Resource):
+    """301 to the room's canonical path (the query kept)."""
+
+    isLeaf = True
+
+    def __init__(self, path: bytes) -> None:
+        super().__init__()
+        self.path = path
+
+    def render(self, request: Request) -> bytes:
+        query = request.uri.partition(b"?")[2]
+        request.setHeader(b"location", self.path + (b"?" + query if query else b""))
+        return _plain(request, 301, "moved to " + self.path.decode())
 
 
 class ChatSite(Site):

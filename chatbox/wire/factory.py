@@ -1,12 +1,14 @@
 """This process's side of the chat: its connections, admission, and delivery.
 
-The factory is the one owner of who is connected to this process. Who holds
-which nickname and the history belong to the room (chatbox.chat.room), which may
-be this process alone or a whole cluster. Events the room hands over are
+The factory is the one owner of who is connected to this process. Which
+rooms exist and are loaded belongs to chatbox.chat.rooms; who holds which
+nickname and the history belong to each room (chatbox.chat.room), which may
+be this process alone or a whole cluster. Events a room hands over are
 encoded and framed once (`prepareMessage`) and the same frame is written to
-every recipient.
+every recipient in that room.
 """
 
+from functools import partial
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -18,6 +20,7 @@ from twisted.logger import Logger
 
 from chatbox import __version__
 from chatbox.chat.room import IRoom
+from chatbox.chat.rooms import Rooms
 from chatbox.limits import AddressBuckets, Limits, origin_allowed
 from chatbox.logsafe import LogBudget
 from chatbox.metrics import Metrics
@@ -38,14 +41,14 @@ class ChatFactory(WebSocketServerFactory):
 
     def __init__(
         self,
-        room: IRoom,
+        rooms: Rooms,
         reactor: IReactorTime,
         history_cap: int = 10_000,
         limits: Limits | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(server=f"chatbox/{__version__}", reactor=reactor)
-        self.room = room
+        self.rooms = rooms
         self.history_cap = history_cap
         self.timestamps = Timestamps(reactor.seconds)
         self.limits = limits = limits or Limits()
@@ -72,13 +75,22 @@ class ChatFactory(WebSocketServerFactory):
         self.metrics = metrics or Metrics()
         self.metrics.observe(
             connections=lambda: len(self.connections),
-            registered=room.registered_count,
-            messages=room.message_count,
+            registered=lambda: sum(r.registered_count() for _, r in rooms.loaded()),
+            messages=lambda: sum(r.message_count() for _, r in rooms.loaded()),
             bytes_out=lambda: self.bytes_out,
         )
+        self.metrics.observe_rooms(rooms)
         self._all_closed: list[Deferred[None]] = []
         self.closing = False
-        room.attach(self.broadcast, self.names_lost)
+        rooms.attach(self._attach_room)
+
+    @property
+    def room(self) -> IRoom:
+        """The default room, at `/`."""
+        return self.rooms.default
+
+    def _attach_room(self, name: str, room: IRoom) -> None:
+        room.attach(partial(self.broadcast, room), self.names_lost)
 
     # -- membership --
 
@@ -102,7 +114,10 @@ class ChatFactory(WebSocketServerFactory):
 
     def connection_lost(self, connection: ChatProtocol) -> None:
         self.connections.discard(connection)
-        name = self.room.release(connection, self.timestamps.now())
+        name = None
+        if connection.room_name is not None:
+            name = connection.room.release(connection, self.timestamps.now())
+            self.rooms.leave(connection.room_name)
         if self.log_budget.allow(connection.address_key):
             if name is None:
                 self.logger.info("connection from {peer} closed", peer=connection.peer)
@@ -125,8 +140,10 @@ class ChatFactory(WebSocketServerFactory):
 
     # -- sending to many --
 
-    def broadcast(self, event: messages.Message, exclude: object = None) -> None:
-        """Send an event to every registered connection but `exclude`.
+    def broadcast(
+        self, room: IRoom, event: messages.Message, exclude: object = None
+    ) -> None:
+        """Send an event to every registered connection in `room` but `exclude`.
 
         Once shutdown has begun every local connection is being closed with
         1001, so there is nobody left to tell.
@@ -137,7 +154,7 @@ class ChatFactory(WebSocketServerFactory):
         # prepareMessage, then written as is by each connection's deliver,
         # which relies on Autobahn internals (ChatProtocol._write_now).
         prepared = self.prepareMessage(codec.encode(event))
-        for connection in self.room.audience():
+        for connection in room.audience():
             if connection is not exclude:
                 connection.deliver(prepared)
 

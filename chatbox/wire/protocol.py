@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -32,7 +32,9 @@ from twisted.python.failure import Failure
 
 from chatbox.chat.arns import NameTaken, is_valid_name
 from chatbox.chat.content import is_valid_content
-from chatbox.chat.room import Posted, RoomError
+from chatbox.chat.room import IRoom, Posted, RoomError
+from chatbox.chat.roomnames import NotARoom, room_of_path
+from chatbox.chat.rooms import RoomRefused
 from chatbox.chat.sends import valid_send_id
 from chatbox.limits import AddressBuckets, TokenBucket, address_key, client_address
 from chatbox.wire import codec, messages
@@ -79,6 +81,7 @@ def _optional_id(request: dict[str, Any], field: str) -> int | None:
 class ChatProtocol(WebSocketServerProtocol):
     logger = Logger()
     factory: "ChatFactory"
+    room: IRoom
     _order: Ordering[PreparedMessage]  # set in connectionMade
 
     def __init__(self) -> None:
@@ -91,6 +94,10 @@ class ChatProtocol(WebSocketServerProtocol):
         self._frames: TokenBucket | None = None  # set in connectionMade
         self._discarding: int | None = None  # bytes still to throw away
         self._typing_quiet_until = 0.0  # ext typing: no event before then
+        # The room the handshake's path named, once entered (chatbox.chat.rooms):
+        # `room` is set with it, before any request can arrive.
+        self.room_name: str | None = None
+        self._lost = False
 
     # -- connection life --
 
@@ -141,8 +148,9 @@ class ChatProtocol(WebSocketServerProtocol):
             self.registerProducer(self._output, True)
         self.factory.connection_made(self)
 
-    def onConnect(self, request: ConnectionRequest) -> None:
-        """Admit or refuse the handshake (origin, connection limits)."""
+    def onConnect(self, request: ConnectionRequest) -> "Deferred[None]":
+        """Admit or refuse the handshake (origin, connection limits), then
+        enter the room its path names, which may have to load first."""
         peer = self.transport.getPeer()
         address = client_address(
             getattr(peer, "host", str(peer)),
@@ -152,6 +160,24 @@ class ChatProtocol(WebSocketServerProtocol):
         self.factory.admit(self, address, request.headers.get("origin"))
         self.address = address
         self.address_key = address_key(address)
+        try:
+            name = room_of_path(request.path)
+        except NotARoom as e:
+            raise ConnectionDeny(404, str(e)) from None
+        entering = self.factory.rooms.enter(name)
+
+        def entered(room: IRoom) -> None:
+            if self._lost:  # gone while the room loaded
+                self.factory.rooms.leave(name)
+                raise ConnectionDeny(410, "connection closed")
+            self.room = room
+            self.room_name = name
+
+        def refused(failure: Failure) -> None:
+            failure.trap(RoomRefused)
+            raise ConnectionDeny(failure.value.status, str(failure.value))
+
+        return entering.addCallbacks(entered, refused)
 
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
@@ -227,6 +253,7 @@ class ChatProtocol(WebSocketServerProtocol):
             self.logger.info(text, **fields)
 
     def connectionLost(self, reason: Failure) -> None:
+        self._lost = True
         try:
             super().connectionLost(reason)
         finally:
@@ -344,7 +371,7 @@ class ChatProtocol(WebSocketServerProtocol):
         try:
             if overflowing:
                 wait = 1.0
-            elif kind == "typing" and self.factory.room.name_of(self) is not None:
+            elif kind == "typing" and self.room.name_of(self) is not None:
                 # A hint is dropped, not refused, when there are too many:
                 # a client sending one per keystroke must not be told
                 # RateLimited, nor closed as a flooder. The frame budget
@@ -399,7 +426,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self, kind: object, request: dict[str, Any], error: str
     ) -> messages.Message:
         """The `ErrorWhen...` reply for a request the server failed to carry out."""
-        return messages.fault(kind, self.factory.room.name_of(self), request, error)
+        return messages.fault(kind, self.room.name_of(self), request, error)
 
     def _per_address(self, buckets: AddressBuckets, kind: str) -> None:
         """Spend from this client address's share, whatever connection it
@@ -412,7 +439,7 @@ class ChatProtocol(WebSocketServerProtocol):
             raise Refused(messages.rate_limited(kind, buckets.retry_after(key, now)))
 
     def _registered_name(self, kind: str) -> str:
-        name = self.factory.room.name_of(self)
+        name = self.room.name_of(self)
         if name is None:
             raise Refused(messages.unknown_register(kind))
         return name
@@ -421,13 +448,13 @@ class ChatProtocol(WebSocketServerProtocol):
         if "name" not in request:
             raise Refused(messages.not_enough_key("name", "name"))
         name = request["name"]
-        old = self.factory.room.name_of(self)
+        old = self.room.name_of(self)
         self._per_address(self.factory.names_per_address, "name")
         when = self.factory.timestamps.now()
         if old is None:
             if not is_valid_name(name):
                 raise Refused(messages.register_refused(name, "WrongFormatName"))
-            claimed = self.factory.room.claim(self, name, when)
+            claimed = self.room.claim(self, name, when)
 
             def registered(_: object) -> None:
                 self.reply(messages.register_ok(name, when))
@@ -440,7 +467,7 @@ class ChatProtocol(WebSocketServerProtocol):
         else:
             if not is_valid_name(name):
                 raise Refused(messages.change_refused(old, name, "WrongFormatName"))
-            renamed = self.factory.room.rename(self, name, when)
+            renamed = self.room.rename(self, name, when)
 
             def changed(previous: str) -> None:
                 self.reply(messages.change_ok(previous, name, when))
@@ -493,7 +520,7 @@ class ChatProtocol(WebSocketServerProtocol):
                 )
             )
         when = self.factory.timestamps.now()
-        stored = self.factory.room.post(self, name, content, when, send_id)
+        stored = self.room.post(self, name, content, when, send_id)
         # Counted only once post returned: one that raised (a bug, answered
         # by _handle) must not leave every later get waiting for it.
         self._order.send_started()
@@ -542,10 +569,10 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def _wanted(self) -> bool:
         """Still registered and open: a `get` that waited is still answered."""
-        return self.factory.room.name_of(self) is not None and self.can_send
+        return self.room.name_of(self) is not None and self.can_send
 
     async def _reply_page(self, query: tuple[int, int | None, int | None]) -> None:
-        room = self.factory.room
+        room = self.room
         try:
             entries, online = await room.page(*query, self.factory.limits.max_get_bytes)
         except RoomError as e:
@@ -626,7 +653,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def _get_failed(self, failure: Failure, request: dict[str, Any]) -> None:
         self.logger.failure("fault answering get from {peer}", failure, peer=self.peer)
-        if self.factory.room.name_of(self) is not None:
+        if self.room.name_of(self) is not None:
             self.reply(self._fault("get", request, _INTERNAL_ERROR))
 
     def handle_typing(self, request: dict[str, Any]) -> None:
@@ -641,13 +668,13 @@ class ChatProtocol(WebSocketServerProtocol):
         key = self.address_key
         if key is not None and not self.factory.typing_per_address.take(key, now):
             return  # one address's many connections, each within its own
-        self.factory.room.typing(self, name, self.factory.timestamps.now())
+        self.room.typing(self, name, self.factory.timestamps.now())
         self.factory.metrics.request("typing", "ok")
 
     def handle_online(self, request: dict[str, Any]) -> None:
         """ext: the count a welcome screen shows, before joining; a count
         only, since who is there is for those who joined."""
-        counted = self.factory.room.online_count()
+        counted = self.room.online_count()
 
         def answer(count: int) -> None:
             if self.can_send:

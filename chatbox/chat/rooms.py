@@ -1,0 +1,372 @@
+"""Which rooms exist, which are in memory, and who is in each.
+
+`Rooms` is the one owner of the set of loaded rooms. A connection enters a
+room at its handshake and leaves it when it closes; a room nobody has been
+in for `idle` seconds is closed (its journal folded, its files released),
+so a server with a thousand rooms holds only the busy ones. The default
+room, the chat v2 clients have always joined at `/`, is loaded at start-up
+and never unloaded.
+
+Entering counts at once, before the room has loaded: a room is never
+unloaded under a connection that is still handshaking, and one that is
+being closed when someone arrives is loaded again once the close is done,
+so no message is written by two owners of the same files.
+
+The backend (`IRoomMaker`: chatbox.local.rooms, chatbox.cluster.rooms) makes
+and closes rooms; this module knows nothing of files or Redis.
+"""
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface
+
+from chatbox.chat.room import IRoom
+from chatbox.chat.roomnames import DEFAULT, NotARoom, check_name
+
+__all__ = [
+    "IRoomMaker",
+    "RoomPolicy",
+    "RoomRefused",
+    "Rooms",
+    "Unloaded",
+    "parse_room_list",
+]
+
+# A room that failed to load is refused at once for this long, so a client
+# retrying (or an attacker) cannot make the server re-read a damaged file
+# many times a second.
+FAILED_LOAD_SECONDS = 10.0
+
+
+class RoomRefused(Exception):
+    """A connection cannot enter the room; `status` is the HTTP status of the
+    handshake's refusal, str() its reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def parse_room_list(value: str) -> tuple[str, ...]:
+    """Room names from a comma list, or from a file when the value has a `/`
+    or `.` (which no room name has): one name per line, `#` comments.
+    Raises ValueError naming what is wrong (blocking: options only)."""
+    if "/" in value or "." in value:
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"cannot read {value}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{value} is not UTF-8 text") from None
+        items = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        where = f" in {value}"
+    else:
+        items = [item.strip() for item in value.split(",")]
+        where = ""
+    names: list[str] = []
+    for item in items:
+        if not item:
+            continue
+        try:
+            name = check_name(item)
+        except NotARoom as e:
+            raise ValueError(f"{item!r}{where}: {e}") from None
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+class RoomPolicy(NamedTuple):
+    """Which names may be rooms (besides the default, always there)."""
+
+    open: bool = False  # any valid name, up to max_rooms
+    names: frozenset[str] = frozenset()  # when not open: exactly these
+    listed: tuple[str, ...] = ()  # shown by GET /rooms
+    max_rooms: int = 1000
+
+    @classmethod
+    def from_options(cls, rooms: str, listed: str, max_rooms: int) -> "RoomPolicy":
+        """Raises ValueError with a message fit for a usage error."""
+        is_open = rooms.strip() == "open"
+        names = () if is_open or not rooms.strip() else parse_room_list(rooms)
+        shown = parse_room_list(listed) if listed.strip() else ()
+        if not is_open:
+            strays = [name for name in shown if name not in names]
+            if strays:
+                raise ValueError(
+                    f"--listed-rooms names rooms --rooms does not: {', '.join(strays)}"
+                )
+        elif len(shown) > max_rooms:
+            raise ValueError("--listed-rooms names more rooms than --max-rooms")
+        return cls(is_open, frozenset(names), shown, max_rooms)
+
+    @property
+    def most_rooms(self) -> int:
+        """Most named rooms that can ever be in memory at once."""
+        return self.max_rooms if self.open else len(self.names)
+
+
+class Unloaded(NamedTuple):
+    complete: bool  # nothing is left for the next load to repair
+    kept: bool  # still stored (a room that never held a message is not)
+
+
+class IRoomMaker(Interface):
+    """A backend's way to make and close rooms by name."""
+
+    def stored() -> dict[str, int | None]:
+        """Rooms with history in storage, each with its last activity (epoch
+        ms, None if unknown). Blocking: called once, at start-up."""
+
+    def make(name: str) -> "Deferred[IRoom]":
+        """The room, loaded and started (off the reactor thread); a failure
+        is logged, and the client told only that the room is unavailable."""
+
+    def unload(name: str, room: IRoom) -> "Deferred[Unloaded]":
+        """Close a room nobody is in (and forget one that never held a
+        message). Never fails."""
+
+    def summary(name: str) -> "Deferred[tuple[int, int | None]]":
+        """(online count, last activity) of a room not loaded here."""
+
+
+class _Slot:
+    """One room's place in the registry, loaded or on its way in or out."""
+
+    __slots__ = ("closing", "idle", "name", "room", "users", "waiters")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.room: IRoom | None = None
+        self.users = 0
+        self.waiters: list[Deferred[IRoom]] = []
+        self.idle: IDelayedCall | None = None
+        self.closing: Deferred[Unloaded] | None = None
+
+
+Attach = Callable[[str, IRoom], None]
+
+
+class Rooms:
+    log = Logger()
+
+    def __init__(
+        self,
+        default: IRoom,
+        maker: IRoomMaker,
+        policy: RoomPolicy,
+        reactor: IReactorTime,
+        idle: float = 60.0,
+    ) -> None:
+        self.default = default
+        self.policy = policy
+        self._maker = maker
+        self._reactor = reactor
+        self._idle = idle
+        self._attach: Attach = lambda name, room: None
+        self._slots: dict[str, _Slot] = {}
+        slot = self._slots[DEFAULT] = _Slot(DEFAULT)
+        slot.room = default
+        # Named rooms that exist (stored, or loaded now), with their last
+        # activity as last known: what --max-rooms counts and /rooms shows.
+        self._known: dict[str, int | None] = (
+            dict(maker.stored()) if (policy.open or policy.listed) else {}
+        )
+        self._failed: dict[str, tuple[float, str]] = {}
+        self._closing_all = False
+        self.loads = 0
+        self.unloads = 0
+
+    def attach(self, attach: Attach) -> None:
+        """`attach(name, room)` is called for every room as it is loaded
+        (the default room included, now), before anyone enters it."""
+        self._attach = attach
+        attach(DEFAULT, self.default)
+
+    # -- entering and leaving --
+
+    def refusal(self, name: str) -> RoomRefused | None:
+        """Why a connection may not enter `name` now, if it may not."""
+        if name == DEFAULT or name in self._slots:
+            return None
+        policy = self.policy
+        if not policy.open:
+            if name not in policy.names:
+                return RoomRefused(404, "no such room")
+        elif name not in self._known and len(self._known) >= policy.max_rooms:
+            return RoomRefused(
+                404, "no such room, and the server's room limit is reached"
+            )
+        failed = self._failed.get(name)
+        if failed is not None:
+            until, reason = failed
+            if self._reactor.seconds() < until:
+                return RoomRefused(503, reason)
+            del self._failed[name]
+        return None
+
+    def enter(self, name: str) -> "Deferred[IRoom]":
+        """The room, once loaded; the caller must `leave(name)` once for
+        every enter that succeeded. Fails with RoomRefused."""
+        refused = self.refusal(name)
+        if refused is not None:
+            return fail(refused)
+        if self._closing_all:
+            return fail(RoomRefused(503, "server shutting down"))
+        slot = self._slots.get(name)
+        if slot is None:
+            slot = self._slots[name] = _Slot(name)
+            self._known.setdefault(name, None)
+            self._load(slot)
+        slot.users += 1
+        if slot.idle is not None:
+            slot.idle.cancel()
+            slot.idle = None
+        if slot.room is not None:
+            return succeed(slot.room)
+        waiter: Deferred[IRoom] = Deferred()
+        slot.waiters.append(waiter)
+        return waiter
+
+    def leave(self, name: str) -> None:
+        slot = self._slots[name]
+        slot.users -= 1
+        if slot.users == 0 and name != DEFAULT and slot.room is not None:
+            self._idle_from_now(slot)
+
+    def _idle_from_now(self, slot: _Slot) -> None:
+        if not self._closing_all:
+            slot.idle = self._reactor.callLater(self._idle, self._unload, slot)
+
+    def _load(self, slot: _Slot) -> None:
+        made = self._maker.make(slot.name)
+        made.addCallbacks(self._loaded, self._not_loaded, (slot,), None, (slot,))
+
+    def _loaded(self, room: IRoom, slot: _Slot) -> None:
+        self.loads += 1
+        slot.room = room
+        self._attach(slot.name, room)
+        waiters, slot.waiters = slot.waiters, []
+        for waiter in waiters:
+            waiter.callback(room)
+        if slot.users == 0:  # everyone gave up while it loaded
+            self._idle_from_now(slot)
+
+    def _not_loaded(self, failure: Failure, slot: _Slot) -> None:
+        # The details (a file's path, say) are for the operator's log only.
+        reason = "room unavailable: the server could not load it"
+        self.log.error(
+            "could not load room {name}: {error}",
+            name=slot.name,
+            error=failure.getErrorMessage(),
+        )
+        self._failed[slot.name] = (
+            self._reactor.seconds() + FAILED_LOAD_SECONDS,
+            reason,
+        )
+        del self._slots[slot.name]
+        waiters, slot.waiters = slot.waiters, []
+        for waiter in waiters:
+            waiter.errback(RoomRefused(503, reason))
+
+    def _unload(self, slot: _Slot) -> None:
+        slot.idle = None
+        room, slot.room = slot.room, None
+        assert room is not None
+        activity = room.last_activity()
+        slot.closing = self._maker.unload(slot.name, room)
+
+        def closed(unloaded: Unloaded) -> None:
+            self.unloads += 1
+            slot.closing = None
+            if unloaded.kept:
+                self._known[slot.name] = activity
+            else:
+                self._known.pop(slot.name, None)
+            if slot.users > 0:  # someone arrived while it closed
+                self._known.setdefault(slot.name, None)
+                self._load(slot)
+            else:
+                del self._slots[slot.name]
+
+        slot.closing.addCallback(closed)
+
+    # -- what is there --
+
+    def loaded(self) -> Iterable[tuple[str, IRoom]]:
+        return [(s.name, s.room) for s in self._slots.values() if s.room is not None]
+
+    def open_count(self) -> int:
+        """Rooms someone is in (or entering)."""
+        return sum(1 for slot in self._slots.values() if slot.users > 0)
+
+    def loaded_count(self) -> int:
+        return sum(1 for slot in self._slots.values() if slot.room is not None)
+
+    def listing(self) -> "Deferred[list[dict[str, Any]]]":
+        """The listed rooms for GET /rooms: name, online, last_activity."""
+        return Deferred.fromCoroutine(self._listing())
+
+    async def _listing(self) -> list[dict[str, Any]]:
+        shown = []
+        for name in sorted(self.policy.listed):
+            slot = self._slots.get(name)
+            if slot is not None and slot.room is not None:
+                online = await slot.room.online_count()
+                last = slot.room.last_activity()
+            else:
+                online, last = await self._maker.summary(name)
+                if last is None:
+                    last = self._known.get(name)
+            shown.append({"name": name, "online": online, "last_activity": last})
+        return shown
+
+    # -- shutdown --
+
+    def flush(self) -> "Deferred[Any]":
+        """Fires once every loaded room has settled what it accepted."""
+        return DeferredList([room.flush() for _, room in self.loaded()])
+
+    def close(self) -> "Deferred[bool]":
+        """Close every room (the default last); True if all were complete."""
+        return Deferred.fromCoroutine(self._close())
+
+    async def _close(self) -> bool:
+        self._closing_all = True
+        complete = True
+        for slot in list(self._slots.values()):
+            if slot.idle is not None:
+                slot.idle.cancel()
+                slot.idle = None
+        while True:
+            busy = [s.closing for s in self._slots.values() if s.closing is not None]
+            busy += [
+                waiter
+                for s in self._slots.values()
+                if s.room is None and s.closing is None
+                for waiter in [self._settled(s)]
+            ]
+            if not busy:
+                break
+            await DeferredList(busy)
+        for slot in list(self._slots.values()):
+            if slot.name == DEFAULT or slot.room is None:
+                continue
+            room, slot.room = slot.room, None
+            unloaded = await self._maker.unload(slot.name, room)
+            complete = complete and unloaded.complete
+        return bool(await self.default.close()) and complete
+
+    def _settled(self, slot: _Slot) -> "Deferred[None]":
+        """Fires when a room still loading has loaded or failed."""
+        done: Deferred[None] = Deferred()
+        waiter: Deferred[IRoom] = Deferred()
+        waiter.addBoth(lambda _: done.callback(None))
+        slot.waiters.append(waiter)
+        return done
