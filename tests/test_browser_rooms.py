@@ -619,7 +619,7 @@ async def test_no_serious_accessibility_findings_in_a_room(tmp_path: Path, viewp
         await server.stop()
 
 
-def test_the_switcher_links_are_absolute() -> None:
+def test_the_page_refers_to_its_files_by_absolute_paths() -> None:
     """The page lives at /NAME: a relative link or file would resolve
     against it. Everything the page loads or links to starts with /."""
     page = (Path(__file__).parent.parent / "chatbox/web/static/index.html").read_text()
