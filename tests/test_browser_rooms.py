@@ -272,6 +272,8 @@ async def test_a_trailing_slash_or_capitals_land_in_the_canonical_room(
                 join(page, "An")
                 assert page.title() == "class-7a · chatbox", path
                 assert sockets == [f"ws://127.0.0.1:{server.port}/class-7a"], path
+                page.click("#menu-button")
+                assert page.input_value("#share-url") == f"{url}/class-7a", path
                 page.context.close()
 
         await in_browser(scenario)
