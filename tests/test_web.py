@@ -37,6 +37,7 @@ async def test_healthz_reports_and_turns_503_when_persistence_fails(server):
         "registered": 1,
         "history": 1,
         "persistence": "ok",
+        "rooms": {"open": 1, "loaded": 1, "failing": 0},
     }
 
     def disk_full(journal, data):
