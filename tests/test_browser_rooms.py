@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pytest_twisted import ensureDeferred
 
+from tests import process
 from tests.chromium import (
     DESKTOP,
     LOCALES,
@@ -23,6 +24,7 @@ from tests.chromium import (
     Browser,
     await_in_reactor,
     in_browser,
+    in_reactor,
     join,
     message_texts,
     say,
@@ -46,6 +48,8 @@ TEXT = {
         "rooms": "Rooms",
         "share": "Link to this room",
         "connected": "Connected",
+        "gone": "This room does not exist on this server.",
+        "no_room": "No such room",
     },
     "vi": {
         "main": "Phòng chung",
@@ -55,6 +59,8 @@ TEXT = {
         "rooms": "Phòng",
         "share": "Liên kết tới phòng này",
         "connected": "Đã kết nối",
+        "gone": "Phòng này không có trên máy chủ này.",
+        "no_room": "Không có phòng này",
     },
 }
 
@@ -217,6 +223,258 @@ async def test_moving_between_rooms_and_back_after_a_restart(
         await in_browser(scenario)
     finally:
         await servers[-1].stop()
+
+
+def record_checks(sockets: list[str], checks: list[str]) -> Any:
+    """The page's WebSocket attempts, and its HEAD requests for its own page."""
+
+    def setup(page: Any) -> None:
+        record_sockets(sockets)(page)
+        page.on("request", lambda r: r.method == "HEAD" and checks.append(r.url))
+
+    return setup
+
+
+def gone_links(page: Any) -> list[list]:
+    return page.eval_on_selector_all("#gone-list a", SWITCHER)
+
+
+def refused_lines_only(browser: Browser) -> None:
+    """The browser's own lines about a refused handshake or a failed load
+    (the 404 the page asked about, a server that is down) are all there is."""
+    browser.errors[:] = [
+        e
+        for e in browser.errors
+        if not e.startswith(("WebSocket connection to", "Failed to load resource"))
+    ]
+
+
+# The page at /class-7a finds itself at /class-7c before its script runs
+# (and only there: the script runs again at every page the test goes to).
+AT_CLASS_7C = """
+if (location.pathname === "/class-7a") history.replaceState(null, "", "/class-7c");
+"""
+
+# Long enough for two more attempts had the page gone on retrying: the
+# backoff is 1 s then 2 s (plus up to 0.5 s each).
+QUIET = 5000
+
+
+@SIZES
+@ensureDeferred
+async def test_a_room_gone_after_a_restart_says_so_and_stops_retrying(
+    tmp_path: Path, viewport, lang
+):
+    """The server restarts with another --rooms list: the page's room is
+    refused at the handshake, which the page cannot see, so it asks about
+    its own page, hears 404, and stops."""
+    data = tmp_path / "data.json"
+    servers = [await start_server(data, "--rooms=class-7a")]
+    words = TEXT[lang]
+    try:
+        port = servers[0].port
+        url = base(servers[0])
+
+        async def restart() -> None:
+            await servers[-1].stop()
+            servers.append(
+                await start_server(
+                    data,
+                    "--rooms=class-7b",
+                    "--listed-rooms=class-7b",
+                    f"--port=tcp:{port}:interface=127.0.0.1",
+                )
+            )
+
+        def scenario(browser: Browser) -> None:
+            sockets: list[str] = []
+            checks: list[str] = []
+            an = browser.page(
+                f"{url}/class-7a",
+                setup=record_checks(sockets, checks),
+                viewport=viewport,
+                locale=LOCALES[lang],
+            )
+            join(an, "An")
+            say(an, "before the restart")
+            assert checks == []
+            await_in_reactor(restart)
+            an.wait_for_selector("#gone:not([hidden])", timeout=20_000)
+            assert an.inner_text("#gone [role=alert]") == words["gone"]
+            assert an.inner_text("#status") == words["no_room"]
+            # The way out: the main room, and the switcher's listed rooms.
+            assert gone_links(an) == [
+                [words["main"], None, False],
+                ["class-7b", words["online"](0), False],
+            ]
+            assert fits(an, "#gone")
+            for hidden in ("#composer", "#name-form", "#retry-now"):
+                assert an.locator(hidden).is_hidden(), hidden
+            # What the page saw before the message stays on screen.
+            assert message_texts(an) == ["before the restart"]
+            assert set(sockets) == {f"ws://127.0.0.1:{port}/class-7a"}, sockets
+            assert len(sockets) >= 2, sockets  # the first, then a refused one
+            assert set(checks) == {f"{url}/class-7a"}, checks
+            attempts, asked = len(sockets), len(checks)
+            an.wait_for_timeout(QUIET)
+            assert (len(sockets), len(checks)) == (attempts, asked), sockets
+            assert an.locator("#gone").is_visible()
+
+            an.click("#gone-list a >> text=class-7b")
+            an.wait_for_url(f"{url}/class-7b")
+            an.wait_for_function("window.chatbox.state.registered")
+            assert an.evaluate("window.chatbox.state.myName") == "An"
+            assert an.locator("#gone").is_hidden()
+            refused_lines_only(browser)
+
+        await in_browser(scenario)
+    finally:
+        await servers[-1].stop()
+
+
+@ensureDeferred
+async def test_a_room_refused_at_the_first_attempt_says_so(tmp_path: Path):
+    """A page whose room was never there (here: a page at /class-7a that
+    finds itself at /class-7c before its script runs, as a stale tab or a
+    cached page would): one attempt, one question, the message."""
+    server = await rooms_server(tmp_path / "data.json")
+    try:
+        url = base(server)
+
+        def scenario(browser: Browser) -> None:
+            sockets: list[str] = []
+            checks: list[str] = []
+            page = browser.page(
+                f"{url}/class-7a",
+                viewport=DESKTOP,
+                setup=record_checks(sockets, checks),
+                init=AT_CLASS_7C,
+            )
+            page.wait_for_selector("#gone:not([hidden])")
+            assert page.inner_text("#gone [role=alert]") == TEXT["en"]["gone"]
+            assert gone_links(page) == [
+                ["Main room", None, False],
+                ["class-7a", "0 online", False],
+                ["class-7b", "0 online", False],
+            ]
+            page.wait_for_timeout(QUIET)
+            assert sockets == [f"ws://127.0.0.1:{server.port}/class-7c"]
+            assert checks == [f"{url}/class-7c"]
+            # Connect, by hand: one more try, and the same answer.
+            page.click("#connection")
+            page.wait_for_function("window.chatbox.state.gone", timeout=10_000)
+            assert len(sockets) == 2 and len(checks) == 2, (sockets, checks)
+            page.click("#gone-list a >> text=Main room")
+            page.wait_for_url(f"{url}/")
+            join(page, "An")
+            refused_lines_only(browser)
+
+        await in_browser(scenario)
+    finally:
+        await server.stop()
+
+
+@ensureDeferred
+async def test_a_server_that_is_down_is_retried_as_before(tmp_path: Path):
+    """No answer to the question is no answer, not "does not exist". The
+    server is a real process, killed: a server stopped in this process
+    would still answer on the page's open keep-alive connection."""
+    child = await process.start(tmp_path, *ROOMS)
+    servers: list[RunningServer] = []
+    try:
+        port = child.port
+        url = f"http://127.0.0.1:{port}"
+
+        async def start_again() -> None:
+            servers.append(
+                await rooms_server(
+                    tmp_path / "data.json", f"--port=tcp:{port}:interface=127.0.0.1"
+                )
+            )
+
+        def scenario(browser: Browser) -> None:
+            sockets: list[str] = []
+            checks: list[str] = []
+            failed: list[str] = []
+
+            def setup(page: Any) -> None:
+                record_checks(sockets, checks)(page)
+                page.on(
+                    "requestfailed",
+                    lambda r: r.method == "HEAD" and failed.append(r.url),
+                )
+
+            an = browser.page(f"{url}/class-7a", viewport=DESKTOP, setup=setup)
+            join(an, "An")
+            before = len(sockets)
+            in_reactor(child.kill)
+            # Three refused attempts, each with its question unanswered.
+            an.wait_for_function(
+                "window.chatbox.state.backoff >= 16000", timeout=20_000
+            )
+            an.wait_for_function("!window.chatbox.state.checking")
+            assert len(sockets) >= before + 3, sockets
+            assert len(checks) >= 3, checks
+            assert failed == checks, (failed, checks)
+            assert an.locator("#gone").is_hidden()
+            assert an.locator("#retry-now").is_visible()
+            assert an.inner_text("#status").startswith("Connection lost, retrying")
+            # And when it is back, so is the page, in its room.
+            await_in_reactor(start_again)
+            an.click("#retry-now")
+            an.wait_for_function("window.chatbox.state.registered", timeout=20_000)
+            assert sockets[-1] == f"ws://127.0.0.1:{port}/class-7a"
+            refused_lines_only(browser)
+
+        await in_browser(scenario)
+    finally:
+        await child.kill()
+        for server in servers:
+            await server.stop()
+
+
+@pytest.mark.parametrize("status", [403, 502])
+@ensureDeferred
+async def test_any_answer_but_404_is_retried_as_before(tmp_path: Path, status):
+    """A proxy in front may answer for a server it cannot reach: only the
+    server's own 404 for the page means the room is gone."""
+    server = await rooms_server(tmp_path / "data.json")
+    try:
+        url = base(server)
+
+        def scenario(browser: Browser) -> None:
+            sockets: list[str] = []
+            checks: list[str] = []
+
+            def setup(page: Any) -> None:
+                record_checks(sockets, checks)(page)
+
+                def proxy(route: Any) -> None:
+                    if route.request.method == "HEAD":
+                        route.fulfill(status=status, body="")
+                    else:
+                        route.continue_()
+
+                page.route(f"{url}/class-7c", proxy)
+
+            page = browser.page(
+                f"{url}/class-7a",
+                viewport=DESKTOP,
+                setup=setup,
+                init=AT_CLASS_7C,
+            )
+            page.wait_for_function(
+                "window.chatbox.state.backoff >= 8000", timeout=20_000
+            )
+            page.wait_for_function("!window.chatbox.state.checking")
+            assert len(sockets) >= 3 and len(checks) >= 3, (sockets, checks)
+            assert page.locator("#gone").is_hidden()
+            assert page.locator("#retry-now").is_visible()
+            refused_lines_only(browser)
+
+        await in_browser(scenario)
+    finally:
+        await server.stop()
 
 
 @ensureDeferred

@@ -69,6 +69,8 @@
       rooms: "Rooms", mainRoom: "Main room", roomOnline: (n) => `${n} online`,
       shareLink: "Link to this room", copy: "Copy", copied: "Copied",
       copyByHand: "Selected: press Ctrl+C to copy", copyByTouch: "Selected: touch and hold to copy",
+      noRoom: "This room does not exist on this server.", noRoomStatus: "No such room",
+      goElsewhere: "Go to another room:",
     },
     vi: {
       language: "Ngôn ngữ", chat: "Trò chuyện", nickname: "Biệt danh", join: "Tham gia",
@@ -108,6 +110,8 @@
       shareLink: "Liên kết tới phòng này", copy: "Sao chép", copied: "Đã sao chép",
       copyByHand: "Đã chọn: nhấn Ctrl+C để sao chép",
       copyByTouch: "Đã chọn: chạm và giữ để sao chép",
+      noRoom: "Phòng này không có trên máy chủ này.", noRoomStatus: "Không có phòng này",
+      goElsewhere: "Đến một phòng khác:",
     },
   };
   const LOCALE = { en: "en-GB", vi: "vi-VN" };
@@ -129,6 +133,7 @@
     onlineCount: $("online-count"), onlineCountShort: $("online-count-short"),
     heading: $("heading"), rooms: $("rooms"), roomList: $("room-list"),
     shareUrl: $("share-url"), shareCopy: $("share-copy"), shareFeedback: $("share-feedback"),
+    gone: $("gone"), goneList: $("gone-list"),
   };
   const phone = window.matchMedia("(max-width: 700px)");
   const touch = window.matchMedia("(pointer: coarse)");
@@ -144,6 +149,7 @@
     unread: 0, typers: new Map(), typingSent: 0,
     sound: false, notify: false, audio: null,
     room: ROOM, rooms: [], roomsAt: 0, roomsLoading: false, feedback: null, feedbackTimer: null,
+    checking: false, gone: false,
   };
   const entries = new WeakMap();  // pending message <li> -> its outbox entry
 
@@ -218,14 +224,17 @@
   function connect() {
     clearRetry();
     state.wanted = true;
+    if (state.gone) { state.gone = false; renderJoined(); }
+    let opened = false;
     const ws = new WebSocket(socketUrl());
     state.ws = ws;
     state.registered = false;
     state.pingTimeout = 0;
     setStatus("busy", "connecting");
     // A paused server accepts the TCP connection and never answers the upgrade.
-    state.connectTimer = setTimeout(() => lose(ws), CONNECT_TIMEOUT);
+    state.connectTimer = setTimeout(() => lose(ws, true), CONNECT_TIMEOUT);
     ws.onopen = () => {
+      opened = true;
       clearTimeout(state.connectTimer);
       state.backoff = 1000;
       renderConnection();
@@ -243,14 +252,16 @@
       try { message = JSON.parse(event.data); } catch (e) { return; }
       handle(message);
     };
-    ws.onclose = () => lose(ws);
+    ws.onclose = () => lose(ws, !opened);
   }
 
   // The socket closed, or we gave up on it (no frame for too long, or no
   // answer to the upgrade). Its handlers are detached first: a close
   // handshake with a frozen server can take a minute, and nothing it says
   // afterwards may be mistaken for the next connection's replies.
-  function lose(ws) {
+  // `unopened`: it never opened (refused, unreachable, or no answer), so
+  // the room itself may be gone.
+  function lose(ws, unopened = false) {
     if (state.ws !== ws) return;
     ws.onopen = ws.onmessage = ws.onclose = null;
     if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) {
@@ -263,8 +274,43 @@
     dropInFlight();
     clearTypers();
     renderConnection();
-    if (state.wanted) scheduleRetry();
-    else setStatus("off", "disconnected");
+    if (state.wanted) {
+      scheduleRetry();
+      if (unopened) checkRoom();
+    } else setStatus("off", "disconnected");
+  }
+
+  // A refused handshake's 404 is hidden from the page's script, so the
+  // page's own address answers for it: the server serves the page exactly
+  // where a room may be joined. Only a 404 means the room is gone (the
+  // server restarted with another --rooms list); any other answer, or
+  // none, is an outage like any other and the retries go on. The default
+  // room always exists.
+  async function checkRoom() {
+    if (!ROOM || state.checking) return;
+    state.checking = true;
+    let gone = false;
+    try {
+      const options = { method: "HEAD", cache: "no-store" };
+      if (typeof AbortSignal.timeout === "function") options.signal = AbortSignal.timeout(CONNECT_TIMEOUT);
+      const response = await fetch(location.pathname, options);
+      gone = response.status === 404;
+    } catch (e) { /* no answer: retried as before */ }
+    state.checking = false;
+    if (gone && state.wanted && !isOpen()) roomGone();
+  }
+
+  // Retrying would never succeed: stop, say so, and show the way out.
+  function roomGone() {
+    state.gone = true;
+    disconnect();
+    state.online = [];
+    state.onlineCount = null;
+    setStatus("off", "noRoomStatus");
+    renderJoined();
+    renderWelcome();
+    renderRooms();
+    refreshRooms();
   }
 
   function scheduleRetry() {
@@ -889,7 +935,7 @@
     }
     else if (key === "pending") label.textContent = isOpen() ? t("pending") : t("waiting");
     else label.textContent = t("sent");
-    if (key === "failed") {
+    if (key === "failed" && !state.gone) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "retry small";
@@ -1104,11 +1150,17 @@
   }
 
   // The listed rooms, and the default room first: the way back to it.
+  // A room that is gone offers the same ways out, the main room at least.
   function renderRooms() {
     ui.rooms.hidden = state.rooms.length === 0;
-    if (ui.rooms.hidden) { ui.roomList.replaceChildren(); return; }
     const shown = [{ name: "", online: null }, ...state.rooms];
-    ui.roomList.replaceChildren(...shown.map((room) => {
+    ui.roomList.replaceChildren(...(ui.rooms.hidden ? [] : roomItems(shown)));
+    ui.goneList.replaceChildren(...(state.gone
+      ? roomItems(shown.filter((room) => !ROOM || room.name !== ROOM)) : []));
+  }
+
+  function roomItems(shown) {
+    return shown.map((room) => {
       const link = document.createElement("a");
       link.className = "room-link";
       link.href = `/${room.name}`;
@@ -1126,7 +1178,7 @@
       const item = document.createElement("li");
       item.append(link);
       return item;
-    }));
+    });
   }
 
   // -- rendering --------------------------------------------------------------------------------
@@ -1149,10 +1201,13 @@
   }
 
   // Joined: the composer; not joined: the nickname form and welcome line.
+  // A room that is gone: neither, and the way out instead.
   function renderJoined() {
     const joined = Boolean(state.myName);
-    ui.nameForm.hidden = joined;
-    ui.renameSection.hidden = !joined;
+    ui.gone.hidden = !state.gone;
+    ui.nameForm.hidden = joined || state.gone;
+    ui.composer.hidden = state.gone;
+    ui.renameSection.hidden = !joined || state.gone;
     if (!joined) ui.name.value = ui.name.value || load("name") || "";
     renderComposer();
     renderOnline();
