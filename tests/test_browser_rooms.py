@@ -19,6 +19,7 @@ from tests.chromium import (
     DESKTOP,
     LOCALES,
     PHONE,
+    RECORD_NOTIFICATIONS,
     SIZES,
     TOUCH_PHONE,
     Browser,
@@ -28,11 +29,12 @@ from tests.chromium import (
     join,
     message_texts,
     say,
+    serious,
+    set_hidden,
     skip_without_chromium,
 )
 from tests.client import connect
 from tests.server import RunningServer, start_server
-from tests.test_browser_comfort import RECORD_NOTIFICATIONS, serious, set_hidden
 
 if skip := skip_without_chromium():
     pytestmark = skip
