@@ -52,6 +52,7 @@ TEXT = {
         "connected": "Connected",
         "gone": "This room does not exist on this server.",
         "no_room": "No such room",
+        "connect": "Connect",
     },
     "vi": {
         "main": "Phòng chung",
@@ -63,6 +64,7 @@ TEXT = {
         "connected": "Đã kết nối",
         "gone": "Phòng này không có trên máy chủ này.",
         "no_room": "Không có phòng này",
+        "connect": "Kết nối",
     },
 }
 
@@ -310,6 +312,15 @@ async def test_a_room_gone_after_a_restart_says_so_and_stops_retrying(
                 ["class-7b", words["online"](0), False],
             ]
             assert fits(an, "#gone")
+            open_menu(an)  # on a phone the connection button is in the menu
+            assert an.inner_text("#connection") == words["connect"]
+            found = {}
+            for theme in ("light", "dark"):
+                open_menu(an)
+                an.select_option("#theme", theme)
+                close_menu(an)
+                found[theme] = serious(an)
+            assert found == {"light": [], "dark": []}
             for hidden in ("#composer", "#name-form", "#retry-now"):
                 assert an.locator(hidden).is_hidden(), hidden
             # What the page saw before the message stays on screen.
@@ -818,6 +829,13 @@ def fits(page: Any, selector: str) -> bool:
     )
 
 
+# Nothing is drawn over the middle of the element.
+UNCOVERED = """s => {
+  const e = document.querySelector(s), r = e.getBoundingClientRect();
+  return e.contains(document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2));
+}"""
+
+
 @ensureDeferred
 async def test_the_phone_layout_with_the_longest_room_name(tmp_path: Path):
     longest = "theclassroomofthewholeschoolyear2026to27"  # nowhere to break
@@ -836,6 +854,14 @@ async def test_the_phone_layout_with_the_longest_room_name(tmp_path: Path):
             assert fits(page, "#heading")
             assert fits(page, "#menu-button")
             assert page.inner_text("#status") == "Connected"
+            # The online panel opens under the header, however tall the
+            # name makes it: its toggle stays uncovered, to close it again.
+            page.tap("#online-toggle")
+            assert page.locator("#online").is_visible()
+            assert fits(page, "#online")
+            assert page.evaluate(UNCOVERED, "#online-toggle")
+            page.tap("#online-toggle")
+            assert page.locator("#online").is_hidden()
             open_menu(page)
             switcher(page)
             assert fits(page, "#menu")

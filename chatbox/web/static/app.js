@@ -342,6 +342,7 @@
     for (const entry of state.outbox) fail(entry, { reason: "lost" });
     state.outbox = [];
     setStatus("off", "disconnected");
+    renderConnection();  // between retries there was no socket to lose
   }
 
   // Server pings (every S seconds) prove the connection alive; once we have
