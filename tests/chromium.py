@@ -178,3 +178,37 @@ def seeded(tmp_path: Path, entries: list[tuple[str, str, int]]) -> Path:
         )
     )
     return data
+
+
+# Desktop notifications, recorded: headless Chromium shows none.
+RECORD_NOTIFICATIONS = """
+window.notified = [];
+window.Notification = class extends window.Notification {
+  constructor(title, options) { super(title, options); window.notified.push(title); }
+};
+"""
+
+
+def set_hidden(page: Any, hidden: bool) -> None:
+    """Headless pages are always visible: say otherwise, as a background tab would."""
+    page.evaluate(
+        """hidden => {
+          const get = () => hidden;
+          Object.defineProperty(document, "hidden", {configurable: true, get});
+          document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        hidden,
+    )
+
+
+def serious(page: Any) -> list[str]:
+    """An axe-core audit's serious and critical findings (axe is imported
+    here: docs/screenshot.py uses this module without it)."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    return [
+        f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']]}"
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]

@@ -89,12 +89,18 @@ class ServerProcess(ProcessProtocol):
         return self.ended.addTimeout(30, reactor)
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child that runs chatbox: this working tree's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = REPOSITORY
+    return env
+
+
 def spawn(workdir: Path, *args: str, held: bool = False) -> ServerProcess:
     """Start `twistd -n chatbox` in `workdir` (its data.json lives there);
     `held`: with its journal writes held (see tests/held_twistd.py)."""
     process = ServerProcess()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONPATH"] = REPOSITORY
+    env = child_env()
     command = HELD_TWISTD if held else [TWISTD]
     reactor.spawnProcess(
         process,

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from pytest_twisted import ensureDeferred
 
 from tests.chromium import (
     DESKTOP,
     LOCALES,
     PHONE,
+    RECORD_NOTIFICATIONS,
     SIZES,
     TOUCH_PHONE,
     Browser,
@@ -26,33 +26,14 @@ from tests.chromium import (
     page_url,
     say,
     seeded,
+    serious,
+    set_hidden,
     skip_without_chromium,
 )
 from tests.server import start_server
 
 if skip := skip_without_chromium():
     pytestmark = skip
-
-
-# Desktop notifications, recorded: headless Chromium shows none.
-RECORD_NOTIFICATIONS = """
-window.notified = [];
-window.Notification = class extends window.Notification {
-  constructor(title, options) { super(title, options); window.notified.push(title); }
-};
-"""
-
-
-def set_hidden(page: Any, hidden: bool) -> None:
-    """Headless pages are always visible: say otherwise, as a background tab would."""
-    page.evaluate(
-        """hidden => {
-          const get = () => hidden;
-          Object.defineProperty(document, "hidden", {configurable: true, get});
-          document.dispatchEvent(new Event("visibilitychange"));
-        }""",
-        hidden,
-    )
 
 
 def focused(page: Any) -> str:
@@ -279,15 +260,6 @@ async def test_dark_mode_follows_the_system_and_the_switch_is_remembered(server)
         assert background(light) == "rgb(20, 23, 26)"
 
     await in_browser(scenario)
-
-
-def serious(page: Any) -> list[str]:
-    results = Axe().run(page)
-    return [
-        f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']]}"
-        for v in results.response["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])

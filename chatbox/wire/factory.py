@@ -79,7 +79,6 @@ class ChatFactory(WebSocketServerFactory):
             messages=rooms.message_count,
             bytes_out=lambda: self.bytes_out,
         )
-        self.metrics.observe_rooms(rooms)
         self._all_closed: list[Deferred[None]] = []
         self.closing = False
         rooms.attach(self._attach_room)

@@ -18,6 +18,17 @@
   const CONNECT_TIMEOUT = 10000;  // a server that accepts TCP but never answers
   const REJOIN_TRIES = 3;      // our old connection may not be closed yet on the server
   const TITLE = "chatbox";
+  const ROOMS_EVERY = 10000;   // the room list is fetched at most this often (ms)
+  const ROOM_NAME = /^[a-z0-9][a-z0-9_-]{0,39}$/;  // docs/PROTOCOL.md, rooms
+  const FEEDBACK_SHOWN = 4000;
+  // The room is the page's own path, "" for the default room at "/". The
+  // server answers a non-canonical path with a redirect, so this one is
+  // canonical. It is read once: every reconnect goes back to this room.
+  const ROOM_PATH = location.pathname.replace(/\/$/, "");
+  const ROOM = (() => {
+    try { return decodeURIComponent(ROOM_PATH.slice(1)); } catch (e) { return ROOM_PATH.slice(1); }
+  })();
+  const PAGE_TITLE = ROOM ? `${ROOM} · ${TITLE}` : TITLE;
   const LINK = /https?:\/\/[^\s<>"]+/gi;
 
   const TEXT = {
@@ -55,6 +66,11 @@
       typingMany: (n) => `${n} people are typing…`,
       counter: (n) => `${n} / ${MAX_CONTENT}`,
       mentioned: (n) => `${n} mentioned you`,
+      rooms: "Rooms", mainRoom: "Main room", roomOnline: (n) => `${n} online`,
+      shareLink: "Link to this room", copy: "Copy", copied: "Copied",
+      copyByHand: "Selected: press Ctrl+C to copy", copyByTouch: "Selected: touch and hold to copy",
+      noRoom: "This room does not exist on this server.", noRoomStatus: "No such room",
+      goElsewhere: "Go to another room:",
     },
     vi: {
       language: "Ngôn ngữ", chat: "Trò chuyện", nickname: "Biệt danh", join: "Tham gia",
@@ -90,6 +106,12 @@
       typingMany: (n) => `${n} người đang soạn tin…`,
       counter: (n) => `${n} / ${MAX_CONTENT}`,
       mentioned: (n) => `${n} đã nhắc đến bạn`,
+      rooms: "Phòng", mainRoom: "Phòng chung", roomOnline: (n) => `${n} trực tuyến`,
+      shareLink: "Liên kết tới phòng này", copy: "Sao chép", copied: "Đã sao chép",
+      copyByHand: "Đã chọn: nhấn Ctrl+C để sao chép",
+      copyByTouch: "Đã chọn: chạm và giữ để sao chép",
+      noRoom: "Phòng này không có trên máy chủ này.", noRoomStatus: "Không có phòng này",
+      goElsewhere: "Đến một phòng khác:",
     },
   };
   const LOCALE = { en: "en-GB", vi: "vi-VN" };
@@ -109,6 +131,9 @@
     hint: $("composer-hint"), counter: $("counter"), online: $("online"),
     onlineToggle: $("online-toggle"), onlineList: $("online-list"),
     onlineCount: $("online-count"), onlineCountShort: $("online-count-short"),
+    heading: $("heading"), rooms: $("rooms"), roomList: $("room-list"),
+    shareUrl: $("share-url"), shareCopy: $("share-copy"), shareFeedback: $("share-feedback"),
+    gone: $("gone"), goneList: $("gone-list"),
   };
   const phone = window.matchMedia("(max-width: 700px)");
   const touch = window.matchMedia("(pointer: coarse)");
@@ -123,6 +148,8 @@
     outbox: [], sending: null, holdUntil: 0, gets: [], getInFlight: null,
     unread: 0, typers: new Map(), typingSent: 0,
     sound: false, notify: false, audio: null,
+    room: ROOM, rooms: [], roomsAt: 0, roomsLoading: false, feedback: null, feedbackTimer: null,
+    checking: false, gone: false,
   };
   const entries = new WeakMap();  // pending message <li> -> its outbox entry
 
@@ -183,26 +210,31 @@
     renderHint();
     decorate();
     renderUnread();
+    renderRooms();
+    renderFeedback();
   }
 
   // -- connection ------------------------------------------------------------
 
   function socketUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/`;
+    return `${scheme}//${location.host}${ROOM_PATH || "/"}`;
   }
 
   function connect() {
     clearRetry();
     state.wanted = true;
+    if (state.gone) { state.gone = false; renderJoined(); }
+    let opened = false;
     const ws = new WebSocket(socketUrl());
     state.ws = ws;
     state.registered = false;
     state.pingTimeout = 0;
     setStatus("busy", "connecting");
     // A paused server accepts the TCP connection and never answers the upgrade.
-    state.connectTimer = setTimeout(() => lose(ws), CONNECT_TIMEOUT);
+    state.connectTimer = setTimeout(() => lose(ws, true), CONNECT_TIMEOUT);
     ws.onopen = () => {
+      opened = true;
       clearTimeout(state.connectTimer);
       state.backoff = 1000;
       renderConnection();
@@ -220,14 +252,16 @@
       try { message = JSON.parse(event.data); } catch (e) { return; }
       handle(message);
     };
-    ws.onclose = () => lose(ws);
+    ws.onclose = () => lose(ws, !opened);
   }
 
   // The socket closed, or we gave up on it (no frame for too long, or no
   // answer to the upgrade). Its handlers are detached first: a close
   // handshake with a frozen server can take a minute, and nothing it says
   // afterwards may be mistaken for the next connection's replies.
-  function lose(ws) {
+  // `unopened`: it never opened (refused, unreachable, or no answer), so
+  // the room itself may be gone.
+  function lose(ws, unopened = false) {
     if (state.ws !== ws) return;
     ws.onopen = ws.onmessage = ws.onclose = null;
     if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) {
@@ -240,8 +274,43 @@
     dropInFlight();
     clearTypers();
     renderConnection();
-    if (state.wanted) scheduleRetry();
-    else setStatus("off", "disconnected");
+    if (state.wanted) {
+      scheduleRetry();
+      if (unopened) checkRoom();
+    } else setStatus("off", "disconnected");
+  }
+
+  // A refused handshake's 404 is hidden from the page's script, so the
+  // page's own address answers for it: the server serves the page exactly
+  // where a room may be joined. Only a 404 means the room is gone (the
+  // server restarted with another --rooms list); any other answer, or
+  // none, is an outage like any other and the retries go on. The default
+  // room always exists.
+  async function checkRoom() {
+    if (!ROOM || state.checking) return;
+    state.checking = true;
+    let gone = false;
+    try {
+      const options = { method: "HEAD", cache: "no-store" };
+      if (typeof AbortSignal.timeout === "function") options.signal = AbortSignal.timeout(CONNECT_TIMEOUT);
+      const response = await fetch(location.pathname, options);
+      gone = response.status === 404;
+    } catch (e) { /* no answer: retried as before */ }
+    state.checking = false;
+    if (gone && state.wanted && !isOpen()) roomGone();
+  }
+
+  // Retrying would never succeed: stop, say so, and show the way out.
+  function roomGone() {
+    state.gone = true;
+    disconnect();
+    state.online = [];
+    state.onlineCount = null;
+    setStatus("off", "noRoomStatus");
+    renderJoined();
+    renderWelcome();
+    renderRooms();
+    refreshRooms();
   }
 
   function scheduleRetry() {
@@ -273,6 +342,7 @@
     for (const entry of state.outbox) fail(entry, { reason: "lost" });
     state.outbox = [];
     setStatus("off", "disconnected");
+    renderConnection();  // between retries there was no socket to lose
   }
 
   // Server pings (every S seconds) prove the connection alive; once we have
@@ -866,7 +936,7 @@
     }
     else if (key === "pending") label.textContent = isOpen() ? t("pending") : t("waiting");
     else label.textContent = t("sent");
-    if (key === "failed") {
+    if (key === "failed" && !state.gone) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "retry small";
@@ -947,15 +1017,17 @@
   function renderUnread() {
     ui.unread.hidden = state.unread === 0 || atBottom();
     ui.unread.textContent = t("unread", state.unread);
-    document.title = state.unread ? `(${state.unread}) ${TITLE}` : TITLE;
+    document.title = state.unread ? `(${state.unread}) ${PAGE_TITLE}` : PAGE_TITLE;
   }
 
   function alertUser(message, mention) {
     if (state.sound) beep();
     if (!state.notify || typeof Notification !== "function" || Notification.permission !== "granted") return;
-    const title = mention ? t("mentioned", message.name) : message.name;
+    const who = mention ? t("mentioned", message.name) : message.name;
+    // Two rooms open in two tabs: each its own notification, saying which.
+    const title = ROOM ? `${who} · ${ROOM}` : who;
     try {
-      const shown = new Notification(title, { body: message.content.slice(0, 200), tag: "chatbox" });
+      const shown = new Notification(title, { body: message.content.slice(0, 200), tag: `chatbox${ROOM_PATH}` });
       shown.onclick = () => { window.focus(); shown.close(); };
     } catch (e) { /* some mobile browsers only notify from a service worker */ }
   }
@@ -997,6 +1069,119 @@
     save("notify", state.notify ? "1" : null);
   }
 
+  // -- rooms: the heading, the share link, the switcher ---------------------------------------
+
+  // "class-7a · chatbox", where "chatbox" leads back to the default room.
+  // The default room keeps its plain "chatbox".
+  function renderHeading() {
+    if (!ROOM) return;
+    const room = document.createElement("bdi");
+    room.className = "room";
+    room.textContent = ROOM;
+    const home = document.createElement("a");
+    home.className = "home";
+    home.href = "/";
+    home.textContent = TITLE;
+    const brand = document.createElement("span");
+    brand.className = "brand";
+    brand.append(" · ", home);
+    ui.heading.replaceChildren(room, brand);
+  }
+
+  function shareUrl() {
+    return `${location.origin}${ROOM_PATH || "/"}`;
+  }
+
+  // The clipboard API exists only on https (and localhost); elsewhere the
+  // link is selected for the user to copy, as a last resort by hand.
+  async function copyLink() {
+    let copied = false;
+    if (navigator.clipboard && typeof navigator.clipboard.writeText === "function") {
+      try {
+        await navigator.clipboard.writeText(shareUrl());
+        copied = true;
+      } catch (e) { /* not allowed here: select it instead */ }
+    }
+    if (!copied) {
+      ui.shareUrl.focus();
+      ui.shareUrl.select();
+      try { copied = document.execCommand("copy"); } catch (e) { copied = false; }
+    }
+    showFeedback(copied ? "copied" : touch.matches ? "copyByTouch" : "copyByHand");
+  }
+
+  function showFeedback(key) {
+    clearTimeout(state.feedbackTimer);
+    state.feedback = key;
+    renderFeedback();
+    if (key) state.feedbackTimer = setTimeout(() => showFeedback(null), FEEDBACK_SHOWN);
+  }
+
+  function renderFeedback() {
+    ui.shareFeedback.textContent = state.feedback ? t(state.feedback) : "";
+  }
+
+  // Asked when the menu opens, at most once per ROOMS_EVERY: a menu opened
+  // and closed in a loop must not become a request loop. No list, a
+  // failed request, or an answer not as expected: no switcher, and no error.
+  async function refreshRooms() {
+    if (state.roomsLoading || Date.now() - state.roomsAt < ROOMS_EVERY) return;
+    state.roomsLoading = true;
+    state.roomsAt = Date.now();
+    let rooms = [];
+    try {
+      const response = await fetch("/rooms", { cache: "no-store", headers: { accept: "application/json" } });
+      if (response.ok) rooms = listedRooms(await response.json());
+    } catch (e) { /* no list today */ }
+    state.roomsLoading = false;
+    state.rooms = rooms;
+    renderRooms();
+  }
+
+  // Only names a room can have become links: the list is the server's,
+  // but a link is built from it, so it is checked like input.
+  function listedRooms(body) {
+    const list = body && Array.isArray(body.rooms) ? body.rooms : [];
+    return list
+      .filter((room) => room && typeof room.name === "string" && ROOM_NAME.test(room.name))
+      .map((room) => ({
+        name: room.name,
+        online: Number.isSafeInteger(room.online) && room.online >= 0 ? room.online : null,
+      }));
+  }
+
+  // The listed rooms, and the default room first: the way back to it.
+  // A room that is gone offers the same ways out, the main room at least.
+  function renderRooms() {
+    ui.rooms.hidden = state.rooms.length === 0;
+    const shown = [{ name: "", online: null }, ...state.rooms];
+    ui.roomList.replaceChildren(...(ui.rooms.hidden ? [] : roomItems(shown)));
+    ui.goneList.replaceChildren(...(state.gone
+      ? roomItems(shown.filter((room) => !ROOM || room.name !== ROOM)) : []));
+  }
+
+  function roomItems(shown) {
+    return shown.map((room) => {
+      const link = document.createElement("a");
+      link.className = "room-link";
+      link.href = `/${room.name}`;
+      if (room.name === ROOM) link.setAttribute("aria-current", "page");
+      const name = document.createElement("bdi");
+      name.className = "room-name";
+      name.textContent = room.name || t("mainRoom");
+      link.append(name);
+      if (room.online !== null) {
+        const online = document.createElement("span");
+        online.className = "room-online";
+        online.textContent = t("roomOnline", room.online);
+        link.append(" ", online);
+      }
+      const item = document.createElement("li");
+      item.append(link);
+      return item;
+    });
+  }
+
   // -- rendering --------------------------------------------------------------------------------
 
   function setStatus(kind, key, ...args) {
@@ -1017,10 +1202,13 @@
   }
 
   // Joined: the composer; not joined: the nickname form and welcome line.
+  // A room that is gone: neither, and the way out instead.
   function renderJoined() {
     const joined = Boolean(state.myName);
-    ui.nameForm.hidden = joined;
-    ui.renameSection.hidden = !joined;
+    ui.gone.hidden = !state.gone;
+    ui.nameForm.hidden = joined || state.gone;
+    ui.composer.hidden = state.gone;
+    ui.renameSection.hidden = !joined || state.gone;
     if (!joined) ui.name.value = ui.name.value || load("name") || "";
     renderComposer();
     renderOnline();
@@ -1124,7 +1312,8 @@
     if (open) showOnline(false);
     ui.menu.hidden = !open;
     ui.menuButton.setAttribute("aria-expanded", String(open));
-    if (!open) closeRename();
+    if (open) refreshRooms();
+    else { closeRename(); showFeedback(null); }
   }
 
   function closeRename() {
@@ -1221,6 +1410,8 @@
     showOnline(!document.body.classList.contains("show-online"));
   });
   ui.menuButton.addEventListener("click", () => openMenu(ui.menu.hidden));
+  ui.shareCopy.addEventListener("click", copyLink);
+  ui.shareUrl.addEventListener("focus", () => ui.shareUrl.select());
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
     if (!ui.menu.hidden) { openMenu(false); ui.menuButton.focus(); }
@@ -1251,6 +1442,9 @@
   ui.notify.checked = state.notify;
   ui.notify.disabled = typeof Notification !== "function";
   setTheme(load("theme"));
+  document.title = PAGE_TITLE;
+  renderHeading();
+  ui.shareUrl.value = shareUrl();
   placeControls();
   renderJoined();
   setLanguage(state.lang);
