@@ -34,7 +34,8 @@ log = Logger()
 # and twistd's log (64), and one batch of accepted connections waiting to be
 # told they are refused (at most the listen backlog, 50).
 RESERVED_FILES = 128
-# And for each room that may be loaded: its journal and its lock.
+# And for each room a single process may load: its journal and its lock (a
+# cluster node's rooms share its two Redis connections).
 FILES_PER_ROOM = 2
 
 
@@ -459,9 +460,10 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     # log lines each, and starve the history and Redis of files: the total cap
     # stays below it, so they are refused with a cheap 503 instead.
     max_connections = config["max-connections"]
-    fits = max(
-        1, after - RESERVED_FILES - FILES_PER_ROOM * config["room-policy"].most_rooms
+    room_files = (
+        0 if config["redis"] else FILES_PER_ROOM * config["room-policy"].most_rooms
     )
+    fits = max(1, after - RESERVED_FILES - room_files)
     if max_connections > fits:
         log.warn(
             "open file limit {limit} leaves room for {fits} connections, below "
