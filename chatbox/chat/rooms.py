@@ -255,7 +255,11 @@ class Rooms:
         waiters, slot.waiters = slot.waiters, []
         for waiter in waiters:
             waiter.callback(room)
-        if slot.users == 0:  # everyone gave up while it loaded
+        # Everyone gave up while it loaded. A connection that closed during
+        # the load leaves from its waiter's callback above, which already
+        # started the idle time: a second timer would outlive the first's
+        # cancel and unload the room under whoever comes in next.
+        if slot.users == 0 and slot.idle is None:
             self._idle_from_now(slot)
 
     def _not_loaded(self, failure: Failure, slot: _Slot) -> None:
