@@ -283,15 +283,15 @@ class Rooms:
         slot.idle = None
         room, slot.room = slot.room, None
         assert room is not None
-        activity = room.last_activity()
+        # Known at once, not when closed: GET /rooms reads it while the room
+        # closes, and would otherwise show a room with history as never used.
+        self._known[slot.name] = room.last_activity()
         slot.closing = self._maker.unload(slot.name, room)
 
         def closed(unloaded: Unloaded) -> None:
             self.unloads += 1
             slot.closing = None
-            if unloaded.kept:
-                self._known[slot.name] = activity
-            else:
+            if not unloaded.kept:
                 self._known.pop(slot.name, None)
             if slot.users > 0:  # someone arrived while it closed
                 self._known.setdefault(slot.name, None)
