@@ -284,6 +284,7 @@ async def test_stray_files_in_the_rooms_folder_are_no_rooms_and_stay(data_file):
     folder.mkdir()
     strays = {
         "README.txt": "rooms of 2026",
+        "notes": "a name a room could have, without .json",
         "class-7a.json.bak": "[]",
         ".hidden.json": "[]",
         "Class-7B.json": v2_history("a copy"),
@@ -300,7 +301,7 @@ async def test_stray_files_in_the_rooms_folder_are_no_rooms_and_stay(data_file):
     rooms = running.factory.rooms
     try:
         first = await user_at(running.url + "/class-7a", "An")
-        second = await user_at(running.url + "/class-7b", "An")
+        second = await user_at(running.url + "/class-7c", "An")
         assert [m for m in (await second.get())["data"]["message"]] == []
         for client in (first, second):
             client.sendClose(1000)
