@@ -311,3 +311,30 @@ async def test_stray_files_in_the_rooms_folder_are_no_rooms_and_stay(data_file):
     assert sorted(p.name for p in folder.iterdir()) == sorted([*strays, "old-year"])
     for name, text in strays.items():
         assert (folder / name).read_text() == text
+
+
+@ensureDeferred
+async def test_names_that_failed_to_load_do_not_fill_the_room_limit(
+    data_file, monkeypatch
+):
+    """Open rooms, --max-rooms 2, and no room can be made for a while (the
+    rooms folder's place is taken by a file, as a full disk or a lack of
+    open files would): two made-up names are refused with 503. Once the
+    operator has fixed it, new names open again: a room that never loaded
+    holds no history, so it holds no place either."""
+    monkeypatch.setattr(rooms_module, "FAILED_LOAD_SECONDS", 0.05)
+    running = await start_server(data_file, "--rooms=open", "--max-rooms=2")
+    rooms = running.factory.rooms
+    blocker = data_file.parent / "data.rooms"
+    blocker.write_text("not a folder")  # (at start-up: refused, and said)
+    try:
+        for name in ("first", "second"):
+            status, _, _ = await raw_get(running.port, f"/{name}", websocket=True)
+            assert status == 503, name
+        blocker.unlink()
+        await until(lambda: rooms.refusal("second") is None)
+        for name in ("third", "fourth"):
+            room = await user_at(f"{running.url}/{name}", "An")
+            assert (await room.say("at last"))["id"] == 1
+    finally:
+        await running.stop()
