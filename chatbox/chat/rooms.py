@@ -139,7 +139,7 @@ class IRoomMaker(Interface):
 class _Slot:
     """One room's place in the registry, loaded or on its way in or out."""
 
-    __slots__ = ("closing", "idle", "name", "room", "users", "waiters")
+    __slots__ = ("closing", "fresh", "idle", "name", "room", "users", "waiters")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -148,6 +148,8 @@ class _Slot:
         self.waiters: list[Deferred[IRoom]] = []
         self.idle: IDelayedCall | None = None
         self.closing: Deferred[Unloaded] | None = None
+        # Not known before this load: if it fails, the name holds no place.
+        self.fresh = False
 
 
 Attach = Callable[[str, IRoom], None]
@@ -222,6 +224,7 @@ class Rooms:
         slot = self._slots.get(name)
         if slot is None:
             slot = self._slots[name] = _Slot(name)
+            slot.fresh = name not in self._known
             self._known.setdefault(name, None)
             self._load(slot)
         slot.users += 1
@@ -275,6 +278,8 @@ class Rooms:
             reason,
         )
         del self._slots[slot.name]
+        if slot.fresh:  # no history, so no place under --max-rooms
+            self._known.pop(slot.name, None)
         waiters, slot.waiters = slot.waiters, []
         for waiter in waiters:
             waiter.errback(RoomRefused(503, reason))
@@ -294,6 +299,7 @@ class Rooms:
             if not unloaded.kept:
                 self._known.pop(slot.name, None)
             if slot.users > 0:  # someone arrived while it closed
+                slot.fresh = slot.name not in self._known
                 self._known.setdefault(slot.name, None)
                 self._load(slot)
             else:
