@@ -199,6 +199,8 @@ async def test_a_rooms_folder_it_may_not_write_refuses_rooms_and_loses_nothing(
         assert (await lobby.say("still here"))["status"] is True
         await server.wait_for(rb"could not load room new")
         assert b"Permission denied" in server.output
+        # The unload could not fold busy's journal, and said what keeps it.
+        assert b"could not fold history into data.rooms/busy.json" in server.output
     finally:
         await server.kill(signal.SIGTERM)
         folder.chmod(0o755)
