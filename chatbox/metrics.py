@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["Metrics"]
 
@@ -84,13 +84,16 @@ class Metrics:
         self.messages_stored.set_function(messages)
         self._bytes_out = bytes_out
 
-    def observe_rooms(self, rooms: Any) -> None:
+    def observe_rooms(self, rooms: Any, per_room: bool = False) -> None:
         """chatbox.chat.rooms.Rooms, read when scraped: one series each for
-        all rooms, never one per room (a thousand rooms would be a thousand
-        series, and a room's name can be an invitation)."""
+        all rooms, never one per room unless asked (`--room-metrics`), and
+        then only for listed rooms: a thousand rooms would be a thousand
+        series, and an unlisted room's name is an invitation."""
         self._rooms = rooms
         self.rooms_open.set_function(rooms.open_count)
         self.rooms_loaded.set_function(rooms.loaded_count)
+        if per_room:
+            self.registry.register(_ListedRooms(rooms))
 
     def request(self, kind: object, outcome: str) -> None:
         known = kind if kind in ("name", "send", "get", "typing", "online") else "other"
@@ -129,3 +132,32 @@ class _RoomChanges:
             "Idle rooms closed and dropped from memory since start.",
             value=0 if rooms is None else rooms.unloads,
         )
+
+
+class _ListedRooms:
+    """Per listed room: its registered users and stored messages on this
+    process (a room not in memory has nobody here, and its count is not
+    read from disk for a scrape)."""
+
+    def __init__(self, rooms: Any) -> None:
+        self.rooms = rooms
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        users = GaugeMetricFamily(
+            "chatbox_room_registered_users",
+            "Connections holding a nickname, per listed room.",
+            labels=["room"],
+        )
+        stored = GaugeMetricFamily(
+            "chatbox_room_messages_stored",
+            "Messages in the history, per listed room in memory.",
+            labels=["room"],
+        )
+        loaded = dict(self.rooms.loaded())
+        for name in self.rooms.policy.listed:
+            room = loaded.get(name)
+            users.add_metric([name], 0 if room is None else room.registered_count())
+            if room is not None:
+                stored.add_metric([name], room.message_count())
+        yield users
+        yield stored

@@ -2,9 +2,10 @@
 
 Shutdown order matters for "lose nothing": the port stops accepting first
 (MultiService stops children in reverse), then every pending send is made
-durable and acknowledged, then every client is closed with 1001, then the
-room closes (a single process folds its journal into data.json; a cluster
-node releases its nicknames and its lease). `stopService` returns that
+durable and acknowledged, then every client is closed with 1001, then every
+loaded room closes, the default one last (a single process folds each
+journal into its history file; a cluster node releases its nicknames and
+its lease). `stopService` returns that
 Deferred, so twistd exits only when it has finished.
 """
 

@@ -76,6 +76,14 @@ _per_second = _at_least_zero("per second")
 
 class Options(usage.Options):
     synopsis = "[options]"
+    optFlags = [
+        [
+            "room-metrics",
+            None,
+            "Also give /metrics one series per listed room (registered users, "
+            "stored messages), labelled with its name.",
+        ],
+    ]
     longdesc = (
         "A WebSocket chat server speaking the classic-chatbox v2 protocol. "
         "Clients connect to ws://HOST:PORT/ (wss:// with TLS)."
@@ -513,6 +521,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         metrics=metrics,
     )
     factory.noisy = False
+    metrics.observe_rooms(rooms, per_room=bool(config["room-metrics"]))
     factory.setProtocolOptions(
         maxFramePayloadSize=config["max-message-size"],
         maxMessagePayloadSize=config["max-message-size"],

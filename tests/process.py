@@ -90,6 +90,13 @@ class ServerProcess(ProcessProtocol):
         return self.ended.addTimeout(30, reactor)
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child that runs chatbox: this working tree's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = REPOSITORY
+    return env
+
+
 # Root as an operator's service user is: file modes apply to it (without
 # these capabilities, a folder's mode refuses root too).
 WITHOUT_OVERRIDES = [
@@ -107,8 +114,7 @@ def spawn(
     `held`: with its journal writes held (see tests/held_twistd.py);
     `under`: a command that runs it (WITHOUT_OVERRIDES, say)."""
     process = ServerProcess()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONPATH"] = REPOSITORY
+    env = child_env()
     command = [*under, *(HELD_TWISTD if held else [TWISTD])]
     if under:
         command[0] = shutil.which(command[0]) or command[0]

@@ -7,6 +7,8 @@ import sys
 import pytest
 from pytest_twisted import ensureDeferred
 
+from tests.process import child_env
+
 # -- over the wire --
 
 LOOK_ALIKES_OF_ADMIN = [
@@ -78,6 +80,7 @@ def test_without_icu_chatbox_refuses_to_start(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", hide_icu],
         cwd=tmp_path,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -105,7 +105,7 @@ async def spawn_limited(workdir: Path, files: int, *args: str) -> process.Server
     """twistd chatbox with at most `files` file descriptors (hard limit), as a
     small VPS or a container has."""
     child = process.ServerProcess()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env = process.child_env()
     reactor.spawnProcess(
         child,
         "/usr/bin/prlimit",

@@ -37,6 +37,7 @@ async def test_healthz_reports_and_turns_503_when_persistence_fails(server):
         "registered": 1,
         "history": 1,
         "persistence": "ok",
+        "rooms": {"open": 1, "loaded": 1, "failing": 0},
     }
 
     def disk_full(journal, data):
@@ -86,3 +87,31 @@ async def test_metrics_change_as_messages_flow(server):
     assert metric(after, "chatbox_persistence_batch_messages_count") >= 1
     assert metric(after, "chatbox_persistence_write_seconds_count") >= 1
     assert "chatbox_slow_consumer_disconnects_total 0.0" in after
+
+
+@ensureDeferred
+async def test_per_room_series_only_when_asked_and_only_for_listed_rooms(data_file):
+    from tests.client import connect
+    from tests.server import start_server
+
+    for asked in (False, True):
+        server = await start_server(
+            data_file,
+            "--rooms=class-7a,secret-club",
+            "--listed-rooms=class-7a",
+            *(["--room-metrics"] if asked else []),
+        )
+        try:
+            for room in ("class-7a", "secret-club", "secret-club"):
+                client = await connect(f"{server.url}/{room}")
+                await client.register(f"u{len(server.factory.connections)}")
+            await client.say("hello")
+            _, _, body = await fetch(server, "/metrics")
+            text = body.decode()
+            assert "secret-club" not in text, "an unlisted room is an invitation"
+            assert metric(text, "chatbox_registered_users") == 3
+            assert metric(text, "chatbox_rooms_open") == 2
+            per_room = 'chatbox_room_registered_users{room="class-7a"} 1.0'
+            assert (per_room in text) is asked
+        finally:
+            await server.stop()

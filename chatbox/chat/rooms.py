@@ -309,15 +309,31 @@ class Rooms:
 
     # -- what is there --
 
+    # These are read by /metrics too, which prometheus_client serves from a
+    # pool thread: each takes a snapshot of the slots first (one C call, so
+    # the reactor thread cannot resize the dict under it) and never
+    # iterates the live dict.
+
+    def _now(self) -> tuple[_Slot, ...]:
+        return tuple(self._slots.values())
+
     def loaded(self) -> Iterable[tuple[str, IRoom]]:
-        return [(s.name, s.room) for s in self._slots.values() if s.room is not None]
+        return [(s.name, s.room) for s in self._now() if s.room is not None]
 
     def open_count(self) -> int:
         """Rooms someone is in (or entering)."""
-        return sum(1 for slot in self._slots.values() if slot.users > 0)
+        return sum(1 for slot in self._now() if slot.users > 0)
 
     def loaded_count(self) -> int:
-        return sum(1 for slot in self._slots.values() if slot.room is not None)
+        return sum(1 for slot in self._now() if slot.room is not None)
+
+    def registered_count(self) -> int:
+        """This process's connections holding a nickname, in every room."""
+        return sum(room.registered_count() for _, room in self.loaded())
+
+    def message_count(self) -> int:
+        """Messages in the histories of the rooms in memory."""
+        return sum(room.message_count() for _, room in self.loaded())
 
     def listing(self) -> "Deferred[list[dict[str, Any]]]":
         """The listed rooms for GET /rooms: name, online, last_activity."""

@@ -28,6 +28,7 @@ from chatbox.chat.roomnames import DEFAULT, NotARoom, room_of_path
 from chatbox.web.admission import Admission
 from chatbox.web.channel import ChatChannel, ChatRequest
 from chatbox.web.handshake import handshake_refusal
+from chatbox.web.responses import plain
 from chatbox.wire import codec
 from chatbox.wire.factory import ChatFactory
 
@@ -36,12 +37,6 @@ __all__ = ["make_site"]
 STATIC = resources.files("chatbox.web") / "static"
 # Served at the top, so never rooms: chatbox.chat.roomnames reserves them.
 CHILDREN = (b"static", b"healthz", b"metrics", b"rooms")
-
-
-def _plain(request: Request, code: int, reason: str) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    return reason.encode() + b"\n"
 
 
 def _room_refusal(factory: ChatFactory, path: bytes) -> tuple[int, str] | None:
@@ -83,7 +78,7 @@ class ChatSocket(WebSocketResource):
                 self.factory.admission.refusals.note(address, reason)
             for name, value in headers:
                 request.setHeader(name, value)
-            return _plain(request, code, reason)
+            return plain(request, code, reason)
         # twisted.web would time the connection out as an idle HTTP channel
         # (after 12 hours) even though the WebSocket has taken it over.
         request.channel.setTimeout(None)
@@ -99,19 +94,17 @@ class Health(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         room = self.factory.room
-        failing = sum(
-            1 for _, loaded in self.factory.rooms.loaded() if not loaded.healthy
-        )
+        rooms = self.factory.rooms
+        failing = sum(1 for _, loaded in rooms.loaded() if not loaded.healthy)
         healthy = room.healthy and not failing
         request.setResponseCode(200 if healthy else 503)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        rooms = self.factory.rooms
         return codec.encode(
             {
                 "status": "up" if healthy else "failing",
                 "connections": len(self.factory.connections),
-                "registered": room.registered_count(),
+                "registered": rooms.registered_count(),
                 "history": room.message_count(),
                 **room.health(),
                 "rooms": {
@@ -197,7 +190,7 @@ class _MovedTo(Resource):
     def render(self, request: Request) -> bytes:
         query = request.uri.partition(b"?")[2]
         request.setHeader(b"location", self.path + (b"?" + query if query else b""))
-        return _plain(request, 301, "moved to " + self.path.decode())
+        return plain(request, 301, "moved to " + self.path.decode())
 
 
 class ChatSite(Site):

@@ -16,7 +16,7 @@ from twisted.web import http, server
 
 from chatbox.web.admission import Gate
 from chatbox.web.paths import odd_request
-from chatbox.web.responses import canned
+from chatbox.web.responses import canned, plain
 
 __all__ = ["ChatChannel", "ChatRequest"]
 
@@ -38,11 +38,9 @@ class ChatRequest(server.Request):
             super().process()
             return
         code, reason = refusal
-        self.setResponseCode(code)
-        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
         if code == 405:
             self.setHeader(b"allow", b"GET, HEAD")
-        self.write(reason.encode() + b"\n")
+        self.write(plain(self, code, reason))
         self.finish()
 
 

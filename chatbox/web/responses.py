@@ -9,10 +9,11 @@ from collections import Counter
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.web.server import Request
 
 from chatbox.logsafe import printable
 
-__all__ = ["RefusalLog", "canned"]
+__all__ = ["RefusalLog", "canned", "plain"]
 
 SUMMARY_SECONDS = 10.0
 # Addresses named one by one in a summary; the rest are counted together.
@@ -27,6 +28,14 @@ _REASONS = {
     431: b"Request Header Fields Too Large",
     503: b"Service Unavailable",
 }
+
+
+def plain(request: Request, code: int, reason: str) -> bytes:
+    """Answer a request served as usual with `code` and its reason as text;
+    returns the body for the resource to return (or write)."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return reason.encode() + b"\n"
 
 
 def canned(code: int, text: str, *headers: bytes) -> bytes:

@@ -75,11 +75,10 @@ class ChatFactory(WebSocketServerFactory):
         self.metrics = metrics or Metrics()
         self.metrics.observe(
             connections=lambda: len(self.connections),
-            registered=lambda: sum(r.registered_count() for _, r in rooms.loaded()),
-            messages=lambda: sum(r.message_count() for _, r in rooms.loaded()),
+            registered=rooms.registered_count,
+            messages=rooms.message_count,
             bytes_out=lambda: self.bytes_out,
         )
-        self.metrics.observe_rooms(rooms)
         self._all_closed: list[Deferred[None]] = []
         self.closing = False
         rooms.attach(self._attach_room)

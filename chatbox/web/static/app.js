@@ -18,6 +18,17 @@
   const CONNECT_TIMEOUT = 10000;  // a server that accepts TCP but never answers
   const REJOIN_TRIES = 3;      // our old connection may not be closed yet on the server
   const TITLE = "chatbox";
+  const ROOMS_EVERY = 10000;   // the room list is fetched at most this often (ms)
+  const ROOM_NAME = /^[a-z0-9][a-z0-9_-]{0,39}$/;  // docs/PROTOCOL.md, rooms
+  const FEEDBACK_SHOWN = 4000;
+  // The room is the page's own path, "" for the default room at "/". The
+  // server answers a non-canonical path with a redirect, so this one is
+  // canonical. It is read once: every reconnect goes back to this room.
+  const ROOM_PATH = location.pathname.replace(/\/$/, "");
+  const ROOM = (() => {
+    try { return decodeURIComponent(ROOM_PATH.slice(1)); } catch (e) { return ROOM_PATH.slice(1); }
+  })();
+  const PAGE_TITLE = ROOM ? `${ROOM} · ${TITLE}` : TITLE;
   const LINK = /https?:\/\/[^\s<>"]+/gi;
 
   const TEXT = {
@@ -55,6 +66,9 @@
       typingMany: (n) => `${n} people are typing…`,
       counter: (n) => `${n} / ${MAX_CONTENT}`,
       mentioned: (n) => `${n} mentioned you`,
+      rooms: "Rooms", mainRoom: "Main room", roomOnline: (n) => `${n} online`,
+      shareLink: "Link to this room", copy: "Copy", copied: "Copied",
+      copyByHand: "Selected: press Ctrl+C to copy", copyByTouch: "Selected: touch and hold to copy",
     },
     vi: {
       language: "Ngôn ngữ", chat: "Trò chuyện", nickname: "Biệt danh", join: "Tham gia",
@@ -90,6 +104,10 @@
       typingMany: (n) => `${n} người đang soạn tin…`,
       counter: (n) => `${n} / ${MAX_CONTENT}`,
       mentioned: (n) => `${n} đã nhắc đến bạn`,
+      rooms: "Phòng", mainRoom: "Phòng chung", roomOnline: (n) => `${n} trực tuyến`,
+      shareLink: "Liên kết tới phòng này", copy: "Sao chép", copied: "Đã sao chép",
+      copyByHand: "Đã chọn: nhấn Ctrl+C để sao chép",
+      copyByTouch: "Đã chọn: chạm và giữ để sao chép",
     },
   };
   const LOCALE = { en: "en-GB", vi: "vi-VN" };
@@ -109,6 +127,8 @@
     hint: $("composer-hint"), counter: $("counter"), online: $("online"),
     onlineToggle: $("online-toggle"), onlineList: $("online-list"),
     onlineCount: $("online-count"), onlineCountShort: $("online-count-short"),
+    heading: $("heading"), rooms: $("rooms"), roomList: $("room-list"),
+    shareUrl: $("share-url"), shareCopy: $("share-copy"), shareFeedback: $("share-feedback"),
   };
   const phone = window.matchMedia("(max-width: 700px)");
   const touch = window.matchMedia("(pointer: coarse)");
@@ -123,6 +143,7 @@
     outbox: [], sending: null, holdUntil: 0, gets: [], getInFlight: null,
     unread: 0, typers: new Map(), typingSent: 0,
     sound: false, notify: false, audio: null,
+    room: ROOM, rooms: [], roomsAt: 0, roomsLoading: false, feedback: null, feedbackTimer: null,
   };
   const entries = new WeakMap();  // pending message <li> -> its outbox entry
 
@@ -183,13 +204,15 @@
     renderHint();
     decorate();
     renderUnread();
+    renderRooms();
+    renderFeedback();
   }
 
   // -- connection ------------------------------------------------------------
 
   function socketUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/`;
+    return `${scheme}//${location.host}${ROOM_PATH || "/"}`;
   }
 
   function connect() {
@@ -947,15 +970,17 @@
   function renderUnread() {
     ui.unread.hidden = state.unread === 0 || atBottom();
     ui.unread.textContent = t("unread", state.unread);
-    document.title = state.unread ? `(${state.unread}) ${TITLE}` : TITLE;
+    document.title = state.unread ? `(${state.unread}) ${PAGE_TITLE}` : PAGE_TITLE;
   }
 
   function alertUser(message, mention) {
     if (state.sound) beep();
     if (!state.notify || typeof Notification !== "function" || Notification.permission !== "granted") return;
-    const title = mention ? t("mentioned", message.name) : message.name;
+    const who = mention ? t("mentioned", message.name) : message.name;
+    // Two rooms open in two tabs: each its own notification, saying which.
+    const title = ROOM ? `${who} · ${ROOM}` : who;
     try {
-      const shown = new Notification(title, { body: message.content.slice(0, 200), tag: "chatbox" });
+      const shown = new Notification(title, { body: message.content.slice(0, 200), tag: `chatbox${ROOM_PATH}` });
       shown.onclick = () => { window.focus(); shown.close(); };
     } catch (e) { /* some mobile browsers only notify from a service worker */ }
   }
@@ -995,6 +1020,113 @@
     state.notify = on && typeof Notification === "function";
     ui.notify.checked = state.notify;
     save("notify", state.notify ? "1" : null);
+  }
+
+  // -- rooms: the heading, the share link, the switcher ---------------------------------------
+
+  // "class-7a · chatbox", where "chatbox" leads back to the default room.
+  // The default room keeps its plain "chatbox".
+  function renderHeading() {
+    if (!ROOM) return;
+    const room = document.createElement("bdi");
+    room.className = "room";
+    room.textContent = ROOM;
+    const home = document.createElement("a");
+    home.className = "home";
+    home.href = "/";
+    home.textContent = TITLE;
+    const brand = document.createElement("span");
+    brand.className = "brand";
+    brand.append(" · ", home);
+    ui.heading.replaceChildren(room, brand);
+  }
+
+  function shareUrl() {
+    return `${location.origin}${ROOM_PATH || "/"}`;
+  }
+
+  // The clipboard API exists only on https (and localhost); elsewhere the
+  // link is selected for the user to copy, as a last resort by hand.
+  async function copyLink() {
+    let copied = false;
+    if (navigator.clipboard && typeof navigator.clipboard.writeText === "function") {
+      try {
+        await navigator.clipboard.writeText(shareUrl());
+        copied = true;
+      } catch (e) { /* not allowed here: select it instead */ }
+    }
+    if (!copied) {
+      ui.shareUrl.focus();
+      ui.shareUrl.select();
+      try { copied = document.execCommand("copy"); } catch (e) { copied = false; }
+    }
+    showFeedback(copied ? "copied" : touch.matches ? "copyByTouch" : "copyByHand");
+  }
+
+  function showFeedback(key) {
+    clearTimeout(state.feedbackTimer);
+    state.feedback = key;
+    renderFeedback();
+    if (key) state.feedbackTimer = setTimeout(() => showFeedback(null), FEEDBACK_SHOWN);
+  }
+
+  function renderFeedback() {
+    ui.shareFeedback.textContent = state.feedback ? t(state.feedback) : "";
+  }
+
+  // Asked when the menu opens, at most once per ROOMS_EVERY: a menu opened
+  // and closed in a loop must not become a request loop. No list, a
+  // failed request, or an answer not as expected: no switcher, and no error.
+  async function refreshRooms() {
+    if (state.roomsLoading || Date.now() - state.roomsAt < ROOMS_EVERY) return;
+    state.roomsLoading = true;
+    state.roomsAt = Date.now();
+    let rooms = [];
+    try {
+      const response = await fetch("/rooms", { cache: "no-store", headers: { accept: "application/json" } });
+      if (response.ok) rooms = listedRooms(await response.json());
+    } catch (e) { /* no list today */ }
+    state.roomsLoading = false;
+    state.rooms = rooms;
+    renderRooms();
+  }
+
+  // Only names a room can have become links: the list is the server's,
+  // but a link is built from it, so it is checked like input.
+  function listedRooms(body) {
+    const list = body && Array.isArray(body.rooms) ? body.rooms : [];
+    return list
+      .filter((room) => room && typeof room.name === "string" && ROOM_NAME.test(room.name))
+      .map((room) => ({
+        name: room.name,
+        online: Number.isSafeInteger(room.online) && room.online >= 0 ? room.online : null,
+      }));
+  }
+
+  // The listed rooms, and the default room first: the way back to it.
+  function renderRooms() {
+    ui.rooms.hidden = state.rooms.length === 0;
+    if (ui.rooms.hidden) { ui.roomList.replaceChildren(); return; }
+    const shown = [{ name: "", online: null }, ...state.rooms];
+    ui.roomList.replaceChildren(...shown.map((room) => {
+      const link = document.createElement("a");
+      link.className = "room-link";
+      link.href = `/${room.name}`;
+      if (room.name === ROOM) link.setAttribute("aria-current", "page");
+      const name = document.createElement("bdi");
+      name.className = "room-name";
+      name.textContent = room.name || t("mainRoom");
+      link.append(name);
+      if (room.online !== null) {
+        const online = document.createElement("span");
+        online.className = "room-online";
+        online.textContent = t("roomOnline", room.online);
+        link.append(" ", online);
+      }
+      const item = document.createElement("li");
+      item.append(link);
+      return item;
+    }));
   }
 
   // -- rendering --------------------------------------------------------------------------------
@@ -1124,7 +1256,8 @@
     if (open) showOnline(false);
     ui.menu.hidden = !open;
     ui.menuButton.setAttribute("aria-expanded", String(open));
-    if (!open) closeRename();
+    if (open) refreshRooms();
+    else { closeRename(); showFeedback(null); }
   }
 
   function closeRename() {
@@ -1221,6 +1354,8 @@
     showOnline(!document.body.classList.contains("show-online"));
   });
   ui.menuButton.addEventListener("click", () => openMenu(ui.menu.hidden));
+  ui.shareCopy.addEventListener("click", copyLink);
+  ui.shareUrl.addEventListener("focus", () => ui.shareUrl.select());
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
     if (!ui.menu.hidden) { openMenu(false); ui.menuButton.focus(); }
@@ -1251,6 +1386,9 @@
   ui.notify.checked = state.notify;
   ui.notify.disabled = typeof Notification !== "function";
   setTheme(load("theme"));
+  document.title = PAGE_TITLE;
+  renderHeading();
+  ui.shareUrl.value = shareUrl();
   placeControls();
   renderJoined();
   setLanguage(state.lang);
