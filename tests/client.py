@@ -7,12 +7,14 @@ interleave on the wire.
 """
 
 import json
+import re
 from typing import Any
 from urllib.parse import urlparse
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.defer import Deferred, DeferredQueue, gatherResults
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -20,6 +22,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 
 TIMEOUT = 10
 
@@ -176,14 +179,29 @@ async def connect(
     return await protocol.opened.addTimeout(TIMEOUT, reactor)
 
 
+async def user_at(url: str, name: str, **fields: Any) -> ChatClientProtocol:
+    """A client connected to `url` (a room's, say) and registered as `name`."""
+    client = await connect(url, **fields)
+    reply = await client.register(name)
+    assert reply["status"] is True, reply
+    return client
+
+
 class _RawHTTP(Protocol):
+    """The bytes of one response: its head, and its body when it says how
+    long that is (a 101 has none)."""
+
     def __init__(self) -> None:
         self.received = b""
         self.done: Deferred = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
-        if b"\r\n\r\n" in self.received and not self.done.called:
+        head, found, body = self.received.partition(b"\r\n\r\n")
+        if not found or self.done.called:
+            return
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if length is None or len(body) >= int(length.group(1)):
             self.done.callback(self.received)
 
     def connectionLost(self, reason=None) -> None:
@@ -191,24 +209,71 @@ class _RawHTTP(Protocol):
             self.done.callback(self.received)
 
 
-async def handshake_status(port: int, path: str = "/", **headers: str) -> int:
-    """The HTTP status a bare WebSocket handshake to 127.0.0.1:`port` gets."""
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: 127.0.0.1:{port}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-        "Sec-WebSocket-Version: 13",
-        *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
-    ]
+WEBSOCKET_HEADERS = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
+async def raw_get(
+    port: int, path: str, websocket: bool = False, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one GET to 127.0.0.1:`port` with `path`
+    written as is (UTF-8, no quoting, so a test can send what a browser
+    never would); `websocket`: as a bare WebSocket handshake."""
+    fields = {"Host": f"127.0.0.1:{port}", **(WEBSOCKET_HEADERS if websocket else {})}
+    fields.update((name.replace("_", "-"), value) for name, value in headers.items())
+    lines = [f"GET {path} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items())]
     protocol = await connectProtocol(
         TCP4ClientEndpoint(reactor, "127.0.0.1", port), _RawHTTP()
     )
     protocol.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     response = await protocol.done.addTimeout(TIMEOUT, reactor)
     protocol.transport.loseConnection()
-    return int(response.split(b" ", 2)[1])
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    found = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        found[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ", 2)[1]), found, body
+
+
+async def handshake_status(port: int, path: str = "/", **headers: str) -> int:
+    """The HTTP status a bare WebSocket handshake to 127.0.0.1:`port` gets."""
+    return (await raw_get(port, path, websocket=True, **headers))[0]
+
+
+async def classic_browser(port: int, path: str = "") -> ChatClientProtocol:
+    """The classic v2 browser client's socket: an Origin header and a
+    permessage-deflate offer, at ws://HOST:PORT with no path (as the classic
+    client writes it) or in the room at `path`."""
+    url = f"ws://127.0.0.1:{port}{path}"
+    factory = WebSocketClientFactory(url, origin="http://classic.example")
+    factory.protocol = ChatClientProtocol
+    factory.setProtocolOptions(perMessageCompressionOffers=[PerMessageDeflateOffer()])
+    protocol = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    return await protocol.opened
+
+
+async def until(condition: "Any", timeout: float = TIMEOUT) -> None:
+    """Poll `condition` every 10 ms until it holds: for a state the server
+    reaches on its own (an idle room unloaded, a connection seen gone)."""
+    waited = 0.0
+    while not condition():
+        assert waited < timeout, "never happened"
+        await deferLater(reactor, 0.01, lambda: None)
+        waited += 0.01
+
+
+def together(coroutines: "Any") -> Deferred:
+    """Run `coroutines` at once; fires with their results, in order, or
+    with the first failure."""
+    return gatherResults(
+        [Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True
+    ).addErrback(lambda failure: failure.value.subFailure)
 
 
 def fired(deferreds: list[Deferred], count: int) -> Deferred:

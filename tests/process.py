@@ -10,6 +10,7 @@ before it.
 
 import os
 import re
+import shutil
 import signal
 import sys
 import sysconfig
@@ -96,12 +97,27 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def spawn(workdir: Path, *args: str, held: bool = False) -> ServerProcess:
+# Root as an operator's service user is: file modes apply to it (without
+# these capabilities, a folder's mode refuses root too).
+WITHOUT_OVERRIDES = [
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--",
+]
+
+
+def spawn(
+    workdir: Path, *args: str, held: bool = False, under: list[str] = ()
+) -> ServerProcess:
     """Start `twistd -n chatbox` in `workdir` (its data.json lives there);
-    `held`: with its journal writes held (see tests/held_twistd.py)."""
+    `held`: with its journal writes held (see tests/held_twistd.py);
+    `under`: a command that runs it (WITHOUT_OVERRIDES, say)."""
     process = ServerProcess()
     env = child_env()
-    command = HELD_TWISTD if held else [TWISTD]
+    command = [*under, *(HELD_TWISTD if held else [TWISTD])]
+    if under:
+        command[0] = shutil.which(command[0]) or command[0]
     reactor.spawnProcess(
         process,
         command[0],
@@ -127,7 +143,9 @@ def spawn(workdir: Path, *args: str, held: bool = False) -> ServerProcess:
     return process
 
 
-async def start(workdir: Path, *args: str, held: bool = False) -> ServerProcess:
-    process = spawn(workdir, *args, held=held)
+async def start(
+    workdir: Path, *args: str, held: bool = False, under: list[str] = ()
+) -> ServerProcess:
+    process = spawn(workdir, *args, held=held, under=under)
     await process.started.addTimeout(START_TIMEOUT, reactor)
     return process

@@ -5,22 +5,9 @@ header, offers permessage-deflate, and then goes: name, get, send, rename,
 get, close. Its JavaScript reads exactly the fields asserted here.
 """
 
-from autobahn.twisted.websocket import WebSocketClientFactory
-from autobahn.websocket.compress import PerMessageDeflateOffer
 from pytest_twisted import ensureDeferred
-from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from tests.client import ChatClientProtocol
-
-
-async def browser(port):
-    url = f"ws://127.0.0.1:{port}"  # no path, as the classic client writes it
-    factory = WebSocketClientFactory(url, origin="http://classic.example")
-    factory.protocol = ChatClientProtocol
-    factory.setProtocolOptions(perMessageCompressionOffers=[PerMessageDeflateOffer()])
-    protocol = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
-    return await protocol.opened
+from tests.client import classic_browser as browser
 
 
 @ensureDeferred

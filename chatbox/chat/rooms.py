@@ -141,7 +141,7 @@ class IRoomMaker(Interface):
 class _Slot:
     """One room's place in the registry, loaded or on its way in or out."""
 
-    __slots__ = ("closing", "idle", "name", "room", "users", "waiters")
+    __slots__ = ("closing", "fresh", "idle", "name", "room", "users", "waiters")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -150,6 +150,8 @@ class _Slot:
         self.waiters: list[Deferred[IRoom]] = []
         self.idle: IDelayedCall | None = None
         self.closing: Deferred[Unloaded] | None = None
+        # Not known before this load: if it fails, the name holds no place.
+        self.fresh = False
 
 
 Attach = Callable[[str, IRoom], None]
@@ -224,6 +226,7 @@ class Rooms:
         slot = self._slots.get(name)
         if slot is None:
             slot = self._slots[name] = _Slot(name)
+            slot.fresh = name not in self._known
             self._known.setdefault(name, None)
             self._load(slot)
         slot.users += 1
@@ -257,7 +260,11 @@ class Rooms:
         waiters, slot.waiters = slot.waiters, []
         for waiter in waiters:
             waiter.callback(room)
-        if slot.users == 0:  # everyone gave up while it loaded
+        # Everyone gave up while it loaded. A connection that closed during
+        # the load leaves from its waiter's callback above, which already
+        # started the idle time: a second timer would outlive the first's
+        # cancel and unload the room under whoever comes in next.
+        if slot.users == 0 and slot.idle is None:
             self._idle_from_now(slot)
 
     def _not_loaded(self, failure: Failure, slot: _Slot) -> None:
@@ -281,6 +288,8 @@ class Rooms:
                 reason,
             )
             refused = RoomRefused(503, reason)
+            if slot.fresh:  # no history, so no place under --max-rooms
+                self._known.pop(slot.name, None)
         waiters, slot.waiters = slot.waiters, []
         for waiter in waiters:
             waiter.errback(refused)
@@ -289,17 +298,18 @@ class Rooms:
         slot.idle = None
         room, slot.room = slot.room, None
         assert room is not None
-        activity = room.last_activity()
+        # Known at once, not when closed: GET /rooms reads it while the room
+        # closes, and would otherwise show a room with history as never used.
+        self._known[slot.name] = room.last_activity()
         slot.closing = self._maker.unload(slot.name, room)
 
         def closed(unloaded: Unloaded) -> None:
             self.unloads += 1
             slot.closing = None
-            if unloaded.kept:
-                self._known[slot.name] = activity
-            else:
+            if not unloaded.kept:
                 self._known.pop(slot.name, None)
             if slot.users > 0:  # someone arrived while it closed
+                slot.fresh = slot.name not in self._known
                 self._known.setdefault(slot.name, None)
                 self._load(slot)
             else:

@@ -71,13 +71,17 @@ class LocalRooms:
         except FileNotFoundError:
             return found
         for entry in entries:
-            stem, _, rest = entry.name.partition(SUFFIX)
-            if rest not in ("", ".journal"):
+            stem, suffix, rest = entry.name.partition(SUFFIX)
+            if not suffix or rest not in ("", ".journal"):
                 continue
             try:
                 name = check_name(stem)
             except NotARoom:
                 continue  # not a room's file (the operator's, say)
+            # Only the file path_of names: Class-7A.json or a folder called
+            # class-7a.json is the operator's, and never loaded as the room.
+            if name != stem or not entry.is_file():
+                continue
             with contextlib.suppress(OSError):
                 size = entry.stat().st_size
                 if size == 0 and rest:  # an empty journal: no message

@@ -179,6 +179,26 @@ class ChatProtocol(WebSocketServerProtocol):
 
         return entering.addCallbacks(entered, refused)
 
+    def sendHttpErrorResponse(
+        self,
+        code: int,
+        reason: str,
+        responseHeaders: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """A handshake refused here, after chatbox.web let it through (a
+        room that failed to load as it arrived), gets what chatbox.web
+        answers every other refusal: the reason as text/plain, not only
+        Autobahn's bare status line."""
+        body = f"{reason}\n".encode()
+        head = [
+            f"HTTP/1.1 {code} {reason}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            *(f"{name}: {value}" for name, value in responseHeaders or ()),
+            "Connection: close",
+        ]
+        self.sendData(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
     ) -> None:
