@@ -32,6 +32,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -90,11 +91,43 @@ QUICK = {
 # -- the generator's side (its own process) ----------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of every thread of process `pid` so far."""
-    with open(f"/proc/{pid}/stat") as f:
+def cpu_seconds(pid: int, task: int | None = None) -> float:
+    """User + system CPU of every thread of process `pid` so far, or of its
+    thread `task` alone."""
+    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SYSCALLS = ("sendto", "epoll_ctl", "epoll_wait", "recvfrom", "write", "fsync", "futex")
+
+
+def count_syscalls(pid: int) -> tuple[subprocess.Popen, str]:
+    """Start counting the server's system calls (perf's tracepoints, which
+    cost it next to nothing, unlike strace)."""
+    out = tempfile.mktemp(prefix="chatbox-perf-")
+    events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
+    perf = subprocess.Popen(
+        ["perf", "stat", "-x", ",", "-e", events, "-p", str(pid), "-o", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # attached
+    return perf, out
+
+
+def counted(counting: tuple[subprocess.Popen, str]) -> dict[str, int]:
+    perf, out = counting
+    perf.send_signal(signal.SIGINT)
+    perf.wait(timeout=30)
+    found = {}
+    for line in Path(out).read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_"):
+            found[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+    os.unlink(out)
+    return found
 
 
 async def settle(stats: load.Stats, quiet: float = 0.5, most: float = 120.0) -> None:
@@ -123,7 +156,8 @@ async def drive_traffic(spec: dict) -> dict:
     stats.deliveries = 0
     stats.fanout_ns.clear()
     pid = spec["pid"]
-    server0 = cpu_seconds(pid)
+    counting = count_syscalls(pid) if spec.get("syscalls") else None
+    server0, reactor0 = cpu_seconds(pid), cpu_seconds(pid, pid)
     own0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.monotonic()
     stats.first_send = load.now_ns()
@@ -141,7 +175,8 @@ async def drive_traffic(spec: dict) -> dict:
         await asyncio.sleep(0.002)
         if stats.deliveries != progress[0]:
             progress = (stats.deliveries, time.monotonic())
-    server1 = cpu_seconds(pid)
+    server1, reactor1 = cpu_seconds(pid), cpu_seconds(pid, pid)
+    syscalls = counted(counting) if counting else None
     wall = time.monotonic() - wall0
     own1 = resource.getrusage(resource.RUSAGE_SELF)
     own = (own1.ru_utime - own0.ru_utime) + (own1.ru_stime - own0.ru_stime)
@@ -166,9 +201,14 @@ async def drive_traffic(spec: dict) -> dict:
         "cpu_us_per_delivery": round(server_cpu / stats.deliveries * 1e6, 3)
         if stats.deliveries
         else None,
+        # The reactor's thread; the rest is the stores' threads (journal
+        # writes and fsyncs, one pool per loaded room) and the loaders'.
+        "server_reactor_cpu_s": round(reactor1 - reactor0, 3),
+        "server_cpu_us_per_message": round(server_cpu / (senders * count) * 1e6, 1),
         "server_cpu_share": round(server_cpu / wall, 2),
         "generator_cpu": round(own / wall, 2),
         "server_rss_kib": rss,
+        "server_syscalls": syscalls,
     }
 
 
@@ -385,8 +425,9 @@ def layouts(size: dict) -> dict[str, dict]:
     }
 
 
-def delivery_cost(size: dict, rounds: int, scratch: str) -> dict:
-    """Target 3: server CPU per delivery, rooms against one room, alternated."""
+def delivery_cost(size: dict, rounds: int, scratch: str, syscalls: bool) -> dict:
+    """Target 3: server CPU per delivery, rooms against one room, alternated;
+    with `syscalls`, the server's system calls counted too (needs perf)."""
     runs: dict[str, list[dict]] = {name: [] for name in layouts(size)}
     for _ in range(rounds):
         for name, layout in layouts(size).items():
@@ -402,6 +443,7 @@ def delivery_cost(size: dict, rounds: int, scratch: str) -> dict:
                         "messages": layout.get("messages", size["messages"]),
                         "in_flight": size["in_flight"],
                         "pid": server.pid,
+                        "syscalls": syscalls,
                     }
                 )
             finally:
@@ -423,10 +465,25 @@ def delivery_cost(size: dict, rounds: int, scratch: str) -> dict:
             "cpu_us_per_delivery": pick("cpu_us_per_delivery"),
             "cpu_us_per_delivery_runs": [r["cpu_us_per_delivery"] for r in results],
             "server_cpu_s": pick("server_cpu_s"),
+            "server_reactor_cpu_s": pick("server_reactor_cpu_s"),
+            "server_cpu_us_per_message": pick("server_cpu_us_per_message"),
             "server_cpu_share": pick("server_cpu_share"),
             "fanout_p50_ms": statistics.median(r["fanout_ms"]["p50"] for r in results),
             "generator_cpu": max(r["generator_cpu"] for r in results),
         }
+        if syscalls:
+            per = {"delivery": "deliveries", "message": "messages"}
+            figures[name]["syscalls"] = {
+                f"{call}_per_{unit}": statistics.median(
+                    r["server_syscalls"].get(call, 0) / r[per[unit]] for r in results
+                )
+                for call, unit in (
+                    ("sendto", "delivery"),
+                    ("epoll_ctl", "delivery"),
+                    ("fsync", "message"),
+                    ("futex", "message"),
+                )
+            }
     cost = {name: figures[name]["cpu_us_per_delivery"] for name in figures}
     figures["ratio"] = round(cost["rooms"] / cost["one"], 2)
     figures["ratio_to_control"] = round(cost["rooms"] / cost["control"], 2)
@@ -443,7 +500,7 @@ def run(options: argparse.Namespace) -> dict:
             "quick": options.quick,
             "many_rooms": many_rooms(size, options.rounds, scratch),
             "first_join": first_joins(size, options.rounds, scratch),
-            "delivery": delivery_cost(size, options.rounds, scratch),
+            "delivery": delivery_cost(size, options.rounds, scratch, options.syscalls),
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -508,6 +565,26 @@ def table(f: dict) -> str:
             "",
         ),
     ]
+    for name, layout in ((f"{rooms['rooms']} rooms", rooms), ("one room", one)):
+        rows.append(
+            (
+                f"3. {name}: server CPU per message",
+                f"{layout['server_cpu_us_per_message']:,.0f} µs",
+                f"{layout['deliveries'] // layout['messages']:,} deliveries each",
+                "",
+            )
+        )
+        calls = layout.get("syscalls")
+        if calls:
+            rows.append(
+                (
+                    f"3. {name}: send() per delivery, fsync per message",
+                    f"{calls['sendto_per_delivery']:.3f}, "
+                    f"{calls['fsync_per_message']:.3f}",
+                    f"epoll_ctl per delivery {calls['epoll_ctl_per_delivery']:.3f}",
+                    "",
+                )
+            )
     lines = ["| target | measured | | goal |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -517,6 +594,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a small run (CI)")
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="count the server's system calls in target 3 (Linux perf)",
+    )
     parser.add_argument("--drive", metavar="JSON", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.drive:
