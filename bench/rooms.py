@@ -490,30 +490,35 @@ def delivery_cost(size: dict, rounds: int, scratch: str, syscalls: bool) -> dict
     return figures
 
 
+TARGETS = ("many", "joins", "delivery")
+
+
 def run(options: argparse.Namespace) -> dict:
     size = QUICK if options.quick else FULL
     scratch = tempfile.mkdtemp(prefix="chatbox-bench-rooms-")
+    only = options.only.split(",") if options.only else TARGETS
+    figures: dict = {"cores": os.cpu_count(), "rounds": options.rounds}
+    figures["quick"] = options.quick
+    # Other work on the machine moves every figure here: the load average
+    # before and after is printed with them.
+    figures["load_average_before"] = round(os.getloadavg()[0], 2)
     try:
-        return {
-            "cores": os.cpu_count(),
-            "rounds": options.rounds,
-            "quick": options.quick,
-            "many_rooms": many_rooms(size, options.rounds, scratch),
-            "first_join": first_joins(size, options.rounds, scratch),
-            "delivery": delivery_cost(size, options.rounds, scratch, options.syscalls),
-        }
+        if "many" in only:
+            figures["many_rooms"] = many_rooms(size, options.rounds, scratch)
+        if "joins" in only:
+            figures["first_join"] = first_joins(size, options.rounds, scratch)
+        if "delivery" in only:
+            figures["delivery"] = delivery_cost(
+                size, options.rounds, scratch, options.syscalls
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    figures["load_average_after"] = round(os.getloadavg()[0], 2)
+    return figures
 
 
-def table(f: dict) -> str:
-    many, joins, cost = f["many_rooms"], f["first_join"], f["delivery"]
-    rooms, one, control = cost["rooms"], cost["one"], cost["control"]
-    per = lambda layout: (  # noqa: E731
-        f"{layout['deliveries_per_s']:,.0f} deliveries/s, "
-        f"{layout['cpu_us_per_delivery']} µs CPU/delivery"
-    )
-    rows = [
+def many_rows(many: dict) -> list[tuple[str, str, str, str]]:
+    return [
         (
             f"1. start-up with {many['stored_rooms']:,} rooms of "
             f"{many['stored_messages']:,} messages ({many['stored_mib']} MiB)",
@@ -530,6 +535,11 @@ def table(f: dict) -> str:
             f"{many['loaded_while_active']} rooms loaded",
             "< 200 MB",
         ),
+    ]
+
+
+def join_rows(joins: dict) -> list[tuple[str, str, str, str]]:
+    return [
         (
             f"2. first join of an idle room, {joins['history']:,}-message history: "
             "connect to bare get reply, p50 / p99",
@@ -543,6 +553,19 @@ def table(f: dict) -> str:
             f"max {joins['loaded']['max']} ms",
             "",
         ),
+    ]
+
+
+def delivery_rows(cost: dict) -> list[tuple[str, str, str, str]]:
+    rooms, one, control = cost["rooms"], cost["one"], cost["control"]
+
+    def per(layout: dict) -> str:
+        return (
+            f"{layout['deliveries_per_s']:,.0f} deliveries/s, "
+            f"{layout['cpu_us_per_delivery']} µs CPU/delivery"
+        )
+
+    rows = [
         (
             f"3. {rooms['rooms']} rooms x {rooms['clients'] // rooms['rooms']} "
             f"clients, {rooms['senders']} senders",
@@ -585,6 +608,17 @@ def table(f: dict) -> str:
                     "",
                 )
             )
+    return rows
+
+
+def table(f: dict) -> str:
+    rows = []
+    if "many_rooms" in f:
+        rows += many_rows(f["many_rooms"])
+    if "first_join" in f:
+        rows += join_rows(f["first_join"])
+    if "delivery" in f:
+        rows += delivery_rows(f["delivery"])
     lines = ["| target | measured | | goal |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -599,6 +633,11 @@ def main() -> None:
         action="store_true",
         help="count the server's system calls in target 3 (Linux perf)",
     )
+    parser.add_argument(
+        "--only",
+        metavar="TARGETS",
+        help=f"a comma list of targets to run, of {', '.join(TARGETS)}",
+    )
     parser.add_argument("--drive", metavar="JSON", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.drive:
@@ -606,11 +645,16 @@ def main() -> None:
         return
     figures = run(options)
     print(table(figures))
-    cost = figures["delivery"]
-    print(
-        f"\n{figures['cores']} cores; generator CPU share (max): "
-        + ", ".join(f"{k} {cost[k]['generator_cpu']}" for k in layouts(QUICK))
+    notes = (
+        f"\n{figures['cores']} cores; load average (1 min) before / after: "
+        f"{figures['load_average_before']} / {figures['load_average_after']}"
     )
+    if "delivery" in figures:
+        cost = figures["delivery"]
+        notes += "; generator CPU share (max): " + ", ".join(
+            f"{k} {cost[k]['generator_cpu']}" for k in layouts(QUICK)
+        )
+    print(notes)
     print(json.dumps(figures))
 
 
