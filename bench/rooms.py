@@ -1,13 +1,13 @@
 """Measure chatbox's rooms against issue 13's targets, in one run.
 
-    python bench/rooms.py [--rounds 3] [--quick]
+    python bench/rooms.py [--rounds 3] [--quick] [--syscalls] [--only joins]
 
 Runs, each in fresh servers and temporary folders (`--rooms open
 --max-rooms 2000`, durability on, rate limiting off, as bench/compare.py):
-1. 1,000 rooms of 1,000 messages each on disk (written directly in the v2
-   format, as bench/load.py --prefill writes data.json): time to listening
-   and RSS at start; then clients join 50 of the rooms and send in each,
-   and RSS is read with them all still connected.
+1. 1,000 rooms of 1,000 messages each on disk (v2 JSON arrays written by
+   chatbox's own writer, as a room's file is after a fold): time to
+   listening and RSS at start; then clients join 50 of the rooms and send
+   in each, and RSS is read with them all still connected.
 2. First join of an idle room with a 10,000-message history: the time from
    connect to the bare `get`'s reply (the classic client's join: connect,
    `name`, bare `get`), one room after another; then the same rooms again,
@@ -18,7 +18,9 @@ Runs, each in fresh servers and temporary folders (`--rooms open
    threads, /proc/PID/stat) over the sending, divided by the deliveries the
    clients counted. A control layout, one room of 20 clients with its one
    sender sending as many messages as all 100 senders do, shows what 100
-   rooms cost beyond what one room of that size does.
+   rooms cost beyond what one room of that size does. With `--syscalls`
+   (Linux perf), the server's send()s per delivery and fsyncs per message
+   too: what one busy room coalesces and many quiet ones cannot.
 
 The load generator runs as its own process: this file again, with
 `--drive`, built on bench/load.py's client. Its CPU share is printed with
@@ -55,9 +57,10 @@ from chatbox.wire import messages as wire  # noqa: E402
 
 PYTHON = sys.executable
 # WebSocket pings off: at 2,000 clients in one room the generator reads
-# seconds behind the server, so its pongs came late enough for the server to
-# drop clients as dead (lost deliveries); and pings are CPU that grows with
-# a run's length, not with its deliveries.
+# seconds behind the server (fan-out p99 3-7 s), and a client further behind
+# than the ping timeout is dropped as dead ("WebSocket ping timeout", seen
+# here with --ws-ping-timeout 2), losing deliveries; and pings are CPU that
+# grows with a run's length, not with its deliveries.
 ROOMS = ["--rooms=open", "--max-rooms=2000", "--ws-ping-interval=0"]
 
 FULL = {
@@ -106,7 +109,8 @@ SYSCALLS = ("sendto", "epoll_ctl", "epoll_wait", "recvfrom", "write", "fsync", "
 def count_syscalls(pid: int) -> tuple[subprocess.Popen, str]:
     """Start counting the server's system calls (perf's tracepoints, which
     cost it next to nothing, unlike strace)."""
-    out = tempfile.mktemp(prefix="chatbox-perf-")
+    handle, out = tempfile.mkstemp(prefix="chatbox-perf-")
+    os.close(handle)
     events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
     perf = subprocess.Popen(
         ["perf", "stat", "-x", ",", "-e", events, "-p", str(pid), "-o", out],
