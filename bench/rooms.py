@@ -457,7 +457,7 @@ def delivery_cost(size: dict, rounds: int, scratch: str, syscalls: bool) -> dict
     for name, results in runs.items():
 
         def pick(key: str, results: list[dict] = results) -> float:
-            return statistics.median(r[key] for r in results)
+            return round(statistics.median(r[key] for r in results), 3)
 
         figures[name] = {
             "rooms": results[0]["rooms"],
@@ -472,14 +472,20 @@ def delivery_cost(size: dict, rounds: int, scratch: str, syscalls: bool) -> dict
             "server_reactor_cpu_s": pick("server_reactor_cpu_s"),
             "server_cpu_us_per_message": pick("server_cpu_us_per_message"),
             "server_cpu_share": pick("server_cpu_share"),
-            "fanout_p50_ms": statistics.median(r["fanout_ms"]["p50"] for r in results),
+            "fanout_p50_ms": round(
+                statistics.median(r["fanout_ms"]["p50"] for r in results), 3
+            ),
             "generator_cpu": max(r["generator_cpu"] for r in results),
         }
         if syscalls:
             per = {"delivery": "deliveries", "message": "messages"}
             figures[name]["syscalls"] = {
-                f"{call}_per_{unit}": statistics.median(
-                    r["server_syscalls"].get(call, 0) / r[per[unit]] for r in results
+                f"{call}_per_{unit}": round(
+                    statistics.median(
+                        r["server_syscalls"].get(call, 0) / r[per[unit]]
+                        for r in results
+                    ),
+                    4,
                 )
                 for call, unit in (
                     ("sendto", "delivery"),
