@@ -155,3 +155,26 @@ async def test_cluster_benchmark_runs_every_target():
     for target in ("single", "1 node", "2 nodes"):
         assert figures[target]["deliveries_per_s"] > 0
         assert figures[target]["paced_fanout_p99_ms"] > 0
+
+
+@ensureDeferred
+async def test_rooms_benchmark_runs_every_target():
+    figures = await bench("rooms.py", "--rounds", "1", "--quick")
+    # rooms.py itself fails if a send or a delivery is missing, or if a bare
+    # get returned other than the whole history.
+    many = figures["many_rooms"]
+    for key in ("seconds_to_listening", "rss_start_mib", "rss_active_mib"):
+        assert many[key] > 0
+    assert many["loaded_while_active"] == many["active_rooms"] + 1  # and the default
+    joins = figures["first_join"]
+    assert joins["joins"] == 3 and joins["history"] == 2000
+    for label in ("first", "loaded"):
+        assert 0 < joins[label]["p50"] <= joins[label]["p99"] <= joins[label]["max"]
+    cost = figures["delivery"]
+    rooms, one, control = cost["rooms"], cost["one"], cost["control"]
+    assert rooms["clients"] == one["clients"] == 20 and rooms["rooms"] == 5
+    assert rooms["messages"] == one["messages"] == control["messages"] == 50
+    # Each message reaches the rest of its room: 3 others, or 19 in one room.
+    assert rooms["deliveries"] == control["deliveries"] == 50 * 3
+    assert one["deliveries"] == 50 * 19
+    assert cost["ratio"] > 0 and cost["ratio_to_control"] > 0
