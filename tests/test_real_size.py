@@ -327,3 +327,36 @@ async def test_a_client_that_reads_slowly_gets_its_whole_reply(data_file):
         assert size > 7_000_000 and took > 3  # far past interval + timeout
     finally:
         await server.stop()
+
+
+@ensureDeferred
+async def test_a_slow_reader_in_a_busy_room_is_alive_while_it_reads(data_file):
+    """The same slow reader while someone else fills the room faster than it
+    reads: what waits for it grows after each ping, but it keeps reading,
+    so it is alive. How far behind it may fall is --max-pending-output's
+    to say, not the ping timeout's."""
+    from twisted.internet.threads import deferToThread
+
+    prefill(data_file, 600, content=WIDE * MAX_CONTENT_LENGTH)
+    server = await start_server(
+        data_file,
+        "--ws-ping-interval=1",
+        "--ws-ping-timeout=1",
+        "--max-pending-output=100000000",
+    )
+    talker = await server.user("Talker")
+    talking = True
+
+    async def talk() -> None:
+        while talking:  # some 1.6 MB/s of 16 KB messages, above the reader's
+            await talker.say(WIDE * MAX_CONTENT_LENGTH)
+            await deferLater(reactor, 0.01, lambda: None)
+
+    chatter = Deferred.fromCoroutine(talk())
+    try:
+        size, took = await deferToThread(_read_slowly, server.port, 1.0)
+        assert size > 7_000_000 and took > 3
+    finally:
+        talking = False
+        await chatter
+        await server.stop()

@@ -252,7 +252,10 @@ class ChatProtocol(WebSocketServerProtocol):
             self._cut(self._output.unsent)
             return False
         self.factory.bytes_out += len(data)
+        self._written += len(data)
         return True
+
+    _written = 0  # bytes this connection has been sent, for onAutoPingTimeout
 
     def _cut(self, unsent: int) -> None:
         # Whole frames are dropped, so the stream stays valid up to the
@@ -651,18 +654,28 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def _sendAutoPing(self) -> None:
         """Autobahn's private ping sender: note how much was queued ahead of
-        the ping, which the client must read before it can see it."""
-        self._queued_at_ping = self._output.queued()
+        the ping, which the client must read before it can see it, how much
+        it had been sent, and the ping's own size."""
+        queued, written = self._output.queued(), self._written
         super()._sendAutoPing()
+        self._at_ping = (queued, written, self._written - written)
 
     def onAutoPingTimeout(self) -> None:
         """A client still reading a large reply cannot answer a ping queued
-        behind it: while what was queued ahead of the ping keeps shrinking it
-        is alive, and the next ping is simply scheduled (as Autobahn does when
-        other data arrives instead of a pong)."""
+        behind it: while it keeps taking bytes it is alive, and the next ping
+        is simply scheduled (as Autobahn does when other data arrives instead
+        of a pong). What it took is what it was sent since the ping less what
+        the queue grew by: in a busy room the queue may grow while it reads,
+        and how far behind it may fall is --max-pending-output's to judge.
+        The ping itself does not count: a peer's kernel takes it whether or
+        not anything is there to answer."""
         queued = self._output.queued()
-        before = getattr(self, "_queued_at_ping", None)
-        if queued is not None and before is not None and queued < before:
+        at_ping = getattr(self, "_at_ping", None)
+        taken = 0
+        if queued is not None and at_ping is not None and at_ping[0] is not None:
+            queued_then, written_then, ping = at_ping
+            taken = (self._written - written_then) - (queued - queued_then) - ping
+        if taken > 0:
             self.autoPingTimeoutCall = None
             self.autoPingPending = None
             self.autoPingPendingCall = self.factory._batched_timer.call_later(
