@@ -307,3 +307,28 @@ def test_closing_waits_for_loads_and_closes_every_room():
     assert result(closing) is True
     assert a.closed and b.closed and rooms.default.closed
     assert result(rooms.enter("a")).value.status == 503
+
+
+def test_a_connection_gone_while_its_room_loaded_starts_one_idle_timer():
+    """The protocol leaves from its waiter's callback when its connection
+    closed during the load; a second timer started after it would outlive
+    a rejoin's cancel and unload the room under the one who rejoined."""
+    rooms, maker, clock = registry(FIXED)
+    rooms.enter("a").addCallback(lambda room: rooms.leave("a"))
+    room = maker.finish("a")
+    clock.advance(1)
+    assert result(rooms.enter("a")) is room  # rejoined within the idle time
+    clock.advance(100)
+    assert not room.closed and rooms.loaded_count() == 2
+
+
+def test_a_room_with_history_shows_its_activity_while_it_closes():
+    maker = FakeMaker()
+    maker.closing = Deferred()
+    rooms, _, clock = registry(FIXED, maker)
+    rooms.enter("b")
+    maker.finish("b").messages = 3
+    rooms.leave("b")
+    clock.advance(5)  # closing, held
+    listed = result(rooms.listing())
+    assert listed == [{"name": "b", "online": 0, "last_activity": 1234}]
