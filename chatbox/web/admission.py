@@ -31,8 +31,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvidedBy, directlyProvides
 
+from chatbox.httptext import canned
 from chatbox.limits import AddressBuckets, Limits, address_key, client_address
-from chatbox.web.responses import RefusalLog, canned
+from chatbox.web.responses import RefusalLog
 
 __all__ = ["Admission", "Gate"]
 

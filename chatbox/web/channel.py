@@ -14,9 +14,10 @@ from typing import Any
 
 from twisted.web import http, server
 
+from chatbox.httptext import canned
 from chatbox.web.admission import Gate
 from chatbox.web.paths import odd_request
-from chatbox.web.responses import canned, plain
+from chatbox.web.responses import plain
 
 __all__ = ["ChatChannel", "ChatRequest"]
 

@@ -1,8 +1,9 @@
-"""Refusals: the canned responses, and the summary they are logged in.
+"""Refusals: plain-text answers, and the summary they are logged in.
 
 A flood of refused connections must cost little and write little: each
-refusal is a response built once at import, and the log gets a count per
-address every SUMMARY_SECONDS, never a line per refusal.
+refusal below twisted.web is a response built once at import
+(chatbox.httptext), and the log gets a count per address every
+SUMMARY_SECONDS, never a line per refusal.
 """
 
 from collections import Counter
@@ -13,21 +14,11 @@ from twisted.web.server import Request
 
 from chatbox.logsafe import printable
 
-__all__ = ["RefusalLog", "canned", "plain"]
+__all__ = ["RefusalLog", "plain"]
 
 SUMMARY_SECONDS = 10.0
 # Addresses named one by one in a summary; the rest are counted together.
 SUMMARY_ADDRESSES = 20
-_REASONS = {
-    400: b"Bad Request",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    503: b"Service Unavailable",
-}
 
 
 def plain(request: Request, code: int, reason: str) -> bytes:
@@ -36,21 +27,6 @@ def plain(request: Request, code: int, reason: str) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     return reason.encode() + b"\n"
-
-
-def canned(code: int, text: str, *headers: bytes) -> bytes:
-    """A whole HTTP/1.1 response that ends the connection, built once."""
-    body = text.encode() + b"\n"
-    return b"".join(
-        [
-            b"HTTP/1.1 %d %s\r\n" % (code, _REASONS[code]),
-            b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Length: %d\r\n" % len(body),
-            *(header + b"\r\n" for header in headers),
-            b"Connection: close\r\n\r\n",
-            body,
-        ]
-    )
 
 
 class RefusalLog:

@@ -36,6 +36,7 @@ from chatbox.chat.room import IRoom, Posted, RoomError
 from chatbox.chat.roomnames import NotARoom, room_of_path
 from chatbox.chat.rooms import RoomRefused
 from chatbox.chat.sends import valid_send_id
+from chatbox.httptext import canned
 from chatbox.limits import AddressBuckets, TokenBucket, address_key, client_address
 from chatbox.wire import codec, messages
 from chatbox.wire.backpressure import PendingOutput
@@ -189,15 +190,8 @@ class ChatProtocol(WebSocketServerProtocol):
         room that failed to load as it arrived), gets what chatbox.web
         answers every other refusal: the reason as text/plain, not only
         Autobahn's bare status line."""
-        body = f"{reason}\n".encode()
-        head = [
-            f"HTTP/1.1 {code} {reason}",
-            "Content-Type: text/plain; charset=utf-8",
-            f"Content-Length: {len(body)}",
-            *(f"{name}: {value}" for name, value in responseHeaders or ()),
-            "Connection: close",
-        ]
-        self.sendData(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        headers = [f"{name}: {value}".encode() for name, value in responseHeaders or ()]
+        self.sendData(canned(code, reason, *headers))
 
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
