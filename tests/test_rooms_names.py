@@ -117,9 +117,19 @@ async def test_every_spelling_of_a_room_is_one_room(open_rooms):
 
 @ensureDeferred
 async def test_by_default_there_is_no_room_but_the_default_one(server):
-    for path in ("/class-7a", "/a", "/" + "z" * 40):
-        assert await handshake_status(server.port, path) == 404
-        assert (await raw_get(server.port, path))[0] == 404
+    """Without --rooms every WebSocket path is the one chat, as in v2 (a
+    client pointed at ws://HOST:PORT/chat keeps working); the page is at /
+    only."""
+    an = await server.user("An")
+    for path in ("/class-7a", "/ws", "/a/b", "/healthz", "/" + "z" * 41):
+        assert await handshake_status(server.port, path) == 101, path
+        if path != "/healthz":
+            assert (await raw_get(server.port, path))[0] == 404, path
+        bo = await user_at(server.url + path, "Bo")
+        assert (await an.event())["name"] == "Bo"
+        bo.sendClose()
+        await bo.wait_closed()
+        assert (await an.event())["datatype"] == "leave"
     assert await handshake_status(server.port, "/") == 101
     assert (await raw_get(server.port, "/?x"))[0] == 200
     code, _, body = await fetch(server, "/rooms")

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from chatbox.chat.room import IRoom
-from chatbox.chat.roomnames import DEFAULT, NotARoom, check_name
+from chatbox.chat.roomnames import DEFAULT, NotARoom, check_name, room_of_path
 
 __all__ = [
     "IRoomMaker",
@@ -194,6 +194,15 @@ class Rooms:
         attach(DEFAULT, self.default)
 
     # -- entering and leaving --
+
+    def socket_room(self, path: str) -> str:
+        """The room a WebSocket to `path` enters, or NotARoom. Without named
+        rooms (no --rooms, the default) every path is the default room, as
+        every path was the one chat before rooms: a v2 client pointed at
+        ws://HOST:PORT/chat keeps working."""
+        if not (self.policy.open or self.policy.names):
+            return DEFAULT
+        return room_of_path(path)
 
     def refusal(self, name: str) -> RoomRefused | None:
         """Why a connection may not enter `name` now, if it may not."""

@@ -39,10 +39,13 @@ STATIC = resources.files("chatbox.web") / "static"
 CHILDREN = (b"static", b"healthz", b"metrics", b"rooms")
 
 
-def _room_refusal(factory: ChatFactory, path: bytes) -> tuple[int, str] | None:
+def _room_refusal(
+    factory: ChatFactory, path: bytes, socket: bool
+) -> tuple[int, str] | None:
     """Why the page or socket at `path` names no room one may enter, if so."""
+    text = path.decode("latin-1")
     try:
-        name = room_of_path(path.decode("latin-1"))
+        name = factory.rooms.socket_room(text) if socket else room_of_path(text)
     except NotARoom as e:
         return 404, str(e)
     refused = factory.rooms.refusal(name)
@@ -67,7 +70,7 @@ class ChatSocket(WebSocketResource):
         if refusal is None:
             # Decided here, not in onConnect, where Autobahn would log lines
             # for each refusal (chatbox.web.handshake).
-            room_refusal = _room_refusal(self.factory, request.path)
+            room_refusal = _room_refusal(self.factory, request.path, socket=True)
             if room_refusal is not None:
                 refusal = (*room_refusal, [])
         if refusal is not None:
@@ -167,7 +170,7 @@ class Root(Resource):
         """The page in the room the path names: at its one canonical path
         (a 301 from any other spelling, so the page's own location is the
         room's share link), or 404 for a room that cannot be entered."""
-        refusal = _room_refusal(self.factory, request.path)
+        refusal = _room_refusal(self.factory, request.path, socket=False)
         if refusal is not None:
             return pages.notFound(brief=refusal[1])
         name = room_of_path(request.path.decode("latin-1"))

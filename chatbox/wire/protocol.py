@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from chatbox.chat.arns import NameTaken, is_valid_name
 from chatbox.chat.content import is_valid_content
 from chatbox.chat.room import IRoom, Posted, RoomError
-from chatbox.chat.roomnames import NotARoom, room_of_path
+from chatbox.chat.roomnames import NotARoom
 from chatbox.chat.rooms import RoomRefused
 from chatbox.chat.sends import valid_send_id
 from chatbox.httptext import canned
@@ -162,7 +162,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self.address = address
         self.address_key = address_key(address)
         try:
-            name = room_of_path(request.path)
+            name = self.factory.rooms.socket_room(request.path)
         except NotARoom as e:
             raise ConnectionDeny(404, str(e)) from None
         entering = self.factory.rooms.enter(name)
