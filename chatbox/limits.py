@@ -170,6 +170,13 @@ class AddressBuckets:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def left(self, key: str, now: float) -> bool:
+        """Whether `key`'s bucket has a token, spending none."""
+        if self.rate <= 0 or key not in self._buckets:
+            return True
+        tokens, last = self._buckets[key]
+        return min(float(self.burst), tokens + (now - last) * self.rate) >= 1
+
     def take(self, key: str, now: float) -> bool:
         """Spend one token of `key`'s bucket; False if it has none left."""
         if self.rate <= 0:

@@ -13,6 +13,7 @@ from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
+from chatbox.limits import AddressBuckets
 from tests.client import connect, handshake_status, raw_get, until, user_at
 from tests.http import fetch, metric
 from tests.process import spawn
@@ -77,6 +78,9 @@ PATHS = {
 
 @ensureDeferred
 async def test_every_spelling_of_a_path_gets_its_status(open_rooms):
+    # One address asking for some 40 paths, most of them no room: past the
+    # guessing budget they would all be 429 (see the next test), so not here.
+    open_rooms.factory.room_guesses = AddressBuckets(0, 1)
     port = open_rooms.port
     page = (await raw_get(port, "/"))[2]
     wrong = []
@@ -381,5 +385,30 @@ async def test_healthz_and_metrics_count_open_and_loaded_rooms(data_file):
         await until(lambda: rooms.unloads == 3)
         assert await health() == {"open": 0, "loaded": 1, "failing": 0}
         assert await series() == (0, 1, 3, 3)
+    finally:
+        await running.stop()
+
+
+@ensureDeferred
+async def test_guessing_room_names_is_slowed_and_learns_nothing_while_it_waits(
+    data_file,
+):
+    """An address that keeps asking for rooms that are not there is told to
+    wait, for every room, known or not, page or socket: a guesser past its
+    budget cannot tell a hit from a miss. Others are not affected."""
+    from chatbox.wire.factory import ROOM_GUESS_BURST
+
+    running = await start_server(data_file, "--rooms=class-7a,secret-k3x9")
+    try:
+        port = running.port
+        misses = [await handshake_status(port, f"/guess-{i}") for i in range(40)]
+        assert misses[:ROOM_GUESS_BURST] == [404] * ROOM_GUESS_BURST
+        assert set(misses[ROOM_GUESS_BURST:]) == {429}
+        assert await handshake_status(port, "/secret-k3x9") == 429
+        assert (await raw_get(port, "/secret-k3x9"))[0] == 429
+        assert (await raw_get(port, "/guess-x"))[0] == 429
+        assert await handshake_status(port, "/") == 101  # the default room
+        other = await connect(f"{running.url}/secret-k3x9", source="127.0.0.2")
+        assert (await other.register("Minh"))["status"] is True
     finally:
         await running.stop()

@@ -42,6 +42,14 @@ __all__ = [
 # retrying (or an attacker) cannot make the server re-read a damaged file
 # many times a second.
 FAILED_LOAD_SECONDS = 10.0
+# A room nobody ever wrote in keeps nothing worth holding: it is unloaded
+# this soon after its last connection left (or --room-idle, if shorter),
+# and frees its place under --max-rooms.
+EMPTY_IDLE_SECONDS = 5.0
+# Rooms nobody is in kept loaded at most, the longest idle unloaded first
+# past that: one address touching every room of a long list in turn cannot
+# hold them all in memory.
+IDLE_ROOMS_KEPT = 32
 
 
 class RoomRefused(Exception):
@@ -183,6 +191,8 @@ class Rooms:
             dict(maker.stored()) if (policy.open or policy.listed) else {}
         )
         self._failed: dict[str, tuple[float, str]] = {}
+        # Loaded rooms nobody is in, the longest idle first.
+        self._idling: dict[str, _Slot] = {}
         self._closing_all = False
         self.loads = 0
         self.unloads = 0
@@ -195,14 +205,27 @@ class Rooms:
 
     # -- entering and leaving --
 
+    @property
+    def named(self) -> bool:
+        """Whether there are rooms besides the default one (--rooms)."""
+        return self.policy.open or bool(self.policy.names)
+
     def socket_room(self, path: str) -> str:
         """The room a WebSocket to `path` enters, or NotARoom. Without named
         rooms (no --rooms, the default) every path is the default room, as
         every path was the one chat before rooms: a v2 client pointed at
         ws://HOST:PORT/chat keeps working."""
-        if not (self.policy.open or self.policy.names):
-            return DEFAULT
-        return room_of_path(path)
+        return room_of_path(path) if self.named else DEFAULT
+
+    def is_new(self, name: str) -> bool:
+        """Whether entering `name` would make a room (`--rooms open`)."""
+        return (
+            self.policy.open
+            and name != DEFAULT
+            and name not in self._slots
+            and name not in self._known
+            and name not in self.policy.listed
+        )
 
     def refusal(self, name: str) -> RoomRefused | None:
         """Why a connection may not enter `name` now, if it may not."""
@@ -212,7 +235,7 @@ class Rooms:
         if not policy.open:
             if name not in policy.names:
                 return RoomRefused(404, "no such room")
-        elif name not in self._known and len(self._known) >= policy.max_rooms:
+        elif self.is_new(name) and self._made_count() >= policy.max_rooms:
             return RoomRefused(
                 404, "no such room, and the server's room limit is reached"
             )
@@ -223,6 +246,13 @@ class Rooms:
                 return RoomRefused(503, reason)
             del self._failed[name]
         return None
+
+    def _made_count(self) -> int:
+        """Rooms counted under --max-rooms: the operator's listed rooms
+        always have their place, so strangers filling the limit cannot shut
+        them out."""
+        listed = sum(1 for name in self.policy.listed if name in self._known)
+        return len(self._known) - listed
 
     def enter(self, name: str) -> "Deferred[IRoom]":
         """The room, once loaded; the caller must `leave(name)` once for
@@ -239,9 +269,7 @@ class Rooms:
             self._known.setdefault(name, None)
             self._load(slot)
         slot.users += 1
-        if slot.idle is not None:
-            slot.idle.cancel()
-            slot.idle = None
+        self._stop_idle(slot)
         if slot.room is not None:
             return succeed(slot.room)
         waiter: Deferred[IRoom] = Deferred()
@@ -255,8 +283,25 @@ class Rooms:
             self._idle_from_now(slot)
 
     def _idle_from_now(self, slot: _Slot) -> None:
-        if not self._closing_all:
-            slot.idle = self._reactor.callLater(self._idle, self._unload, slot)
+        if self._closing_all:
+            return
+        assert slot.room is not None
+        wait = self._idle
+        if slot.room.message_count() == 0:
+            wait = min(wait, EMPTY_IDLE_SECONDS)
+        slot.idle = self._reactor.callLater(wait, self._unload, slot)
+        self._idling[slot.name] = slot
+        while len(self._idling) > IDLE_ROOMS_KEPT:
+            oldest = next(iter(self._idling.values()))
+            self._stop_idle(oldest)
+            self._unload(oldest)
+
+    def _stop_idle(self, slot: _Slot) -> None:
+        if slot.idle is not None:
+            if slot.idle.active():
+                slot.idle.cancel()
+            slot.idle = None
+        self._idling.pop(slot.name, None)
 
     def _load(self, slot: _Slot) -> None:
         made = self._maker.make(slot.name)
@@ -304,7 +349,7 @@ class Rooms:
             waiter.errback(refused)
 
     def _unload(self, slot: _Slot) -> None:
-        slot.idle = None
+        self._stop_idle(slot)
         room, slot.room = slot.room, None
         assert room is not None
         # Known at once, not when closed: GET /rooms reads it while the room
@@ -386,9 +431,7 @@ class Rooms:
         self._closing_all = True
         complete = True
         for slot in list(self._slots.values()):
-            if slot.idle is not None:
-                slot.idle.cancel()
-                slot.idle = None
+            self._stop_idle(slot)
         while True:
             busy = [s.closing for s in self._slots.values() if s.closing is not None]
             busy += [

@@ -40,16 +40,32 @@ CHILDREN = (b"static", b"healthz", b"metrics", b"rooms")
 
 
 def _room_refusal(
-    factory: ChatFactory, path: bytes, socket: bool
+    factory: ChatFactory, request: Request, socket: bool
 ) -> tuple[int, str] | None:
-    """Why the page or socket at `path` names no room one may enter, if so."""
-    text = path.decode("latin-1")
+    """Why the page or socket at the request's path names no room one may
+    enter, if so. An address that keeps asking for rooms that are not there
+    is told to wait (429) for any room, known or not, so that guessing
+    unlisted names is slow and learns nothing while it waits; one making
+    rooms under --rooms open makes them at ROOMS_MADE_RATE."""
+    key = getattr(request.channel.transport, "key", None) or "-"
+    now = factory.reactor.seconds()
+    text = request.path.decode("latin-1")
+    rooms = factory.rooms
+    if text != "/" and not factory.room_guesses.left(key, now):
+        return 429, "too many rooms asked for that are not there; try again later"
     try:
-        name = factory.rooms.socket_room(text) if socket else room_of_path(text)
+        name = rooms.socket_room(text) if socket else room_of_path(text)
     except NotARoom as e:
+        factory.room_guesses.take(key, now)
         return 404, str(e)
-    refused = factory.rooms.refusal(name)
-    return None if refused is None else (refused.status, str(refused))
+    refused = rooms.refusal(name)
+    if refused is not None:
+        if refused.status == 404:
+            factory.room_guesses.take(key, now)
+        return refused.status, str(refused)
+    if socket and rooms.is_new(name) and not factory.rooms_made.take(key, now):
+        return 429, "making rooms too often from your address; try again later"
+    return None
 
 
 def _is_websocket(request: Request) -> bool:
@@ -70,7 +86,7 @@ class ChatSocket(WebSocketResource):
         if refusal is None:
             # Decided here, not in onConnect, where Autobahn would log lines
             # for each refusal (chatbox.web.handshake).
-            room_refusal = _room_refusal(self.factory, request.path, socket=True)
+            room_refusal = _room_refusal(self.factory, request, socket=True)
             if room_refusal is not None:
                 refusal = (*room_refusal, [])
         if refusal is not None:
@@ -152,6 +168,8 @@ class Root(Resource):
         self.factory = factory
         self.socket = ChatSocket(factory)
         self.page = static.File(str(STATIC / "index.html"), defaultType="text/html")
+        # Read once at start-up, to answer a missing room's 404 with.
+        self.missing_page = (STATIC / "index.html").read_bytes()
         self.putChild(b"static", static.File(str(STATIC)))
         self.putChild(b"healthz", Health(factory))
         self.putChild(b"metrics", MetricsResource(factory.metrics.registry))
@@ -170,15 +188,37 @@ class Root(Resource):
         """The page in the room the path names: at its one canonical path
         (a 301 from any other spelling, so the page's own location is the
         room's share link), or 404 for a room that cannot be entered."""
-        refusal = _room_refusal(self.factory, request.path, socket=False)
+        refusal = _room_refusal(self.factory, request, socket=False)
         if refusal is not None:
-            return pages.notFound(brief=refusal[1])
+            code, reason = refusal
+            if code == 404 and self.factory.rooms.named:
+                # The page itself, which finds its room refused and says so
+                # in the reader's language, with the way to the others.
+                return _Refused(self.missing_page, code)
+            return pages.errorPage(code, reason, "")
         name = room_of_path(request.path.decode("latin-1"))
         canonical = f"/{name}".encode() if name != DEFAULT else b"/"
         if request.path != canonical:
             return _MovedTo(canonical)
         request.postpath = []  # the page is the whole answer
         return self.page
+
+
+class _Refused(Resource):
+    """The bundled page with a refusal's status."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes, code: int) -> None:
+        super().__init__()
+        self.body = body
+        self.code = code
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(self.code)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return self.body
 
 
 class _MovedTo(Resource):

@@ -31,6 +31,8 @@ from chatbox.wire.protocol import ChatProtocol
 
 __all__ = ["ChatFactory"]
 
+ROOM_GUESS_RATE, ROOM_GUESS_BURST = 1.0, 30
+ROOMS_MADE_RATE, ROOMS_MADE_BURST = 1 / 60, 10
 CLOSE_GOING_AWAY = 1001
 CLOSE_SERVICE_RESTART = 1012
 
@@ -64,6 +66,11 @@ class ChatFactory(WebSocketServerFactory):
         self.typing_per_address = AddressBuckets(
             limits.address_send_rate / 2, max(1, limits.address_send_burst // 2)
         )
+        # Rooms, per address: names asked for that are no room one may enter
+        # (guessing unlisted rooms' names costs a second a guess once the
+        # burst is spent), and rooms made under --rooms open.
+        self.room_guesses = AddressBuckets(ROOM_GUESS_RATE, ROOM_GUESS_BURST)
+        self.rooms_made = AddressBuckets(ROOMS_MADE_RATE, ROOMS_MADE_BURST)
         self.reply_gate = ByteGate(limits.max_reply_bytes)
         self.log_budget = LogBudget(reactor, self.logger)
         # The open WebSockets, for broadcast. How many connections there are

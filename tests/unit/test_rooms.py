@@ -332,3 +332,47 @@ def test_a_room_with_history_shows_its_activity_while_it_closes():
     clock.advance(5)  # closing, held
     listed = result(rooms.listing())
     assert listed == [{"name": "b", "online": 0, "last_activity": 1234}]
+
+
+def test_a_room_nobody_wrote_in_goes_soon_one_with_history_waits():
+    rooms, maker, clock = registry(FIXED, idle=60.0)
+    rooms.enter("a")
+    empty = maker.finish("a")
+    rooms.enter("b")
+    kept = maker.finish("b")
+    kept.messages = 1
+    rooms.leave("a")
+    rooms.leave("b")
+    clock.advance(5.1)
+    assert empty.closed and not kept.closed
+    clock.advance(60)
+    assert kept.closed
+
+
+def test_at_most_so_many_idle_rooms_stay_loaded_the_longest_idle_going_first():
+    from chatbox.chat.rooms import IDLE_ROOMS_KEPT
+
+    rooms, maker, clock = registry(RoomPolicy(open=True), idle=600.0)
+    made = []
+    for n in range(IDLE_ROOMS_KEPT + 8):
+        rooms.enter(f"r{n}")
+        made.append(maker.finish(f"r{n}"))
+        made[-1].messages = 1
+        rooms.leave(f"r{n}")
+        clock.advance(1)
+    assert rooms.loaded_count() == IDLE_ROOMS_KEPT + 1  # and the default
+    assert [room.closed for room in made] == [True] * 8 + [False] * IDLE_ROOMS_KEPT
+
+
+def test_listed_rooms_always_open_however_many_strangers_made():
+    policy = RoomPolicy(open=True, listed=("class-7a",), max_rooms=2)
+    rooms, maker, _ = registry(policy, FakeMaker(stored={"class-7a": 1}))
+    for name in ("x1", "x2"):
+        assert rooms.is_new(name)
+        rooms.enter(name)
+        maker.finish(name)
+    assert result(rooms.enter("x3")).value.status == 404
+    assert not rooms.is_new("class-7a")
+    entering = rooms.enter("class-7a")
+    listed = maker.finish("class-7a")
+    assert result(entering) is listed
