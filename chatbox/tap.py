@@ -375,7 +375,7 @@ class Options(usage.Options):
                 self["rooms"], self["listed-rooms"], self["max-rooms"]
             )
         except ValueError as e:
-            raise usage.UsageError(f"--rooms: {e}") from None
+            raise usage.UsageError(str(e)) from None
         if self["redis"] is not None:
             try:
                 self["redis"] = parse_redis_url(self["redis"])
@@ -432,6 +432,24 @@ def _make_rooms(config: dict[str, Any], reactor: Any, metrics: Metrics) -> Rooms
         default = room
         maker = LocalRooms(config["data"], reactor, config["fold-threshold"], metrics)
     return Rooms(default, maker, config["room-policy"], reactor, config["room-idle"])
+
+
+def _log_rooms(policy: RoomPolicy) -> None:
+    """Say which rooms there are, so a mistaken --rooms shows in the log."""
+    if policy.open:
+        log.info(
+            "rooms: any valid name makes one, up to {most}; {listed} listed",
+            most=policy.max_rooms,
+            listed=len(policy.listed),
+        )
+    elif policy.names:
+        shown = sorted(policy.names)
+        log.info(
+            "rooms: {count} besides the default one ({names}); {listed} listed",
+            count=len(shown),
+            names=", ".join(shown[:10]) + (", ..." if len(shown) > 10 else ""),
+            listed=len(policy.listed),
+        )
 
 
 def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:
@@ -508,6 +526,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     )
     factory.noisy = False
     metrics.observe_rooms(rooms, per_room=bool(config["room-metrics"]))
+    _log_rooms(config["room-policy"])
     factory.setProtocolOptions(
         maxFramePayloadSize=config["max-message-size"],
         maxMessagePayloadSize=config["max-message-size"],

@@ -16,6 +16,7 @@ The backend (`IRoomMaker`: chatbox.local.rooms, chatbox.cluster.rooms) makes
 and closes rooms; this module knows nothing of files or Redis.
 """
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -62,12 +63,14 @@ class RoomRefused(Exception):
 
 
 def parse_room_list(value: str) -> tuple[str, ...]:
-    """Room names from a comma list, or from a file when the value has a `/`
-    or `.` (which no room name has): one name per line, `#` comments.
-    Raises ValueError naming what is wrong (blocking: options only)."""
-    if "/" in value or "." in value:
+    """Room names from a file, when the value names one (or has a `/` or
+    `.`, which no room name has): one name per line, `#` comments; else from
+    a comma list. Raises ValueError naming what is wrong (blocking: options
+    only)."""
+    if "/" in value or "." in value or os.path.isfile(value):
         try:
-            text = Path(value).read_text(encoding="utf-8")
+            # utf-8-sig: a byte-order mark (Windows Notepad's) is not a name.
+            text = Path(value).read_text(encoding="utf-8-sig")
         except OSError as e:
             raise ValueError(f"cannot read {value}: {e.strerror}") from None
         except UnicodeDecodeError:
@@ -101,9 +104,15 @@ class RoomPolicy(NamedTuple):
     @classmethod
     def from_options(cls, rooms: str, listed: str, max_rooms: int) -> "RoomPolicy":
         """Raises ValueError with a message fit for a usage error."""
-        is_open = rooms.strip() == "open"
-        names = () if is_open or not rooms.strip() else parse_room_list(rooms)
-        shown = parse_room_list(listed) if listed.strip() else ()
+        is_open = rooms.strip().lower() == "open"
+        try:
+            names = () if is_open or not rooms.strip() else parse_room_list(rooms)
+        except ValueError as e:
+            raise ValueError(f"--rooms: {e}") from None
+        try:
+            shown = parse_room_list(listed) if listed.strip() else ()
+        except ValueError as e:
+            raise ValueError(f"--listed-rooms: {e}") from None
         if not is_open:
             strays = [name for name in shown if name not in names]
             if strays:

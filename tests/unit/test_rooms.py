@@ -376,3 +376,15 @@ def test_listed_rooms_always_open_however_many_strangers_made():
     entering = rooms.enter("class-7a")
     listed = maker.finish("class-7a")
     assert result(entering) is listed
+
+
+def test_a_file_is_read_whatever_its_name_and_a_notepad_mark_is_no_name(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "classes").write_bytes("\ufeffclass-6a\r\nclass-6b\r\n".encode())
+    assert RoomPolicy.from_options("classes", "", 5).names == {"class-6a", "class-6b"}
+    assert RoomPolicy.from_options("class-6a", "", 5).names == {"class-6a"}
+    assert RoomPolicy.from_options(" Open ", "", 5).open
+    with pytest.raises(ValueError, match=r"^--listed-rooms: cannot read"):
+        RoomPolicy.from_options("classes", "./missing.txt", 5)
