@@ -507,6 +507,11 @@ def run(options: argparse.Namespace) -> dict:
     size = QUICK if options.quick else FULL
     scratch = tempfile.mkdtemp(prefix="chatbox-bench-rooms-")
     only = options.only.split(",") if options.only else TARGETS
+    unknown = sorted(set(only) - set(TARGETS))
+    if unknown:
+        raise SystemExit(
+            f"--only: no target {', '.join(unknown)} (of {', '.join(TARGETS)})"
+        )
     figures: dict = {"cores": os.cpu_count(), "rounds": options.rounds}
     figures["quick"] = options.quick
     # Other work on the machine moves every figure here: the load average
