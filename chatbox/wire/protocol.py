@@ -189,7 +189,10 @@ class ChatProtocol(WebSocketServerProtocol):
         """A handshake refused here, after chatbox.web let it through (a
         room that failed to load as it arrived), gets what chatbox.web
         answers every other refusal: the reason as text/plain, not only
-        Autobahn's bare status line."""
+        Autobahn's bare status line.
+
+        Private hook: relies on Autobahn's failHandshake answering through
+        this undocumented method, with these arguments."""
         headers = [f"{name}: {value}".encode() for name, value in responseHeaders or ()]
         self.sendData(canned(code, reason, *headers))
 

@@ -196,6 +196,17 @@ def test_on_auto_ping_timeout():
         )
 
 
+def test_send_http_error_response():
+    hook = "WebSocketServerProtocol.sendHttpErrorResponse()"
+    method = getattr(WebSocketServerProtocol, "sendHttpErrorResponse", None)
+    assert method is not None and takes(method, None, 404, "no such room"), broken(
+        hook, PROTOCOL, "gone or changed"
+    )
+    assert "self.sendHttpErrorResponse(" in source(
+        WebSocketServerProtocol.failHandshake
+    ), broken(hook, PROTOCOL, "no longer how a refused handshake is answered")
+
+
 def test_batched_timer():
     hook = "WebSocketServerFactory._batched_timer.call_later(delay, function)"
     timer = getattr(WebSocketServerFactory(), "_batched_timer", None)
