@@ -339,6 +339,11 @@ def table(f: dict) -> str:
             "",
         ),
     ]
+    return markdown(rows)
+
+
+def markdown(rows: list[tuple[str, str, str, str]]) -> str:
+    """The figures' table, as the README shows them."""
     lines = ["| target | measured | | goal |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)

@@ -634,9 +634,7 @@ def table(f: dict) -> str:
         rows += join_rows(f["first_join"])
     if "delivery" in f:
         rows += delivery_rows(f["delivery"])
-    lines = ["| target | measured | | goal |", "| --- | --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(lines)
+    return compare.markdown(rows)
 
 
 def main() -> None:
