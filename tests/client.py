@@ -218,14 +218,18 @@ WEBSOCKET_HEADERS = {
 
 
 async def raw_get(
-    port: int, path: str, websocket: bool = False, **headers: str
+    port: int,
+    path: str,
+    websocket: bool = False,
+    method: str = "GET",
+    **headers: str,
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of one GET to 127.0.0.1:`port` with `path`
     written as is (UTF-8, no quoting, so a test can send what a browser
     never would); `websocket`: as a bare WebSocket handshake."""
     fields = {"Host": f"127.0.0.1:{port}", **(WEBSOCKET_HEADERS if websocket else {})}
     fields.update((name.replace("_", "-"), value) for name, value in headers.items())
-    lines = [f"GET {path} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items())]
+    lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items())]
     protocol = await connectProtocol(
         TCP4ClientEndpoint(reactor, "127.0.0.1", port), _RawHTTP()
     )

@@ -412,3 +412,49 @@ async def test_guessing_room_names_is_slowed_and_learns_nothing_while_it_waits(
         assert (await other.register("Minh"))["status"] is True
     finally:
         await running.stop()
+
+
+@ensureDeferred
+async def test_public_rooms_are_never_refused_for_guessing(data_file):
+    """Past its guessing budget an address (a school's NAT, say) still
+    reaches the default room, the listed rooms, and on a server without
+    named rooms every path; names no room can have cost nothing."""
+    running = await start_server(
+        data_file, "--rooms=class-7a,secret-k3x9", "--listed-rooms=class-7a"
+    )
+    plain = await start_server(data_file.parent / "plain.json")
+    try:
+        for server in (running, plain):
+            for i in range(40):
+                await handshake_status(server.port, f"/guess-{i}")
+                await raw_get(server.port, "/robots.txt")
+        assert await handshake_status(running.port, "/secret-k3x9") == 429
+        assert await handshake_status(running.port, "/class-7a") == 101
+        assert (await raw_get(running.port, "/class-7a"))[0] == 200
+        assert await handshake_status(running.port, "/") == 101
+        assert await handshake_status(plain.port, "/chat") == 101
+    finally:
+        await running.stop()
+        await plain.stop()
+
+
+@ensureDeferred
+async def test_heads_of_refusals_and_redirects_write_no_log(data_file):
+    """twisted.web logs a line quoting the whole URI for a HEAD that renders
+    a body: 2 kB of log per request on one keep-alive connection."""
+    from twisted.logger import globalLogPublisher
+
+    running = await start_server(data_file, "--rooms=class-7a")
+    running.factory.room_guesses = AddressBuckets(0, 1)
+    lines: list[dict] = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        long = "?" + "x" * 1500
+        for path in ("/Class-7A" + long, "/nope" + long, "/healthz", "/rooms"):
+            status = (await raw_get(running.port, path, method="HEAD"))[0]
+            assert status in (200, 301, 404), path
+        assert [event for event in lines if "xxxxxxxxxx" in repr(event)] == []
+        assert not [e for e in lines if "HEAD" in str(e.get("log_format", ""))]
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+        await running.stop()

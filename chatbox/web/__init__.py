@@ -20,7 +20,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client.twisted import MetricsResource
 from twisted.python.failure import Failure
-from twisted.web import pages, static
+from twisted.web import static
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -43,27 +43,38 @@ def _room_refusal(
     factory: ChatFactory, request: Request, socket: bool
 ) -> tuple[int, str] | None:
     """Why the page or socket at the request's path names no room one may
-    enter, if so. An address that keeps asking for rooms that are not there
-    is told to wait (429) for any room, known or not, so that guessing
-    unlisted names is slow and learns nothing while it waits; one making
-    rooms under --rooms open makes them at ROOMS_MADE_RATE."""
-    key = getattr(request.channel.transport, "key", None) or "-"
-    now = factory.reactor.seconds()
-    text = request.path.decode("latin-1")
+    enter, if so.
+
+    An address that keeps asking for rooms that are not there is told to
+    wait (429) for every unlisted room, there or not, so that guessing
+    unlisted names is slow and learns nothing while it waits. What is
+    public costs nothing and is never refused so: the default room, listed
+    rooms, names no room can have, and every path of a server without
+    named rooms (where each is the default room, as in v2). One making
+    rooms under --rooms open makes them at ROOMS_MADE_RATE, and a refusal
+    for that counts as a guess too, or it would tell a room that exists
+    from a name that does not."""
     rooms = factory.rooms
-    if text != "/" and not factory.room_guesses.left(key, now):
-        return 429, "too many rooms asked for that are not there; try again later"
+    text = request.path.decode("latin-1")
     try:
         name = rooms.socket_room(text) if socket else room_of_path(text)
     except NotARoom as e:
-        factory.room_guesses.take(key, now)
         return 404, str(e)
+    if not rooms.named or name == DEFAULT or name in rooms.policy.listed:
+        refused = rooms.refusal(name)
+        return None if refused is None else (refused.status, str(refused))
+    key = getattr(request.channel.transport, "key", None) or "-"
+    now = factory.reactor.seconds()
+    guesses = factory.room_guesses
+    if not guesses.left(key, now):
+        return 429, "too many rooms asked for that are not there; try again later"
     refused = rooms.refusal(name)
     if refused is not None:
         if refused.status == 404:
-            factory.room_guesses.take(key, now)
+            guesses.take(key, now)
         return refused.status, str(refused)
     if socket and rooms.is_new(name) and not factory.rooms_made.take(key, now):
+        guesses.take(key, now)
         return 429, "making rooms too often from your address; try again later"
     return None
 
@@ -134,6 +145,11 @@ class Health(Resource):
             }
         )
 
+    def render_HEAD(self, request: Request) -> bytes:
+        """Without it twisted.web fakes a HEAD with GET and logs a line."""
+        self.render_GET(request)
+        return b""
+
 
 class RoomList(Resource):
     """GET /rooms: the listed rooms, for the page's switcher and for a
@@ -160,6 +176,12 @@ class RoomList(Resource):
 
         self.factory.rooms.listing().addCallbacks(listed, failed)
         return NOT_DONE_YET
+
+    def render_HEAD(self, request: Request) -> bytes:
+        """Without it twisted.web fakes a HEAD with GET and logs a line."""
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return b""
 
 
 class Root(Resource):
@@ -194,46 +216,48 @@ class Root(Resource):
             if code == 404 and self.factory.rooms.named:
                 # The page itself, which finds its room refused and says so
                 # in the reader's language, with the way to the others.
-                return _Refused(self.missing_page, code)
-            return pages.errorPage(code, reason, "")
+                return _Answer(code, self.missing_page, b"text/html; charset=utf-8")
+            return _Answer(code, reason.encode() + b"\n")
         name = room_of_path(request.path.decode("latin-1"))
         canonical = f"/{name}".encode() if name != DEFAULT else b"/"
         if request.path != canonical:
-            return _MovedTo(canonical)
+            query = request.uri.partition(b"?")[2]
+            where = canonical + (b"?" + query if query else b"")
+            moved = b"moved to " + canonical + b"\n"
+            return _Answer(301, moved, headers=((b"location", where),))
         request.postpath = []  # the page is the whole answer
         return self.page
 
 
-class _Refused(Resource):
-    """The bundled page with a refusal's status."""
+class _Answer(Resource):
+    """An answer decided before rendering: a refusal, a redirect, or the
+    page for a room that is not there. A HEAD gets the head alone, so
+    twisted.web writes no log line for it (it does, quoting the whole URI,
+    for each HEAD that renders a body: a log flood at one request away)."""
 
     isLeaf = True
 
-    def __init__(self, body: bytes, code: int) -> None:
+    def __init__(
+        self,
+        code: int,
+        body: bytes,
+        content_type: bytes = b"text/plain; charset=utf-8",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         super().__init__()
-        self.body = body
         self.code = code
+        self.body = body
+        self.head = ((b"content-type", content_type), *headers)
 
     def render(self, request: Request) -> bytes:
         request.setResponseCode(self.code)
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
+        for name, value in self.head:
+            request.setHeader(name, value)
+        if request.method == b"HEAD":
+            request.setHeader(b"content-length", b"%d" % len(self.body))
+            return b""
         return self.body
-
-
-class _MovedTo(Resource):
-    """301 to the room's canonical path (the query kept)."""
-
-    isLeaf = True
-
-    def __init__(self, path: bytes) -> None:
-        super().__init__()
-        self.path = path
-
-    def render(self, request: Request) -> bytes:
-        query = request.uri.partition(b"?")[2]
-        request.setHeader(b"location", self.path + (b"?" + query if query else b""))
-        return plain(request, 301, "moved to " + self.path.decode())
 
 
 class ChatSite(Site):
