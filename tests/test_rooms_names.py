@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 
 from chatbox.limits import AddressBuckets
 from tests.client import connect, handshake_status, raw_get, until, user_at
@@ -458,3 +458,46 @@ async def test_heads_of_refusals_and_redirects_write_no_log(data_file):
     finally:
         globalLogPublisher.removeObserver(lines.append)
         await running.stop()
+
+
+@ensureDeferred
+async def test_a_refusal_ends_its_connection(data_file):
+    """Each ask for a room that is not there costs a new connection, under
+    --connection-rate, not one more request down a keep-alive one."""
+    from tests.client import WEBSOCKET_HEADERS
+
+    running = await start_server(data_file, "--rooms=class-7a")
+    try:
+        for websocket in (False, True):
+            head = {"Host": "x", **(WEBSOCKET_HEADERS if websocket else {})}
+            request = "GET /nope HTTP/1.1\r\n" + "".join(
+                f"{k}: {v}\r\n" for k, v in head.items()
+            )
+            answer = await raw_exchange(running.port, (request + "\r\n") * 2)
+            assert answer.count(b"HTTP/1.1 404") == 1, (websocket, answer[:200])
+            assert b"connection: close" in answer.lower()
+    finally:
+        await running.stop()
+
+
+async def raw_exchange(port: int, data: str) -> bytes:
+    """Everything the server says to `data` until it closes (10 s at most)."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Protocol
+
+    class Collect(Protocol):
+        def __init__(self) -> None:
+            self.data = b""
+            self.done: Deferred = Deferred()
+
+        def dataReceived(self, chunk: bytes) -> None:
+            self.data += chunk
+
+        def connectionLost(self, reason=None) -> None:
+            self.done.callback(self.data)
+
+    protocol = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port), Collect()
+    )
+    protocol.transport.write(data.encode())
+    return await protocol.done.addTimeout(10, reactor)

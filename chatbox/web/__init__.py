@@ -108,6 +108,7 @@ class ChatSocket(WebSocketResource):
                 self.factory.admission.refusals.note(address, reason)
             for name, value in headers:
                 request.setHeader(name, value)
+            _close_after(request)
             return plain(request, code, reason)
         # twisted.web would time the connection out as an idle HTTP channel
         # (after 12 hours) even though the WebSocket has taken it over.
@@ -229,6 +230,14 @@ class Root(Resource):
         return self.page
 
 
+def _close_after(request: Request) -> None:
+    """End the connection with this refusal: one that keeps asking for
+    rooms must reconnect for each ask, under admission's --connection-rate,
+    instead of sending thousands down one keep-alive connection."""
+    request.setHeader(b"connection", b"close")
+    request.channel.persistent = False
+
+
 class _Answer(Resource):
     """An answer decided before rendering: a refusal, a redirect, or the
     page for a room that is not there. A HEAD gets the head alone, so
@@ -251,6 +260,8 @@ class _Answer(Resource):
 
     def render(self, request: Request) -> bytes:
         request.setResponseCode(self.code)
+        if self.code >= 400:
+            _close_after(request)
         request.setHeader(b"cache-control", b"no-store")
         for name, value in self.head:
             request.setHeader(name, value)
