@@ -442,13 +442,10 @@ class Rooms:
         for slot in list(self._slots.values()):
             self._stop_idle(slot)
         while True:
-            busy = [s.closing for s in self._slots.values() if s.closing is not None]
-            busy += [
-                waiter
-                for s in self._slots.values()
-                if s.room is None and s.closing is None
-                for waiter in [self._settled(s)]
-            ]
+            slots = list(self._slots.values())
+            busy = [s.closing for s in slots if s.closing is not None]
+            loading = [s for s in slots if s.room is None and s.closing is None]
+            busy += [self._settled(s) for s in loading]
             if not busy:
                 break
             await DeferredList(busy)
@@ -462,8 +459,6 @@ class Rooms:
 
     def _settled(self, slot: _Slot) -> "Deferred[None]":
         """Fires when a room still loading has loaded or failed."""
-        done: Deferred[None] = Deferred()
         waiter: Deferred[IRoom] = Deferred()
-        waiter.addBoth(lambda _: done.callback(None))
         slot.waiters.append(waiter)
-        return done
+        return waiter.addBoth(lambda _: None)
