@@ -105,12 +105,33 @@ class IRoom(Interface):
         the release on its own."""
 
     def post(
-        owner: Hashable, name: str, content: str, when: Moment, send_id: str | None
+        owner: Hashable,
+        name: str,
+        content: str,
+        when: Moment,
+        send_id: str | None,
+        announcement: bool = False,
     ) -> "Deferred[Posted]":
         """Store a message; fires once it is stored durably and sent on to
         everyone else; fails with RoomError. A repeat of `send_id` by `name`
         within the window fires with the original instead (waiting for it,
-        if it is still being stored)."""
+        if it is still being stored). An operator's announcement (owner
+        None) is stored and told with the ext `announcement` marker."""
+
+    def delete(ids: list[int], when: Moment) -> "Deferred[list[int]]":
+        """An operator's removal: the messages with these ids that exist
+        leave every `get` at once, the room's connections are told
+        (`messages.deleted`), and the Deferred fires with the removed ids,
+        sorted, once the removal is durable and their content is gone from
+        the room's storage (files, journal; Redis history and stream).
+        Ids are never handed out again. Fails with RoomError."""
+
+    def delete_by(
+        name: str, since: int | None, until: int | None, when: Moment
+    ) -> "Deferred[list[int]]":
+        """`delete` for every message whose nickname is the same as `name`
+        for ARNS, posted within [since, until] (epoch ms, inclusive; None:
+        unbounded). History is scanned off the reactor thread."""
 
     def typing(owner: Hashable, name: str, when: Moment) -> None:
         """Tell everyone else that `name` is typing (as of `when`, which

@@ -19,12 +19,14 @@ __all__ = [
     "Refused",
     "change_ok",
     "change_refused",
+    "deleted",
     "fault",
     "get_ok",
     "get_refused",
     "history_entry",
     "joined",
     "left",
+    "moderation_notice",
     "not_enough_key",
     "online_count",
     "ping",
@@ -33,6 +35,7 @@ __all__ = [
     "register_ok",
     "register_refused",
     "renamed",
+    "send_held",
     "send_ok",
     "send_refused",
     "typing",
@@ -148,18 +151,36 @@ def send_refused(
     return _with_error(reply, error)
 
 
+def send_held(
+    name: str, content: Any, reason: str, retry_after: float, error: str | None
+) -> Message:
+    """ext: a send refused for a while (`Muted`, `SlowMode`): v2's failure
+    shape, so a v2 client sees `status: false`, and when to try again."""
+    reply = send_refused(name, content, reason, error)
+    reply["retry_after"] = retry_after
+    return reply
+
+
 # -- get --------------------------------------------------------------------
 
 
 def history_entry(
-    message_id: int, name: str, content: str, timestamp: str, millis: int | None
+    message_id: int,
+    name: str,
+    content: str,
+    timestamp: str,
+    millis: int | None,
+    announcement: bool = False,
 ) -> Message:
     """One stored message, as kept in data.json and sent in `get`. `millis`
-    is None only for an entry whose v2 timestamp could not be read."""
+    is None only for an entry whose v2 timestamp could not be read. An
+    operator's announcement (ext) says so, for clients that set it apart."""
     entry = {"id": message_id, "name": name, "content": content}
     entry["timestamp"] = timestamp
     if millis is not None:
         entry["time"] = millis
+    if announcement:
+        entry["announcement"] = True
     return entry
 
 
@@ -284,8 +305,10 @@ def renamed(old: str, new: str, when: Moment) -> Message:
     }
 
 
-def posted(name: str, content: str, when: Moment, message_id: int) -> Message:
-    return {
+def posted(
+    name: str, content: str, when: Moment, message_id: int, announcement: bool = False
+) -> Message:
+    event = {
         "type": "receive",
         "datatype": "message",
         "name": name,
@@ -294,6 +317,9 @@ def posted(name: str, content: str, when: Moment, message_id: int) -> Message:
         "time": when.millis,
         "id": message_id,
     }
+    if announcement:
+        event["announcement"] = True
+    return event
 
 
 def left(name: str, when: Moment) -> Message:
@@ -304,6 +330,25 @@ def left(name: str, when: Moment) -> Message:
         "timestamp": when.text,
         "time": when.millis,
     }
+
+
+def deleted(ids: list[int], when: Moment) -> Message:
+    """ext: an operator removed these messages; a client that understands it
+    takes them off the screen (v2 clients ignore the datatype)."""
+    return {
+        "type": "receive",
+        "datatype": "delete",
+        "ids": ids,
+        "timestamp": when.text,
+        "time": when.millis,
+    }
+
+
+def moderation_notice(action: str, reason: str, until: int | None) -> Message:
+    """ext: to the one connection an operator acted on (`kick`, `ban`, just
+    before its close; `mute`, `unmute`), so its user learns why and until
+    when (epoch ms; None: no end)."""
+    return {"type": "moderation", "action": action, "reason": reason, "until": until}
 
 
 def typing(name: str) -> Message:
