@@ -71,6 +71,19 @@
       copyByHand: "Selected: press Ctrl+C to copy", copyByTouch: "Selected: touch and hold to copy",
       noRoom: "This room does not exist on this server.", noRoomStatus: "No such room",
       goElsewhere: "Go to another room:",
+      announcement: "Announcement",
+      kicked: "A moderator removed you from the chat.", kickedStatus: "Removed from the chat",
+      rejoin: "Rejoin",
+      bannedUntil: (w) => `You are banned from this chat until ${w}.`,
+      bannedForever: "You are banned from this chat permanently.",
+      bannedUnknown: "You are banned from this chat.", bannedStatus: "Banned",
+      banEnds: "You will be reconnected when the ban ends.",
+      reasonIs: (r) => `Reason: ${r}`,
+      mutedUntil: (w) => `You are muted until ${w}.`, mutedForever: "You are muted.",
+      unmuted: "You can send messages again.",
+      SlowMode: (s) => `Slow mode: you can send again in ${s} s.`,
+      sendWait: (s) => `Send (${s})`,
+      nameReserved: "It is reserved on this server.", nameBanned: "It is not allowed on this server.",
     },
     vi: {
       language: "Ngôn ngữ", chat: "Trò chuyện", nickname: "Biệt danh", join: "Tham gia",
@@ -112,9 +125,24 @@
       copyByTouch: "Đã chọn: chạm và giữ để sao chép",
       noRoom: "Phòng này không có trên máy chủ này.", noRoomStatus: "Không có phòng này",
       goElsewhere: "Đến một phòng khác:",
+      announcement: "Thông báo",
+      kicked: "Người điều hành đã mời bạn ra khỏi phòng trò chuyện.", kickedStatus: "Đã bị mời ra",
+      rejoin: "Vào lại",
+      bannedUntil: (w) => `Bạn bị cấm tham gia trò chuyện đến ${w}.`,
+      bannedForever: "Bạn bị cấm tham gia trò chuyện vĩnh viễn.",
+      bannedUnknown: "Bạn bị cấm tham gia trò chuyện.", bannedStatus: "Bị cấm",
+      banEnds: "Bạn sẽ được kết nối lại khi lệnh cấm hết hạn.",
+      reasonIs: (r) => `Lý do: ${r}`,
+      mutedUntil: (w) => `Bạn bị cấm gửi tin nhắn đến ${w}.`, mutedForever: "Bạn bị cấm gửi tin nhắn.",
+      unmuted: "Bạn đã có thể gửi tin nhắn trở lại.",
+      SlowMode: (s) => `Chế độ chậm: bạn có thể gửi tiếp sau ${s} giây.`,
+      sendWait: (s) => `Gửi (${s})`,
+      nameReserved: "Biệt danh này được máy chủ giữ riêng.",
+      nameBanned: "Biệt danh này không được phép dùng ở đây.",
     },
   };
   const LOCALE = { en: "en-GB", vi: "vi-VN" };
+  const NAME_HINTS = { reserved: "nameReserved", banned: "nameBanned" };
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -134,6 +162,8 @@
     heading: $("heading"), rooms: $("rooms"), roomList: $("room-list"),
     shareUrl: $("share-url"), shareCopy: $("share-copy"), shareFeedback: $("share-feedback"),
     gone: $("gone"), goneList: $("gone-list"),
+    removed: $("removed"), removedTitle: $("removed-title"), removedReason: $("removed-reason"),
+    removedWait: $("removed-wait"), rejoin: $("rejoin"), note: $("composer-note"),
   };
   const phone = window.matchMedia("(max-width: 700px)");
   const touch = window.matchMedia("(pointer: coarse)");
@@ -150,6 +180,12 @@
     sound: false, notify: false, audio: null,
     room: ROOM, rooms: [], roomsAt: 0, roomsLoading: false, feedback: null, feedbackTimer: null,
     checking: false, gone: false,
+    // Moderation (docs/PROTOCOL.md): ids an operator deleted, never shown
+    // again; a kick or ban that ended the connection (`removed`) and the
+    // notice that came before its close (`parting`); a mute, and slow
+    // mode's wait after a refused send (`slow`), both shown by the composer.
+    deleted: new Set(), removed: null, parting: null, banTimer: null,
+    mute: null, muteTimer: null, slow: null, slowTimer: null, flash: null, flashTimer: null,
   };
   const entries = new WeakMap();  // pending message <li> -> its outbox entry
 
@@ -201,6 +237,7 @@
     }
     for (const item of ui.list.querySelectorAll(".notice[data-key]")) renderNotice(item);
     for (const when of ui.list.querySelectorAll(".when")) renderWhen(when);
+    for (const label of ui.list.querySelectorAll(".announce-label")) label.textContent = t("announcement");
     renderStatus();
     renderConnection();
     renderWelcome();
@@ -212,6 +249,8 @@
     renderUnread();
     renderRooms();
     renderFeedback();
+    renderRemoved();
+    renderNote();
   }
 
   // -- connection ------------------------------------------------------------
@@ -225,6 +264,7 @@
     clearRetry();
     state.wanted = true;
     if (state.gone) { state.gone = false; renderJoined(); }
+    if (state.removed) { clearRemoved(); renderJoined(); }
     let opened = false;
     const ws = new WebSocket(socketUrl());
     state.ws = ws;
@@ -252,7 +292,25 @@
       try { message = JSON.parse(event.data); } catch (e) { return; }
       handle(message);
     };
-    ws.onclose = () => lose(ws, !opened);
+    ws.onclose = (event) => closed(ws, event, opened);
+  }
+
+  // An operator's kick (4001) or ban (4003) is not an outage: no retry
+  // loop, but why, for how long, and (kicked) a way back. The notice just
+  // before the close has the whole reason and the ban's end; the close
+  // frame's reason is cut to 123 bytes, and is all there is without one.
+  function closed(ws, event, opened) {
+    if (state.ws !== ws) return;
+    const parting = state.parting && state.parting.ws === ws ? state.parting : null;
+    state.parting = null;
+    const action = event.code === 4001 ? "kick" : event.code === 4003 ? "ban"
+      : parting ? parting.action : null;
+    if (!action) { lose(ws, !opened); return; }
+    const told = parting && parting.action === action;
+    const why = told ? parting.reason : event.reason;
+    removed(action, why, told ? parting.until : undefined);
+    // A ban's end unknown: the page's own address may say (Retry-After).
+    if (action === "ban" && !told) checkPage(true);
   }
 
   // The socket closed, or we gave up on it (no frame for too long, or no
@@ -276,28 +334,50 @@
     renderConnection();
     if (state.wanted) {
       scheduleRetry();
-      if (unopened) checkRoom();
+      if (unopened) checkPage();
     } else setStatus("off", "disconnected");
   }
 
-  // A refused handshake's 404 is hidden from the page's script, so the
+  // A refused handshake's status is hidden from the page's script, so the
   // page's own address answers for it: the server serves the page exactly
-  // where a room may be joined. Only a 404 means the room is gone (the
-  // server restarted with another --rooms list); any other answer, or
-  // none, is an outage like any other and the retries go on. The default
-  // room always exists.
-  async function checkRoom() {
-    if (!ROOM || state.checking) return;
+  // where a room may be joined, and refuses it as it refuses the socket.
+  // A 404 means the room is gone (the server restarted with another
+  // --rooms list; the default room always exists); a 403 that this
+  // address is banned, until Retry-After if it says. Any other answer,
+  // or none, is an outage like any other and the retries go on.
+  // `afterBan`: the socket was closed with 4003 and only the end is asked.
+  async function checkPage(afterBan = false) {
+    if (state.checking) return;
     state.checking = true;
-    let gone = false;
+    let status = 0;
+    let retryAfter = null;
     try {
       const options = { method: "HEAD", cache: "no-store" };
       if (typeof AbortSignal.timeout === "function") options.signal = AbortSignal.timeout(CONNECT_TIMEOUT);
       const response = await fetch(location.pathname, options);
-      gone = response.status === 404;
+      status = response.status;
+      retryAfter = response.headers.get("retry-after");
     } catch (e) { /* no answer: retried as before */ }
     state.checking = false;
-    if (gone && state.wanted && !isOpen()) roomGone();
+    if (afterBan) {
+      const ban = state.removed;
+      if (status === 403 && ban && ban.action === "ban" && ban.until === undefined) {
+        removed("ban", ban.reason, banEnd(retryAfter));
+      }
+      return;
+    }
+    if (!state.wanted || isOpen()) return;
+    if (status === 404 && ROOM) roomGone();
+    else if (status === 403) removed("ban", null, banEnd(retryAfter));
+  }
+
+  // Epoch ms on this clock from a Retry-After (seconds or an HTTP date);
+  // null without one: the ban has no end.
+  function banEnd(header) {
+    if (header === null) return null;
+    if (/^\s*\d+\s*$/.test(header)) return Date.now() + Number(header) * 1000;
+    const date = Date.parse(header);
+    return Number.isFinite(date) ? date : null;
   }
 
   // Retrying would never succeed: stop, say so, and show the way out.
@@ -311,6 +391,70 @@
     renderWelcome();
     renderRooms();
     refreshRooms();
+  }
+
+  // Kicked or banned: `until` is the ban's end (epoch ms), null for none,
+  // undefined if not known. No retries, except once a ban with an end is
+  // over; pending messages fail as on Disconnect.
+  function removed(action, why, until) {
+    const focusLost = ui.composer.contains(document.activeElement)
+      || ui.nameForm.contains(document.activeElement);
+    state.removed = { action, reason: typeof why === "string" && why ? why : null, until };
+    disconnect();
+    state.online = [];
+    state.onlineCount = null;
+    clearTimeout(state.banTimer);
+    if (action === "ban" && typeof until === "number") waitForBanEnd();
+    setStatus("off", action === "kick" ? "kickedStatus" : "bannedStatus");
+    renderJoined();
+    renderWelcome();
+    renderRemoved();
+    if (focusLost) (action === "kick" ? ui.rejoin : ui.removed).focus();
+  }
+
+  // setTimeout fires at once past 2^31 - 1 ms (24.8 days): a longer ban
+  // waits in steps.
+  function waitForBanEnd() {
+    const left = state.removed.until - Date.now();
+    if (left <= 0) { connect(); return; }
+    const jitter = Math.floor(Math.random() * 2000);
+    state.banTimer = setTimeout(() => {
+      if (state.removed && state.removed.action === "ban") waitForBanEnd();
+    }, Math.min(left + jitter, 2 ** 31 - 1));
+  }
+
+  function clearRemoved() {
+    clearTimeout(state.banTimer);
+    state.removed = null;
+    renderRemoved();
+    decorate();  // the failed messages' Retry buttons are back
+  }
+
+  function renderRemoved() {
+    const gone = state.removed;
+    ui.removed.hidden = !gone;
+    ui.rejoin.hidden = !gone || gone.action !== "kick";
+    if (!gone) {
+      ui.removedTitle.textContent = ui.removedReason.textContent = ui.removedWait.textContent = "";
+      return;
+    }
+    let title = t("kicked");
+    if (gone.action === "ban") {
+      title = gone.until === undefined ? t("bannedUnknown")
+        : gone.until === null ? t("bannedForever") : t("bannedUntil", untilText(gone.until));
+    }
+    ui.removedTitle.textContent = title;
+    ui.removedReason.textContent = gone.reason ? t("reasonIs", gone.reason) : "";
+    ui.removedWait.textContent = gone.action === "ban" && typeof gone.until === "number" ? t("banEnds") : "";
+  }
+
+  // An end as this reader's clock shows it: the time if today, else the
+  // date and time.
+  function untilText(ms) {
+    const date = new Date(ms);
+    const time = `${pad(date.getHours())}:${pad(date.getMinutes())}`;
+    if (dayKey(ms) === dayKey(Date.now())) return time;
+    return `${pad(date.getDate())}/${pad(date.getMonth() + 1)}/${date.getFullYear()} ${time}`;
   }
 
   function scheduleRetry() {
@@ -391,6 +535,7 @@
       case "get": return onGet(message);
       case "online": return onOnline(message);
       case "receive": return onEvent(message);
+      case "moderation": return onModeration(message);
       default: return undefined;  // anything newer than this client
     }
   }
@@ -398,6 +543,11 @@
   function reason(message) {
     const text = TEXT[state.lang][message.reason];
     if (typeof text === "function") return text(message.retry_after);
+    // A reserved or banned nickname is refused as a taken one (v2's
+    // reply, so the classic client shows its usual alert); the hint is ours.
+    if (message.reason === "NameAlreadyUsed" && Object.hasOwn(NAME_HINTS, message.error)) {
+      return `${text} ${t(NAME_HINTS[message.error])}`;
+    }
     return text || t("failedGeneric", message.error || message.reason);
   }
 
@@ -443,7 +593,8 @@
     // Rejoining after a drop or a reload: the server may not have noticed
     // yet that our previous connection is gone, so "taken" is retried.
     const ours = asked !== null && (asked === state.myName || asked === state.savedName);
-    if (message.reason === "NameAlreadyUsed" && ours && state.rejoins < REJOIN_TRIES) {
+    const forGood = Object.hasOwn(NAME_HINTS, message.error);  // it will not come free
+    if (message.reason === "NameAlreadyUsed" && ours && !forGood && state.rejoins < REJOIN_TRIES) {
       state.rejoins += 1;
       setStatus("busy", "rejoining", asked);
       setTimeout(() => { if (isOpen() && !state.registered) requestName(asked); }, 1500);
@@ -456,6 +607,21 @@
     ui.nameError.textContent = reason(message);
     setStatus("busy", "pickName");
     transmit({ type: "online" });
+  }
+
+  // kick and ban: kept for the close that follows (closed()); mute and
+  // unmute: the composer says so at once.
+  function onModeration(message) {
+    const until = Number.isFinite(message.until) ? message.until : null;
+    const why = typeof message.reason === "string" && message.reason ? message.reason : null;
+    if (message.action === "kick" || message.action === "ban") {
+      state.parting = { ws: state.ws, action: message.action, reason: why, until };
+    } else if (message.action === "mute") {
+      setMute({ reason: why, until });
+    } else if (message.action === "unmute") {
+      setMute(null);
+      flash("unmuted");
+    }
   }
 
   function onOnline(message) {
@@ -474,6 +640,9 @@
         return;
       case "typing":
         if (message.name !== state.myName) startTyping(message.name);
+        return;
+      case "delete":
+        removeMessages(message.ids);
         return;
       case "register":
         if (!state.online.includes(message.name)) state.online.push(message.name);
@@ -551,6 +720,35 @@
 
   // -- messages ------------------------------------------------------------------------
 
+  // An operator deleted these: off the screen, and never shown again, even
+  // if a page of history fetched before the deletion still holds one. A
+  // removal is not announced (the log region reads additions only): a
+  // flood of spam deleted must not become a flood of words.
+  function removeMessages(ids) {
+    if (!Array.isArray(ids)) return;
+    const nodes = [];
+    for (const id of ids) {
+      if (!Number.isSafeInteger(id)) continue;
+      state.deleted.add(id);
+      state.seen.delete(id);
+      const node = ui.list.querySelector(`.message[data-id="${id}"]`);
+      if (node) nodes.push(node);
+    }
+    if (!nodes.length) return;
+    const stick = atBottom();
+    // The unread ones are the latest few: those deleted are not waiting.
+    if (state.unread) {
+      const latest = new Set(Array.from(ui.list.querySelectorAll(".message")).slice(-state.unread));
+      state.unread = Math.max(0, state.unread - nodes.filter((node) => latest.has(node)).length);
+    }
+    const focused = nodes.some((node) => node.contains(document.activeElement));
+    for (const node of nodes) node.remove();
+    if (focused) ui.messages.focus();
+    decorate();
+    if (stick) scrollToBottom();
+    renderUnread();
+  }
+
   // "At the bottom" is decided before the new node exists: measured after,
   // any message taller than the threshold looked like scrolling up.
   function receiveMessage(message) {
@@ -563,9 +761,11 @@
     else if (mention && state.sound) beep();
   }
 
-  // Adds entries not seen yet, keeping the list in id order; returns how many.
+  // Adds entries not seen (nor deleted) yet, keeping the list in id order;
+  // returns how many.
   function addMessages(list, where) {
-    const fresh = list.filter((m) => typeof m.id !== "number" || !state.seen.has(m.id));
+    const fresh = list.filter((m) => typeof m.id !== "number"
+      || (!state.seen.has(m.id) && !state.deleted.has(m.id)));
     const nodes = fresh.map((m) => {
       if (typeof m.id === "number") {
         state.seen.add(m.id);
@@ -574,7 +774,10 @@
       }
       const name = String(m.name ?? "");
       const content = String(m.content ?? "");
-      return messageNode(name, content, messageTime(m), m.id, name === state.myName);
+      const announcement = m.announcement === true;
+      const node = messageNode(name, content, messageTime(m), m.id,
+        !announcement && name === state.myName, announcement);
+      return node;
     });
     if (!nodes.length) return 0;
     if (where === "prepend") ui.list.prepend(...nodes);
@@ -595,12 +798,12 @@
     return new Date(y, mo - 1, d, h, mi, s).getTime();
   }
 
-  function messageNode(name, content, time, id, mine) {
+  function messageNode(name, content, time, id, mine, announcement = false) {
     const item = document.createElement("li");
-    item.className = "message" + (mine ? " mine" : "");
+    item.className = "message" + (mine ? " mine" : "") + (announcement ? " announcement" : "");
     item.dataset.name = name;
     if (typeof id === "number") item.dataset.id = String(id);
-    const avatar = avatarOf(name);
+    const avatar = announcement ? announcerMark() : avatarOf(name);
     const bubble = document.createElement("div");
     bubble.className = "bubble";
     const meta = document.createElement("div");
@@ -610,6 +813,14 @@
     who.textContent = name;
     const when = document.createElement("time");
     when.className = "when";
+    if (announcement) {
+      // Said in words, not by colour alone, and first, so a screen
+      // reader reads it first too.
+      const label = document.createElement("strong");
+      label.className = "announce-label";
+      label.textContent = t("announcement");
+      meta.append(label, " ");
+    }
     meta.append(who, " ", when);
     const text = document.createElement("p");
     text.className = "text";
@@ -719,6 +930,23 @@
     return false;
   }
 
+  // An operator's announcement has a megaphone where a person's initial goes.
+  function announcerMark() {
+    const mark = document.createElement("span");
+    mark.className = "avatar announcer";
+    mark.setAttribute("aria-hidden", "true");
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("width", "18");
+    svg.setAttribute("height", "18");
+    const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    path.setAttribute("fill", "currentColor");
+    path.setAttribute("d", "M3 10v4a1 1 0 0 0 1 1h2l1.5 5h2.5l-1.4-5H9l8 4V5L9 9H4a1 1 0 0 0-1 1zm16-1.5v7a3.5 3.5 0 0 0 0-7z");
+    svg.append(path);
+    mark.append(svg);
+    return mark;
+  }
+
   // A stable colour and initial per nickname, from a hash of it.
   // The name beside it says who it is; the avatar only helps the eye.
   function avatarOf(name) {
@@ -790,6 +1018,7 @@
       prevDay = day;
       const sameGroup = prev && prev.dataset.name === node.dataset.name
         && prev.nextElementSibling === node
+        && !node.classList.contains("announcement") && !prev.classList.contains("announcement")
         && Math.floor(Number(prev.dataset.time) / 60000) === Math.floor((time || 0) / 60000);
       node.classList.toggle("cont", Boolean(sameGroup));
       prev = node;
@@ -878,7 +1107,10 @@
     const entry = state.sending;
     state.sending = null;
     if (!entry) return;
-    if (message.status) {
+    if (message.status && state.deleted.has(message.id)) {
+      entry.item.remove();  // stored, then deleted before this reply came
+      decorate();
+    } else if (message.status) {
       const item = entry.item;
       // The history fetched after a reconnect may already hold it (stored
       // before the drop, the reply lost): ours takes its place, in id order.
@@ -895,10 +1127,84 @@
     } else if (message.reason === "RateLimited") {
       state.outbox.unshift(entry);
       state.holdUntil = Date.now() + message.retry_after * 1000;
+    } else if (message.reason === "Muted" || message.reason === "SlowMode") {
+      held(entry, message);
     } else {
       fail(entry, message);
     }
     pumpSend();
+  }
+
+  // Muted, or slow mode: nothing is resent by itself. The words go back
+  // into the box, where they were typed (with any queued behind them, as
+  // they would be refused too), and the composer says how long to wait.
+  function held(entry, message) {
+    const wait = Number.isFinite(message.retry_after) && message.retry_after > 0
+      ? message.retry_after : 1;
+    const back = [entry, ...state.outbox];
+    state.outbox = [];
+    for (const each of back) each.item.remove();
+    decorate();
+    const typed = ui.content.value;
+    ui.content.value = [...back.map((each) => each.content), typed].filter(Boolean).join("\n");
+    renderCounter();
+    if (message.reason === "Muted") {
+      setMute({ reason: state.mute ? state.mute.reason : null, until: Date.now() + wait * 1000 });
+    } else holdSlow(wait);
+  }
+
+  function holdSlow(seconds) {
+    clearInterval(state.slowTimer);
+    state.slow = { until: Date.now() + seconds * 1000, told: Math.ceil(seconds) };
+    state.slowTimer = setInterval(tickSlow, 1000);
+    renderNote();
+    renderComposer();
+  }
+
+  function tickSlow() {
+    if (state.slow && Date.now() >= state.slow.until) {
+      clearInterval(state.slowTimer);
+      state.slow = null;
+      renderNote();
+    }
+    renderComposer();
+  }
+
+  function slowLeft() {
+    return state.slow ? Math.max(1, Math.ceil((state.slow.until - Date.now()) / 1000)) : 0;
+  }
+
+  // `mute`: { reason, until } (until in epoch ms, null for no end), or null.
+  function setMute(mute) {
+    clearTimeout(state.muteTimer);
+    state.mute = mute;
+    if (mute && mute.until !== null) {
+      const left = Math.min(Math.max(mute.until - Date.now(), 0), 2 ** 31 - 1);
+      state.muteTimer = setTimeout(() => { state.mute = null; flash("unmuted"); }, left);
+    }
+    renderNote();
+  }
+
+  // A line said once (role=status), cleared a few seconds later.
+  function flash(key) {
+    clearTimeout(state.flashTimer);
+    state.flash = key;
+    renderNote();
+    state.flashTimer = setTimeout(() => { state.flash = null; renderNote(); }, FEEDBACK_SHOWN);
+  }
+
+  // The composer's one line about sending: muted, slow mode, or a passing
+  // word. Slow mode's seconds are those when it was said: the countdown
+  // is on the Send button, as a live region counting would be read out
+  // every second.
+  function renderNote() {
+    let text = "";
+    if (state.mute) {
+      const until = state.mute.until === null ? t("mutedForever") : t("mutedUntil", untilText(state.mute.until));
+      text = state.mute.reason ? `${until} ${t("reasonIs", state.mute.reason)}` : until;
+    } else if (state.slow) text = t("SlowMode", state.slow.told);
+    else if (state.flash) text = t(state.flash);
+    ui.note.textContent = text;
   }
 
   // The refusal is kept, not its words, so a language switch translates
@@ -936,7 +1242,7 @@
     }
     else if (key === "pending") label.textContent = isOpen() ? t("pending") : t("waiting");
     else label.textContent = t("sent");
-    if (key === "failed" && !state.gone) {
+    if (key === "failed" && !state.gone && !state.removed) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "retry small";
@@ -1205,10 +1511,11 @@
   // A room that is gone: neither, and the way out instead.
   function renderJoined() {
     const joined = Boolean(state.myName);
+    const out = state.gone || Boolean(state.removed);
     ui.gone.hidden = !state.gone;
-    ui.nameForm.hidden = joined || state.gone;
-    ui.composer.hidden = state.gone;
-    ui.renameSection.hidden = !joined || state.gone;
+    ui.nameForm.hidden = joined || out;
+    ui.composer.hidden = out;
+    ui.renameSection.hidden = !joined || out;
     if (!joined) ui.name.value = ui.name.value || load("name") || "";
     renderComposer();
     renderOnline();
@@ -1217,7 +1524,8 @@
   function renderComposer() {
     const ready = Boolean(state.myName);
     ui.content.disabled = !ready;
-    ui.send.disabled = !ready;
+    ui.send.disabled = !ready || Boolean(state.slow);
+    ui.send.textContent = state.slow ? t("sendWait", slowLeft()) : t("send");
   }
 
   function renderWelcome() {
@@ -1361,6 +1669,11 @@
     event.preventDefault();
     const content = ui.content.value;
     if (!content.trim() || !state.myName) return;
+    if (state.slow) {  // Enter while Send counts down: say it again, keep the words
+      state.slow.told = slowLeft();
+      renderNote();
+      return;
+    }
     if (characters(content) > MAX_CONTENT) {
       ui.counter.textContent = `${t("counter", characters(content))} · ${t("tooLong")}`;
       return;
@@ -1401,6 +1714,11 @@
 
   ui.unread.addEventListener("click", scrollToBottom);
   ui.retryNow.addEventListener("click", () => { state.backoff = 1000; connect(); });
+  ui.rejoin.addEventListener("click", () => {
+    state.backoff = 1000;
+    state.focusOnJoin = true;
+    connect();
+  });
   ui.connection.addEventListener("click", () => (state.ws || state.wanted ? disconnect() : connect()));
   ui.language.addEventListener("change", () => setLanguage(ui.language.value));
   ui.theme.addEventListener("change", () => setTheme(ui.theme.value));
