@@ -331,7 +331,12 @@ class Moderation:
         return self._slow.get(room, 0.0)
 
     def is_reserved(self, keys: Iterable[str]) -> bool:
+        """Reserved is stricter than ARNS, whose look-alike test is not
+        transitive (`Τeacher`, Greek Τ, looks like `Teacher`, which is
+        `teacher` in another case): each key is also compared folded, so
+        a pattern holds off every step of such a chain."""
         keys = tuple(keys)
+        keys += tuple(fold_key(key) for key in keys)
         if self._announcer_keys.intersection(keys):
             return True
         return any(pattern.matches(keys) for pattern in self._reserved.values())
