@@ -325,3 +325,25 @@ async def test_six_thousand_bans_leave_handshakes_and_names_working(server):
         assert status == 200  # no trusted proxy: the header is not believed
     stored = json.loads((server.data.parent / "data.moderation.json").read_text())
     assert len(stored["sanctions"]) == 6_000
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"{not json",
+        b"[]",
+        b'{"sanctions": [{"id": "b-1", "kind": "exile"}]}',
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_rules_that_cannot_be_read_stop_start_up_naming_the_file(
+    data_file, damage
+):
+    """Starting without the operator's bans would let everyone banned back
+    in: a damaged rules file is a refusal to start, in one line."""
+    rules = data_file.parent / "data.moderation.json"
+    rules.write_bytes(damage)
+    with pytest.raises(SystemExit) as stopped:
+        await start_server(data_file)
+    assert str(rules) in str(stopped.value)
+    assert rules.read_bytes() == damage  # never rewritten
