@@ -224,3 +224,16 @@ def test_slow_mode_holds_a_person_however_they_rename():
     assert slow.wait("", ("bob", "conn-3"), 101.0, 10) == 0
     assert slow.wait("other-room", ("alice", "conn-1"), 101.0, 10) == 0
     assert slow.wait("", ("alice", "conn-1"), 110.0, 10) == 0
+
+
+def test_lifting_and_pruning_mutes_keeps_the_fast_path_right():
+    rules = Moderation()
+    first = add(rules, sanction(kind="mute", expires=NOW + 10))
+    rules.apply({"op": "lift", "id": first.id})
+    rules.apply({"op": "lift", "id": first.id})  # twice: counted once
+    assert rules.muted("admin", None, "", NOW) is None
+    add(rules, sanction(kind="mute", expires=NOW + 10))
+    assert rules.muted("admin", None, "", NOW) is not None
+    rules.prune(NOW + 10)
+    add(rules, sanction(kind="mute", value="bob", expires=NOW + 100))
+    assert rules.muted("bob", None, "", NOW + 20) is not None
