@@ -10,6 +10,7 @@ the server does today. The end-to-end test goes through the real server's
 admin API.
 """
 
+import inspect
 import json
 import time
 from datetime import datetime
@@ -26,6 +27,7 @@ from twisted.web import static
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from chatbox.local.room import LocalRoom
 from chatbox.web import STATIC
 from chatbox.wire import codec, messages
 from chatbox.wire.clock import Timestamps
@@ -35,10 +37,13 @@ from tests.chromium import (
     PHONE,
     SIZES,
     Browser,
+    await_in_reactor,
     in_browser,
     in_reactor,
     join,
     message_texts,
+    page_url,
+    say,
     serious,
     skip_without_chromium,
 )
@@ -48,6 +53,7 @@ if skip := skip_without_chromium():
     pytestmark = skip
 
 ZONE = "Asia/Ho_Chi_Minh"  # the browser's; what "until" is shown in
+HERE = "127.0.0.1"
 ANNOUNCER = "chatbox"
 
 TEXT = {
@@ -763,5 +769,116 @@ async def test_a_reserved_or_banned_nickname_is_taken_with_a_hint(chat, viewport
         an.wait_for_timeout(2500)
         asked = [r for r in chat.requests if r.get("name") == "Mallory"]
         assert len(asked) == 2, asked
+
+    await in_browser(scenario)
+
+
+# -- the real server -------------------------------------------------------------
+
+
+OPERATOR = "ops"
+
+
+def act(server: Any, method: str, *args: Any) -> Any:
+    """An operator's action, from the browser's thread, once it is done."""
+    moderator = server.service.getServiceNamed("chat").moderator
+    return in_reactor(lambda: getattr(moderator, method)(OPERATOR, *args))
+
+
+@pytest.mark.skipif(
+    not hasattr(LocalRoom, "delete")
+    or "announcement" not in inspect.signature(LocalRoom.post).parameters,
+    reason="IRoom.delete and announcements are not on main yet (the local backend's)",
+)
+@ensureDeferred
+async def test_the_real_servers_deletion_and_announcement_as_the_page_shows_them(
+    server,
+):
+    bo = await server.user("Bo")
+
+    def scenario(browser: Browser) -> None:
+        an = browser.page(page_url(server), timezone_id=ZONE, viewport=DESKTOP)
+        join(an, "An")
+        spam = await_in_reactor(lambda: bo.say("buy followers"))["id"]
+        await_in_reactor(lambda: bo.say("see you at nine"))
+        an.wait_for_selector("text=see you at nine")
+        assert act(server, "delete", "", [spam], "spam") == [spam]
+        an.wait_for_function("!document.body.innerText.includes('buy followers')")
+        assert message_texts(an) == ["see you at nine"]
+        act(server, "announce", None, False, "Class is moved to room 12")
+        an.wait_for_selector(".announcement >> text=Class is moved to room 12")
+        assert an.inner_text(".announcement .announce-label") == "Announcement"
+        assert an.inner_text(".announcement .who") == ANNOUNCER
+        # And after a reload, from history: the one gone, the other marked.
+        an.reload()
+        an.wait_for_selector(".announcement >> text=Class is moved to room 12")
+        assert message_texts(an) == ["see you at nine", "Class is moved to room 12"]
+
+    await in_browser(scenario)
+
+
+@ensureDeferred
+async def test_the_real_servers_mute_slow_mode_kick_and_ban_as_the_page_shows_them(
+    server,
+):
+    """The server's own frames, from the Moderator every operator action
+    goes through (the admin API calls nothing else)."""
+
+    def scenario(browser: Browser) -> None:
+        sockets: list[str] = []
+        an = browser.page(
+            page_url(server),
+            timezone_id=ZONE,
+            viewport=DESKTOP,
+            setup=lambda page: page.on("websocket", lambda ws: sockets.append(ws.url)),
+        )
+        join(an, "An")
+        muted = act(
+            server, "sanction", "mute", "name", "An", "shouting", 600, None, False, HERE
+        )
+        told = f"{TEXT['en']['muted_until'](local_until(muted['expires']))} "
+        an.wait_for_selector("#composer-note:not(:empty)")
+        assert an.inner_text("#composer-note") == told + "Reason: shouting"
+        an.fill("#content", "LET ME SPEAK")
+        an.press("#content", "Enter")
+        an.wait_for_function("window.chatbox.state.sending === null")
+        assert an.input_value("#content") == "LET ME SPEAK"
+        assert an.locator(".message.mine").count() == 0
+        act(server, "lift", "mute", muted["id"])
+        an.wait_for_selector("#composer-note >> text=You can send messages again.")
+        an.fill("#content", "sorry")
+        an.press("#content", "Enter")
+        an.wait_for_selector(".message.mine[data-state=sent] >> text=sorry")
+
+        act(server, "set_slow_mode", "", 30)
+        say(an, "one")
+        an.fill("#content", "two")
+        an.press("#content", "Enter")
+        an.wait_for_selector("#composer-note >> text=Slow mode")
+        assert an.input_value("#content") == "two"
+        assert an.inner_text("#send") in ("Send (30)", "Send (29)", "Send (28)")
+        act(server, "set_slow_mode", "", 0)
+
+        act(server, "kick", "An", None, "cool down")
+        an.wait_for_selector("#removed:not([hidden])")
+        assert an.inner_text("#removed-reason") == "Reason: cool down"
+        tried = len(sockets)
+        an.wait_for_timeout(3000)
+        assert len(sockets) == tried, "it reconnected by itself"
+        an.click("#rejoin")
+        an.wait_for_function("window.chatbox.state.registered")
+
+        banned = act(
+            server, "sanction", "ban", "address", HERE, "flood", 3, None, True, HERE
+        )
+        an.wait_for_selector("#removed:not([hidden]) >> text=Reason: flood")
+        assert an.inner_text("#removed-title") == TEXT["en"]["banned_until"](
+            local_until(banned["expires"])
+        )
+        assert an.inner_text("#status-text") == "Banned"
+        # Over: back by itself, as An again.
+        an.wait_for_function("window.chatbox.state.registered", timeout=15_000)
+        assert an.evaluate("window.chatbox.state.myName") == "An"
+        refused_lines_only(browser)
 
     await in_browser(scenario)
