@@ -211,7 +211,8 @@ class Scripted:
             content = message["content"]
             if self.hold is not None:
                 reason, retry_after = self.hold
-                reply = messages.send_held(name, content, reason, retry_after, "held")
+                why = "too loud" if reason == "Muted" else "slow mode"
+                reply = messages.send_held(name, content, reason, retry_after, why)
                 self.write(connection, reply)
                 return
             entry = self.store(name, content)
@@ -736,7 +737,8 @@ async def test_a_muted_send_without_a_notice_still_says_until_when(chat):
         an.wait_for_selector("#composer-note:not(:empty)")
         note = an.inner_text("#composer-note")
         ends = [local_until(int((time.time() + 7200 + d) * 1000)) for d in (-5, 0)]
-        assert note in [f"You are muted until {e}." for e in ends], note
+        # The reply's `error` is the operator's reason.
+        assert note in [f"You are muted until {e}. Reason: too loud" for e in ends]
         assert an.input_value("#content") == "first\nsecond line"
 
     await in_browser(scenario)

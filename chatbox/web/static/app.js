@@ -1149,7 +1149,11 @@
     ui.content.value = [...back.map((each) => each.content), typed].filter(Boolean).join("\n");
     renderCounter();
     if (message.reason === "Muted") {
-      setMute({ reason: state.mute ? state.mute.reason : null, until: Date.now() + wait * 1000 });
+      // The server's `error` is the operator's reason; the notice's, if
+      // one came, is the same.
+      const why = state.mute && state.mute.reason ? state.mute.reason
+        : typeof message.error === "string" && message.error ? message.error : null;
+      setMute({ reason: why, until: Date.now() + wait * 1000 });
     } else holdSlow(wait);
   }
 
@@ -1178,11 +1182,14 @@
   function setMute(mute) {
     clearTimeout(state.muteTimer);
     state.mute = mute;
-    if (mute && mute.until !== null) {
-      const left = Math.min(Math.max(mute.until - Date.now(), 0), 2 ** 31 - 1);
-      state.muteTimer = setTimeout(() => { state.mute = null; flash("unmuted"); }, left);
-    }
+    if (mute && mute.until !== null) waitForMuteEnd();
     renderNote();
+  }
+
+  function waitForMuteEnd() {
+    const left = state.mute.until - Date.now();
+    if (left <= 0) { state.mute = null; flash("unmuted"); return; }
+    state.muteTimer = setTimeout(waitForMuteEnd, Math.min(left, 2 ** 31 - 1));
   }
 
   // A line said once (role=status), cleared a few seconds later.
