@@ -76,6 +76,19 @@ class Metrics:
         )
         self._rooms: Any = None
         self.registry.register(_RoomChanges(self))
+        self.moderation_actions = Counter(
+            "chatbox_moderation_actions",
+            "Operators' actions carried out (kick, ban, mute, delete, ...).",
+            ["action"],
+            registry=self.registry,
+        )
+        self.moderation_refusals = Counter(
+            "chatbox_moderation_refusals",
+            "Requests refused by an operator's rule: handshakes from banned "
+            "addresses, nicknames banned or reserved, sends muted or slowed.",
+            ["rule"],
+            registry=self.registry,
+        )
         self.slow_consumers = Counter(
             "chatbox_slow_consumer_disconnects",
             "Clients cut off because they stopped reading.",

@@ -12,12 +12,20 @@ from twisted.application.service import IServiceCollection, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from chatbox.admin.moderator import Moderator
+from chatbox.chat.arns import is_valid_name
+from chatbox.chat.moderation import IModerationStore, Moderation, OrderError
 from chatbox.chat.room import IRoom
 from chatbox.chat.rooms import IRoomMaker, RoomPolicy, Rooms
 from chatbox.cluster.address import parse_redis_url
 from chatbox.endpoints import EndpointError, server_endpoint
 from chatbox.limits import Limits
 from chatbox.local import datafile
+from chatbox.local.moderation import (
+    LocalModeration,
+    ModerationFileError,
+    moderation_path,
+)
 from chatbox.local.room import LocalRoom
 from chatbox.local.rooms import LocalRooms
 from chatbox.local.store import DEFAULT_FOLD_THRESHOLD, DurableStore
@@ -337,6 +345,27 @@ class Options(usage.Options):
             _seconds,
         ],
         [
+            "announcer",
+            None,
+            "chatbox",
+            "The nickname operators' announcements are posted under; no user "
+            "can take it, nor anything that looks like it.",
+        ],
+        [
+            "admin-tokens",
+            None,
+            None,
+            "File of operator tokens (one 'NAME sha256:HEX' per line; "
+            "chatbox-admin new-token makes them). Turns the admin API on.",
+        ],
+        [
+            "admin-port",
+            None,
+            "tcp:9001:interface=127.0.0.1",
+            "Where the admin API listens (a Twisted endpoint string): loopback "
+            "only by default, never the chat port.",
+        ],
+        [
             "redis",
             None,
             None,
@@ -376,6 +405,8 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if not is_valid_name(self["announcer"]):
+            raise usage.UsageError("--announcer must be a valid nickname")
         if self["redis"] is not None:
             try:
                 self["redis"] = parse_redis_url(self["redis"])
@@ -432,6 +463,18 @@ def _make_rooms(config: dict[str, Any], reactor: Any, metrics: Metrics) -> Rooms
         default = room
         maker = LocalRooms(config["data"], reactor, config["fold-threshold"], metrics)
     return Rooms(default, maker, config["room-policy"], reactor, config["room-idle"])
+
+
+def _moderation_store(
+    config: dict[str, Any], rooms: Rooms, moderation: Moderation, reactor: Any
+) -> IModerationStore:
+    """Where the operator's rules are kept: beside data.json, or in Redis
+    for every node of a cluster."""
+    if config["redis"] is not None:
+        from chatbox.cluster.moderation import RedisModeration
+
+        return RedisModeration(rooms.default, reactor)
+    return LocalModeration(moderation_path(config["data"]), moderation.snapshot)
 
 
 def _log_rooms(policy: RoomPolicy) -> None:
@@ -523,8 +566,16 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         history_cap=config["history-cap"],
         limits=limits,
         metrics=metrics,
+        moderation=Moderation(config["announcer"]),
     )
     factory.noisy = False
+    try:
+        store = _moderation_store(config, rooms, factory.moderation, reactor)
+        moderator = Moderator(
+            factory.moderation, store, factory, rooms, reactor.seconds, metrics
+        )
+    except (ModerationFileError, OrderError) as e:
+        raise SystemExit(f"chatbox: cannot start: moderation rules: {e}") from None
     metrics.observe_rooms(rooms, per_room=bool(config["room-metrics"]))
     _log_rooms(config["room-policy"])
     factory.setProtocolOptions(
@@ -549,4 +600,6 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     listener = ListenerService(endpoint, make_site(factory), scheme, reactor)
     listener.setName("listener")
     listener.setServiceParent(top)
+    chat.moderator = moderator
+    chat.moderation_store = store
     return top
