@@ -217,6 +217,7 @@ def _query(request: server.Request, allowed: tuple[str, ...]) -> dict[str, str]:
             keep_blank_values=True,
             strict_parsing=True,
             max_num_fields=len(allowed) + 1,
+            errors="strict",
         )
     except (UnicodeDecodeError, ValueError):
         raise _bad("the query is not understood") from None
@@ -385,7 +386,9 @@ class AdminAPI:
             method=printable(request.method, 20),
             path=printable(request.path, 100),
         )
-        return self._reply(request, 500, {"error": "internal error; see the server log"})
+        return self._reply(
+            request, 500, {"error": "internal error; see the server log"}
+        )
 
     # -- the endpoints: each returns (status, body) or a Deferred of one --
 
