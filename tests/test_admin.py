@@ -22,6 +22,8 @@ import pytest_twisted
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from chatbox.admin.api import make_admin_site
 from chatbox.admin.tokens import Tokens, append_line, hash_line
@@ -83,7 +85,11 @@ class Operator:
         return env
 
     async def cli(
-        self, *args: str, token: str | None = TOKEN, script: bool = False
+        self,
+        *args: str,
+        token: str | None = TOKEN,
+        script: bool = False,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         """Run chatbox-admin as a child process (on a thread: the server
         it talks to runs in this reactor)."""
@@ -95,7 +101,7 @@ class Operator:
             [*command, *args],
             capture_output=True,
             text=True,
-            env=self.env(token),
+            env={**self.env(token), **(env or {})},
             timeout=60,
             cwd=process.REPOSITORY,
         )
@@ -188,6 +194,55 @@ async def test_a_wrong_token_exits_1_and_is_not_echoed(operator):
     assert wrong not in result.stderr + result.stdout
     text = await operator.server_metrics()
     assert metric(text, "chatbox_admin_requests_total", outcome="unauthorized") == 1
+
+
+class Thief(Resource):
+    """Records every Authorization header sent to it."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bytes] = []
+
+    def render(self, request: Any) -> bytes:
+        self.seen.append(request.getHeader(b"authorization") or b"")
+        return b"{}"
+
+
+class Redirect(Resource):
+    isLeaf = True
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(307)
+        request.setHeader(b"location", self.where.encode() + request.uri)
+        return b""
+
+
+@ensureDeferred
+async def test_the_token_goes_to_no_redirect_and_no_proxy(operator):
+    thief = Thief()
+    thief_port = reactor.listenTCP(0, Site(thief), interface="127.0.0.1")
+    thief_url = f"http://127.0.0.1:{thief_port.getHost().port}"
+    redirect_port = reactor.listenTCP(
+        0, Site(Redirect(thief_url)), interface="127.0.0.1"
+    )
+    try:
+        redirect_url = f"http://127.0.0.1:{redirect_port.getHost().port}"
+        result = await operator.cli("--url", redirect_url, "bans")
+        assert result.returncode == 1
+        assert "refused (307)" in result.stderr
+        proxies = {"http_proxy": thief_url, "HTTP_PROXY": thief_url, "no_proxy": ""}
+        result = await operator.cli("bans", env=proxies)
+        assert result.returncode == 0, result.stderr
+        assert thief.seen == []
+    finally:
+        await thief_port.stopListening()
+        await redirect_port.stopListening()
 
 
 @ensureDeferred

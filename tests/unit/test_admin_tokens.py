@@ -98,6 +98,14 @@ def test_every_entry_is_compared(monkeypatch):
     assert len(compared) == 5
 
 
+def test_every_byte_of_the_hash_counts():
+    digest = hashlib.sha256(b"token").digest()
+    for position in (0, 15, 31):
+        near = bytearray(digest)
+        near[position] ^= 1
+        assert Tokens("f", [tokens.Entry("x", bytes(near))]).operator(b"token") is None
+
+
 @pytest.mark.parametrize(
     "name", ["", "a b", "a\tb", "a:b", "#a", "a\x00", "a\u200bb", "x" * 65]
 )
