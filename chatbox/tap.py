@@ -574,8 +574,13 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         moderator = Moderator(
             factory.moderation, store, factory, rooms, reactor.seconds, metrics
         )
-    except (ModerationFileError, OrderError) as e:
+    except ModerationFileError as e:
         raise SystemExit(f"chatbox: cannot start: moderation rules: {e}") from None
+    except OrderError as e:
+        where = "in Redis" if config["redis"] else moderation_path(config["data"])
+        raise SystemExit(
+            f"chatbox: cannot start: moderation rules {where}: {e}"
+        ) from None
     metrics.observe_rooms(rooms, per_room=bool(config["room-metrics"]))
     _log_rooms(config["room-policy"])
     factory.setProtocolOptions(

@@ -201,6 +201,7 @@ class Moderation:
         self._networks: dict[str, tuple[Any, Sanction]] = {}
         self._reserved: dict[str, _Pattern] = {}
         self._slow: dict[str, float] = {}
+        self._mutes = 0  # how many sanctions are mutes
 
     # -- changing: orders only --
 
@@ -247,6 +248,7 @@ class Moderation:
 
     def _add(self, sanction: Sanction) -> None:
         self._sanctions[sanction.id] = sanction
+        self._mutes += sanction.kind == "mute"
         if sanction.target == "name":
             for key in name_keys(sanction.value):
                 self._by_key.setdefault(key, {})[sanction.id] = sanction
@@ -262,6 +264,7 @@ class Moderation:
         sanction = self._sanctions.pop(sanction_id, None)  # type: ignore[arg-type]
         if sanction is None:
             return None
+        self._mutes -= sanction.kind == "mute"
         if sanction.target == "name":
             index, keys = self._by_key, name_keys(sanction.value)
         else:
@@ -331,7 +334,12 @@ class Moderation:
         return self._slow.get(room, 0.0)
 
     def is_reserved(self, keys: Iterable[str]) -> bool:
+        """Reserved is stricter than ARNS, whose look-alike test is not
+        transitive (`Τeacher`, Greek Τ, looks like `Teacher`, which is
+        `teacher` in another case): each key is also compared folded, so
+        a pattern holds off every step of such a chain."""
         keys = tuple(keys)
+        keys += tuple(fold_key(key) for key in keys)
         if self._announcer_keys.intersection(keys):
             return True
         return any(pattern.matches(keys) for pattern in self._reserved.values())
@@ -379,7 +387,11 @@ class Moderation:
     def muted(
         self, name: str | None, address: str | None, room: str | None, now: int
     ) -> Sanction | None:
-        """The mute on this nickname or address in `room`, if any."""
+        """The mute on this nickname or address in `room`, if any. Asked
+        for every message, so the usual answer (no mutes at all) is one
+        counter, not a skeleton."""
+        if not self._mutes:
+            return None
         found = []
         if name is not None:
             found.append(self.on_name("mute", name, room, now))
