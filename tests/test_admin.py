@@ -9,11 +9,15 @@ service's Moderator, exactly what tap wires."""
 import inspect
 import json
 import os
+import re
+import select
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from chatbox import tap
 from chatbox.admin.api import make_admin_site
 from chatbox.admin.tokens import Tokens, append_line, hash_line
 from chatbox.local.room import LocalRoom
@@ -458,3 +463,144 @@ async def test_nothing_of_the_token_reaches_the_log(operator, tmp_path):
     assert "refused GET /v1/bans from 127.0.0.1" in text
     assert "audit: alice kick" in text
     assert TOKEN not in text
+
+
+# -- under twistd, as an operator runs it --
+
+ADMIN_LISTENING = rb"listening on https?://127\.0\.0\.1:(\d+)"
+needs_listener = pytest.mark.skipif(
+    "make_admin_site" not in Path(tap.__file__).read_text(),
+    reason="tap.py does not start the admin listener on this branch yet",
+)
+
+
+async def twistd_with_admin(workdir: Path, *args: str) -> tuple[Any, str]:
+    child = await process.start(
+        workdir,
+        f"--admin-tokens={workdir / 'admin-tokens'}",
+        "--admin-port=tcp:0:interface=127.0.0.1",
+        *args,
+    )
+    await child.wait_for(ADMIN_LISTENING)
+    port = re.search(ADMIN_LISTENING, child.output).group(1).decode()
+    return child, f"http://127.0.0.1:{port}"
+
+
+async def run_cli(url: str, *args: str, token: str | None = TOKEN) -> Any:
+    env = process.child_env()
+    env["CHATBOX_ADMIN_URL"] = url
+    env.pop("CHATBOX_ADMIN_TOKEN", None)
+    if token is not None:
+        env["CHATBOX_ADMIN_TOKEN"] = token
+    return await deferToThread(
+        subprocess.run,
+        [sys.executable, "-m", "chatbox.admin.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+@needs_listener
+@ensureDeferred
+async def test_under_twistd_tokens_reload_on_sighup(tmp_path):
+    append_line(str(tmp_path / "admin-tokens"), hash_line("alice", TOKEN))
+    child, url = await twistd_with_admin(tmp_path)
+    try:
+        assert (await run_cli(url, "bans")).returncode == 0
+        made = await run_cli(
+            url, "new-token", "bob", "--tokens-file", str(tmp_path / "admin-tokens")
+        )
+        bob = made.stdout.strip()
+        assert (await run_cli(url, "bans", token=bob)).returncode == 1
+        os.kill(child.transport.pid, signal.SIGHUP)
+        await child.wait_for(rb"admin tokens reloaded")
+        assert (await run_cli(url, "bans", token=bob)).returncode == 0
+        # A file gone bad keeps the tokens in force.
+        (tmp_path / "admin-tokens").write_text("garbage\n")
+        os.kill(child.transport.pid, signal.SIGHUP)
+        await child.wait_for(rb"admin tokens NOT reloaded")
+        assert (await run_cli(url, "bans", token=bob)).returncode == 0
+    finally:
+        await child.kill(signal.SIGTERM)
+    assert child.stopped_cleanly, child.output.decode()
+    assert TOKEN.encode() not in child.output and bob.encode() not in child.output
+
+
+@needs_listener
+@ensureDeferred
+async def test_under_twistd_a_bad_token_file_refuses_start_up(tmp_path):
+    (tmp_path / "admin-tokens").write_text(
+        hash_line("alice", TOKEN) + "\nbob plaintext-token\n"
+    )
+    child = process.spawn(
+        tmp_path,
+        f"--admin-tokens={tmp_path / 'admin-tokens'}",
+        "--admin-port=tcp:0:interface=127.0.0.1",
+    )
+    child.started.addErrback(lambda failure: None)  # it never listens
+    await child.ended.addTimeout(process.START_TIMEOUT, reactor)
+    assert child.exit_code != 0
+    assert b"line 2" in child.output
+    assert b"plaintext-token" not in child.output
+
+
+@needs_listener
+@ensureDeferred
+async def test_under_twistd_tricklers_are_cut_and_operators_still_served(tmp_path):
+    """A hundred connections trickle request heads into the admin port, a
+    byte a second: an operator's command still works meanwhile, and every
+    trickler is answered 408 and closed at the deadline."""
+    append_line(str(tmp_path / "admin-tokens"), hash_line("alice", TOKEN))
+    child, url = await twistd_with_admin(tmp_path)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        started = reactor.seconds()
+        tricklers = await deferToThread(_trickle, port, 100)
+        assert (await run_cli(url, "bans")).returncode == 0
+        statuses = await deferToThread(_read_all, tricklers)
+        took = reactor.seconds() - started
+        assert all(s.startswith(b"HTTP/1.1 408") or s == b"" for s in statuses)
+        assert sum(s.startswith(b"HTTP/1.1 408") for s in statuses) >= 30
+        print(f"100 tricklers closed within {took:.1f} s")
+    finally:
+        await child.kill(signal.SIGTERM)
+
+
+def _trickle(port: int, count: int) -> list[socket.socket]:
+    opened = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(b"GET /v1/bans HTTP/1.1\r\n")
+        opened.append(sock)
+    return opened
+
+
+def _read_all(sockets: list[socket.socket]) -> list[bytes]:
+    """Trickle a header byte a second into each until the server closes it."""
+    got = {s: b"" for s in sockets}
+    open_ = set(sockets)
+    for _ in range(60):
+        if not open_:
+            break
+        for sock in list(open_):
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                open_.discard(sock)
+                continue
+        deadline = time.monotonic() + 1
+        while open_ and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(open_), [], [], 0.1)
+            for sock in ready:
+                try:
+                    data = sock.recv(4096)
+                except OSError:
+                    data = b""
+                got[sock] += data
+                if not data:
+                    open_.discard(sock)
+    for sock in sockets:
+        sock.close()
+    return list(got.values())
