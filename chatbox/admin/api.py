@@ -1,11 +1,41 @@
 # -*- test-case-name: tests.unit.test_admin_api,tests.test_admin -*-
 """The operator API over HTTP: its own listener, never the chat port.
 
-docs (the moderation contract) fix the endpoints; this module only
-authenticates, checks the JSON's types and shapes, calls
+This module only authenticates, checks the JSON's types and shapes, calls
 chatbox.admin.moderator.Moderator, and turns its answer or refusal into a
 status and a JSON body. The Moderator audits and counts the actions; this
 module counts requests by outcome (`chatbox_admin_requests_total`).
+
+Every request carries `Authorization: Bearer TOKEN`; bodies and answers are
+JSON objects; a refusal is `{"error": why}` with 400 (bad input), 401 (no
+valid token), 404 (no such endpoint, room, ban or pattern), 405 (wrong
+method, with Allow), 409 (a ban that needs `force`), 413 (a body over 64
+KiB), 503 (the rules could not be kept), 500 (anything else; the log says
+what). A room is "" for the default room (`/`) or its name; where it is
+left out, a kick, ban or mute covers every room and anything else means
+the default room. A body field this module does not know is refused.
+
+    GET    /v1/users[?room=R]    {"users": [{"room", "name", "address"}]}
+    POST   /v1/kick              {"name", "room"?, "reason"} -> {"kicked": K}
+    GET    /v1/bans | /v1/mutes  {"bans": [sanction]} | {"mutes": [...]}
+    POST   /v1/bans | /v1/mutes  {"name" | "address", "reason", "duration"?,
+                                 "room"?, "force"?} -> 201 {"ban" | "mute":
+                                 sanction}; a mute needs a duration (s)
+    DELETE /v1/bans/ID | /v1/mutes/ID    -> {"lifted": sanction}
+    POST   /v1/messages/delete   {"room"?, "ids": [N...], "reason"} or
+                                 {"room"?, "name", "since"?, "until"?,
+                                 "reason"} (epoch ms) -> {"deleted": [N...]}
+    GET    /v1/slow-mode         {"rooms": {R: seconds}}
+    PUT    /v1/slow-mode         {"room"?, "seconds"} (0: off) -> the same
+    POST   /v1/announce          {"text", "room"? | "all_rooms": true}
+                                 -> {"posted": [{"room", "id"}]}
+    GET    /v1/reserved          {"reserved": [pattern]}
+    POST   /v1/reserved          {"pattern"} -> 201 {"reserved": pattern}
+    DELETE /v1/reserved/PATTERN  (percent-encoded) -> {"unreserved": pattern}
+
+A reason is 1 to 500 printable characters on one line; a duration above 0
+and at most ten years; ids positive integers, at most 10,000 at once;
+slow mode at most a day.
 
 What an attacker on the admin port meets:
 
