@@ -4,6 +4,8 @@ runs it as a subprocess against a real server."""
 
 import os
 import stat
+import subprocess
+import sys
 from datetime import datetime
 
 import pytest
@@ -146,3 +148,24 @@ def test_new_token_does_not_add_to_a_bad_file(tmp_path, capsys):
     assert cli.main(["new-token", "alice", "--tokens-file", str(path)]) == 1
     assert path.read_text() == "garbage\n"
     assert "line 1" in capsys.readouterr().err
+
+
+def test_it_runs_on_the_standard_library_alone():
+    """Every command but new-token: an operator's laptop needs no Twisted."""
+    program = (
+        "import sys, chatbox.admin.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('twisted', 'autobahn', 'orjson', 'zope', 'prometheus_client', 'icu')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_common_options_also_follow_the_command(monkeypatch):
+    monkeypatch.setenv("CHATBOX_ADMIN_TOKEN", "t")
+    options = cli.parser().parse_args(["--url", "http://a", "bans", "--json"])
+    assert (options.url, options.json) == ("http://a", True)
+    options = cli.parser().parse_args(["--json", "bans", "--token-file", "f"])
+    assert (options.json, options.token_file) == (True, "f")
