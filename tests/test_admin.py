@@ -251,6 +251,17 @@ async def test_the_token_goes_to_no_redirect_and_no_proxy(operator):
 
 
 @ensureDeferred
+async def test_pointed_at_the_chat_port_it_says_so(operator):
+    chat = f"http://127.0.0.1:{operator.server.port}"
+    result = await operator.cli("--url", chat, "bans")
+    assert result.returncode == 1
+    assert "not the chat port" in result.stderr, result.stderr
+    result = await operator.cli("--url", chat.removeprefix("http://"), "bans")
+    assert result.returncode == 2
+    assert "http://" in result.stderr
+
+
+@ensureDeferred
 async def test_the_token_file_option_reads_the_first_line(operator, tmp_path):
     token_file = tmp_path / "my-token"
     token_file.write_text(TOKEN + "\nsomething else\n")

@@ -165,22 +165,30 @@ def request(
         with _opener().open(call, timeout=TIMEOUT) as response:
             raw = response.read()
     except urllib.error.HTTPError as e:
-        raise Failed(REFUSED, _refusal(e)) from None
+        raise Failed(REFUSED, _refusal(e, url)) from None
     except (urllib.error.URLError, OSError) as e:
         why = getattr(e, "reason", e)
         raise Failed(UNREACHABLE, f"cannot reach {url}: {why}") from None
     try:
         return json.loads(raw)
     except ValueError:
-        raise Failed(REFUSED, f"{url} did not answer with JSON") from None
+        raise Failed(REFUSED, _NOT_THE_API.format(url=url)) from None
 
 
-def _refusal(error: urllib.error.HTTPError) -> str:
+def _refusal(error: urllib.error.HTTPError, url: str) -> str:
     try:
         said = json.loads(error.read()).get("error")
     except (ValueError, AttributeError, OSError):
         said = None
-    return f"refused ({error.code}): {said or error.reason}"
+    if isinstance(said, str):
+        return f"refused ({error.code}): {said}"
+    return f"refused ({error.code}): {error.reason}; {_NOT_THE_API.format(url=url)}"
+
+
+_NOT_THE_API = (
+    "not a JSON answer: is {url} the admin API (the server's --admin-port), "
+    "not the chat port?"
+)
 
 
 # -- the commands: each sends its request and prints the answer --
