@@ -34,6 +34,7 @@ from chatbox.admin.api import make_admin_site
 from chatbox.admin.tokens import Tokens, append_line, hash_line
 from chatbox.local.room import LocalRoom
 from tests import process
+from tests.client import connect
 from tests.http import fetch, metric
 from tests.server import start_server
 
@@ -299,6 +300,39 @@ async def test_users_plain_and_json(operator):
     assert result.returncode == 1
     assert "refused (400)" in result.stderr
     spammer.abort()
+
+
+@ensureDeferred
+async def test_users_in_rooms_at_real_size(tmp_path):
+    """300 people in two rooms, from two addresses: one line each, and
+    --room takes a room as `users` prints it (/maths) or bare (maths)."""
+    tokens_file = tmp_path / "admin-tokens"
+    append_line(str(tokens_file), hash_line("alice", TOKEN))
+    server = await start_server(tmp_path / "data.json", "--rooms=maths")
+    operator = Operator(server, tokens_file)
+    clients = []
+    try:
+        for i in range(300):
+            room = "/maths" if i % 3 else ""
+            client = await connect(f"{server.url}{room}", source=f"127.0.0.{1 + i % 2}")
+            assert (await client.register(f"Pupil{i}"))["status"] is True
+            clients.append(client)
+        lines = await operator.ok("users")
+        assert len(lines) == 300
+        assert sorted(lines)[0].split("\t")[0] == "/"
+        maths = await operator.ok("users", "--room", "/maths")
+        assert len(maths) == 200 and all(line.startswith("/maths\t") for line in maths)
+        assert await operator.ok("users", "--room", "maths") == maths
+        default = await operator.json("users", "--room", "/")
+        assert len(default["users"]) == 100
+        assert {u["address"] for u in default["users"]} == {"127.0.0.1", "127.0.0.2"}
+        kicked = await operator.json("kick", "Pupil1", "--room", "/", "--reason", "r")
+        assert kicked == {"kicked": 0}  # Pupil1 is in /maths
+    finally:
+        for client in clients:
+            client.abort()
+        await operator.stop()
+        await server.stop()
 
 
 @ensureDeferred
