@@ -96,7 +96,7 @@ def server_endpoint(
     call the value (`--admin-port` for the admin listener).
     """
     if tls is not None:
-        _check_port_number(endpoint_description(port))
+        _check_port_number(endpoint_description(port), option)
         number, interface = _tcp_arguments(port)
         options = tls_options(*tls)
         return endpoints.SSL4ServerEndpoint(
