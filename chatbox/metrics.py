@@ -12,7 +12,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-__all__ = ["Metrics"]
+__all__ = ["ADMIN_OUTCOMES", "Metrics"]
+
+ADMIN_OUTCOMES = ("ok", "unauthorized", "bad_request", "not_found", "conflict", "error")
 
 
 class Metrics:
@@ -37,6 +39,17 @@ class Metrics:
             ["type", "outcome"],
             registry=self.registry,
         )
+        # The admin API's requests by outcome; the actions themselves are
+        # counted by chatbox.admin.moderator.
+        self.admin_requests = Counter(
+            "chatbox_admin_requests",
+            "Admin API requests by outcome: ok, unauthorized, bad_request, "
+            "not_found, conflict, error.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ADMIN_OUTCOMES:
+            self.admin_requests.labels(outcome=outcome)
         self._bytes_out: Callable[[], float] = lambda: 0
         self.registry.register(_BytesOut(self))
         self.batch_size = Histogram(

@@ -142,9 +142,11 @@ class ListenerService(StreamServerEndpointService):
         site: Site,
         scheme: str,
         reactor: IReactorCore,
+        label: str = "chatbox",
     ) -> None:
         super().__init__(endpoint, site)
         self.scheme = scheme
+        self.label = label  # whose "listening on" line it is
         self.reactor = reactor
         self.port: IListeningPort | None = None
         self._waiting: list[Deferred[IListeningPort]] = []
@@ -181,7 +183,7 @@ class ListenerService(StreamServerEndpointService):
             if hasattr(address, "port")
             else str(address)
         )
-        self.log.info("chatbox listening on {where}", where=where)
+        self.log.info("{label} listening on {where}", label=self.label, where=where)
         for waiter in waiting:
             waiter.callback(port)
         return port

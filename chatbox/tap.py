@@ -12,7 +12,9 @@ from twisted.application.service import IServiceCollection, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from chatbox.admin.api import make_admin_site
 from chatbox.admin.moderator import Moderator
+from chatbox.admin.tokens import TokenFileError, TokenReloadService, Tokens
 from chatbox.chat.arns import is_valid_name
 from chatbox.chat.moderation import IModerationStore, Moderation, OrderError
 from chatbox.chat.room import IRoom
@@ -495,6 +497,35 @@ def _log_rooms(policy: RoomPolicy) -> None:
         )
 
 
+def _add_admin(
+    top: MultiService,
+    config: dict[str, Any],
+    moderator: Any,
+    reactor: Any,
+    metrics: Metrics,
+) -> None:
+    """The admin API on its own listener, with --admin-tokens only."""
+    if not config["admin-tokens"]:
+        log.info("admin API off (no --admin-tokens)")
+        return
+    try:
+        tokens = Tokens.load(config["admin-tokens"])
+        endpoint, scheme = server_endpoint(
+            reactor, str(config["admin-port"]), option="--admin-port"
+        )
+    except (TokenFileError, EndpointError) as e:
+        raise SystemExit(f"chatbox: cannot start: {e}") from None
+    site = make_admin_site(moderator, tokens, reactor, metrics)
+    admin = ListenerService(
+        endpoint, site, "https" if scheme == "wss" else "http", reactor, "admin API"
+    )
+    admin.setName("admin")
+    admin.setServiceParent(top)
+    reload = TokenReloadService(tokens, reactor)
+    reload.setName("admin-tokens")
+    reload.setServiceParent(top)
+
+
 def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:
     """Build the chat service; exits with a one-line error if it cannot start."""
     if reactor is None:
@@ -606,5 +637,6 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     listener.setName("listener")
     listener.setServiceParent(top)
     chat.moderator = moderator
+    _add_admin(top, config, moderator, reactor, metrics)
     chat.moderation_store = store
     return top
