@@ -258,7 +258,7 @@ class Node:
         self.room.start()
         self.beat(held=True)
         _, state = self.reader_link.pending(scripts.STREAM_STATE)
-        state.callback([[b"0-0", 0, 0]])
+        state.callback([[b"0-0", 0, 0, b"0-0", b"0-0"]])
         assert self.room.ready
 
     def beat(self, held: bool, messages: int = 0) -> None:
@@ -351,7 +351,8 @@ def test_reader_that_missed_trimmed_events_has_clients_register_again():
     node.reader_link.reconnected()
     node.clock.advance(RETRY_SECONDS)
     _, state = node.reader_link.pending(scripts.STREAM_STATE)
-    state.callback([[b"9-0", 9, 7]])  # 8 added since, 7 kept: one trimmed unread
+    # 8 added since, 7 kept, the oldest after 1-0: one trimmed unread
+    state.callback([[b"9-0", 9, 7, b"3-0", b"0-0"]])
     assert node.lost == [[an]]
 
 
@@ -362,10 +363,38 @@ def test_reader_back_without_a_gap_reads_on():
     node.reader_link.reconnected()
     node.clock.advance(RETRY_SECONDS)
     _, state = node.reader_link.pending(scripts.STREAM_STATE)
-    state.callback([[b"9-0", 9, 8]])  # 8 added since, all 8 kept
+    state.callback([[b"9-0", 9, 8, b"2-0", b"0-0"]])  # 8 added since, all 8 kept
     assert node.lost == []
     node.reader_link.stream(_entry(b"2-0", k="leave", o="n2:1", n="Bo", t="t"))
     assert [e["datatype"] for e, _ in node.delivered] == ["register", "leave"]
+
+
+def _back_after_an_outage(state: list) -> Node:
+    """A node that read up to 1-0 (entries-added 1), lost its reader's
+    connection and found the stream in `state` (STREAM_STATE's answer)."""
+    node = Node()
+    node.room.claim(object(), "An", T)
+    node.commands_link.pending(scripts.CLAIM)[1].callback(b"1-0")
+    node.reader_link.stream(_entry(b"1-0", k="register", o="n1:1", n="An", t="t"))
+    node.reader_link.reads[-1].errback(RedisInDoubt("redis connection lost"))
+    node.reader_link.reconnected()
+    node.clock.advance(RETRY_SECONDS)
+    _, reply = node.reader_link.pending(scripts.STREAM_STATE)
+    reply.callback([state])
+    return node
+
+
+def test_deleted_entries_are_not_taken_for_trimmed_ones():
+    """An operator's deletion removes stream entries (XDEL) without
+    trimming: 8 added since the reader's place and only 2 kept is no hole
+    while an entry at or before its place still stands (trimming takes the
+    oldest first)."""
+    assert _back_after_an_outage([b"9-0", 9, 3, b"1-0", b"8-0"]).lost == []
+    # With nothing before its place left and entries deleted after it, the
+    # count cannot tell a trimmed entry from a deleted one: assume the worst.
+    assert len(_back_after_an_outage([b"9-0", 9, 2, b"5-0", b"8-0"]).lost) == 1
+    # Deleted only before its place: the count tells, and says no hole.
+    assert _back_after_an_outage([b"9-0", 9, 8, b"2-0", b"1-0"]).lost == []
 
 
 def test_an_event_of_unknown_kind_is_skipped_not_taken_for_a_leave():
@@ -378,7 +407,7 @@ def test_an_event_of_unknown_kind_is_skipped_not_taken_for_a_leave():
     try:
         node.reader_link.stream(
             _entry(b"1-0", k="register", o="n2:7", n="Bo", t="t"),
-            _entry(b"2-0", k="delete", o="n2:7", n="Bo", t="t", id="1"),
+            _entry(b"2-0", k="pin", o="n2:7", n="Bo", t="t", id="1"),
             _entry(b"3-0", k="leave", o="n2:7", n="Bo", t="t"),
         )
     finally:

@@ -1,0 +1,433 @@
+"""Moderation on a cluster, over a real redis-server: deletions, announcements
+and the moderation orders, across real nodes.
+
+The chat nodes whose clients watch are `twistd -n chatbox --redis ...` child
+processes (tests/test_cluster.py's `start_node`); the operator's node is a
+RedisRoom built in the test's own process with `RedisRoom.from_address`,
+a node like any other (its own lease and links), because nothing on the
+wire calls `delete` yet: the admin API does, and it is built elsewhere.
+"""
+
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.utils import getProcessOutputAndValue
+
+from chatbox.chat.room import RoomError
+from chatbox.cluster.address import parse_redis_url
+from chatbox.cluster.link import RedisInDoubt
+from chatbox.cluster.moderation import RedisModeration
+from chatbox.cluster.room import RedisRoom
+from chatbox.wire.clock import Moment, Timestamps
+from tests.redis_server import RedisServer
+from tests.test_cluster import LEASE, redis, sleep, start_node, user  # noqa: F401
+
+ANNOUNCER = "chatbox"
+
+
+def moment(millis: int | None = None) -> Moment:
+    """Now, or the instant `millis` (epoch ms), as a room is given it."""
+    if millis is None:
+        return Timestamps().now()
+    return Timestamps(lambda: millis / 1000).now()
+
+
+class Operator:
+    """A node in this process: its default room, and what it delivered."""
+
+    def __init__(self, server: RedisServer, node: str) -> None:
+        self.room = RedisRoom.from_address(
+            parse_redis_url(server.url), reactor, lease=LEASE, node=node
+        )
+        self.events: list[dict] = []
+        self.room.attach(lambda event, exclude: self.events.append(event), print)
+        self.room.start()
+        self.owners = 0
+
+    async def ready(self) -> "Operator":
+        deadline = time.monotonic() + 15
+        while not self.room.ready:
+            assert time.monotonic() < deadline, "the operator's node never joined"
+            await sleep(0.05)
+        return self
+
+    async def speaker(self, name: str) -> object:
+        """A connection of this node holding `name`."""
+        self.owners += 1
+        owner = f"owner{self.owners}"
+        await self.room.claim(owner, name, moment())
+        return owner
+
+    async def history(self) -> list[dict]:
+        import json
+
+        entries, _ = await self.room.page(100_000, None, None, 0)
+        return [json.loads(entry) for entry in entries]
+
+    async def close(self) -> None:
+        await self.room.close()
+
+
+async def operator(server: RedisServer, node: str = "operator") -> Operator:
+    return await Operator(server, node).ready()
+
+
+async def redis_cli(server: RedisServer, *args: str) -> bytes:
+    out, err, code = await getProcessOutputAndValue(
+        "redis-cli", ["-p", str(server.port), *args]
+    )
+    assert code == 0, err
+    return out
+
+
+async def keys_holding(server: RedisServer, text: bytes) -> list[str]:
+    """Every key in Redis whose value holds `text`, whatever its type:
+    history, streams, sends, bells, the moderation keys..."""
+    keys = (await redis_cli(server, "--scan", "--pattern", "*")).decode().split()
+    assert keys, "redis holds no key at all"
+    read = {
+        "string": ("GET",),
+        "hash": ("HGETALL",),
+        "zset": ("ZRANGE", "0", "-1", "WITHSCORES"),
+        "set": ("SMEMBERS",),
+        "list": ("LRANGE", "0", "-1"),
+        "stream": ("XRANGE", "-", "+"),
+    }
+    holding = []
+    for key in keys:
+        kind = (await redis_cli(server, "TYPE", key)).decode().strip()
+        command, *rest = read[kind]
+        value = await redis_cli(server, command, key, *rest)
+        if text in value or text in key.encode():
+            holding.append(key)
+    return holding
+
+
+async def message_ids_in_stream(server: RedisServer, stream: str) -> list[int]:
+    """The ids of the `message` entries of `stream`, in stream order."""
+    out = (await redis_cli(server, "XRANGE", stream, "-", "+")).decode()
+    lines = out.splitlines()
+    ids = []
+    for i, line in enumerate(lines[:-1]):
+        if line == "id" and i > 0:
+            ids.append(int(lines[i + 1]))
+    return ids
+
+
+@pytest_twisted.async_yield_fixture
+async def chat_nodes(tmp_path: Path, redis: RedisServer):  # noqa: F811
+    started = [await start_node(tmp_path, redis, f"node{i}") for i in (1, 2)]
+    yield started
+    for node in started:
+        await node.kill(signal.SIGTERM)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletion_reaches_every_node_and_leaves_no_trace(chat_nodes, redis):  # noqa: F811
+    one, two = chat_nodes
+    an = await user(one, "An")
+    bo = await user(two, "Bo")
+    await an.event()  # Bo joined
+    op = await operator(redis)
+    said = []
+    for text in ("first", "secret-7f3a9c xin chào", "third"):
+        reply = await an.say(text)
+        said.append(reply["id"])
+        assert (await bo.event())["content"] == text
+    secret = said[1]
+    # A send_id to retry later: its reply "already stored" must not bring
+    # the message back.
+    bo.send_json({"type": "send", "content": "secret-b0b", "send_id": "s-1"})
+    bo_secret = (await bo.reply())["id"]
+    assert (await an.event())["id"] == bo_secret
+
+    when = moment()
+    removed = await op.room.delete([secret, bo_secret, 999_999, secret], when)
+    assert removed == sorted([secret, bo_secret])
+    for client in (an, bo):
+        event = await client.event()
+        assert event == {
+            "type": "receive",
+            "datatype": "delete",
+            "ids": removed,
+            "timestamp": when.text,
+            "time": when.millis,
+        }
+    # ...and on the operator's node, to its own audience, in the stream's order.
+    deadline = time.monotonic() + 5
+    while not any(e.get("datatype") == "delete" for e in op.events):
+        assert time.monotonic() < deadline
+        await sleep(0.02)
+
+    for client in (an, bo):
+        got = (await client.get())["data"]["message"]
+        assert [m["id"] for m in got] == [said[0], said[2]]
+    assert [m["id"] for m in await op.history()] == [said[0], said[2]]
+    assert await keys_holding(redis, b"secret-") == []
+    # The message count every node reports follows the deletion.
+    assert op.room.message_count() == 2
+
+    # The retry of a deleted send stores nothing and tells no one.
+    bo.send_json({"type": "send", "content": "secret-b0b", "send_id": "s-1"})
+    assert (await bo.reply())["id"] == bo_secret
+    assert await keys_holding(redis, b"secret-b0b") == []
+    # A second deletion of the same ids removes nothing and tells nothing.
+    assert await op.room.delete([secret], moment()) == []
+    assert (await an.say("after"))["id"] == bo_secret + 1  # ids never reused
+    assert (await bo.event())["content"] == "after"
+    await op.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_announcement_is_seen_on_every_node_with_its_marker(
+    chat_nodes,
+    redis,  # noqa: F811
+):
+    one, two = chat_nodes
+    an = await user(one, "An")
+    bo = await user(two, "Bo")
+    await an.event()
+    op = await operator(redis)
+    when = moment()
+    posted = await op.room.post(None, ANNOUNCER, "bảo trì lúc 22h", when, None, True)
+    expected = {
+        "type": "receive",
+        "datatype": "message",
+        "name": ANNOUNCER,
+        "content": "bảo trì lúc 22h",
+        "timestamp": when.text,
+        "time": when.millis,
+        "id": posted.id,
+        "announcement": True,
+    }
+    assert await an.event() == expected
+    assert await bo.event() == expected
+    entry = {k: v for k, v in expected.items() if k not in ("type", "datatype")}
+    for client in (an, bo):
+        assert (await client.get())["data"]["message"][-1] == entry
+    assert (await op.history())[-1] == entry
+    # An ordinary message has no marker.
+    assert "announcement" not in (await an.say("ok"))
+    assert "announcement" not in await bo.event()
+    await op.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_in_a_room_of_10000_messages(redis):  # noqa: F811
+    """10,000 messages with joins, leaves and typing between them: each
+    deleted message's stream entry is found and removed, and no other."""
+    op = await operator(redis)
+    owner = await op.speaker("An")
+    for i in range(10_000):
+        if i % 7 == 0:
+            op.room.typing(owner, "An", moment())
+        if i % 1000 == 0:
+            other = await op.speaker(f"Guest{i}")
+            op.room.release(other, moment())
+        await op.room.post(owner, "An", f"m{i}", moment(), None)
+    stream = op.room._keys.events
+    in_stream = await message_ids_in_stream(redis, stream)
+    assert len(in_stream) == 10_000
+    rng = random.Random(14)
+    doomed = sorted({1, 2, 5_000, 9_999, 10_000, *rng.sample(range(1, 10_001), 300)})
+    started = time.perf_counter()
+    removed = await op.room.delete(doomed, moment())
+    took = time.perf_counter() - started
+    print(f"\ndeleted {len(doomed)} of 10,000 in {took * 1000:.1f} ms")
+    assert removed == doomed
+    left = await message_ids_in_stream(redis, stream)
+    assert left == [i for i in in_stream if i not in set(doomed)]
+    history = [m["id"] for m in await op.history()]
+    assert history == left
+    for one in (3, 7_777, 9_998):  # one at a time, near either end and between
+        if one in doomed:
+            continue
+        started = time.perf_counter()
+        assert await op.room.delete([one], moment()) == [one]
+        print(f"one deletion: {(time.perf_counter() - started) * 1000:.2f} ms")
+        assert one not in await message_ids_in_stream(redis, stream)
+    await op.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_by_takes_every_look_alike_spelling_within_the_times(redis):  # noqa: F811
+    op = await operator(redis)
+    base = 1_795_964_709_000
+    spellings = ["Alice", "ALICE", "\u0410lice", "\uff21lice", "alice\u3164"]
+    said: dict[int, tuple[str, int]] = {}
+    for i, name in enumerate(spellings * 3):
+        owner = await op.speaker(name)
+        at = base + i * 60_000
+        said[(await op.room.post(owner, name, f"spam {i}", moment(at), None)).id] = (
+            name,
+            at,
+        )
+        keep = await op.speaker("Bob")
+        said[(await op.room.post(keep, "Bob", f"fine {i}", moment(at), None)).id] = (
+            "Bob",
+            at,
+        )
+        op.room.release(owner, moment())
+        op.room.release(keep, moment())
+        await op.room.flush()
+    since, until = base + 3 * 60_000, base + 11 * 60_000
+    removed = await op.room.delete_by("alice", since, until, moment())
+    expected = sorted(
+        i for i, (name, at) in said.items() if name != "Bob" and since <= at <= until
+    )
+    assert removed == expected and len(expected) == 9
+    # Open bounds: the rest of Alice's, none of Bob's.
+    rest = await op.room.delete_by("аlice", None, None, moment())
+    assert rest == sorted(
+        i for i, (name, _) in said.items() if name != "Bob" and i not in expected
+    )
+    assert [m["name"] for m in await op.history()] == ["Bob"] * 15
+    await op.close()
+
+
+# -- moderation orders --
+
+
+class State:
+    """Stands in for chatbox.chat.moderation.Moderation: the orders applied,
+    in order, as its state."""
+
+    def __init__(self, snapshot: dict) -> None:
+        self.orders: list[dict] = list(snapshot.get("orders", []))
+        self.applied_at: dict[int, float] = {}
+
+    def apply(self, order: dict) -> None:
+        self.orders.append(order)
+        self.applied_at[order["n"]] = time.monotonic()
+
+    def snapshot(self) -> dict:
+        return {"orders": list(self.orders)}
+
+    def reload(self, snapshot: dict) -> None:
+        self.orders = list(snapshot.get("orders", []))
+
+
+async def moderated(op: Operator) -> tuple[RedisModeration, State]:
+    store = RedisModeration.of_node(op.room, reactor)
+    state = State(await store.load())
+    store.start(state.apply, state.snapshot, state.reload)
+    return store, state
+
+
+def order(n: int) -> dict:
+    return {"op": "slow", "room": "", "seconds": n, "by": "test", "n": n}
+
+
+@pytest_twisted.ensureDeferred
+async def test_orders_reach_every_node_in_one_order_within_a_poll(redis):  # noqa: F811
+    a, b = await operator(redis, "node-a"), await operator(redis, "node-b")
+    (store_a, state_a), (store_b, state_b) = await moderated(a), await moderated(b)
+    submitted: dict[int, float] = {}
+    for n in range(100):
+        submitted[n] = time.monotonic()
+        await store_a.submit(order(n))
+        # It fires once this node applied it.
+        assert state_a.orders[-1] == order(n)
+    deadline = time.monotonic() + 5
+    while len(state_b.orders) < 100:
+        assert time.monotonic() < deadline, len(state_b.orders)
+        await sleep(0.05)
+    assert state_a.orders == state_b.orders == [order(n) for n in range(100)]
+    delays = sorted(state_b.applied_at[n] - submitted[n] for n in range(100))
+    print(
+        f"\norder propagation A->B over 100: median {delays[50] * 1000:.0f} ms, "
+        f"worst {delays[-1] * 1000:.0f} ms"
+    )
+    # Orders from both nodes at once interleave in one order on both.
+    await Deferred.fromCoroutine(_both_submit(store_a, store_b))
+    deadline = time.monotonic() + 5
+    while len(state_b.orders) < 140 or len(state_a.orders) < 140:
+        assert time.monotonic() < deadline
+        await sleep(0.05)
+    assert state_a.orders == state_b.orders
+    # A node started now loads the snapshot and the orders after it.
+    c = await operator(redis, "node-c")
+    store_c, state_c = await moderated(c)
+    deadline = time.monotonic() + 5
+    while state_c.orders != state_a.orders:
+        assert time.monotonic() < deadline
+        await sleep(0.05)
+    for store, node in ((store_a, a), (store_b, b), (store_c, c)):
+        await store.close()
+        await node.close()
+
+
+async def _both_submit(a: RedisModeration, b: RedisModeration) -> None:
+    from twisted.internet.defer import gatherResults
+
+    await gatherResults(
+        [store.submit(order(1000 + i)) for i in range(20) for store in (a, b)]
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_behind_the_kept_orders_reloads_the_snapshot(redis):  # noqa: F811
+    a, b = await operator(redis, "node-a"), await operator(redis, "node-b")
+    store_a, state_a = await moderated(a)
+    store_b = RedisModeration.of_node(b.room, reactor)
+    state_b = State(await store_b.load())  # loaded, but not reading yet
+    for n in range(5):
+        await store_a.submit(order(n))
+    # The stream keeps only the last order: B never read the first four.
+    await redis_cli(redis, "XTRIM", "chatbox:moderation:orders", "MAXLEN", "1")
+    store_b.start(state_b.apply, state_b.snapshot, state_b.reload)
+    deadline = time.monotonic() + 5
+    while state_b.orders != state_a.orders:
+        assert time.monotonic() < deadline, state_b.orders
+        await sleep(0.05)
+    for store, node in ((store_a, a), (store_b, b)):
+        await store.close()
+        await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_orders_outlive_a_redis_restart(redis):  # noqa: F811
+    a, b = await operator(redis, "node-a"), await operator(redis, "node-b")
+    (store_a, state_a), (store_b, state_b) = await moderated(a), await moderated(b)
+    acknowledged: list[int] = []
+    doubtful: list[int] = []
+    refused = 0
+
+    async def outage() -> None:
+        while len(acknowledged) < 20:
+            await sleep(0.01)
+        await redis.kill(signal.SIGKILL)
+        await sleep(0.5)
+        await redis.start()
+
+    restarting = Deferred.fromCoroutine(outage())
+    n = 0
+    while len(acknowledged) < 60:
+        n += 1
+        try:
+            await store_a.submit(order(n))
+            acknowledged.append(n)
+        except RedisInDoubt:
+            doubtful.append(n)
+        except RoomError:
+            refused += 1
+            await sleep(0.05)
+    await restarting
+    assert refused or doubtful, "the outage was never noticed"
+    deadline = time.monotonic() + 10
+    while len(state_b.orders) < len(state_a.orders) or not state_a.orders:
+        assert time.monotonic() < deadline
+        await sleep(0.05)
+    applied = [o["n"] for o in state_b.orders]
+    assert [o["n"] for o in state_a.orders] == applied
+    assert len(set(applied)) == len(applied)  # each once
+    assert set(acknowledged) <= set(applied) <= set(acknowledged) | set(doubtful)
+    print(f"\n{refused} submits refused and {len(doubtful)} in doubt during the outage")
+    for store, node in ((store_a, a), (store_b, b)):
+        await store.close()
+        await node.close()
