@@ -604,10 +604,12 @@ local function bound(millis)
 end
 
 -- The first `message` entry from XRANGE bound `start` up to ms `high`:
--- its stream id and message id, or nil. Every emit puts `k` first.
+-- its stream id and message id, or nil. Every emit puts `k` first. Most
+-- entries are messages, so a few are read first, then more at a time.
 local function next_message(start, high)
+  local count = 4
   while true do
-    local chunk = redis.call('XRANGE', events, start, high, 'COUNT', 64)
+    local chunk = redis.call('XRANGE', events, start, high, 'COUNT', count)
     for _, entry in ipairs(chunk) do
       local f = entry[2]
       if f[1] == 'k' and f[2] == 'message' then
@@ -618,10 +620,11 @@ local function next_message(start, high)
         end
       end
     end
-    if #chunk < 64 then
+    if #chunk < count then
       return nil
     end
     start = '(' .. chunk[#chunk][1]
+    count = 64
   end
 end
 

@@ -14,7 +14,7 @@ from chatbox.chat.room import RoomError
 from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress, parse_redis_url
 from chatbox.cluster.commands import Commands
-from chatbox.cluster.keys import ROOM_FIELDS, Keys
+from chatbox.cluster.keys import ROOM_FIELDS, STREAM_LENGTH, Keys
 from chatbox.cluster.lease import Lease
 from chatbox.cluster.link import RedisInDoubt, RedisUnavailable
 from chatbox.cluster.reader import RETRY_SECONDS, EventReader
@@ -76,10 +76,11 @@ def test_address_never_shows_the_password():
     ["plain", '"id":0', 'quote " and \\ backslash', "xin chào 🎉", "}{", "\u2028"],
 )
 def test_entry_template_matches_the_history_entry(content):
-    head, tail = entry_template("Ａn", content, T)
-    for message_id in (1, 42, 10**12):
-        expected = codec.encode(messages.history_entry(message_id, "Ａn", content, *T))
-        assert head + str(message_id).encode() + tail == expected
+    for announced in (False, True):
+        head, tail = entry_template("Ａn", content, T, announced)
+        for message_id in (1, 42, 10**12):
+            entry = messages.history_entry(message_id, "Ａn", content, *T, announced)
+            assert head + str(message_id).encode() + tail == codec.encode(entry)
 
 
 def test_redis_options_are_checked():
@@ -733,3 +734,51 @@ def test_the_cluster_room_limit_refuses_with_404():
     assert node.commands_link.eval_keys[-1] == list(Keys.for_room("beta"))
     reply.callback([3, -1])
     assert summary == [(3, None)]
+
+
+# -- moderation: deletions and announcements in the stream --
+
+
+def test_deletions_and_announcements_from_the_stream():
+    """A delete event becomes `messages.deleted` for every connection (no
+    origin) and sets the message count; an announcement keeps its marker."""
+    node = Node()
+    node.beat(held=True, messages=40)
+    node.reader_link.stream(
+        _entry(b"1-0", k="message", o="", n="chatbox", c="hi", t=T.text,
+               ms=str(T.millis), id="41", a="1"),
+        _entry(b"2-0", k="delete", o="", n="", ids="7,41", count="39",
+               last=str(LEFT.millis), t=LEFT.text, ms=str(LEFT.millis)),
+    )  # fmt: skip
+    assert node.delivered == [
+        (messages.posted("chatbox", "hi", T, 41, announcement=True), None),
+        (messages.deleted([7, 41], LEFT), None),
+    ]
+    assert node.room.message_count() == 39
+    assert node.room.last_activity() == LEFT.millis
+
+
+def test_an_announcement_needs_no_name_and_says_so_to_redis():
+    node = Node()
+    node.room.post(None, "chatbox", "hi", T, None, announcement=True)
+    args, _ = node.commands_link.pending(scripts.POST)
+    assert args[1] == "" and args[-1] == "1"  # no holder; announced
+    assert b'"announcement":true' in args[7]  # the entry's tail
+    # An ordinary post needs a name.
+    refused = node.room.post(object(), "An", "hi", T, None)
+    assert refused.result.check(RoomError)
+    refused.addErrback(lambda _: None)
+    assert len([e for e in node.commands_link.evals if e[0] == scripts.POST]) == 1
+
+
+def test_deletions_go_in_batches_sorted_once_each():
+    node = Node()
+    done = node.room.delete([5, 3, 3, -1, *range(1000, 1250)], T)
+    args, reply = node.commands_link.pending(scripts.DELETE)
+    assert args[:3] == [T.text, T.millis, STREAM_LENGTH]
+    assert args[3:] == [3, 5, *range(1000, 1198)]
+    reply.callback([b"3", b"1000"])
+    args, reply = node.commands_link.pending(scripts.DELETE)
+    assert args[3:] == list(range(1198, 1250))
+    reply.callback([])
+    assert done.result == [3, 1000]
