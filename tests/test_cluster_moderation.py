@@ -8,6 +8,7 @@ a node like any other (its own lease and links), because nothing on the
 wire calls `delete` yet: the admin API does, and it is built elsewhere.
 """
 
+import json
 import random
 import signal
 import time
@@ -19,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.utils import getProcessOutputAndValue
 
 from chatbox.chat.room import RoomError
+from chatbox.cluster import scripts
 from chatbox.cluster.address import parse_redis_url
 from chatbox.cluster.link import RedisInDoubt
 from chatbox.cluster.moderation import RedisModeration
@@ -64,8 +66,6 @@ class Operator:
         return owner
 
     async def history(self) -> list[dict]:
-        import json
-
         entries, _ = await self.room.page(100_000, None, None, 0)
         return [json.loads(entry) for entry in entries]
 
@@ -436,3 +436,31 @@ async def test_orders_outlive_a_redis_restart(redis):  # noqa: F811
     for store, node in ((store_a, a), (store_b, b)):
         await store.close()
         await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_stored_snapshot_only_moves_forward(redis):  # noqa: F811
+    """SUBMIT from a node that has not applied the newest order appends its
+    order but leaves the snapshot: a node loading it replays from there."""
+    a = await operator(redis, "node-a")
+    store, state = await moderated(a)
+    for n in range(3):
+        await store.submit(order(n))
+    stored = await redis_cli(redis, "GET", "chatbox:moderation")
+    newest = json.loads(stored)
+    assert newest["state"] == {"orders": [order(0), order(1)]}
+    assert newest["seen"] == 2
+    commands = a.room.commands_for("")
+    stale = json.dumps({"through": "0-0", "seen": 0, "state": {}})
+    order_id, wrote = await commands.run(
+        scripts.MODERATION_SUBMIT, json.dumps(order(3)), stale, "0-0", 10_000
+    )
+    assert wrote == 0 and order_id
+    assert await redis_cli(redis, "GET", "chatbox:moderation") == stored
+    deadline = time.monotonic() + 5
+    while len(state.orders) < 4:
+        assert time.monotonic() < deadline
+        await sleep(0.05)
+    assert state.orders == [order(n) for n in range(4)]
+    await store.close()
+    await a.close()

@@ -13,14 +13,16 @@ node within POLL_SECONDS plus a round trip.
 
 The stream is capped (ORDERS_LENGTH, approximately), so a node away for
 more orders than it keeps starts again from the snapshot (`Keys.moderation`):
-the state with every order up to one stream id applied, written by SUBMIT
-in the same step as it appends the order, from the submitting node's state
-(`snapshot()`), but only if that node had applied every order before it;
-a snapshot from a node one order behind would lose that order for whoever
-loads it. A node submitting first catches up, so that is the rule; the rare
-submit that races another node's leaves the older snapshot, consistent
-still, for the next submit to replace. Loading is the snapshot plus the
-orders after it, which the first poll applies.
+the state with every order up to one stream id (`through`) applied, which
+SUBMIT writes in the same step as it appends the order, from the submitting
+node's state (`snapshot()`). Loading is the snapshot plus the orders after
+`through`, which the first poll applies, so any node's snapshot is a true
+one; SUBMIT writes it only if that node had applied every order before its
+own, so the stored snapshot only ever moves forward (one from a node a few
+orders behind would replace a newer one, and could name a `through` the
+capped stream has dropped). A node submitting first catches up, so that is
+the rule; a submit that races another node's leaves the stored snapshot
+as it was, for the next one to move on.
 
 A Redis outage loses nothing: SUBMIT's reply comes after the append-only
 file has the order (the README's `appendfsync always`), and a node carries on

@@ -18,7 +18,7 @@ from chatbox.cluster.keys import ROOM_FIELDS, STREAM_LENGTH, Keys
 from chatbox.cluster.lease import Lease
 from chatbox.cluster.link import RedisInDoubt, RedisUnavailable
 from chatbox.cluster.reader import RETRY_SECONDS, EventReader
-from chatbox.cluster.room import RedisRoom, entry_template
+from chatbox.cluster.room import DELETE_BATCH, RedisRoom, entry_template
 from chatbox.tap import Options
 from chatbox.wire import codec, messages
 from chatbox.wire.clock import Moment
@@ -773,12 +773,14 @@ def test_an_announcement_needs_no_name_and_says_so_to_redis():
 
 def test_deletions_go_in_batches_sorted_once_each():
     node = Node()
-    done = node.room.delete([5, 3, 3, -1, *range(1000, 1250)], T)
+    more = list(range(1000, 1000 + DELETE_BATCH))
+    done = node.room.delete([5, 3, 3, -1, True, *more], T)
+    wanted = [3, 5, *more]
     args, reply = node.commands_link.pending(scripts.DELETE)
     assert args[:3] == [T.text, T.millis, STREAM_LENGTH]
-    assert args[3:] == [3, 5, *range(1000, 1198)]
+    assert args[3:] == wanted[:DELETE_BATCH]
     reply.callback([b"3", b"1000"])
     args, reply = node.commands_link.pending(scripts.DELETE)
-    assert args[3:] == list(range(1198, 1250))
+    assert args[3:] == wanted[DELETE_BATCH:]
     reply.callback([])
     assert done.result == [3, 1000]
