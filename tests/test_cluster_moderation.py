@@ -25,9 +25,18 @@ from chatbox.cluster.address import parse_redis_url
 from chatbox.cluster.link import RedisInDoubt
 from chatbox.cluster.moderation import RedisModeration
 from chatbox.cluster.room import RedisRoom
+from chatbox.wire import messages
 from chatbox.wire.clock import Moment, Timestamps
 from tests.redis_server import RedisServer
-from tests.test_cluster import LEASE, redis, sleep, start_node, user  # noqa: F401
+from tests.test_cluster import (  # noqa: F401 (fixtures)
+    LEASE,
+    redis,
+    room_nodes,
+    room_user,
+    sleep,
+    start_node,
+    user,
+)
 
 ANNOUNCER = "chatbox"
 
@@ -464,3 +473,34 @@ async def test_the_stored_snapshot_only_moves_forward(redis):  # noqa: F811
     assert state.orders == [order(n) for n in range(4)]
     await store.close()
     await a.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletion_in_a_named_room_reaches_its_followers_only(room_nodes, redis):  # noqa: F811
+    """Room alpha's followers hear of its deletion through their bells; the
+    default room, on the same nodes, hears nothing."""
+    one, two = room_nodes
+    alice = await room_user(one, "alpha", "Alice")
+    bob = await room_user(two, "alpha", "Bob")
+    lobby = await user(two, "Cy")
+    lobby_too = await user(one, "Di")
+    await lobby.event()  # Di joined
+    await alice.event()  # Bob joined
+    said = (await alice.say("secret-a1pha"))["id"]
+    assert (await bob.event())["id"] == said
+    op = await operator(redis)
+    alpha = op.room.named("alpha")
+    assert await alpha.follow(0)
+    when = moment()
+    assert await alpha.delete([said], when) == [said]
+    for client in (alice, bob):
+        assert await client.event() == messages.deleted([said], when)
+    assert (await bob.get())["data"]["message"] == []
+    assert await keys_holding(redis, b"secret-a1pha") == []
+    # The default room's own message 1 is untouched, and its clients heard
+    # nothing of alpha's deletion.
+    await lobby.no_event_before(lobby_too)
+    assert (await lobby.say("lobby"))["id"] == 2  # after the marker
+    assert await alpha.delete([said], moment()) == []
+    await alpha.close()
+    await op.close()
