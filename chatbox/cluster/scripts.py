@@ -629,15 +629,19 @@ local function next_message(start, high)
 end
 
 -- The stream id of message `target`'s entry, or nil; nothing before XRANGE
--- bound `start` is it. Bisects by time: between `lo` and `hi` (ms) lies
--- the entry if it is there, `start` within `lo`.
+-- bound `start` is it. The next message first (ids are deleted in order, a
+-- flood's often one after another), then bisecting by time: between `lo`
+-- and `hi` (ms) lies the entry if it is there, `start` within `lo`.
 local function find(target, start)
-  local first = redis.call('XRANGE', events, start, '+', 'COUNT', 1)
-  if #first == 0 then
+  local found, id = next_message(start, '+')
+  if not found or id > target then
     return nil
+  elseif id == target then
+    return found
   end
+  start = '(' .. found
   local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
-  local lo, hi = ms_of(first[1][1]), ms_of(last[1][1])
+  local lo, hi = ms_of(found), ms_of(last[1][1])
   while lo < hi do
     local mid = math.floor((lo + hi) / 2) + 1
     local found, id = next_message(bound(mid), bound(hi))
