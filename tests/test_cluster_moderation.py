@@ -10,15 +10,18 @@ wire calls `delete` yet: the admin API does, and it is built elsewhere.
 
 import json
 import random
+import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.utils import getProcessOutputAndValue
 
+from chatbox.admin.tokens import append_line, hash_line
 from chatbox.chat.room import RoomError
 from chatbox.cluster import scripts
 from chatbox.cluster.address import parse_redis_url
@@ -27,7 +30,10 @@ from chatbox.cluster.moderation import RedisModeration
 from chatbox.cluster.room import RedisRoom
 from chatbox.wire import messages
 from chatbox.wire.clock import Moment, Timestamps
+from tests import process
+from tests.client import connect
 from tests.redis_server import RedisServer
+from tests.test_admin import TOKEN, run_cli
 from tests.test_cluster import (  # noqa: F401 (fixtures)
     LEASE,
     redis,
@@ -317,14 +323,15 @@ class State:
     def snapshot(self) -> dict:
         return {"orders": list(self.orders)}
 
-    def reload(self, snapshot: dict) -> None:
+    def restore(self, snapshot: dict) -> None:
         self.orders = list(snapshot.get("orders", []))
 
 
 async def moderated(op: Operator) -> tuple[RedisModeration, State]:
-    store = RedisModeration.of_node(op.room, reactor)
-    state = State(await store.load())
-    store.start(state.apply, state.snapshot, state.reload)
+    state = State({})
+    store = RedisModeration(op.room, reactor, state.snapshot, state.restore)
+    state.restore(await store.load())
+    store.start(state.apply)
     return store, state
 
 
@@ -383,13 +390,14 @@ async def _both_submit(a: RedisModeration, b: RedisModeration) -> None:
 async def test_a_node_behind_the_kept_orders_reloads_the_snapshot(redis):  # noqa: F811
     a, b = await operator(redis, "node-a"), await operator(redis, "node-b")
     store_a, state_a = await moderated(a)
-    store_b = RedisModeration.of_node(b.room, reactor)
-    state_b = State(await store_b.load())  # loaded, but not reading yet
+    state_b = State({})
+    store_b = RedisModeration(b.room, reactor, state_b.snapshot, state_b.restore)
+    state_b.restore(await store_b.load())  # loaded, but not reading yet
     for n in range(5):
         await store_a.submit(order(n))
     # The stream keeps only the last order: B never read the first four.
     await redis_cli(redis, "XTRIM", "chatbox:moderation:orders", "MAXLEN", "1")
-    store_b.start(state_b.apply, state_b.snapshot, state_b.reload)
+    store_b.start(state_b.apply)
     deadline = time.monotonic() + 5
     while state_b.orders != state_a.orders:
         assert time.monotonic() < deadline, state_b.orders
@@ -504,3 +512,85 @@ async def test_a_deletion_in_a_named_room_reaches_its_followers_only(room_nodes,
     assert await alpha.delete([said], moment()) == []
     await alpha.close()
     await op.close()
+
+
+# -- the whole path: chatbox-admin, the admin API, the Moderator, this store --
+
+
+async def admin_node(tmp_path: Path, server: RedisServer, name: str):
+    """A cluster node under twistd with its admin listener; its admin URL."""
+    from tests.test_admin import ADMIN_LISTENING
+
+    workdir = tmp_path / name
+    workdir.mkdir()
+    append_line(str(workdir / "admin-tokens"), hash_line("ops", TOKEN))
+    node = await process.start(
+        workdir,
+        f"--redis={server.url}",
+        f"--redis-lease={LEASE}",
+        f"--admin-tokens={workdir / 'admin-tokens'}",
+        "--admin-port=tcp:0:interface=127.0.0.1",
+    )
+    await node.wait_for(rb"joined the chat cluster")
+    await node.wait_for(ADMIN_LISTENING)
+    port = re.search(ADMIN_LISTENING, node.output).group(1).decode()
+    return node, f"http://127.0.0.1:{port}"
+
+
+async def admin(url: str, *args: str) -> Any:
+    done = await run_cli(url, "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_operator_on_one_node_acts_on_every_node(tmp_path, redis):  # noqa: F811
+    (one, url_one), (two, url_two) = [
+        await admin_node(tmp_path, redis, f"node{i}") for i in (1, 2)
+    ]
+    try:
+        spammer = await user(two, "Spammer")
+        alice = await user(one, "Alice")
+        await spammer.event()  # Alice joined
+        said = (await spammer.say("buy now"))["id"]
+        assert (await alice.event())["id"] == said
+
+        # A deletion asked of node 1 reaches node 2's clients.
+        deleted = await admin(url_one, "delete", str(said), "--reason", "spam")
+        assert deleted["deleted"] == [said]
+        for client in (alice, spammer):
+            event = await client.event()
+            assert (event["datatype"], event["ids"]) == ("delete", [said])
+        assert (await spammer.get())["data"]["message"] == []
+
+        # An announcement from node 1, with its marker, on node 2.
+        await admin(url_one, "announce", "chào mọi người")
+        for client in (alice, spammer):
+            event = await client.event()
+            assert (event["name"], event["announcement"]) == ("chatbox", True)
+
+        # A ban made on node 1 closes the spammer's connection on node 2.
+        started = time.monotonic()
+        await admin(url_one, "ban", "name", "SPAMMER", "--reason", "spam")
+        notice = await spammer.reply()
+        assert (notice["type"], notice["action"]) == ("moderation", "ban")
+        assert await spammer.close_code_from_server() == 4003
+        print(f"\nban on node 1 -> close on node 2: {time.monotonic() - started:.3f} s")
+        again = await connect(two.url)
+        reply = await again.register("Ѕpammer")  # a Cyrillic Ѕ
+        assert reply["reason"] == "NameAlreadyUsed" and reply["error"] == "banned"
+        # Node 2 lists the ban made on node 1.
+        assert [b["value"] for b in (await admin(url_two, "bans"))["bans"]] == [
+            "SPAMMER"
+        ]
+    finally:
+        for node in (one, two):
+            await node.kill(signal.SIGTERM)
+    # A node started afterwards enforces it from Redis.
+    three, _ = await admin_node(tmp_path, redis, "node3")
+    try:
+        late = await connect(three.url)
+        reply = await late.register("spammer")
+        assert reply["reason"] == "NameAlreadyUsed" and reply["error"] == "banned"
+    finally:
+        await three.kill(signal.SIGTERM)

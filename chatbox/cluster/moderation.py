@@ -37,7 +37,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from chatbox.chat.moderation import IModerationStore, Order, OrderError
 from chatbox.chat.room import RoomError
 from chatbox.cluster import scripts
 from chatbox.cluster.commands import Commands
@@ -50,13 +52,6 @@ POLL_SECONDS = 0.25
 # Orders one poll reads at most; a node further behind reads on at once.
 POLL_BATCH = 500
 
-Order = dict[str, Any]
-
-
-def _stream_id(raw: bytes) -> tuple[int, int]:
-    millis, _, sequence = raw.partition(b"-")
-    return int(millis), int(sequence or 0)
-
 
 def _snapshot_of(raw: bytes | None) -> tuple[bytes, int, dict]:
     """A stored snapshot's (through, seen, state); none is the empty state
@@ -67,33 +62,42 @@ def _snapshot_of(raw: bytes | None) -> tuple[bytes, int, dict]:
     return record["through"].encode(), int(record["seen"]), record["state"]
 
 
+@implementer(IModerationStore)
 class RedisModeration:
-    """IModerationStore (chatbox.chat.moderation) on a cluster node's
-    command link; `of_node` takes the node's."""
+    """IModerationStore on a cluster node's command link."""
 
     log = Logger()
 
-    def __init__(self, commands: Commands, clock: Any) -> None:
-        """`commands` runs on the default room's keys (any room's would do:
-        the moderation keys are the cluster's)."""
-        self._commands = commands
+    def __init__(
+        self,
+        node: Any,
+        clock: Any,
+        snapshot: Callable[[], dict] | None = None,
+        restore: Callable[[dict], None] | None = None,
+    ) -> None:
+        """`node` is the node's default RedisRoom, whose command link this
+        shares. `snapshot` gives the state with every order applied so far
+        (Moderation.snapshot), which a submit stores for nodes that fall
+        behind; `restore` replaces the state with a loaded one
+        (Moderation.restore) when this node fell behind (orders trimmed
+        past it, or lost by Redis). Without them no snapshot is written,
+        and a node that fell behind can only log that it did."""
+        self._commands: Commands = node.commands_for("")
         self._clock = clock
         self._through = b"0-0"  # the last order applied here
         self._seen = 0  # the stream's entries-added at `_through`
         self._apply: Callable[[Order], None] = lambda order: None
-        self._snapshot: Callable[[], dict] | None = None
-        self._reload: Callable[[dict], None] | None = None
+        self._snapshot = snapshot
+        self._restore = restore
         self._lock = DeferredLock()
         self._poller = LoopingCall(self._tick)
         self._poller.clock = clock
-        self._waiters: list[tuple[bytes, Deferred[None]]] = []
+        # This node's submitted orders not yet applied here, by stream id.
+        self._waiters: dict[bytes, Deferred[None]] = {}
         self._failing = False
         self._closed = False
-
-    @classmethod
-    def of_node(cls, node: Any, clock: Any) -> "RedisModeration":
-        """On the command link of `node` (the default RedisRoom)."""
-        return cls(node.commands_for(""), clock)
+        if snapshot is None:
+            self.log.warn("moderation: no snapshot source; none is written to redis")
 
     # -- IModerationStore --
 
@@ -117,31 +121,18 @@ class RedisModeration:
             self._through, self._seen, state = _snapshot_of(raw)
             return state
 
-    def start(
-        self,
-        apply: Callable[[Order], None],
-        snapshot: Callable[[], dict] | None = None,
-        reload: Callable[[dict], None] | None = None,
-    ) -> None:
+    def start(self, apply: Callable[[Order], None]) -> None:
         """From now on hand every order (this node's and others') to `apply`,
-        once, in the cluster's order. `snapshot` gives the state with every
-        order applied so far (`Moderation.snapshot`), which a submit stores
-        for nodes that fall behind; `reload` replaces the state with a
-        loaded one when this node fell behind (orders trimmed past it, or
-        Redis lost them). Without them the contract's `start(apply)` still
-        works, but no snapshot is written and a node that fell behind can
-        only log that it did."""
+        once, in the cluster's order. An order `apply` refuses (OrderError)
+        is logged, and fails its submit if it is this node's."""
         self._apply = apply
-        self._snapshot = snapshot
-        self._reload = reload
-        if snapshot is None:
-            self.log.warn("moderation: no snapshot source, so none is written to redis")
         self._poller.start(POLL_SECONDS, now=True)
 
     def submit(self, order: Order) -> "Deferred[None]":
         """Append `order` to the cluster's orders; fires once Redis has it
         and this node has applied it. Fails with RoomError (RedisInDoubt:
-        perhaps appended)."""
+        perhaps appended), or with what `apply` raised for it (the order is
+        in the stream then, and every node refuses it alike)."""
         return Deferred.fromCoroutine(self._submit(order))
 
     async def _submit(self, order: Order) -> None:
@@ -161,7 +152,7 @@ class RedisModeration:
         # Durable now: applied here by the next poll, however long Redis
         # takes to come back if it went away meanwhile.
         applied: Deferred[None] = Deferred()
-        self._waiters.append((order_id, applied))
+        self._waiters[order_id] = applied
         polled = Deferred.fromCoroutine(self._poll())
         polled.addErrback(lambda failure: self._note_failure(failure.value))
         await applied
@@ -175,8 +166,8 @@ class RedisModeration:
             self._poller.stop()
         await self._lock.acquire()
         self._lock.release()
-        waiters, self._waiters = self._waiters, []
-        for _, waiter in waiters:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
             waiter.errback(RoomError("moderation store closed"))
 
     # -- polling --
@@ -221,24 +212,23 @@ class RedisModeration:
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             self._through = entry_id
             self._seen += 1
+            waiter = self._waiters.pop(entry_id, None)
             try:
                 self._apply(codec.decode(fields[b"o"]))
-            except Exception:
+            except OrderError as e:
+                self.log.warn(
+                    "moderation order {id} refused: {error}", id=entry_id, error=e
+                )
+                if waiter is not None:
+                    waiter.errback(e)
+            except Exception as e:
                 self.log.failure("moderation order {id} not applied", id=entry_id)
-        if entries:
-            self._settle()
-        return len(entries) >= POLL_BATCH
-
-    def _settle(self) -> None:
-        """Fire the submits whose order has been applied here."""
-        now = _stream_id(self._through)
-        waiting = []
-        for order_id, waiter in self._waiters:
-            if _stream_id(order_id) <= now:
-                waiter.callback(None)
+                if waiter is not None:
+                    waiter.errback(e)
             else:
-                waiting.append((order_id, waiter))
-        self._waiters = waiting
+                if waiter is not None:
+                    waiter.callback(None)
+        return len(entries) >= POLL_BATCH
 
     async def _fell_behind(self, added: int, kept: int) -> None:
         """Orders this node had not applied are gone from the stream: start
@@ -261,7 +251,7 @@ class RedisModeration:
             "reloading the snapshot"
         )
         self._through, self._seen = through, seen
-        if self._reload is not None:
-            self._reload(state)
+        if self._restore is not None:
+            self._restore(state)
         else:
             self.log.error("moderation: no way to reload the state here")

@@ -2,7 +2,9 @@
 a fake clock (chatbox.cluster.moderation says what the rules are)."""
 
 from twisted.internet.testing import MemoryReactorClock
+from zope.interface.verify import verifyObject
 
+from chatbox.chat.moderation import IModerationStore, OrderError
 from chatbox.cluster import scripts
 from chatbox.cluster.commands import Commands
 from chatbox.cluster.keys import ORDERS_LENGTH, Keys
@@ -19,21 +21,38 @@ def _entries(*pairs: tuple[bytes, int]) -> list:
     return [[i, [b"o", codec.encode(_order(n))]] for i, n in pairs]
 
 
+class _Node:
+    """The default room, as far as the store needs one: its command link."""
+
+    def __init__(self, link: FakeLink) -> None:
+        self.link = link
+
+    def commands_for(self, name: str) -> Commands:
+        assert name == ""
+        return Commands(self.link, Keys.under())
+
+
 class Store:
     def __init__(self, snapshot: bytes | None = None) -> None:
         self.clock = MemoryReactorClock()
         self.link = FakeLink()
-        self.store = RedisModeration(Commands(self.link, Keys.under()), self.clock)
         self.applied: list[dict] = []
         self.reloaded: list[dict] = []
-        loading = self.store.load()
-        self.link.pending(scripts.MODERATION_LOAD)[1].callback(snapshot)
-        self.state = loading.result
-        self.store.start(
-            self.applied.append,
+        self.store = RedisModeration(
+            _Node(self.link),
+            self.clock,
             lambda: {"applied": len(self.applied)},
             self.reloaded.append,
         )
+        loading = self.store.load()
+        self.link.pending(scripts.MODERATION_LOAD)[1].callback(snapshot)
+        self.state = loading.result
+        self.store.start(self.apply)
+
+    def apply(self, order: dict) -> None:
+        if order.get("op") == "bad":
+            raise OrderError("no such op")
+        self.applied.append(order)
 
     def poll(self, reply: list) -> list:
         """Answer the poll that waits; returns its arguments."""
@@ -83,3 +102,21 @@ def test_a_node_behind_the_kept_orders_reloads_the_snapshot():
     assert s.reloaded == [{"y": 2}]
     assert s.poll([1, _entries((b"11-0", 11), (b"12-0", 12))])[:2] == [b"10-0", 10]
     assert s.applied == [_order(11), _order(12)]
+
+
+def test_it_is_the_contracts_store_and_an_order_refused_fails_its_submit():
+    s = Store()
+    assert verifyObject(IModerationStore, s.store)
+    s.poll([1, []])
+    submitted = s.store.submit({"op": "bad"})
+    s.poll([1, []])
+    _, reply = s.link.pending(scripts.MODERATION_SUBMIT)
+    reply.callback([b"3-0", 1])
+    # Another node's order refused here too: logged, nobody's submit fails.
+    s.poll([1, [[b"2-0", [b"o", codec.encode({"op": "bad"})]]]])
+    assert not submitted.called
+    s.clock.advance(POLL_SECONDS)
+    s.poll([1, [[b"3-0", [b"o", codec.encode({"op": "bad"})]]]])
+    assert submitted.result.check(OrderError)
+    submitted.addErrback(lambda _: None)
+    assert s.applied == []
