@@ -468,14 +468,19 @@ def _make_rooms(config: dict[str, Any], reactor: Any, metrics: Metrics) -> Rooms
 
 
 def _moderation_store(
-    config: dict[str, Any], rooms: Rooms, moderation: Moderation, reactor: Any
+    config: dict[str, Any],
+    rooms: Rooms,
+    moderation: Moderation,
+    restore: Callable[[dict[str, Any]], None],
+    reactor: Any,
 ) -> IModerationStore:
     """Where the operator's rules are kept: beside data.json, or in Redis
-    for every node of a cluster."""
+    for every node of a cluster (which stores snapshots for nodes that
+    fall behind, and calls `restore` on one that did)."""
     if config["redis"] is not None:
         from chatbox.cluster.moderation import RedisModeration
 
-        return RedisModeration(rooms.default, reactor)
+        return RedisModeration(rooms.default, reactor, moderation.snapshot, restore)
     return LocalModeration(moderation_path(config["data"]), moderation.snapshot)
 
 
@@ -601,7 +606,13 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     )
     factory.noisy = False
     try:
-        store = _moderation_store(config, rooms, factory.moderation, reactor)
+        store = _moderation_store(
+            config,
+            rooms,
+            factory.moderation,
+            lambda snapshot: moderator.restore(snapshot),
+            reactor,
+        )
         moderator = Moderator(
             factory.moderation, store, factory, rooms, reactor.seconds, metrics
         )

@@ -11,6 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from chatbox.admin.moderator import CLOSE_BANNED, CLOSE_KICKED, ModerationError
+from chatbox.chat.moderation import Moderation, Sanction
 from tests import test_classic_client
 from tests.client import (
     classic_browser,
@@ -347,3 +348,19 @@ async def test_rules_that_cannot_be_read_stop_start_up_naming_the_file(
         await start_server(data_file)
     assert str(rules) in str(stopped.value)
     assert rules.read_bytes() == damage  # never rewritten
+
+
+@pytest_twisted.ensureDeferred
+async def test_rules_restored_from_a_snapshot_close_whom_their_bans_cover(server):
+    """A cluster node that fell behind the orders reloads the rules whole
+    (chatbox.cluster.moderation): a ban among the orders it skipped must
+    still close the banned user connected to it."""
+    banned = await server.user("troll")
+    fine = await server.user("alice")
+    other = Moderation()
+    made = Sanction.new("ban", "name", "TROLL", "insults", "ops", 0, None, None)
+    other.apply({"op": "sanction", "sanction": made.to_dict()})
+    moderator_of(server).restore(other.snapshot())
+    assert (await banned.reply())["action"] == "ban"
+    assert await banned.close_code_from_server() == CLOSE_BANNED
+    assert (await fine.say("still here"))["status"] is True

@@ -100,7 +100,7 @@ class Moderator:
         # file is read before anything listens, so a damaged one stops
         # start-up here; a cluster's snapshot comes from Redis.
         loaded = store.load()
-        loaded.addCallback(moderation.restore)
+        loaded.addCallback(self.restore)
         loaded.addCallback(lambda _: store.start(self._on_order))
         failed: list[Failure] = []
         loaded.addErrback(failed.append)
@@ -326,6 +326,18 @@ class Moderator:
         return True
 
     # -- on every process: the rules change, and its connections are told --
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Replace the rules with a stored snapshot: at start, and when a
+        cluster node fell behind the orders and reloads. Orders it skipped
+        may have banned someone connected here, so every ban in force is
+        enforced again (closing only those it covers)."""
+        self.moderation.restore(snapshot)
+        now = self._now()
+        for found in self.moderation.sanctions("ban", now):
+            notice = messages.moderation_notice("ban", found.reason, found.expires)
+            for connection in self._sanctioned(found):
+                connection.moderated(notice, CLOSE_BANNED, found.reason)
 
     def _on_order(self, order: Order) -> None:
         """Raises OrderError for an order that cannot be applied: the store
