@@ -446,11 +446,12 @@ async def test_a_server_that_is_down_is_retried_as_before(tmp_path: Path):
             await server.stop()
 
 
-@pytest.mark.parametrize("status", [403, 502])
+@pytest.mark.parametrize("status", [429, 502])
 @ensureDeferred
 async def test_any_answer_but_404_is_retried_as_before(tmp_path: Path, status):
     """A proxy in front may answer for a server it cannot reach: only the
-    server's own 404 for the page means the room is gone."""
+    server's own 404 for the page means the room is gone (and its 403, a
+    banned address: tests/test_browser_moderation.py)."""
     server = await rooms_server(tmp_path / "data.json")
     try:
         url = base(server)
