@@ -2,6 +2,7 @@
 checks with deletions' gaps, the in-memory history's removals, and a store
 crashed at every step of deletions, sends and folds."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from pytest_twisted import ensureDeferred
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.defer import DeferredList, gatherResults
-from twisted.internet.defer import ensureDeferred as deferred
 
 from chatbox.local import datafile
 from chatbox.local.history import History
@@ -306,10 +306,8 @@ class Steps:
             files = {}
             for p in self.folder.iterdir():
                 if p.name != "data.json.lock":
-                    try:
+                    with contextlib.suppress(FileNotFoundError):
                         files[p.name] = p.read_bytes()
-                    except FileNotFoundError:
-                        pass
             self.copies.append((files, state))
 
     def _watched(self, real, name):
@@ -393,14 +391,16 @@ async def test_a_kill_at_any_step_of_deletions_sends_and_folds(tmp_path, monkeyp
     try:
         for round_ in range(12):
             base = round_ * 30
-            await gatherResults([deferred(send(base + i)) for i in range(25)])
+            await gatherResults(
+                [defer.ensureDeferred(send(base + i)) for i in range(25)]
+            )
             newest = max(acked)
             # Odd rounds: the newest deleted with nothing sent after it, so
             # its purge leaves a mark.
             sends = [send(base + 25 + i) for i in range(5 * (round_ % 2 == 0))]
             deletes = [delete([newest]), delete([newest - 7, newest - 8])]
             results = await DeferredList(
-                [*map(deferred, sends), *map(deferred, deletes)],
+                [*map(defer.ensureDeferred, [*sends, *deletes])],
                 consumeErrors=True,
             )
             assert all(ok for ok, _ in results), results
