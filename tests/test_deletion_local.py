@@ -11,6 +11,7 @@ import json
 import random
 import re
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -19,12 +20,15 @@ from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import globalLogPublisher
 
 from chatbox.local.room import LocalRoom
 from tests.client import connect
 from tests.process import START_TIMEOUT, ServerProcess, child_env
+from tests.redis_server import RedisServer
 from tests.server import start_server
+from tests.test_cluster import CHATBOX_REDIS, redis_commands
 
 COUNT = 100_000
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z; message i posted i s later
@@ -465,5 +469,59 @@ async def test_an_announcement_is_stored_and_told_with_its_marker(tmp_path):
         reader = await again.user("Reader")
         stored = (await reader.get())["data"]["message"]
         assert [m.get("announcement") for m in stored] == [True, None]
+    finally:
+        await again.stop()
+
+
+# -- chatbox-redis with a history that has deletions' gaps --
+
+
+def redis_get(redis, key: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", redis.port)) as connection:
+        connection.sendall(b"GET " + key + b"\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n") or reply.count(b"\r\n") < 2:
+            reply += connection.recv(4096)
+    return reply.split(b"\r\n")[1]
+
+
+@ensureDeferred
+async def test_chatbox_redis_moves_a_history_with_deletions_both_ways(tmp_path):
+    data = tmp_path / "data.json"
+    server = await start_server(data)
+    try:
+        an = await server.user("An")
+        sent = [(await an.say(f"m{i}"))["id"] for i in range(10)]
+        when = server.factory.timestamps.now()
+        assert await local_room(server).delete([sent[3], sent[-1]], when)
+    finally:
+        await server.stop()
+    # data.json ends at 9, its journal's mark says ids went to 10.
+    assert stored_ids(data) == [1, 2, 3, 5, 6, 7, 8, 9]
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    try:
+        out, err, code = await getProcessOutputAndValue(
+            CHATBOX_REDIS, ["import", "--redis", redis.url, str(data)]
+        )
+        assert code == 0, err
+        assert b"imported 8 messages" in out
+        assert redis_get(redis, b"chatbox:msgid") == b"10"  # 10 is never reused
+
+        # The cluster deletes its newest too (by hand here): export keeps it used.
+        redis_commands(redis, b"SET chatbox:msgid 12")
+        exported = tmp_path / "out" / "data.json"
+        exported.parent.mkdir()
+        out, err, code = await getProcessOutputAndValue(
+            CHATBOX_REDIS, ["export", "--redis", redis.url, str(exported)]
+        )
+        assert code == 0, err
+        assert stored_ids(exported) == [1, 2, 3, 5, 6, 7, 8, 9]
+    finally:
+        await redis.kill(signal.SIGTERM)
+    again = await start_server(exported)
+    try:
+        bo = await again.user("Bo")
+        assert (await bo.say("after the move back"))["id"] == 13
     finally:
         await again.stop()
