@@ -14,10 +14,11 @@ import pytest
 from pytest_twisted import ensureDeferred
 from twisted.internet import defer, reactor
 from twisted.internet.defer import DeferredList, gatherResults
+from twisted.internet.task import deferLater
 
 from chatbox.local import datafile
 from chatbox.local.history import History
-from chatbox.local.store import DurableStore
+from chatbox.local.store import DurableStore, StoreError
 from chatbox.wire import codec
 from chatbox.wire.clock import Moment
 
@@ -438,3 +439,87 @@ async def test_a_kill_at_any_step_of_deletions_sends_and_folds(tmp_path, monkeyp
     on_disk = b"".join(p.read_bytes() for p in folder.iterdir())
     for message_id in asked & set(acked):
         assert contents[message_id].encode() not in on_disk
+
+
+# -- disk failures --
+
+
+class Full(datafile.Journal):
+    """A journal whose appends fail as on a full disk while `full` is set."""
+
+    full = False
+
+    def append(self, data: bytes) -> None:
+        if Full.full:
+            raise OSError(28, os.strerror(28))
+        super().append(data)
+
+
+@ensureDeferred
+async def test_a_deletion_that_cannot_be_written_fails_and_puts_them_back(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(Full, "full", False)
+    store = DurableStore(str(tmp_path / "data.json"), reactor, open_journal=Full)
+    store.load()
+    store.start()
+    try:
+        ids = [await store.append("An", f"m{i}", T) for i in range(5)]
+        told = []
+        Full.full = True
+        deleting = store.delete([ids[1], ids[4]], told.append)
+        assert store.history.entry(ids[1]) is None  # out of `get` at once
+        with pytest.raises(StoreError):
+            await deleting
+        assert told == []  # nobody was told of a deletion that did not happen
+        assert [codec.decode(e)["id"] for e in store.history.entries] == ids
+        Full.full = False
+        assert await store.append("An", "next", T) == ids[-1] + 1
+    finally:
+        await store.close()
+    again = DurableStore(str(tmp_path / "data.json"), reactor)
+    again.load()
+    assert len(again.history) == 6
+    again._lock.release()
+
+
+@ensureDeferred
+async def test_a_purge_that_fails_is_retried_and_fires_once_done(tmp_path, monkeypatch):
+    from chatbox.local import store as store_module
+
+    monkeypatch.setattr(store_module, "FOLD_RETRY_SECONDS", 0.2)
+    path = tmp_path / "data.json"
+    store = DurableStore(str(path), reactor)
+    store.load()
+    store.start()
+    real_write_array = datafile.write_array
+    failures = []
+
+    def disk_full(*args, **kwargs):
+        failures.append(args[0])
+        raise OSError(28, os.strerror(28))
+
+    try:
+        ids = [await store.append("An", f"secret-{i}", T) for i in range(5)]
+        monkeypatch.setattr(datafile, "write_array", disk_full)
+        told = []
+        purged = store.delete([ids[2]], told.append)
+        await until(lambda: len(failures) >= 2)  # tried, and tried again
+        assert told == [[ids[2]]]  # durable: told at once
+        assert not purged.called  # but its content is still on disk
+        assert store.healthy  # sending still works meanwhile
+        assert await store.append("An", "meanwhile", T) == ids[-1] + 1
+        monkeypatch.setattr(datafile, "write_array", real_write_array)
+        assert await purged == [ids[2]]
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+        assert b"secret-2" not in on_disk and b"secret-3" in on_disk
+    finally:
+        await store.close()
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    waited = 0.0
+    while not condition():
+        assert waited < timeout, "timed out"
+        await deferLater(reactor, 0.02, lambda: None)
+        waited += 0.02
