@@ -573,11 +573,14 @@ def write_array(
     count: int,
     *,
     fsync: Callable[[int], None] = os.fsync,
+    before_replace: Callable[[], None] | None = None,
 ) -> None:
     """Atomically replace `path` with the first `count` entries as a JSON array.
 
     The temporary file lives in the same folder so that os.replace is a
     rename; it is fsync'd before the rename and the folder after it.
+    `before_replace` runs once the temporary file is durable, just before
+    the rename; if it raises, nothing is replaced.
     """
     temporary = path + ".tmp"
     try:
@@ -598,6 +601,8 @@ def write_array(
                 f.write(b"\n]\n" if count else b"]\n")
                 f.flush()
                 fsync(f.fileno())
+            if before_replace is not None:
+                before_replace()
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -659,12 +664,17 @@ def fold(
     count: int,
     *,
     fsync: Callable[[int], None] = os.fsync,
+    retire: Callable[[], None] | None = None,
 ) -> None:
     """Make data.json hold the first `count` entries (the history as it was
     when the journal was retired), then drop the retired journal. Each step
     is durable before the next, so a crash anywhere leaves every message in
-    data.json or in a journal, and every deletion in a journal or done."""
-    write_array(path, entries, count, fsync=fsync)
+    data.json or in a journal, and every deletion in a journal or done.
+
+    `retire`, at start-up and shutdown, retires the journal once the new
+    data.json is written but not yet in place: a full disk then fails the
+    fold before any file has changed."""
+    write_array(path, entries, count, fsync=fsync, before_replace=retire)
     remove_durably(journal_paths(path)[1], fsync=fsync)
 
 

@@ -229,8 +229,12 @@ class DurableStore:
         the final fold at shutdown)."""
         entries, count = self.history.entries, len(self.history)
         first = self._mark()
-        journal.retire(self._old_path, first)
-        datafile.fold(self.path, entries, count)
+        datafile.fold(
+            self.path,
+            entries,
+            count,
+            retire=lambda: journal.retire(self._old_path, first),
+        )
         self._journal_base = len(first)
 
     def _mark(self) -> bytes:

@@ -274,6 +274,16 @@ def test_removal_keeps_pages_by_id_count_and_bytes_right():
     assert history.entry(5) is None and history.entry(7) is not None
     history.restore(removed)
     assert [codec.decode(e)["id"] for e in history.page(100)] == list(range(1, 21))
+
+
+def test_a_page_bounded_by_bytes_does_not_count_a_removed_entry():
+    history = History()
+    for i in range(1, 11):
+        history.append(i, b'{"id":%d,"c":"%s"}' % (i, b"x" * (1000 if i == 8 else 5)))
+    history.remove([8])
+    bound = sum(len(history.entry(i)) for i in (7, 9, 10))
+    ids = [codec.decode(e)["id"] for e in history.page(10, max_bytes=bound)]
+    assert ids == [7, 9, 10]
     history.append(21, b"{}")
     assert history.last_id == 21
 
@@ -399,7 +409,11 @@ async def test_a_kill_at_any_step_of_deletions_sends_and_folds(tmp_path, monkeyp
             # Odd rounds: the newest deleted with nothing sent after it, so
             # its purge leaves a mark.
             sends = [send(base + 25 + i) for i in range(5 * (round_ % 2 == 0))]
+            # In one go: the first goes down alone, the second waits behind
+            # it; a journal retired between them would lack the second.
             deletes = [delete([newest]), delete([newest - 7, newest - 8])]
+            if round_ % 4 == 1:
+                deletes.reverse()
             results = await DeferredList(
                 [*map(defer.ensureDeferred, [*sends, *deletes])],
                 consumeErrors=True,
