@@ -24,7 +24,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import globalLogPublisher
 
 from chatbox.local.room import LocalRoom
-from tests.client import connect
+from tests.client import connect, until
 from tests.process import START_TIMEOUT, ServerProcess, child_env
 from tests.redis_server import RedisServer
 from tests.server import start_server
@@ -525,3 +525,30 @@ async def test_chatbox_redis_moves_a_history_with_deletions_both_ways(tmp_path):
         assert (await bo.say("after the move back"))["id"] == 13
     finally:
         await again.stop()
+
+
+@ensureDeferred
+async def test_a_room_with_every_message_deleted_keeps_its_ids_when_unloaded(
+    tmp_path,
+):
+    data = tmp_path / "data.json"
+    server = await start_server(data, "--rooms=class-7b", "--room-idle=0.05")
+    try:
+        rooms = server.factory.rooms
+        client = await connect(server.url + "/class-7b")
+        await client.register("Bo")
+        sent = [(await client.say(f"gone {i}"))["id"] for i in range(3)]
+        room = await rooms.enter("class-7b")
+        try:
+            assert await room.delete(sent, server.factory.timestamps.now()) == sent
+        finally:
+            rooms.leave("class-7b")
+        client.abort()
+        await until(lambda: rooms.loaded_count() == 1)  # only the default room
+        files = sorted(p.name for p in (tmp_path / "data.rooms").iterdir())
+        assert "class-7b.json.journal" in files  # its mark: ids went to 3
+        client = await connect(server.url + "/class-7b")
+        await client.register("Bo")
+        assert (await client.say("back"))["id"] == sent[-1] + 1
+    finally:
+        await server.stop()

@@ -243,6 +243,11 @@ class DurableStore:
         kept, last = self.history.last_id, self._next_id - 1
         return datafile.mark_record(kept, last) if kept < last else b""
 
+    @property
+    def ids_used(self) -> int:
+        """How many ids were ever handed out, deleted messages' included."""
+        return self._next_id - 1
+
     def claim(self) -> None:
         """Write our pid into the lock (chatbox.local.datafile.HistoryLock);
         a room loaded at run time does it on its loading thread."""
