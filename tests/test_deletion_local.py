@@ -97,13 +97,17 @@ def tokens_in(folder: Path) -> dict[str, set[bytes]]:
 
 
 def assert_gone_and_kept(folder: Path, deleted: set[int], kept: set[int]) -> None:
-    found = tokens_in(folder)
-    gone = {token(i).encode() for i in deleted}
-    for name, tokens in found.items():
-        assert not tokens & gone, f"{name} still holds {len(tokens & gone)} deleted"
-    history = found["data.json"]
+    assert_gone(folder, deleted)
+    history = tokens_in(folder)["data.json"]
     missing = [i for i in kept if token(i).encode() not in history]
     assert not missing, f"{len(missing)} kept messages missing, e.g. {missing[:5]}"
+
+
+def assert_gone(folder: Path, deleted) -> None:
+    """No file holds these messages (checked before the reactor runs on)."""
+    gone = {token(i).encode() for i in deleted}
+    for name, tokens in tokens_in(folder).items():
+        assert not tokens & gone, f"{name} still holds {len(tokens & gone)} deleted"
 
 
 def stored_ids(path: Path) -> list[int]:
@@ -140,6 +144,7 @@ async def test_deleting_from_100000_messages_leaves_no_trace_and_no_reused_id(
         # 50,003 is user10's: not one of Mallory's, deleted below.
         assert await room.delete([50_003, 50_003, 10**9], when) == [50_003]
         middle = time.perf_counter() - started
+        assert_gone(tmp_path, [50_003])  # from the moment it fires
         event = await deletion_event(watcher)
         assert event["ids"] == [50_003] and event["time"] == when.millis
         page = (await watcher.get(after=50_000, before=50_006))["data"]["message"]
@@ -148,6 +153,7 @@ async def test_deleting_from_100000_messages_leaves_no_trace_and_no_reused_id(
         assert [m["id"] for m in page] == [50_001, 50_002, 50_004]
 
         assert await room.delete([COUNT], when) == [COUNT]
+        assert_gone(tmp_path, [COUNT])
         assert (await deletion_event(watcher))["ids"] == [COUNT]
         newest = (await watcher.get(limit=1))["data"]["message"]
         assert [m["id"] for m in newest] == [COUNT - 1]
@@ -155,6 +161,7 @@ async def test_deleting_from_100000_messages_leaves_no_trace_and_no_reused_id(
         started = time.perf_counter()
         by_name = await room.delete_by("Mallory", since, until, when)
         scan = time.perf_counter() - started
+        assert_gone(tmp_path, by_name)
         assert by_name == chosen  # every spelling, only within the window
         assert (await deletion_event(watcher))["ids"] == chosen
         # Deleted twice: nothing more to remove, nobody told again.
