@@ -452,6 +452,7 @@ class DurableStore:
         if self._journal is None or self._folding is not None:
             return False
         if self._reactor.seconds() < self._retry_at:
+            self._retry_later()
             return False
         if self._retired is not None:
             if not (self._journal_base or self._deleted_since_retire):
@@ -484,9 +485,15 @@ class DurableStore:
         purge, even if nothing is written meanwhile."""
         self._retry_at = self._reactor.seconds() + FOLD_RETRY_SECONDS
         self._log_failure(failure, message, path=self.path)
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        """A purge waits for the retry: make sure one comes, written to or
+        not."""
         if (self._purge_next or self._purge_now) and self._retry_call is None:
+            wait = max(0.0, self._retry_at - self._reactor.seconds())
             self._retry_call = self._reactor.callLater(  # type: ignore[attr-defined]
-                FOLD_RETRY_SECONDS, self._kick
+                wait, self._kick
             )
 
     def _retire_journal(self) -> None:

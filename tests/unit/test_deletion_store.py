@@ -537,3 +537,36 @@ async def until(condition, timeout: float = 10.0) -> None:
         assert waited < timeout, "timed out"
         await deferLater(reactor, 0.02, lambda: None)
         waited += 0.02
+
+
+@ensureDeferred
+async def test_a_deletion_during_a_failed_folds_back_off_is_still_purged(
+    tmp_path, monkeypatch
+):
+    """A fold failed (no deletion waiting then), so folds back off; a
+    deletion that comes meanwhile, with nothing written after it, is purged
+    once the back-off is over."""
+    from chatbox.local import store as store_module
+
+    monkeypatch.setattr(store_module, "FOLD_RETRY_SECONDS", 0.3)
+    store = DurableStore(str(tmp_path / "data.json"), reactor, fold_threshold=500)
+    store.load()
+    store.start()
+    real_write_array = datafile.write_array
+    failures = []
+
+    def disk_full(*args, **kwargs):
+        failures.append(args[0])
+        raise OSError(28, os.strerror(28))
+
+    try:
+        monkeypatch.setattr(datafile, "write_array", disk_full)
+        ids = [await store.append("An", f"secret-{i}", T) for i in range(20)]
+        await until(lambda: failures)  # the journal was retired, its fold failed
+        monkeypatch.setattr(datafile, "write_array", real_write_array)
+        purged = store.delete([ids[4]], lambda ids: None)
+        assert await purged.addTimeout(5, reactor) == [ids[4]]
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+        assert b"secret-4" not in on_disk and b"secret-5" in on_disk
+    finally:
+        await store.close()
