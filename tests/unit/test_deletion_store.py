@@ -570,3 +570,73 @@ async def test_a_deletion_during_a_failed_folds_back_off_is_still_purged(
         assert b"secret-4" not in on_disk and b"secret-5" in on_disk
     finally:
         await store.close()
+
+
+@ensureDeferred
+async def test_a_purge_retried_after_a_failure_folds_what_its_mark_follows(
+    tmp_path, monkeypatch
+):
+    """The journal a purge started holds a mark; its fold fails, messages
+    come, the retry succeeds: data.json must be the history the mark
+    follows, not the newer one, or the next start-up reads damage."""
+    from chatbox.local import store as store_module
+
+    monkeypatch.setattr(store_module, "FOLD_RETRY_SECONDS", 0.2)
+    folder = tmp_path / "live"
+    folder.mkdir()
+    store = DurableStore(str(folder / "data.json"), reactor)
+    store.load()
+    store.start()
+    real_write_array = datafile.write_array
+    failures = []
+
+    def disk_full(*args, **kwargs):
+        failures.append(args[0])
+        raise OSError(28, os.strerror(28))
+
+    try:
+        ids = [await store.append("An", f"m{i}", T) for i in range(5)]
+        monkeypatch.setattr(datafile, "write_array", disk_full)
+        purged = store.delete([ids[-1]], lambda ids: None)  # a mark is due
+        await until(lambda: failures)
+        later = await store.append("An", "after the failure", T)
+        monkeypatch.setattr(datafile, "write_array", real_write_array)
+        await purged
+        copy = tmp_path / "copy"
+        shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("*.lock"))
+    finally:
+        await store.close()
+    loaded = datafile.load(str(copy / "data.json"))  # as a kill -9 left it
+    assert loaded.ids == [*ids[:-1], later] and loaded.high == later
+
+
+def test_a_kill_at_any_step_of_a_start_up_that_finishes_a_fold(tmp_path, monkeypatch):
+    """Start-up on what a crash in the middle of a purge left (the old
+    journal beside a marked one), copied at every step and each copy
+    started again."""
+    folder = tmp_path / "live"
+    folder.mkdir()
+    path = folder / "data.json"
+    history_file(path, 1, 2, 3)
+    journal(path, line(4), line(5), line(6), deletion([6, 2], 6), old=True)
+    journal(path, mark(5, 6), line(7), deletion([4], 7))
+    steps = Steps(folder, monkeypatch)
+    store = DurableStore(
+        str(path),
+        reactor,
+        open_journal=lambda p: datafile.Journal(p, fsync=steps.fsync),
+    )
+    store.load()
+    store._lock.release()
+    store._journal.close()
+    monkeypatch.undo()
+    assert len(steps.copies) > 8
+    for files, _ in steps.copies:
+        where = tmp_path / "copy"
+        if where.exists():
+            shutil.rmtree(where)
+        where.mkdir()
+        for name, data in files.items():
+            (where / name).write_bytes(data)
+        loaded = datafile.load(str(where / "data.json"))
+        assert loaded.ids == [1, 3, 5, 7] and loaded.high == 7
