@@ -509,7 +509,7 @@ async def test_chatbox_redis_moves_a_history_with_deletions_both_ways(tmp_path):
     await redis.start()
     try:
         out, err, code = await getProcessOutputAndValue(
-            CHATBOX_REDIS, ["import", "--redis", redis.url, str(data)]
+            CHATBOX_REDIS, ["import", "--redis", redis.url, str(data)], child_env()
         )
         assert code == 0, err
         assert b"imported 8 messages" in out
@@ -520,7 +520,7 @@ async def test_chatbox_redis_moves_a_history_with_deletions_both_ways(tmp_path):
         exported = tmp_path / "out" / "data.json"
         exported.parent.mkdir()
         out, err, code = await getProcessOutputAndValue(
-            CHATBOX_REDIS, ["export", "--redis", redis.url, str(exported)]
+            CHATBOX_REDIS, ["export", "--redis", redis.url, str(exported)], child_env()
         )
         assert code == 0, err
         assert stored_ids(exported) == [1, 2, 3, 5, 6, 7, 8, 9]
