@@ -85,9 +85,8 @@ class _Deletion:
 
 # A queued message: name, content, when, announcement, its Deferred.
 _Message = tuple[str, str, Moment, bool, "Deferred[int]"]
-# A batch's item: the message's id and entry (0, b"" for a deletion), and
-# the message's Deferred or the deletion.
-_Item = tuple[int, bytes, "Deferred[int] | _Deletion"]
+# A batch's message: its id, its entry, its Deferred.
+_Item = tuple[int, bytes, "Deferred[int]"]
 
 
 def _matching(
@@ -325,8 +324,8 @@ class DurableStore:
             return
         self._writing = True
         first_id = self._next_id
-        batch, data = self._take_batch()
-        self.metrics.batch_size.observe(len(batch))
+        batch, deletions, data = self._take_batch()
+        self.metrics.batch_size.observe(len(batch) + len(deletions))
         journal = self._journal
 
         def timed_append() -> float:
@@ -335,27 +334,30 @@ class DurableStore:
             return time.perf_counter() - started
 
         written = self._in_thread(timed_append)
-        written.addBoth(self._batch_done, batch, first_id)
+        written.addBoth(self._batch_done, batch, deletions, first_id)
 
-    def _take_batch(self) -> tuple[list[_Item], bytes]:
+    def _take_batch(self) -> tuple[list[_Item], list[_Deletion], bytes]:
         """The next write: queued messages (given ids and encoded) and
         deletions, up to MAX_BATCH_BYTES (a single larger record goes
         alone)."""
         batch: list[_Item] = []
+        deletions: list[_Deletion] = []
         records: list[bytes] = []
         size = 0
-        while self._queue:
-            item = self._queue[0]
-            if isinstance(item, _Deletion):
+        queue = self._queue
+        while queue:
+            item = queue[0]
+            if item.__class__ is _Deletion:
+                assert isinstance(item, _Deletion)
                 record = datafile.deletion_record(item.ids, self._next_id - 1)
                 if records and size + len(record) > datafile.MAX_BATCH_BYTES:
                     break
-                self._queue.popleft()
-                batch.append((0, b"", item))
+                queue.popleft()
+                deletions.append(item)
                 records.append(record)
                 size += len(record)
                 continue
-            name, content, when, announcement, done = item
+            name, content, when, announcement, done = item  # type: ignore[misc]
             entry = codec.encode_compact(
                 messages.history_entry(
                     self._next_id, name, content, when.text, when.millis, announcement
@@ -364,20 +366,25 @@ class DurableStore:
             record = datafile.record(entry)
             if records and size + len(record) > datafile.MAX_BATCH_BYTES:
                 break  # Encoded again, with the same id, for the next write.
-            self._queue.popleft()
+            queue.popleft()
             batch.append((self._next_id, entry, done))
             records.append(record)
             size += len(record)
             self._next_id += 1
-        return batch, b"".join(records)
+        return batch, deletions, b"".join(records)
 
-    def _batch_done(self, result: object, batch: list[_Item], first_id: int) -> None:
+    def _batch_done(
+        self,
+        result: object,
+        batch: list[_Item],
+        deletions: list[_Deletion],
+        first_id: int,
+    ) -> None:
         """Settle the store's own state first and acknowledge last: an ack's
         callback may do anything, even close the store, and must find it
         consistent."""
         self._writing = False
         swapping = False
-        deletions = [item for _, _, item in batch if isinstance(item, _Deletion)]
         if isinstance(result, Failure):
             # Nothing was kept, so the ids go back: the journal stays gapless.
             self._next_id = first_id
@@ -387,7 +394,7 @@ class DurableStore:
                 self._log_failure(
                     result,
                     "could not write {count} record(s) to {path}",
-                    count=len(batch),
+                    count=len(batch) + len(deletions),
                     path=self._journal_path,
                 )
             self.healthy = False
@@ -403,25 +410,23 @@ class DurableStore:
             self._failed_writes = 0
             self.metrics.fsync_seconds.observe(result)
             for message_id, entry, _ in batch:
-                if message_id:
-                    self.history.append(message_id, entry)
-            self._unwritten_deletions -= len(deletions)
-            self._purge_next += deletions
-            self._deleted_since_retire |= bool(deletions)
+                self.history.append(message_id, entry)
+            if deletions:
+                self._unwritten_deletions -= len(deletions)
+                self._purge_next += deletions
+                self._deleted_since_retire = True
             swapping = self._maybe_fold()
         if isinstance(result, Failure):
             error = StoreError(_short(result))
-            for _, _, item in batch:
-                if isinstance(item, _Deletion):
-                    self._refuse(item, error)
-                else:
-                    item.errback(error)
+            for deletion in deletions:
+                self._refuse(deletion, error)
+            for _, _, done in batch:
+                done.errback(error)
         else:
-            for message_id, _, item in batch:
-                if isinstance(item, _Deletion):
-                    self._tell(item)
-                else:
-                    item.callback(message_id)
+            for deletion in deletions:
+                self._tell(deletion)
+            for message_id, _, done in batch:
+                done.callback(message_id)
         if not swapping:  # A swap resumes writing when it is done.
             self._write_next()
 
