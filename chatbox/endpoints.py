@@ -29,12 +29,12 @@ def endpoint_description(port: str) -> str:
     return f"tcp:{port}" if port.isdigit() else port
 
 
-def _check_port_number(description: str) -> None:
+def _check_port_number(description: str, option: str = "--port") -> None:
     """Twisted takes tcp:70000 and fails only when listening, with a trace."""
     kind, _, rest = description.partition(":")
     number = rest.split(":", 1)[0]
     if kind in ("tcp", "ssl", "tls") and number.isdigit() and int(number) > 65535:
-        raise EndpointError(f"--port {number} is not a port number (0..65535)")
+        raise EndpointError(f"{option} {number} is not a port number (0..65535)")
 
 
 def _read(path: str, what: str) -> bytes:
@@ -84,25 +84,29 @@ def _tcp_arguments(description: str) -> tuple[int, str]:
 
 
 def server_endpoint(
-    reactor: object, port: str, tls: tuple[str, str] | None = None
+    reactor: object,
+    port: str,
+    tls: tuple[str, str] | None = None,
+    option: str = "--port",
 ) -> tuple[IStreamServerEndpoint, str]:
     """The endpoint to listen on and its URL scheme, `ws` or `wss`.
 
     `tls` is the (certificate, key) pair; tap's options refuse one without
-    the other, so a half pair cannot reach here.
+    the other, so a half pair cannot reach here. `option` is what errors
+    call the value (`--admin-port` for the admin listener).
     """
     if tls is not None:
-        _check_port_number(endpoint_description(port))
+        _check_port_number(endpoint_description(port), option)
         number, interface = _tcp_arguments(port)
         options = tls_options(*tls)
         return endpoints.SSL4ServerEndpoint(
             reactor, number, options, interface=interface
         ), "wss"
     description = endpoint_description(port)
-    _check_port_number(description)
+    _check_port_number(description, option)
     try:
         endpoint = endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError, OSError) as e:
-        raise EndpointError(f"--port {port!r} is not an endpoint: {e}") from e
+        raise EndpointError(f"{option} {port!r} is not an endpoint: {e}") from e
     scheme = "wss" if description.split(":", 1)[0] in ("ssl", "tls") else "ws"
     return endpoint, scheme

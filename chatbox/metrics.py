@@ -12,7 +12,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-__all__ = ["Metrics"]
+__all__ = ["ADMIN_OUTCOMES", "Metrics"]
+
+ADMIN_OUTCOMES = ("ok", "unauthorized", "bad_request", "not_found", "conflict", "error")
 
 
 class Metrics:
@@ -37,6 +39,17 @@ class Metrics:
             ["type", "outcome"],
             registry=self.registry,
         )
+        # The admin API's requests by outcome; the actions themselves are
+        # counted by chatbox.admin.moderator.
+        self.admin_requests = Counter(
+            "chatbox_admin_requests",
+            "Admin API requests by outcome: ok, unauthorized, bad_request, "
+            "not_found, conflict, error.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ADMIN_OUTCOMES:
+            self.admin_requests.labels(outcome=outcome)
         self._bytes_out: Callable[[], float] = lambda: 0
         self.registry.register(_BytesOut(self))
         self.batch_size = Histogram(
@@ -63,6 +76,19 @@ class Metrics:
         )
         self._rooms: Any = None
         self.registry.register(_RoomChanges(self))
+        self.moderation_actions = Counter(
+            "chatbox_moderation_actions",
+            "Operators' actions carried out (kick, ban, mute, delete, ...).",
+            ["action"],
+            registry=self.registry,
+        )
+        self.moderation_refusals = Counter(
+            "chatbox_moderation_refusals",
+            "Requests refused by an operator's rule: handshakes from banned "
+            "addresses, nicknames banned or reserved, sends muted or slowed.",
+            ["rule"],
+            registry=self.registry,
+        )
         self.slow_consumers = Counter(
             "chatbox_slow_consumer_disconnects",
             "Clients cut off because they stopped reading.",

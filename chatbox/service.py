@@ -9,6 +9,8 @@ its lease). `stopService` returns that
 Deferred, so twistd exits only when it has finished.
 """
 
+from typing import Any
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError, succeed
@@ -45,6 +47,10 @@ class ChatService(Service):
         self.ping_interval = ping_interval
         self.shutdown_timeout = shutdown_timeout
         self._pinger: LoopingCall | None = None
+        # The operator's rules' store (chatbox.chat.moderation), closed
+        # before the rooms: on a cluster it shares the default room's link.
+        self.moderation_store: Any = None
+        self.moderator: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -85,6 +91,8 @@ class ChatService(Service):
             )
             self.factory.abort_all()
         self.factory.log_budget.flush()
+        if self.moderation_store is not None:
+            await self.moderation_store.close()
         named = self.rooms.loaded_count() - 1
         complete = await self.rooms.close()
         if complete:
@@ -134,9 +142,11 @@ class ListenerService(StreamServerEndpointService):
         site: Site,
         scheme: str,
         reactor: IReactorCore,
+        label: str = "chatbox",
     ) -> None:
         super().__init__(endpoint, site)
         self.scheme = scheme
+        self.label = label  # whose "listening on" line it is
         self.reactor = reactor
         self.port: IListeningPort | None = None
         self._waiting: list[Deferred[IListeningPort]] = []
@@ -173,7 +183,7 @@ class ListenerService(StreamServerEndpointService):
             if hasattr(address, "port")
             else str(address)
         )
-        self.log.info("chatbox listening on {where}", where=where)
+        self.log.info("{label} listening on {where}", label=self.label, where=where)
         for waiter in waiting:
             waiter.callback(port)
         return port

@@ -12,12 +12,22 @@ from twisted.application.service import IServiceCollection, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from chatbox.admin.api import make_admin_site
+from chatbox.admin.moderator import Moderator
+from chatbox.admin.tokens import TokenFileError, TokenReloadService, Tokens
+from chatbox.chat.arns import is_valid_name
+from chatbox.chat.moderation import IModerationStore, Moderation, OrderError
 from chatbox.chat.room import IRoom
 from chatbox.chat.rooms import IRoomMaker, RoomPolicy, Rooms
 from chatbox.cluster.address import parse_redis_url
 from chatbox.endpoints import EndpointError, server_endpoint
 from chatbox.limits import Limits
 from chatbox.local import datafile
+from chatbox.local.moderation import (
+    LocalModeration,
+    ModerationFileError,
+    moderation_path,
+)
 from chatbox.local.room import LocalRoom
 from chatbox.local.rooms import LocalRooms
 from chatbox.local.store import DEFAULT_FOLD_THRESHOLD, DurableStore
@@ -337,6 +347,27 @@ class Options(usage.Options):
             _seconds,
         ],
         [
+            "announcer",
+            None,
+            "chatbox",
+            "The nickname operators' announcements are posted under; no user "
+            "can take it, nor anything that looks like it.",
+        ],
+        [
+            "admin-tokens",
+            None,
+            None,
+            "File of operator tokens (one 'NAME sha256:HEX' per line; "
+            "chatbox-admin new-token makes them). Turns the admin API on.",
+        ],
+        [
+            "admin-port",
+            None,
+            "tcp:9001:interface=127.0.0.1",
+            "Where the admin API listens (a Twisted endpoint string): loopback "
+            "only by default, never the chat port.",
+        ],
+        [
             "redis",
             None,
             None,
@@ -376,6 +407,8 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if not is_valid_name(self["announcer"]):
+            raise usage.UsageError("--announcer must be a valid nickname")
         if self["redis"] is not None:
             try:
                 self["redis"] = parse_redis_url(self["redis"])
@@ -434,6 +467,23 @@ def _make_rooms(config: dict[str, Any], reactor: Any, metrics: Metrics) -> Rooms
     return Rooms(default, maker, config["room-policy"], reactor, config["room-idle"])
 
 
+def _moderation_store(
+    config: dict[str, Any],
+    rooms: Rooms,
+    moderation: Moderation,
+    restore: Callable[[dict[str, Any]], None],
+    reactor: Any,
+) -> IModerationStore:
+    """Where the operator's rules are kept: beside data.json, or in Redis
+    for every node of a cluster (which stores snapshots for nodes that
+    fall behind, and calls `restore` on one that did)."""
+    if config["redis"] is not None:
+        from chatbox.cluster.moderation import RedisModeration
+
+        return RedisModeration(rooms.default, reactor, moderation.snapshot, restore)
+    return LocalModeration(moderation_path(config["data"]), moderation.snapshot)
+
+
 def _log_rooms(policy: RoomPolicy) -> None:
     """Say which rooms there are, so a mistaken --rooms shows in the log."""
     if policy.open:
@@ -450,6 +500,35 @@ def _log_rooms(policy: RoomPolicy) -> None:
             names=", ".join(shown[:10]) + (", ..." if len(shown) > 10 else ""),
             listed=len(policy.listed),
         )
+
+
+def _add_admin(
+    top: MultiService,
+    config: dict[str, Any],
+    moderator: Any,
+    reactor: Any,
+    metrics: Metrics,
+) -> None:
+    """The admin API on its own listener, with --admin-tokens only."""
+    if not config["admin-tokens"]:
+        log.info("admin API off (no --admin-tokens)")
+        return
+    try:
+        tokens = Tokens.load(config["admin-tokens"])
+        endpoint, scheme = server_endpoint(
+            reactor, str(config["admin-port"]), option="--admin-port"
+        )
+    except (TokenFileError, EndpointError) as e:
+        raise SystemExit(f"chatbox: cannot start: {e}") from None
+    site = make_admin_site(moderator, tokens, reactor, metrics)
+    admin = ListenerService(
+        endpoint, site, "https" if scheme == "wss" else "http", reactor, "admin API"
+    )
+    admin.setName("admin")
+    admin.setServiceParent(top)
+    reload = TokenReloadService(tokens, reactor)
+    reload.setName("admin-tokens")
+    reload.setServiceParent(top)
 
 
 def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:
@@ -523,8 +602,27 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         history_cap=config["history-cap"],
         limits=limits,
         metrics=metrics,
+        moderation=Moderation(config["announcer"]),
     )
     factory.noisy = False
+    try:
+        store = _moderation_store(
+            config,
+            rooms,
+            factory.moderation,
+            lambda snapshot: moderator.restore(snapshot),
+            reactor,
+        )
+        moderator = Moderator(
+            factory.moderation, store, factory, rooms, reactor.seconds, metrics
+        )
+    except ModerationFileError as e:
+        raise SystemExit(f"chatbox: cannot start: moderation rules: {e}") from None
+    except OrderError as e:
+        where = "in Redis" if config["redis"] else moderation_path(config["data"])
+        raise SystemExit(
+            f"chatbox: cannot start: moderation rules {where}: {e}"
+        ) from None
     metrics.observe_rooms(rooms, per_room=bool(config["room-metrics"]))
     _log_rooms(config["room-policy"])
     factory.setProtocolOptions(
@@ -549,4 +647,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     listener = ListenerService(endpoint, make_site(factory), scheme, reactor)
     listener.setName("listener")
     listener.setServiceParent(top)
+    chat.moderator = moderator
+    _add_admin(top, config, moderator, reactor, metrics)
+    chat.moderation_store = store
     return top

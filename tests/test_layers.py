@@ -46,6 +46,9 @@ FORBIDDEN = {
         "chatbox.service",
     ),
     "web": ("chatbox.local", "chatbox.cluster", "chatbox.tap", "chatbox.service"),
+    # The operator's side acts through the rooms and the factory, never a
+    # backend's own parts: one process and a cluster behave alike.
+    "admin": ("chatbox.local", "chatbox.cluster", "chatbox.tap", "chatbox.service"),
 }
 
 

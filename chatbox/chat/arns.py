@@ -29,6 +29,7 @@ __all__ = [
     "UNICODE_VERSION",
     "NameTaken",
     "Registry",
+    "fold_key",
     "is_valid_name",
     "name_keys",
 ]
@@ -105,6 +106,13 @@ def name_keys(name: str) -> tuple[str, ...]:
     folded = _SPOOF.getSkeleton(0, _NFKC_CASEFOLD.normalize(visible))
     cased = _SPOOF.getSkeleton(0, _NFKC.normalize(visible))
     return (folded,) if folded == cased else (folded, cased)
+
+
+def fold_key(text: str) -> str:
+    """The case-folded skeleton of any piece of text, as the first of
+    `name_keys`: what an operator's reserved-name pattern is compared by,
+    fragment by fragment."""
+    return _SPOOF.getSkeleton(0, _NFKC_CASEFOLD.normalize(text.translate(_CLEAN)))
 
 
 class Registry:

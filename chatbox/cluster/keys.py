@@ -40,6 +40,12 @@ The cluster's, the same in every room's Keys:
 - bell     prefix: `<bell>:<node id>` is a STREAM with an entry naming a
                  named room's stream for each event in a room the node
                  follows (its reader blocks on it, chatbox.cluster.reader)
+- moderation STRING  the moderation snapshot, as JSON: `{"through": the id
+                 of the last order it includes, "seen": how many orders the
+                 stream had then, "state": Moderation.snapshot()}`
+                 (chatbox.cluster.moderation)
+- orders   STREAM  every moderation order, in the one order every node
+                 applies them (capped at ORDERS_LENGTH, approximately)
 
 The default room (`/`, name "") keeps exactly the keys a cluster had before
 rooms: `<prefix><field>`, with its holder sets at `<prefix>nodes:<node id>`,
@@ -52,7 +58,14 @@ as the node.
 
 from typing import NamedTuple
 
-__all__ = ["BELL_LENGTH", "DEFAULT_PREFIX", "ROOM_FIELDS", "STREAM_LENGTH", "Keys"]
+__all__ = [
+    "BELL_LENGTH",
+    "DEFAULT_PREFIX",
+    "ORDERS_LENGTH",
+    "ROOM_FIELDS",
+    "STREAM_LENGTH",
+    "Keys",
+]
 
 DEFAULT_PREFIX = "chatbox:"
 # Events kept in the stream (approximately; Redis trims whole blocks). A node
@@ -61,6 +74,9 @@ STREAM_LENGTH = 100_000
 # Entries kept in a node's bell (approximately): a reader reads them as they
 # come, and reads every room again after any reconnect.
 BELL_LENGTH = 10_000
+# Moderation orders kept (approximately): a node that fell further behind
+# reloads the snapshot instead.
+ORDERS_LENGTH = 10_000
 
 # A room's own keys, each `<room prefix><field>` (holders: `<prefix>nodes`).
 ROOM_FIELDS = (
@@ -103,6 +119,8 @@ class Keys(NamedTuple):
     following: str
     named: str
     bell: str
+    moderation: str
+    orders: str
 
     @classmethod
     def under(cls, prefix: str = DEFAULT_PREFIX) -> "Keys":
@@ -122,6 +140,8 @@ class Keys(NamedTuple):
             following=f"{prefix}following",
             named=f"{prefix}room:",
             bell=f"{prefix}bell",
+            moderation=f"{prefix}moderation",
+            orders=f"{prefix}moderation:orders",
         )
         return cls(**fields)
 

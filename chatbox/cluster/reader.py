@@ -81,6 +81,31 @@ def _after(entry_id: bytes, read_from: bytes | None) -> bool:
     return read_from is None or _stream_id(entry_id) > _stream_id(read_from)
 
 
+def _trimmed_past(
+    followed: "_Stream",
+    newest: bytes,
+    added: int,
+    kept: int,
+    oldest: bytes,
+    deleted: bytes,
+) -> bool:
+    """Whether entries of a stream that `followed` had not read were trimmed.
+
+    Trimming takes the oldest entries: while one at or before where the
+    reader is still stands, nothing after it was trimmed. Otherwise count:
+    the entries added since must all be kept. An operator's deletion
+    (XDEL, chatbox.cluster.scripts.DELETE) removes entries without trimming,
+    so the count no longer tells when one came after the reader's place:
+    then the reader assumes the worst (its clients register again).
+    """
+    read_from = followed.read_from or b"0-0"
+    if kept and _stream_id(oldest) <= _stream_id(read_from):
+        return False
+    if _stream_id(deleted) > _stream_id(read_from):
+        return added > followed.entries_read
+    return added - followed.entries_read > kept
+
+
 def _ignore(entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
     return True
 
@@ -301,7 +326,7 @@ class EventReader:
     async def _place(self, streams: list[_Stream]) -> None:
         """Start reading these streams from their end."""
         states = await self._stream_state(streams)
-        for followed, (newest, added, _) in zip(streams, states, strict=True):
+        for followed, (newest, added, *_) in zip(streams, states, strict=True):
             if self._streams.get(followed.key) is followed:
                 followed.read_from, followed.entries_read = newest, added
                 followed.positioned()
@@ -319,8 +344,8 @@ class EventReader:
         states = await self._stream_state(streams) if streams else []
         self._came_back = False
         self._to_read.update(s.key for s in streams if s.on_news)
-        for followed, (_, added, kept) in zip(streams, states, strict=True):
-            if added - followed.entries_read > kept:
+        for followed, state in zip(streams, states, strict=True):
+            if _trimmed_past(followed, *state):
                 followed.missed()
 
     def _dispatch(self) -> None:

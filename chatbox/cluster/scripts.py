@@ -33,8 +33,12 @@ from chatbox.cluster.keys import BELL_LENGTH
 
 __all__ = [
     "CLAIM",
+    "DELETE",
     "FOLLOW",
     "HEARTBEAT",
+    "MODERATION_LOAD",
+    "MODERATION_POLL",
+    "MODERATION_SUBMIT",
     "ONLINE_COUNT",
     "PAGE",
     "POST",
@@ -52,9 +56,11 @@ _PREAMBLE = (
     f"local BELL_LENGTH = {BELL_LENGTH}\n"
     + """
 local owner, held, display, online, joinseq, nodes, msgid, history, events,
-      sends, sendexp, holders, followers, rooms, following, named, bell =
+      sends, sendexp, holders, followers, rooms, following, named, bell,
+      moderation, orders =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
-  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
+  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17],
+  KEYS[18], KEYS[19]
 
 -- Switch the room-level locals (and so every function below) to room
 -- `name`'s keys, built as chatbox.cluster.keys.Keys.for_room builds them; false
@@ -316,18 +322,23 @@ return 1
 ).encode()
 
 # ARGV: node, holder, name, content, timestamp, ms, entry head, entry tail,
-# maxlen, send_id ("" for none), window ms, most send_ids kept.
+# maxlen, send_id ("" for none), window ms, most send_ids kept, "1" for an
+# operator's announcement (absent from an older node).
 # The history entry is head .. id .. tail (chatbox.wire.messages makes its shape).
 # Returns the new id; {id, entry} of the original when `name` sent `send_id`
 # within the window (nothing is stored or told); or -1 if the holder no
 # longer holds `name`. Checking and storing in one script is what makes a
-# retry after a lost reply (RedisInDoubt) safe.
+# retry after a lost reply (RedisInDoubt) safe. An announcement has no
+# holder ("") and needs no name: its event carries `a` = 1, which an older
+# node ignores (it shows an ordinary message from the announcer).
 POST = (
     _PREAMBLE
     + """
 local node, holder, name, content, ts, ms, head, tail, maxlen, send_id, window,
-      most = unpack(ARGV)
-if redis.call('HGET', display, holder) ~= name or not leased(node) then
+      most, announce = unpack(ARGV)
+announce = announce == '1'
+if not announce and (redis.call('HGET', display, holder) ~= name
+                     or not leased(node)) then
   return -1
 end
 local sent = false
@@ -350,8 +361,13 @@ if send_id ~= '' then
 end
 local id = redis.call('INCR', msgid)
 redis.call('ZADD', history, id, head .. id .. tail)
-emit(maxlen, 'k', 'message', 'o', holder, 'n', name, 'c', content, 't', ts,
-     'ms', ms, 'id', id)
+if announce then
+  emit(maxlen, 'k', 'message', 'o', holder, 'n', name, 'c', content, 't', ts,
+       'ms', ms, 'id', id, 'a', '1')
+else
+  emit(maxlen, 'k', 'message', 'o', holder, 'n', name, 'c', content, 't', ts,
+       'ms', ms, 'id', id)
+end
 if sent then
   redis.call('HSET', sends, sent, id)
   redis.call('ZADD', sendexp, now + tonumber(window), sent)
@@ -529,24 +545,220 @@ return {redis.call('ZCARD', online), last_activity()}
 ).encode()
 
 # KEYS: event streams (any number). For each, the last generated id,
-# entries ever added, and entries kept ({"0-0", 0, 0} if it does not exist).
+# entries ever added, entries kept, the oldest entry's id and the newest id
+# removed by XDEL ({"0-0", 0, 0, "0-0", "0-0"} if it does not exist).
 # A reader that has handled every entry up to an id knows how many were
 # added by then; the entries added since must all still be kept, or some
-# were trimmed before it read them. (Redis 7.0's max-deleted-entry-id tells
-# of XDEL only, not of trimming.)
+# were trimmed before it read them; DELETE's XDEL removes some too, which
+# the reader tells apart with the other two (chatbox.cluster.reader).
+# (Redis 7.0's max-deleted-entry-id tells of XDEL only, not of trimming.)
 STREAM_STATE = b"""
 local states = {}
 for i, stream in ipairs(KEYS) do
   if redis.call('EXISTS', stream) == 0 then
-    states[i] = {'0-0', 0, 0}
+    states[i] = {'0-0', 0, 0, '0-0', '0-0'}
   else
     local info = redis.call('XINFO', 'STREAM', stream)
     local state = {}
     for j = 1, #info, 2 do
       state[info[j]] = info[j + 1]
     end
-    states[i] = {state['last-generated-id'], state['entries-added'], state['length']}
+    local first = state['first-entry']
+    states[i] = {state['last-generated-id'], state['entries-added'], state['length'],
+                 first and first[1] or '0-0', state['max-deleted-entry-id']}
   end
 end
 return states
 """
+
+# ARGV: timestamp, ms, maxlen, then the ids to remove, ascending. An
+# operator's removal, in one step: each id's history entry goes (so no
+# `get` returns it from here on), and so does the stream entry of its
+# `message` event, which holds its content too; one `delete` event tells
+# every node which went. Returns the ids removed (those that were there).
+#
+# Finding a message's stream entry without reading the stream: a room's
+# `message` entries are in the order of their ids (POST draws the id and
+# appends the event in one step), so `find` bisects the stream by its ids'
+# times, each probe reading forward from a time to the first `message`
+# entry (a few entries; a long run of joins and leaves is read once). Some
+# 40 probes find one message in a stream of any length, with no key or
+# write added to POST. A message from before the stream's oldest entry
+# (trimmed, or imported) has none to remove.
+#
+# The delete event carries `o` and `n` (empty) as every event has, since a
+# node of the release before deletions reads both before it looks at the
+# kind (it then skips the event); `count` and `last` are the history's size
+# and newest time after the removal, so every node reports them exactly.
+DELETE = (
+    _PREAMBLE
+    + """
+local ts, ms, maxlen = ARGV[1], ARGV[2], ARGV[3]
+
+local function ms_of(stream_id)
+  return tonumber(string.match(stream_id, '^(%d+)'))
+end
+
+local function bound(millis)
+  return string.format('%.0f', millis)
+end
+
+-- The first `message` entry from XRANGE bound `start` up to ms `high`:
+-- its stream id and message id, or nil. Every emit puts `k` first. Most
+-- entries are messages, so a few are read first, then more at a time.
+local function next_message(start, high)
+  local count = 4
+  while true do
+    local chunk = redis.call('XRANGE', events, start, high, 'COUNT', count)
+    for _, entry in ipairs(chunk) do
+      local f = entry[2]
+      if f[1] == 'k' and f[2] == 'message' then
+        for j = 3, #f - 1, 2 do
+          if f[j] == 'id' then
+            return entry[1], tonumber(f[j + 1])
+          end
+        end
+      end
+    end
+    if #chunk < count then
+      return nil
+    end
+    start = '(' .. chunk[#chunk][1]
+    count = 64
+  end
+end
+
+-- The stream id of message `target`'s entry, or nil; nothing before XRANGE
+-- bound `start` is it. The next message first (ids are deleted in order, a
+-- flood's often one after another), then bisecting by time: between `lo`
+-- and `hi` (ms) lies the entry if it is there, `start` within `lo`.
+local function find(target, start)
+  local found, id = next_message(start, '+')
+  if not found or id > target then
+    return nil
+  elseif id == target then
+    return found
+  end
+  start = '(' .. found
+  local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
+  local lo, hi = ms_of(found), ms_of(last[1][1])
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2) + 1
+    local found, id = next_message(bound(mid), bound(hi))
+    if found and id == target then
+      return found
+    elseif found and id < target then
+      start, lo = '(' .. found, ms_of(found)
+    else
+      hi = mid - 1
+    end
+  end
+  while true do
+    local found, id = next_message(start, bound(hi))
+    if not found or id > target then
+      return nil
+    end
+    if id == target then
+      return found
+    end
+    start = '(' .. found
+  end
+end
+
+local removed = {}
+local start = '-'
+for i = 4, #ARGV do
+  local id = tonumber(ARGV[i])
+  if redis.call('ZREMRANGEBYSCORE', history, id, id) > 0 then
+    removed[#removed + 1] = ARGV[i]
+    local found = find(id, start)
+    if found then
+      redis.call('XDEL', events, found)
+      start = '(' .. found
+    end
+  end
+end
+if #removed == 0 then
+  return {}
+end
+local ids = table.concat(removed, ',')
+local count = redis.call('ZCARD', history)
+local newest = last_activity()
+emit(maxlen, 'k', 'delete', 'o', '', 'n', '', 'ids', ids, 'count', count,
+     'last', newest, 't', ts, 'ms', ms)
+return removed
+"""
+).encode()
+
+# Moderation (chatbox.cluster.moderation). The snapshot (`moderation`) is
+# JSON `{"through": stream id, "seen": n, "state": ...}`: the state with
+# every order up to `through` applied, `seen` being the orders stream's
+# entries-added then. Nothing here reads it: the nodes do.
+
+# The snapshot, or false when there is none.
+MODERATION_LOAD = (
+    _PREAMBLE
+    + """
+return redis.call('GET', moderation) or false
+"""
+).encode()
+
+# ARGV: order (JSON), snapshot (JSON, the submitting node's state through
+# the id it has applied up to), that id, most orders kept. Appends the order
+# to the orders stream, and writes the snapshot in the same step if the node
+# had applied every order before this one (otherwise it would lose one that
+# the node had not read yet: the next submit from a node that has writes it).
+# Returns {the order's stream id, 1 if the snapshot was written else 0}.
+MODERATION_SUBMIT = (
+    _PREAMBLE
+    + """
+local order, snapshot, through, most = unpack(ARGV)
+local last = '0-0'
+if redis.call('EXISTS', orders) == 1 then
+  local info = redis.call('XINFO', 'STREAM', orders)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      last = info[i + 1]
+    end
+  end
+end
+local wrote = 0
+if last == through then
+  redis.call('SET', moderation, snapshot)
+  wrote = 1
+end
+local id = redis.call('XADD', orders, 'MAXLEN', '~', most, '*', 'o', order)
+return {id, wrote}
+"""
+).encode()
+
+# ARGV: the last order id this node applied, how many orders the stream had
+# then (entries-added), most to return. Returns {1, entries after it (at
+# most `most`)}, or {0, entries-added, length} when orders this node had
+# not applied are gone (trimmed past it, or Redis lost the stream): it
+# reloads the snapshot.
+MODERATION_POLL = (
+    _PREAMBLE
+    + """
+local after, seen, most = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+if redis.call('EXISTS', orders) == 0 then
+  if seen > 0 then
+    return {0, 0, 0}
+  end
+  return {1, {}}
+end
+local info = redis.call('XINFO', 'STREAM', orders)
+local added, length = 0, 0
+for i = 1, #info, 2 do
+  if info[i] == 'entries-added' then
+    added = info[i + 1]
+  elseif info[i] == 'length' then
+    length = info[i + 1]
+  end
+end
+if added < seen or added - length > seen then
+  return {0, added, length}
+end
+return {1, redis.call('XRANGE', orders, '(' .. after, '+', 'COUNT', most)}
+"""
+).encode()

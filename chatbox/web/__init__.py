@@ -14,6 +14,7 @@ Every connection passes chatbox.web.admission first (counted from accept,
 capped, timed), then chatbox.web.channel (bodies, head sizes, odd paths).
 """
 
+import time
 from importlib import resources
 from typing import Any
 
@@ -25,6 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from chatbox.chat.roomnames import DEFAULT, NotARoom, room_of_path
+from chatbox.limits import client_address
 from chatbox.web.admission import Admission
 from chatbox.web.channel import ChatChannel, ChatRequest
 from chatbox.web.handshake import handshake_refusal
@@ -79,6 +81,40 @@ def _room_refusal(
     return None
 
 
+def ban_refusal(
+    factory: ChatFactory, request: Request, room: str | None
+) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """403 for an address an operator banned (chatbox.chat.moderation), from
+    the whole server or from `room` (None: a path naming no room), with
+    Retry-After when the ban ends. The reason is the operator's, in both of
+    the page's languages, since the page itself is refused too."""
+    peer = request.getClientAddress()
+    address = client_address(
+        getattr(peer, "host", str(peer)),
+        (request.getHeader(b"x-forwarded-for") or b"").decode("latin-1") or None,
+        factory.limits.trusted_proxies,
+    )
+    now = factory.now_ms()
+    ban = factory.moderation.on_address("ban", address, room, now)
+    if ban is None:
+        return None
+    factory.metrics.moderation_refusals.labels("address banned").inc()
+    headers = []
+    if ban.expires is None:
+        until, vi_until = "for good", "vĩnh viễn"
+    else:
+        wait = max(1, -(-(ban.expires - now) // 1000))
+        headers.append((b"retry-after", b"%d" % wait))
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ban.expires / 1000))
+        until, vi_until = f"until {stamp}", f"đến {stamp}"
+    why = f": {ban.reason}" if ban.reason else ""
+    text = (
+        f"This address is banned from this chat {until}{why}\n"
+        f"Địa chỉ này bị cấm khỏi cuộc trò chuyện {vi_until}{why}"
+    )
+    return 403, text, headers
+
+
 def _is_websocket(request: Request) -> bool:
     upgrade = request.getHeader(b"upgrade") or b""
     return b"websocket" in upgrade.lower()
@@ -100,6 +136,9 @@ class ChatSocket(WebSocketResource):
             room_refusal = _room_refusal(self.factory, request, socket=True)
             if room_refusal is not None:
                 refusal = (*room_refusal, [])
+            else:
+                room = self.factory.rooms.socket_room(request.path.decode("latin-1"))
+                refusal = ban_refusal(self.factory, request, room)
         if refusal is not None:
             code, reason, headers = refusal
             if self.factory.admission is not None:
@@ -201,9 +240,17 @@ class Root(Resource):
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         if _is_websocket(request):
             return self.socket  # in the room its path names
-        if path == b"":
-            return self.page
-        if path in self.children:
+        if path in (b"healthz", b"metrics"):  # never refused: monitoring
+            return super().getChildWithDefault(path, request)
+        if path == b"" or path in self.children:
+            banned = ban_refusal(
+                self.factory, request, DEFAULT if path == b"" else None
+            )
+            if banned is not None:
+                code, text, headers = banned
+                return _Answer(code, text.encode() + b"\n", headers=tuple(headers))
+            if path == b"":
+                return self.page
             return super().getChildWithDefault(path, request)
         return self._room_page(request)
 
@@ -220,6 +267,10 @@ class Root(Resource):
                 return _Answer(code, self.missing_page, b"text/html; charset=utf-8")
             return _Answer(code, reason.encode() + b"\n")
         name = room_of_path(request.path.decode("latin-1"))
+        banned = ban_refusal(self.factory, request, name)
+        if banned is not None:
+            code, text, headers = banned
+            return _Answer(code, text.encode() + b"\n", headers=tuple(headers))
         canonical = f"/{name}".encode() if name != DEFAULT else b"/"
         if request.path != canonical:
             query = request.uri.partition(b"?")[2]

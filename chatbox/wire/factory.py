@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from chatbox import __version__
+from chatbox.chat.moderation import Moderation, SlowMode
 from chatbox.chat.room import IRoom
 from chatbox.chat.rooms import Rooms
 from chatbox.limits import AddressBuckets, Limits, origin_allowed
@@ -48,9 +49,14 @@ class ChatFactory(WebSocketServerFactory):
         history_cap: int = 10_000,
         limits: Limits | None = None,
         metrics: Metrics | None = None,
+        moderation: Moderation | None = None,
     ) -> None:
         super().__init__(server=f"chatbox/{__version__}", reactor=reactor)
         self.rooms = rooms
+        # An operator's rules (chatbox.chat.moderation), asked at every
+        # handshake, name and send; changed only by chatbox.admin's Moderator.
+        self.moderation = moderation or Moderation()
+        self.slow_mode = SlowMode()
         self.history_cap = history_cap
         self.timestamps = Timestamps(reactor.seconds)
         self.limits = limits = limits or Limits()
@@ -97,6 +103,9 @@ class ChatFactory(WebSocketServerFactory):
 
     def _attach_room(self, name: str, room: IRoom) -> None:
         room.attach(partial(self.broadcast, room), self.names_lost)
+
+    def now_ms(self) -> int:
+        return int(self.reactor.seconds() * 1000)
 
     # -- membership --
 

@@ -30,7 +30,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatbox.chat.arns import NameTaken, is_valid_name
+from chatbox.chat.arns import NameTaken, is_valid_name, name_keys
 from chatbox.chat.content import is_valid_content
 from chatbox.chat.room import IRoom, Posted, RoomError
 from chatbox.chat.roomnames import NotARoom
@@ -68,6 +68,22 @@ FRAMES_PER_REQUEST = 20
 # What a connection closed for flooding may still send, unparsed, before it
 # is dropped.
 DISCARD_BYTES = 4 * 1024 * 1024
+
+
+# What a close frame's reason may hold (RFC 6455: 125 bytes less the code).
+CLOSE_REASON_BYTES = 123
+# retry_after for a mute without an end (only a hand-edited rule has none).
+MUTED_FOR_GOOD = 10 * 365 * 24 * 3600 * 1000
+
+
+def _close_reason(reason: str) -> str:
+    encoded = reason.encode("utf-8")[:CLOSE_REASON_BYTES]
+    return encoded.decode("utf-8", errors="ignore")
+
+
+def _seconds(millis: float) -> float:
+    """retry_after in seconds, never 0 while something still holds."""
+    return max(0.001, round(millis / 1000, 3))
 
 
 def _optional_id(request: dict[str, Any], field: str) -> int | None:
@@ -312,6 +328,18 @@ class ChatProtocol(WebSocketServerProtocol):
         elif self.state != WebSocketProtocol.STATE_CLOSING:
             self.dropConnection(abort=True)
 
+    def moderated(
+        self, notice: messages.Message, close: int | None, reason: str
+    ) -> None:
+        """An operator acted on this connection (chatbox.admin.moderator):
+        it is told why first, then closed with `close` (kick, ban) if given,
+        the reason cut to what a close frame holds."""
+        if not self.can_send:
+            return
+        self.deliver(self.factory.prepareMessage(codec.encode(notice)))
+        if close is not None:
+            self.close_with(close, _close_reason(reason))
+
     def reply(self, message: messages.Message) -> None:
         """Send one reply to this client, if it is still there.
 
@@ -474,6 +502,10 @@ class ChatProtocol(WebSocketServerProtocol):
         if old is None:
             if not is_valid_name(name):
                 raise Refused(messages.register_refused(name, "WrongFormatName"))
+            rule = self._name_rule(name)
+            if rule is not None:
+                taken = messages.register_refused(name, "NameAlreadyUsed", rule)
+                raise Refused(taken)
             claimed = self.room.claim(self, name, when)
 
             def registered(_: object) -> None:
@@ -487,6 +519,11 @@ class ChatProtocol(WebSocketServerProtocol):
         else:
             if not is_valid_name(name):
                 raise Refused(messages.change_refused(old, name, "WrongFormatName"))
+            rule = self._name_rule(name)
+            if rule is not None:
+                raise Refused(
+                    messages.change_refused(old, name, "NameAlreadyUsed", rule)
+                )
             renamed = self.room.rename(self, name, when)
 
             def changed(previous: str) -> None:
@@ -497,6 +534,46 @@ class ChatProtocol(WebSocketServerProtocol):
                 return Refused(messages.change_refused(old, name, reason, error))
 
             self._settle_name(renamed, changed, refused, "ErrorWhenChange")
+
+    def _name_rule(self, name: str) -> str | None:
+        """An operator's rule against taking `name` here ("reserved",
+        "banned"): refused as v2's NameAlreadyUsed, which every client
+        already knows how to show."""
+        rule = self.factory.moderation.name_refusal(
+            name, self.room_name, self.factory.now_ms()
+        )
+        if rule is not None:
+            self.factory.metrics.moderation_refusals.labels(f"name {rule}").inc()
+        return rule
+
+    def _held(self, name: str, content: object) -> None:
+        """Refuse a send an operator's rule holds back: a mute on the
+        nickname or address, or the room's slow mode. Either is v2's
+        send failure, with an ext reason and when to try again."""
+        moderation = self.factory.moderation
+        room = self.room_name
+        now = self.factory.now_ms()
+        mute = moderation.muted(name, self.address, room, now)
+        if mute is not None:
+            self.factory.metrics.moderation_refusals.labels("muted").inc()
+            wait = MUTED_FOR_GOOD if mute.expires is None else mute.expires - now
+            raise Refused(
+                messages.send_held(name, content, "Muted", _seconds(wait), mute.reason)
+            )
+        seconds = moderation.slow_mode(room or "")
+        if seconds:
+            who = (name_keys(name)[0], self.peer)
+            wait = self.factory.slow_mode.wait(
+                room or "", who, self.factory.reactor.seconds(), seconds
+            )
+            if wait:
+                self.factory.metrics.moderation_refusals.labels("slow mode").inc()
+                why = f"slow mode: one message every {seconds:g} seconds"
+                raise Refused(
+                    messages.send_held(
+                        name, content, "SlowMode", _seconds(wait * 1000), why
+                    )
+                )
 
     def _settle_name(
         self,
@@ -533,6 +610,7 @@ class ChatProtocol(WebSocketServerProtocol):
         if send_id is not None and not valid_send_id(send_id):
             raise Refused(messages.wrong_argument("send", "send_id"))
         self._per_address(self.factory.sends_per_address, "send")
+        self._held(name, content)
         if self.factory.closing:
             raise Refused(
                 messages.send_refused(
@@ -694,6 +772,9 @@ class ChatProtocol(WebSocketServerProtocol):
         now = self.factory.reactor.seconds()
         if now < self._typing_quiet_until:
             return
+        moderation = self.factory.moderation
+        if moderation.muted(name, self.address, self.room_name, self.factory.now_ms()):
+            return  # a muted user's hints would be noise with no message after
         self._typing_quiet_until = now + TYPING_INTERVAL
         key = self.address_key
         if key is not None and not self.factory.typing_per_address.take(key, now):

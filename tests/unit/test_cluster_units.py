@@ -14,11 +14,11 @@ from chatbox.chat.room import RoomError
 from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress, parse_redis_url
 from chatbox.cluster.commands import Commands
-from chatbox.cluster.keys import ROOM_FIELDS, Keys
+from chatbox.cluster.keys import ROOM_FIELDS, STREAM_LENGTH, Keys
 from chatbox.cluster.lease import Lease
 from chatbox.cluster.link import RedisInDoubt, RedisUnavailable
 from chatbox.cluster.reader import RETRY_SECONDS, EventReader
-from chatbox.cluster.room import RedisRoom, entry_template
+from chatbox.cluster.room import DELETE_BATCH, RedisRoom, entry_template
 from chatbox.tap import Options
 from chatbox.wire import codec, messages
 from chatbox.wire.clock import Moment
@@ -76,10 +76,11 @@ def test_address_never_shows_the_password():
     ["plain", '"id":0', 'quote " and \\ backslash', "xin chào 🎉", "}{", "\u2028"],
 )
 def test_entry_template_matches_the_history_entry(content):
-    head, tail = entry_template("Ａn", content, T)
-    for message_id in (1, 42, 10**12):
-        expected = codec.encode(messages.history_entry(message_id, "Ａn", content, *T))
-        assert head + str(message_id).encode() + tail == expected
+    for announced in (False, True):
+        head, tail = entry_template("Ａn", content, T, announced)
+        for message_id in (1, 42, 10**12):
+            entry = messages.history_entry(message_id, "Ａn", content, *T, announced)
+            assert head + str(message_id).encode() + tail == codec.encode(entry)
 
 
 def test_redis_options_are_checked():
@@ -258,7 +259,7 @@ class Node:
         self.room.start()
         self.beat(held=True)
         _, state = self.reader_link.pending(scripts.STREAM_STATE)
-        state.callback([[b"0-0", 0, 0]])
+        state.callback([[b"0-0", 0, 0, b"0-0", b"0-0"]])
         assert self.room.ready
 
     def beat(self, held: bool, messages: int = 0) -> None:
@@ -351,7 +352,8 @@ def test_reader_that_missed_trimmed_events_has_clients_register_again():
     node.reader_link.reconnected()
     node.clock.advance(RETRY_SECONDS)
     _, state = node.reader_link.pending(scripts.STREAM_STATE)
-    state.callback([[b"9-0", 9, 7]])  # 8 added since, 7 kept: one trimmed unread
+    # 8 added since, 7 kept, the oldest after 1-0: one trimmed unread
+    state.callback([[b"9-0", 9, 7, b"3-0", b"0-0"]])
     assert node.lost == [[an]]
 
 
@@ -362,10 +364,38 @@ def test_reader_back_without_a_gap_reads_on():
     node.reader_link.reconnected()
     node.clock.advance(RETRY_SECONDS)
     _, state = node.reader_link.pending(scripts.STREAM_STATE)
-    state.callback([[b"9-0", 9, 8]])  # 8 added since, all 8 kept
+    state.callback([[b"9-0", 9, 8, b"2-0", b"0-0"]])  # 8 added since, all 8 kept
     assert node.lost == []
     node.reader_link.stream(_entry(b"2-0", k="leave", o="n2:1", n="Bo", t="t"))
     assert [e["datatype"] for e, _ in node.delivered] == ["register", "leave"]
+
+
+def _back_after_an_outage(state: list) -> Node:
+    """A node that read up to 1-0 (entries-added 1), lost its reader's
+    connection and found the stream in `state` (STREAM_STATE's answer)."""
+    node = Node()
+    node.room.claim(object(), "An", T)
+    node.commands_link.pending(scripts.CLAIM)[1].callback(b"1-0")
+    node.reader_link.stream(_entry(b"1-0", k="register", o="n1:1", n="An", t="t"))
+    node.reader_link.reads[-1].errback(RedisInDoubt("redis connection lost"))
+    node.reader_link.reconnected()
+    node.clock.advance(RETRY_SECONDS)
+    _, reply = node.reader_link.pending(scripts.STREAM_STATE)
+    reply.callback([state])
+    return node
+
+
+def test_deleted_entries_are_not_taken_for_trimmed_ones():
+    """An operator's deletion removes stream entries (XDEL) without
+    trimming: 8 added since the reader's place and only 2 kept is no hole
+    while an entry at or before its place still stands (trimming takes the
+    oldest first)."""
+    assert _back_after_an_outage([b"9-0", 9, 3, b"1-0", b"8-0"]).lost == []
+    # With nothing before its place left and entries deleted after it, the
+    # count cannot tell a trimmed entry from a deleted one: assume the worst.
+    assert len(_back_after_an_outage([b"9-0", 9, 2, b"5-0", b"8-0"]).lost) == 1
+    # Deleted only before its place: the count tells, and says no hole.
+    assert _back_after_an_outage([b"9-0", 9, 8, b"2-0", b"1-0"]).lost == []
 
 
 def test_an_event_of_unknown_kind_is_skipped_not_taken_for_a_leave():
@@ -378,7 +408,7 @@ def test_an_event_of_unknown_kind_is_skipped_not_taken_for_a_leave():
     try:
         node.reader_link.stream(
             _entry(b"1-0", k="register", o="n2:7", n="Bo", t="t"),
-            _entry(b"2-0", k="delete", o="n2:7", n="Bo", t="t", id="1"),
+            _entry(b"2-0", k="pin", o="n2:7", n="Bo", t="t", id="1"),
             _entry(b"3-0", k="leave", o="n2:7", n="Bo", t="t"),
         )
     finally:
@@ -704,3 +734,53 @@ def test_the_cluster_room_limit_refuses_with_404():
     assert node.commands_link.eval_keys[-1] == list(Keys.for_room("beta"))
     reply.callback([3, -1])
     assert summary == [(3, None)]
+
+
+# -- moderation: deletions and announcements in the stream --
+
+
+def test_deletions_and_announcements_from_the_stream():
+    """A delete event becomes `messages.deleted` for every connection (no
+    origin) and sets the message count; an announcement keeps its marker."""
+    node = Node()
+    node.beat(held=True, messages=40)
+    node.reader_link.stream(
+        _entry(b"1-0", k="message", o="", n="chatbox", c="hi", t=T.text,
+               ms=str(T.millis), id="41", a="1"),
+        _entry(b"2-0", k="delete", o="", n="", ids="7,41", count="39",
+               last=str(LEFT.millis), t=LEFT.text, ms=str(LEFT.millis)),
+    )  # fmt: skip
+    assert node.delivered == [
+        (messages.posted("chatbox", "hi", T, 41, announcement=True), None),
+        (messages.deleted([7, 41], LEFT), None),
+    ]
+    assert node.room.message_count() == 39
+    assert node.room.last_activity() == LEFT.millis
+
+
+def test_an_announcement_needs_no_name_and_says_so_to_redis():
+    node = Node()
+    node.room.post(None, "chatbox", "hi", T, None, announcement=True)
+    args, _ = node.commands_link.pending(scripts.POST)
+    assert args[1] == "" and args[-1] == "1"  # no holder; announced
+    assert b'"announcement":true' in args[7]  # the entry's tail
+    # An ordinary post needs a name.
+    refused = node.room.post(object(), "An", "hi", T, None)
+    assert refused.result.check(RoomError)
+    refused.addErrback(lambda _: None)
+    assert len([e for e in node.commands_link.evals if e[0] == scripts.POST]) == 1
+
+
+def test_deletions_go_in_batches_sorted_once_each():
+    node = Node()
+    more = list(range(1000, 1000 + DELETE_BATCH))
+    done = node.room.delete([5, 3, 3, -1, True, *more], T)
+    wanted = [3, 5, *more]
+    args, reply = node.commands_link.pending(scripts.DELETE)
+    assert args[:3] == [T.text, T.millis, STREAM_LENGTH]
+    assert args[3:] == wanted[:DELETE_BATCH]
+    reply.callback([b"3", b"1000"])
+    args, reply = node.commands_link.pending(scripts.DELETE)
+    assert args[3:] == wanted[DELETE_BATCH:]
+    reply.callback([])
+    assert done.result == [3, 1000]

@@ -1,0 +1,522 @@
+"""What an operator's action does, on one process or a whole cluster.
+
+The admin API (chatbox.admin.api) and, later, moderators inside the chat
+call a `Moderator` and nothing else of the server. It checks the request,
+turns it into an order for the rules (chatbox.chat.moderation) or a call on
+a room (chatbox.chat.room's `delete`, `post`), writes the audit line and
+counts the action.
+
+Orders travel through the moderation store, which hands each one back to
+`_on_order` on every process of a cluster (this one included): that is
+where the rules change and where this process acts on its own connections
+(closing a kicked or banned user's, telling a muted one). So a kick or a
+ban issued on one node reaches a user connected to any node, and the node
+holding the connection is the one that closes it.
+"""
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatbox.chat.arns import is_valid_name, name_keys
+from chatbox.chat.content import is_valid_content
+from chatbox.chat.moderation import (
+    MAX_REASON,
+    IModerationStore,
+    Moderation,
+    Order,
+    OrderError,
+    Sanction,
+    network_of,
+)
+from chatbox.chat.room import IRoom, RoomError
+from chatbox.chat.roomnames import DEFAULT, NotARoom, check_name
+from chatbox.chat.rooms import RoomRefused, Rooms
+from chatbox.logsafe import printable
+from chatbox.metrics import Metrics
+from chatbox.wire import messages
+from chatbox.wire.factory import ChatFactory
+
+__all__ = ["CLOSE_BANNED", "CLOSE_KICKED", "ModerationError", "Moderator"]
+
+CLOSE_KICKED = 4001
+CLOSE_BANNED = 4003
+# Narrower than these, a ban is refused unless forced: 0.0.0.0/0 is everyone.
+WIDEST_IPV4, WIDEST_IPV6 = 8, 16
+# Ten years: longer is "never", which is said by leaving the duration out.
+MAX_DURATION = 10 * 365 * 24 * 3600
+
+
+class ModerationError(Exception):
+    """An action refused for a reason the operator can fix; `status` is the
+    HTTP status the admin API answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _room(room: str | None) -> str | None:
+    if room is None or room == DEFAULT:
+        return room
+    try:
+        return check_name(room)
+    except NotARoom as e:
+        raise ModerationError(400, f"not a room: {e}") from None
+
+
+def _reason(reason: object) -> str:
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise ModerationError(
+            400, f"a reason is text of at most {MAX_REASON} characters"
+        )
+    return reason
+
+
+class Moderator:
+    audit = Logger(namespace="chatbox.audit")
+
+    def __init__(
+        self,
+        moderation: Moderation,
+        store: IModerationStore,
+        factory: ChatFactory,
+        rooms: Rooms,
+        seconds: Callable[[], float],
+        metrics: Metrics,
+    ) -> None:
+        self.moderation = moderation
+        self.store = store
+        self.factory = factory
+        self.rooms = rooms
+        self._seconds = seconds
+        self.metrics = metrics
+        # The stored rules first, then every order after them. One process's
+        # file is read before anything listens, so a damaged one stops
+        # start-up here; a cluster's snapshot comes from Redis.
+        loaded = store.load()
+        loaded.addCallback(self.restore)
+        loaded.addCallback(lambda _: store.start(self._on_order))
+        failed: list[Failure] = []
+        loaded.addErrback(failed.append)
+        if failed:
+            failed[0].raiseException()
+
+    def _now(self) -> int:
+        return int(self._seconds() * 1000)
+
+    def _audit(self, operator: str, action: str, target: str, reason: str = "") -> None:
+        self.metrics.moderation_actions.labels(action).inc()
+        self.audit.info(
+            "audit: {operator} {action} {target} reason={reason}",
+            operator=printable(operator, 100),
+            action=action,
+            target=printable(target, 200),
+            reason=printable(reason, MAX_REASON),
+        )
+
+    async def _submit(self, order: Order) -> None:
+        self.moderation.prune(self._now())  # the stored rules stay the live ones
+        try:
+            await self.store.submit(order)
+        except OrderError as e:
+            raise ModerationError(400, str(e)) from None
+        except (OSError, RoomError) as e:
+            raise ModerationError(503, f"could not keep it: {e}") from None
+
+    # -- who is here --
+
+    def _connections(self, room: str | None) -> Iterable[Any]:
+        for connection in list(self.factory.connections):
+            if connection.room_name is None:
+                continue
+            if room is not None and connection.room_name != room:
+                continue
+            yield connection
+
+    def users(self, room: str | None) -> list[dict[str, Any]]:
+        room = _room(room)
+        found = []
+        for connection in self._connections(room):
+            name = connection.room.name_of(connection)
+            if name is not None:
+                found.append(
+                    {
+                        "room": connection.room_name,
+                        "name": name,
+                        "address": connection.address,
+                    }
+                )
+        return found
+
+    # -- orders: kick, ban, mute, slow mode, reserved names --
+
+    def kick(
+        self, operator: str, name: str, room: str | None, reason: str
+    ) -> "Deferred[int]":
+        return Deferred.fromCoroutine(self._kick(operator, name, room, reason))
+
+    async def _kick(
+        self, operator: str, name: str, room: str | None, reason: str
+    ) -> int:
+        if not is_valid_name(name):
+            raise ModerationError(400, "not a nickname")
+        room = _room(room)
+        reason = _reason(reason)
+        here = len(self._holders(name_keys(name), room))
+        await self._submit(
+            {"op": "kick", "name": name, "room": room, "reason": reason, "by": operator}
+        )
+        self._audit(operator, "kick", f"{name!r} in {self._where(room)}", reason)
+        return here
+
+    def sanction(
+        self,
+        operator: str,
+        kind: str,
+        target: str,
+        value: str,
+        reason: str,
+        duration: float | None,
+        room: str | None,
+        force: bool,
+        client_address: str,
+    ) -> "Deferred[dict[str, Any]]":
+        return Deferred.fromCoroutine(
+            self._sanction(
+                operator,
+                kind,
+                target,
+                value,
+                reason,
+                duration,
+                room,
+                force,
+                client_address,
+            )
+        )
+
+    async def _sanction(
+        self,
+        operator: str,
+        kind: str,
+        target: str,
+        value: str,
+        reason: str,
+        duration: float | None,
+        room: str | None,
+        force: bool,
+        client_address: str,
+    ) -> dict[str, Any]:
+        room = _room(room)
+        reason = _reason(reason)
+        if duration is not None and not 0 < duration <= MAX_DURATION:
+            raise ModerationError(400, "a duration is 1 second to 10 years")
+        if kind == "mute" and duration is None:
+            raise ModerationError(400, "a mute needs a duration")
+        if target == "address":
+            try:
+                network = network_of(value)
+            except OrderError as e:
+                raise ModerationError(400, str(e)) from None
+            value = (
+                str(network)
+                if network.num_addresses > 1
+                else str(network.network_address)
+            )
+            if kind == "ban" and not force:
+                self._refuse_wide(network, client_address)
+        elif target == "name":
+            if not is_valid_name(value):
+                raise ModerationError(400, "not a nickname")
+        else:
+            raise ModerationError(400, "a sanction is on a name or an address")
+        now = self._now()
+        expires = None if duration is None else now + int(duration * 1000)
+        try:
+            made = Sanction.new(
+                kind, target, value, reason, operator, now, expires, room
+            )
+        except OrderError as e:
+            raise ModerationError(400, str(e)) from None
+        await self._submit({"op": "sanction", "sanction": made.to_dict()})
+        until = "for good" if expires is None else f"for {duration:g} s"
+        self._audit(
+            operator,
+            kind,
+            f"{target} {value!r} in {self._where(room)} {until} ({made.id})",
+            reason,
+        )
+        return made.to_dict()
+
+    def _refuse_wide(self, network: Any, client_address: str) -> None:
+        widest = WIDEST_IPV4 if network.version == 4 else WIDEST_IPV6
+        if network.prefixlen < widest:
+            raise ModerationError(
+                409,
+                f"{network} covers more than a /{widest}, perhaps everyone; "
+                "add force to ban it anyway",
+            )
+        try:
+            own = network_of(client_address).network_address
+        except OrderError:
+            return
+        if own.version == network.version and own in network:
+            raise ModerationError(
+                409,
+                f"{network} includes this admin client's own address "
+                f"({client_address}); add force to ban it anyway",
+            )
+
+    def sanctions(self, kind: str) -> list[dict[str, Any]]:
+        return [s.to_dict() for s in self.moderation.sanctions(kind, self._now())]
+
+    def lift(self, operator: str, kind: str, sanction_id: str) -> "Deferred[dict]":
+        return Deferred.fromCoroutine(self._lift(operator, kind, sanction_id))
+
+    async def _lift(self, operator: str, kind: str, sanction_id: str) -> dict:
+        found = self.moderation.get(sanction_id)
+        if found is None or found.kind != kind or not found.active(self._now()):
+            raise ModerationError(404, f"no {kind} {sanction_id!r}")
+        await self._submit({"op": "lift", "id": sanction_id, "by": operator})
+        self._audit(
+            operator, f"un{kind}", f"{found.target} {found.value!r} ({found.id})"
+        )
+        return found.to_dict()
+
+    def slow_modes(self) -> dict[str, float]:
+        return self.moderation.slow_modes()
+
+    def set_slow_mode(
+        self, operator: str, room: str, seconds: float
+    ) -> "Deferred[None]":
+        return Deferred.fromCoroutine(self._slow(operator, room, seconds))
+
+    async def _slow(self, operator: str, room: str, seconds: float) -> None:
+        checked = _room(room)
+        assert checked is not None
+        await self._submit(
+            {"op": "slow", "room": checked, "seconds": seconds, "by": operator}
+        )
+        self._audit(operator, "slow-mode", self._where(checked), f"{seconds:g} s")
+
+    def reserved(self) -> list[str]:
+        return self.moderation.reserved()
+
+    def reserve(self, operator: str, pattern: str) -> "Deferred[None]":
+        return Deferred.fromCoroutine(self._reserve(operator, pattern))
+
+    async def _reserve(self, operator: str, pattern: str) -> None:
+        await self._submit({"op": "reserve", "pattern": pattern, "by": operator})
+        self._audit(operator, "reserve", repr(pattern))
+
+    def unreserve(self, operator: str, pattern: str) -> "Deferred[bool]":
+        return Deferred.fromCoroutine(self._unreserve(operator, pattern))
+
+    async def _unreserve(self, operator: str, pattern: str) -> bool:
+        if pattern not in self.moderation.reserved():
+            return False
+        await self._submit({"op": "unreserve", "pattern": pattern, "by": operator})
+        self._audit(operator, "unreserve", repr(pattern))
+        return True
+
+    # -- on every process: the rules change, and its connections are told --
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Replace the rules with a stored snapshot: at start, and when a
+        cluster node fell behind the orders and reloads. Orders it skipped
+        may have banned someone connected here, so every ban in force is
+        enforced again (closing only those it covers)."""
+        self.moderation.restore(snapshot)
+        now = self._now()
+        for found in self.moderation.sanctions("ban", now):
+            notice = messages.moderation_notice("ban", found.reason, found.expires)
+            for connection in self._sanctioned(found):
+                connection.moderated(notice, CLOSE_BANNED, found.reason)
+
+    def _on_order(self, order: Order) -> None:
+        """Raises OrderError for an order that cannot be applied: the store
+        logs it (another node's) or fails the submit with it (ours)."""
+        found = self.moderation.apply(order)
+        op = order.get("op")
+        now = self._now()
+        if op == "kick":
+            notice = messages.moderation_notice("kick", order.get("reason", ""), None)
+            for connection in self._holders(
+                name_keys(order["name"]), order.get("room")
+            ):
+                connection.moderated(notice, CLOSE_KICKED, order.get("reason", ""))
+        elif op == "sanction" and found is not None and found.active(now):
+            notice = messages.moderation_notice(found.kind, found.reason, found.expires)
+            close = CLOSE_BANNED if found.kind == "ban" else None
+            for connection in self._sanctioned(found):
+                connection.moderated(notice, close, found.reason)
+        elif op == "lift" and found is not None and found.kind == "mute":
+            notice = messages.moderation_notice("unmute", "", None)
+            for connection in self._sanctioned(found):
+                connection.moderated(notice, None, "")
+
+    def _holders(self, keys: Iterable[str], room: str | None) -> list[Any]:
+        keys = set(keys)
+        return [
+            connection
+            for connection in self._connections(room)
+            if (name := connection.room.name_of(connection)) is not None
+            and keys.intersection(name_keys(name))
+        ]
+
+    def _sanctioned(self, sanction: Sanction) -> list[Any]:
+        if sanction.target == "name":
+            return self._holders(name_keys(sanction.value), sanction.room)
+        network = network_of(sanction.value)
+        found = []
+        for connection in self._connections(sanction.room):
+            try:
+                address = ipaddress.ip_address(connection.address or "")
+            except ValueError:
+                continue
+            if address.version == 6 and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            if address.version == network.version and address in network:
+                found.append(connection)
+        return found
+
+    # -- rooms: deleting and announcing --
+
+    @staticmethod
+    def _where(room: str | None) -> str:
+        if room is None:
+            return "every room"
+        return "the default room" if room == DEFAULT else f"room {room}"
+
+    async def _in_room(self, room: str, act: Callable[[IRoom], Deferred]) -> Any:
+        """Run `act` on a room, loading it for the while if nobody is in it;
+        a room that is not there is not made for it."""
+        checked = _room(room)
+        assert checked is not None
+        if checked != DEFAULT and self.rooms.is_new(checked):
+            raise ModerationError(404, f"no room {checked!r}")
+        try:
+            entered = await self.rooms.enter(checked)
+        except RoomRefused as e:
+            raise ModerationError(404 if e.status == 404 else 503, str(e)) from None
+        try:
+            return await act(entered)
+        except RoomError as e:
+            raise ModerationError(503, str(e)) from None
+        finally:
+            self.rooms.leave(checked)
+
+    def delete(
+        self, operator: str, room: str, ids: list[int], reason: str
+    ) -> "Deferred[list[int]]":
+        return Deferred.fromCoroutine(self._delete(operator, room, ids, reason))
+
+    async def _delete(
+        self, operator: str, room: str, ids: list[int], reason: str
+    ) -> list[int]:
+        reason = _reason(reason)
+        when = self.factory.timestamps.now()
+        removed = await self._in_room(room, lambda r: r.delete(sorted(set(ids)), when))
+        self._audit(
+            operator,
+            "delete",
+            f"messages {_ranges(removed) or 'none'} in {self._where(room)}",
+            reason,
+        )
+        return removed
+
+    def delete_by(
+        self,
+        operator: str,
+        room: str,
+        name: str,
+        since: int | None,
+        until: int | None,
+        reason: str,
+    ) -> "Deferred[list[int]]":
+        return Deferred.fromCoroutine(
+            self._delete_by(operator, room, name, since, until, reason)
+        )
+
+    async def _delete_by(
+        self,
+        operator: str,
+        room: str,
+        name: str,
+        since: int | None,
+        until: int | None,
+        reason: str,
+    ) -> list[int]:
+        if not is_valid_name(name):
+            raise ModerationError(400, "not a nickname")
+        reason = _reason(reason)
+        when = self.factory.timestamps.now()
+        removed = await self._in_room(
+            room, lambda r: r.delete_by(name, since, until, when)
+        )
+        self._audit(
+            operator,
+            "delete-by",
+            f"{len(removed)} messages of {name!r} in {self._where(room)} "
+            f"from {since} to {until}",
+            reason,
+        )
+        return removed
+
+    def announce(
+        self, operator: str, room: str | None, all_rooms: bool, text: str
+    ) -> "Deferred[list[dict[str, Any]]]":
+        return Deferred.fromCoroutine(self._announce(operator, room, all_rooms, text))
+
+    async def _announce(
+        self, operator: str, room: str | None, all_rooms: bool, text: str
+    ) -> list[dict[str, Any]]:
+        if not is_valid_content(text):
+            raise ModerationError(400, "not a message chatbox can store")
+        if all_rooms:
+            targets = [name for name, _ in self.rooms.loaded()]
+        else:
+            checked = _room(room or DEFAULT)
+            assert checked is not None
+            targets = [checked]
+        announcer = self.moderation.announcer
+        posted = []
+        for target in targets:
+            when = self.factory.timestamps.now()
+            stored = await self._in_room(
+                target,
+                lambda r, when=when: r.post(
+                    None, announcer, text, when, None, announcement=True
+                ),
+            )
+            posted.append({"room": target, "id": stored.id})
+        self._audit(
+            operator,
+            "announce",
+            ", ".join(self._where(target) for target in targets) or "no room",
+            text[:100],
+        )
+        return posted
+
+
+def _ranges(ids: list[int]) -> str:
+    """1,2,3,7 -> "1-3,7": an audit line names every id without growing
+    with a long run of them."""
+    parts: list[str] = []
+    start = previous = None
+    for message_id in ids:
+        if previous is not None and message_id == previous + 1:
+            previous = message_id
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = message_id
+    if start is not None:
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+    return ",".join(parts)

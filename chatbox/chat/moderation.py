@@ -1,0 +1,457 @@
+"""An operator's rules for the chat: bans, mutes, reserved nicknames and
+slow mode, free of wire and storage.
+
+`Moderation` is the one owner of these rules in a process. It changes only
+by `apply(order)`, and an order is a plain JSON-able dict: the same shape is
+written to disk (chatbox.local.moderation) and passed between cluster nodes
+(chatbox.cluster.moderation), so every node that applies the same orders in
+the same order holds the same rules. Everything else only asks questions,
+synchronously, on the reactor thread: a handshake or a `send` must be
+answered at once.
+
+Nicknames are compared as ARNS compares them (chatbox.chat.arns): a ban on
+`Admin` bans `аdmin` (Cyrillic а) too, or a look-alike would walk past it.
+Reserved patterns (`*` and `?` globs) are compared by the same folded
+skeleton, fragment by fragment. Addresses are compared as networks: a ban on
+one IPv6 address bans that address only; `2001:db8::/48` a whole site.
+"""
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+from chatbox.chat.arns import MAX_NAME_LENGTH, fold_key, is_valid_name, name_keys
+
+__all__ = [
+    "KINDS",
+    "MAX_REASON",
+    "TARGETS",
+    "IModerationStore",
+    "Moderation",
+    "OrderError",
+    "Sanction",
+    "SlowMode",
+    "network_of",
+]
+
+KINDS = ("ban", "mute")
+TARGETS = ("name", "address")
+MAX_REASON = 500
+MAX_PATTERN = MAX_NAME_LENGTH
+# Sanctions one process keeps at most: an operator scripting bans in a loop
+# must not grow every node's memory (and every handshake's check) unbounded.
+MAX_SANCTIONS = 10_000
+MAX_RESERVED = 1_000
+# Slow mode's longest wait between two messages of one person.
+MAX_SLOW_SECONDS = 24 * 3600
+
+Order = dict[str, Any]
+
+
+class OrderError(ValueError):
+    """An order that cannot be applied; str() says why, for the operator."""
+
+
+def network_of(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The network an address or CIDR names; an IPv4-mapped IPv6 address is
+    its IPv4 one, as chatbox.limits.address_key counts it. Raises OrderError."""
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise OrderError(f"not an address or CIDR: {value!r}") from None
+    if isinstance(network, ipaddress.IPv6Network):
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None and network.prefixlen >= 96:
+            return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(value.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+@dataclass(frozen=True)
+class Sanction:
+    """A ban or a mute. `room` None covers every room ("" is the default
+    room); `expires` None never ends. Times are epoch milliseconds."""
+
+    id: str
+    kind: str
+    target: str
+    value: str
+    reason: str
+    by: str
+    created: int
+    expires: int | None
+    room: str | None
+
+    @classmethod
+    def new(
+        cls,
+        kind: str,
+        target: str,
+        value: str,
+        reason: str,
+        by: str,
+        now: int,
+        expires: int | None,
+        room: str | None,
+    ) -> "Sanction":
+        made = cls(
+            f"{kind[0]}-{secrets.token_hex(5)}",
+            kind,
+            target,
+            value,
+            reason,
+            by,
+            now,
+            expires,
+            room,
+        )
+        made.check()
+        return made
+
+    @classmethod
+    def from_dict(cls, fields: object) -> "Sanction":
+        if not isinstance(fields, dict):
+            raise OrderError("a sanction is an object")
+        try:
+            made = cls(**{name: fields[name] for name in cls.__dataclass_fields__})
+        except KeyError as e:
+            raise OrderError(f"a sanction needs {e.args[0]!r}") from None
+        made.check()
+        return made
+
+    def check(self) -> None:
+        """Raises OrderError for a sanction no operator could have made: a
+        file or a node must never hand this process a rule it misreads."""
+        text = (self.id, self.value, self.reason, self.by)
+        if not all(isinstance(field, str) for field in text):
+            raise OrderError("id, value, reason and by are strings")
+        if self.kind not in KINDS or self.target not in TARGETS:
+            raise OrderError(f"unknown sanction {self.kind!r} on {self.target!r}")
+        if type(self.created) is not int or not (
+            self.expires is None or type(self.expires) is int
+        ):
+            raise OrderError("created and expires are epoch milliseconds")
+        if self.room is not None and not isinstance(self.room, str):
+            raise OrderError("room is a string or null")
+        if len(self.reason) > MAX_REASON:
+            raise OrderError(f"a reason is at most {MAX_REASON} characters")
+        if self.target == "name" and not is_valid_name(self.value):
+            raise OrderError(f"not a nickname: {self.value!r}")
+        if self.target == "address":
+            network_of(self.value)
+
+    def active(self, now: int) -> bool:
+        return self.expires is None or now < self.expires
+
+    def covers(self, room: str | None) -> bool:
+        return self.room is None or self.room == room
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+class _Pattern:
+    """A reserved-name pattern, as a regular expression over the folded
+    skeleton: each literal fragment is folded on its own, so `teacher*`
+    reserves `Teacher Lan` and `Τeacher` (Greek Τ) alike."""
+
+    def __init__(self, pattern: str) -> None:
+        parts = re.split(r"([*?])", pattern)
+        literal = "".join(part for part in parts if part not in ("*", "?"))
+        if not literal.strip():
+            raise OrderError("a reserved pattern needs something besides * and ?")
+        regex = "".join(
+            ".*" if part == "*" else "." if part == "?" else re.escape(fold_key(part))
+            for part in parts
+            if part
+        )
+        self.regex = re.compile(regex, re.DOTALL)
+
+    def matches(self, keys: Iterable[str]) -> bool:
+        return any(self.regex.fullmatch(key) for key in keys)
+
+
+class Moderation:
+    """The rules in force. `announcer` is the name operators' announcements
+    are posted under, which is reserved whatever the patterns say."""
+
+    def __init__(self, announcer: str = "chatbox") -> None:
+        self.announcer = announcer
+        self._announcer_keys = frozenset(name_keys(announcer))
+        self._sanctions: dict[str, Sanction] = {}
+        # For the checks on every handshake and send: name keys and exact
+        # addresses are looked up; only CIDRs are scanned.
+        self._by_key: dict[str, dict[str, Sanction]] = {}
+        self._by_address: dict[str, dict[str, Sanction]] = {}
+        self._networks: dict[str, tuple[Any, Sanction]] = {}
+        self._reserved: dict[str, _Pattern] = {}
+        self._slow: dict[str, float] = {}
+        self._mutes = 0  # how many sanctions are mutes
+
+    # -- changing: orders only --
+
+    def apply(self, order: Order) -> Sanction | None:
+        """Apply one order; returns the sanction it made or lifted, if any.
+        Raises OrderError for an order that cannot be applied (nothing is
+        changed then)."""
+        op = order.get("op") if isinstance(order, dict) else None
+        if op == "sanction":
+            sanction = Sanction.from_dict(order.get("sanction"))
+            if sanction.id not in self._sanctions:
+                if len(self._sanctions) >= MAX_SANCTIONS:
+                    raise OrderError(f"at most {MAX_SANCTIONS} bans and mutes")
+                self._add(sanction)
+            return sanction
+        if op == "lift":
+            return self._remove(order.get("id"))
+        if op == "slow":
+            room, seconds = order.get("room"), order.get("seconds")
+            if not isinstance(room, str) or type(seconds) not in (int, float):
+                raise OrderError("slow mode needs a room and seconds")
+            if not 0 <= seconds <= MAX_SLOW_SECONDS:
+                raise OrderError(f"slow mode is 0 to {MAX_SLOW_SECONDS} seconds")
+            if seconds:
+                self._slow[room] = float(seconds)
+            else:
+                self._slow.pop(room, None)
+            return None
+        if op == "reserve":
+            pattern = order.get("pattern")
+            if not isinstance(pattern, str) or not 0 < len(pattern) <= MAX_PATTERN:
+                raise OrderError(f"a pattern is 1 to {MAX_PATTERN} characters")
+            if pattern not in self._reserved:
+                if len(self._reserved) >= MAX_RESERVED:
+                    raise OrderError(f"at most {MAX_RESERVED} reserved patterns")
+                self._reserved[pattern] = _Pattern(pattern)
+            return None
+        if op == "unreserve":
+            self._reserved.pop(order.get("pattern"), None)  # type: ignore[arg-type]
+            return None
+        if op == "kick":
+            return None  # acted on by whoever holds the connection; not kept
+        raise OrderError(f"unknown order {op!r}")
+
+    def _add(self, sanction: Sanction) -> None:
+        self._sanctions[sanction.id] = sanction
+        self._mutes += sanction.kind == "mute"
+        if sanction.target == "name":
+            for key in name_keys(sanction.value):
+                self._by_key.setdefault(key, {})[sanction.id] = sanction
+            return
+        network = network_of(sanction.value)
+        if network.num_addresses == 1:
+            exact = str(network.network_address)
+            self._by_address.setdefault(exact, {})[sanction.id] = sanction
+        else:
+            self._networks[sanction.id] = (network, sanction)
+
+    def _remove(self, sanction_id: object) -> Sanction | None:
+        sanction = self._sanctions.pop(sanction_id, None)  # type: ignore[arg-type]
+        if sanction is None:
+            return None
+        self._mutes -= sanction.kind == "mute"
+        if sanction.target == "name":
+            index, keys = self._by_key, name_keys(sanction.value)
+        else:
+            network = network_of(sanction.value)
+            self._networks.pop(sanction.id, None)
+            index, keys = self._by_address, (str(network.network_address),)
+        for key in keys:
+            held = index.get(key, {})
+            held.pop(sanction.id, None)
+            if not held:
+                index.pop(key, None)
+        return sanction
+
+    def prune(self, now: int) -> int:
+        """Forget expired sanctions (at a snapshot); returns how many."""
+        gone = [s.id for s in self._sanctions.values() if not s.active(now)]
+        for sanction_id in gone:
+            self._remove(sanction_id)
+        return len(gone)
+
+    # -- storage --
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "sanctions": [s.to_dict() for s in self._sanctions.values()],
+            "reserved": list(self._reserved),
+            "slow": dict(self._slow),
+        }
+
+    def restore(self, snapshot: object) -> None:
+        """Replace every rule with a snapshot's; raises OrderError (nothing
+        is replaced then) for one this version cannot read."""
+        if not isinstance(snapshot, dict):
+            raise OrderError("a moderation snapshot is an object")
+        fresh = Moderation(self.announcer)
+        for fields in snapshot.get("sanctions", []):
+            fresh.apply({"op": "sanction", "sanction": fields})
+        for pattern in snapshot.get("reserved", []):
+            fresh.apply({"op": "reserve", "pattern": pattern})
+        slow = snapshot.get("slow", {})
+        if not isinstance(slow, dict):
+            raise OrderError("slow is an object")
+        for room, seconds in slow.items():
+            fresh.apply({"op": "slow", "room": room, "seconds": seconds})
+        self.__dict__.update(fresh.__dict__)
+
+    # -- asking --
+
+    def sanctions(self, kind: str, now: int) -> list[Sanction]:
+        """Active sanctions of one kind, oldest first."""
+        found = [
+            s for s in self._sanctions.values() if s.kind == kind and s.active(now)
+        ]
+        return sorted(found, key=lambda s: (s.created, s.id))
+
+    def get(self, sanction_id: str) -> Sanction | None:
+        return self._sanctions.get(sanction_id)
+
+    def reserved(self) -> list[str]:
+        return sorted(self._reserved)
+
+    def slow_modes(self) -> dict[str, float]:
+        return dict(self._slow)
+
+    def slow_mode(self, room: str) -> float:
+        """Seconds between two messages of one person in `room`; 0: off."""
+        return self._slow.get(room, 0.0)
+
+    def is_reserved(self, keys: Iterable[str]) -> bool:
+        """Reserved is stricter than ARNS, whose look-alike test is not
+        transitive (`Τeacher`, Greek Τ, looks like `Teacher`, which is
+        `teacher` in another case): each key is also compared folded, so
+        a pattern holds off every step of such a chain."""
+        keys = tuple(keys)
+        keys += tuple(fold_key(key) for key in keys)
+        if self._announcer_keys.intersection(keys):
+            return True
+        return any(pattern.matches(keys) for pattern in self._reserved.values())
+
+    def _first(
+        self, found: Iterable[Sanction], kind: str, room: str | None, now: int
+    ) -> Sanction | None:
+        """The sanction that lasts longest, of those in force."""
+        live = [s for s in found if s.kind == kind and s.covers(room) and s.active(now)]
+        if not live:
+            return None
+        return max(live, key=lambda s: float("inf") if s.expires is None else s.expires)
+
+    def on_name(
+        self, kind: str, name: str, room: str | None, now: int
+    ) -> Sanction | None:
+        keys = name_keys(name)
+        found = (s for key in keys for s in self._by_key.get(key, {}).values())
+        return self._first(found, kind, room, now)
+
+    def on_address(
+        self, kind: str, address: str, room: str | None, now: int
+    ) -> Sanction | None:
+        """`room` None asks about the whole server (the page, a handshake
+        before its room is known): only sanctions on every room count."""
+        parsed = _address(address)
+        if parsed is None:
+            return None
+        found = list(self._by_address.get(str(parsed), {}).values())
+        found += [
+            sanction
+            for network, sanction in self._networks.values()
+            if parsed.version == network.version and parsed in network
+        ]
+        return self._first(found, kind, room, now)
+
+    def name_refusal(self, name: str, room: str | None, now: int) -> str | None:
+        """Why `name` may not be taken in `room`: "reserved" or "banned"."""
+        if self.is_reserved(name_keys(name)):
+            return "reserved"
+        if self.on_name("ban", name, room, now) is not None:
+            return "banned"
+        return None
+
+    def muted(
+        self, name: str | None, address: str | None, room: str | None, now: int
+    ) -> Sanction | None:
+        """The mute on this nickname or address in `room`, if any. Asked
+        for every message, so the usual answer (no mutes at all) is one
+        counter, not a skeleton."""
+        if not self._mutes:
+            return None
+        found = []
+        if name is not None:
+            found.append(self.on_name("mute", name, room, now))
+        if address is not None:
+            found.append(self.on_address("mute", address, room, now))
+        return self._first((s for s in found if s is not None), "mute", room, now)
+
+    def banned(
+        self, name: str | None, address: str | None, room: str | None, now: int
+    ) -> Sanction | None:
+        found = []
+        if name is not None:
+            found.append(self.on_name("ban", name, room, now))
+        if address is not None:
+            found.append(self.on_address("ban", address, room, now))
+        return self._first((s for s in found if s is not None), "ban", room, now)
+
+
+class SlowMode:
+    """When each person last sent in a room under slow mode. A person is a
+    nickname (by its ARNS key) and, separately, a connection, so renaming
+    does not skip the wait; reconnecting under a new nickname does, which
+    is what a mute is for."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+
+    def wait(self, room: str, who: Iterable[str], now: float, seconds: float) -> float:
+        """Seconds until `who` may send in `room`; 0 (and the send is
+        counted) if now."""
+        keys = [(room, key) for key in who]
+        waits = [self._last.get(key, -seconds) + seconds - now for key in keys]
+        wait = max(waits, default=0.0)
+        if wait > 0:
+            return wait
+        if len(self._last) > 100_000:
+            self._prune(now)
+        for key in keys:
+            self._last[key] = now
+        return 0.0
+
+    def _prune(self, now: float) -> None:
+        cutoff = now - MAX_SLOW_SECONDS
+        self._last = {k: t for k, t in self._last.items() if t > cutoff}
+
+
+class IModerationStore(Interface):
+    """Where the rules are kept, and how orders reach every process that
+    applies them: a file for one process, Redis for a cluster."""
+
+    def load() -> "Deferred[dict[str, Any]]":
+        """The snapshot to start from (empty rules if none is stored)."""
+
+    def start(apply: Callable[[Order], None]) -> None:
+        """From now on hand every order, this process's and others', to
+        `apply`, once each, in the one order all processes see."""
+
+    def submit(order: Order) -> "Deferred[None]":
+        """Keep an order; fires once it is durable and `apply` has run here
+        with it. Fails with OSError (local) or RoomError (cluster)."""
+
+    def close() -> "Deferred[None]":
+        """Stop; everything submitted so far is settled."""
