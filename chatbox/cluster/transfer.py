@@ -18,6 +18,12 @@ history: merging two histories has no right answer.
 Export writes the cluster's history as a v2-readable data.json, by the same
 atomic, fsync'd replace the single-process server uses; it will not replace
 a history file that has messages unless told to with --force.
+
+Deleted messages leave gaps in the ids, on both sides, and their ids are
+never handed out again: import reserves up to the highest id the history
+files record (a deletion or a journal's mark may name one above the last
+message), and export, when the cluster's newest messages were deleted,
+starts the journal beside data.json with a mark saying how far ids went.
 """
 
 import argparse
@@ -34,6 +40,7 @@ from chatbox.cluster.address import RedisAddress, parse_redis_url
 from chatbox.cluster.keys import Keys
 from chatbox.cluster.link import RedisLink
 from chatbox.local import datafile
+from chatbox.wire import codec
 
 __all__ = ["main"]
 
@@ -77,7 +84,7 @@ async def _import(link: RedisLink, loaded: datafile.Loaded, room: str) -> str:
     if not loaded.ids:
         return "nothing to import: the history file is empty"
     keys = Keys.for_room(room)
-    last = loaded.ids[-1]
+    last = max(loaded.ids[-1], loaded.high)  # deleted newest: still used
     found = await link.eval(
         _RESERVE, [keys.msgid, keys.history, keys.rooms], [last, room]
     )
@@ -97,7 +104,7 @@ async def _import(link: RedisLink, loaded: datafile.Loaded, room: str) -> str:
         await link.execute("ZADD", keys.history, *pairs)
     return (
         f"imported {len(loaded.ids)} messages into {_where(link, room)} "
-        f"(ids {loaded.ids[0]}..{last})"
+        f"(ids {loaded.ids[0]}..{loaded.ids[-1]})"
     )
 
 
@@ -114,8 +121,27 @@ async def _export(link: RedisLink, path: str, room: str) -> str:
             break
         entries += page[0::2]
         low = f"({int(float(page[-1]))}"
-    await threads.deferToThread(datafile.write_array, path, entries, len(entries))
+    handed = int(await link.execute("GET", keys.msgid) or 0)
+    kept = codec.decode(entries[-1])["id"] if entries else 0
+    await threads.deferToThread(_write_export, path, entries, kept, handed)
     return f"exported {len(entries)} messages from {_where(link, room)} to {path}"
+
+
+def _write_export(path: str, entries: list[bytes], kept: int, handed: int) -> None:
+    """data.json; and when the cluster's newest messages were deleted (ids
+    up to `handed` given, the newest kept is `kept`), a journal holding
+    only the mark that keeps their ids from being handed out again."""
+    datafile.write_array(path, entries, len(entries))
+    if handed > kept:
+        journal, old = datafile.journal_paths(path)
+        temporary = journal + ".tmp"
+        with open(temporary, "wb") as f:
+            f.write(datafile.mark_record(kept, handed))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, journal)
+        datafile.remove_durably(old)
+        datafile.fsync_directory(journal)
 
 
 def _has_history(path: str) -> bool:

@@ -8,11 +8,25 @@ Layout, for a history file `data.json`:
 - `data.json` — a JSON array of `{"id","name","content","timestamp","time"}`,
   one entry per line; what v2 reads and writes (v2 entries have no `id` or
   `time`; both are given when such a file is loaded).
-- `data.json.journal` — one record per line, `<crc32 as 8 hex> <entry JSON>`,
-  appended and fsync'd per batch of messages; everything newer than
-  data.json. The checksum is what tells a torn write from damage.
+- `data.json.journal` — one record per line, `<crc32 as 8 hex> <JSON>`,
+  appended and fsync'd per batch; everything newer than data.json. The
+  checksum is what tells a torn write from damage. A record is one of:
+  - a message: the entry as data.json holds it (`{"id":..,"name":..}`);
+  - a deletion: `{"deleted":[ids],"last":L}`, an operator's removal of
+    those messages, `L` the highest id handed out when it was written. It
+    holds no content, so it may outlive the messages it removes;
+  - a mark, only ever a journal's first record: `{"follows":A,"last":L}`,
+    written when the journal was started after a history whose newest kept
+    message is `A` while ids up to `L` (> A) had been handed out: the newest
+    messages were deleted, and without the mark their ids would be handed
+    out again once their records are gone.
 - `data.json.journal.old` — a journal taken out of service while its entries
-  are folded into data.json; removed once the fold is durable.
+  are folded into data.json; removed once the fold is durable. Every fold
+  (a big journal, a purge of deleted messages, start-up and shutdown) first
+  retires the journal, starting the new one with a mark if one is due, then
+  writes data.json as it was at that moment, then removes the old journal.
+- `data.json.tmp`, `data.json.journal.tmp` — a file being written before it
+  is renamed into place; one left by a crash is removed at start-up.
 - `data.json.lock` — flock'd by the one process that owns the history, so
   a second server on the same files refuses before it reads anything.
 - `data.json.torn-<UTC time>` — the bytes of a torn last write, kept as
@@ -23,7 +37,9 @@ Layout, for a history file `data.json`:
 Crash safety follows from the order of operations: data.json only ever
 changes by an atomic replace of a fully fsync'd temporary file, a journal
 line is acknowledged only after its fsync, and replay skips ids data.json
-already holds, so a crash between any two steps loses nothing.
+already holds, so a crash between any two steps loses nothing. A deletion
+is acknowledged once its record is fsync'd; the content itself is gone
+from every file once the fold that follows it has removed the old journal.
 
 Damage is never repaired here: anything that is not a torn last write stops
 start-up with the file, the offset and the ids, and nothing is rewritten.
@@ -50,12 +66,15 @@ __all__ = [
     "Journal",
     "Loaded",
     "TornTail",
+    "deletion_record",
     "fold",
     "history_path",
     "journal_paths",
     "keep_torn",
     "load",
+    "mark_record",
     "record",
+    "remove_leftovers",
     "write_array",
 ]
 
@@ -93,6 +112,18 @@ def record(entry: bytes) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(entry), entry)
 
 
+def deletion_record(ids: Sequence[int], last: int) -> bytes:
+    """The journal line of an operator's deletion of `ids` (ids only: no
+    content), written when ids up to `last` had been handed out."""
+    return record(codec.encode_compact({"deleted": list(ids), "last": last}))
+
+
+def mark_record(kept: int, last: int) -> bytes:
+    """The first line of a journal started after a history whose newest
+    kept message is `kept`, when ids up to `last` had been handed out."""
+    return record(codec.encode_compact({"follows": kept, "last": last}))
+
+
 @dataclass
 class TornTail:
     """The incomplete last record of a journal: the write a crash
@@ -110,9 +141,16 @@ class Loaded:
 
     ids: list[int] = field(default_factory=list)
     entries: list[bytes] = field(default_factory=list)
-    # True when journals held entries: data.json is not complete on its own.
+    # True when journals held records: data.json is not complete on its own.
     needs_fold: bool = False
     torn: list[TornTail] = field(default_factory=list)
+    # The highest id ever handed out: above ids[-1] when the newest were
+    # deleted. New messages are given ids after it.
+    high: int = 0
+    # When an old journal was replayed: the history as it stood when that
+    # journal was retired (ids, entries), which the fold interrupted was
+    # writing into data.json; start-up finishes that fold first.
+    retired: tuple[list[int], list[bytes]] | None = None
 
 
 def journal_paths(path: str) -> tuple[str, str]:
@@ -142,7 +180,12 @@ def _entry(
     # timestamp, in this server's zone, which is what it was written in.
     millis = time_of(record["timestamp"], record.get("time"))
     entry = messages.history_entry(
-        message_id, record["name"], record["content"], record["timestamp"], millis
+        message_id,
+        record["name"],
+        record["content"],
+        record["timestamp"],
+        millis,
+        announcement=record.get("announcement") is True,
     )
     return message_id, codec.encode_compact(entry)
 
@@ -228,18 +271,42 @@ class _Replay:
     stops start-up instead of silently losing messages in between. Records
     of the checksum-less format were written by a store that could leave
     gaps (a failed batch kept its ids), so they need only go up.
+
+    Deletions leave gaps in data.json but never in the records: a deletion
+    record and a mark say how far ids had gone (`last`), so every message
+    record must still be exactly one past the record before it. A mark
+    also says which message the history before it ended with, which is
+    what still tells an emptied data.json once its newest were deleted.
+
+    One state is ambiguous until the current journal is read: a crash
+    after a fold wrote data.json but before it removed the old journal
+    leaves a data.json newer than the old journal's first record. Then
+    data.json must be exactly the history the current journal follows
+    (its mark's message, or the id before its first record), and every
+    message taken from the old journal must have been deleted in it; if
+    not, the old journal's first mismatch is reported as the damage.
     """
 
     def __init__(self, array_path: str, loaded: Loaded) -> None:
         self.array_path = array_path
         self.loaded = loaded
         self.array_last = loaded.ids[-1] if loaded.ids else 0
-        self.previous: int | None = None  # the last journal id seen
+        self.high = self.array_last  # the highest id known handed out
+        self.previous: int | None = None  # the last journal record's id or `last`
+        self.taken = False  # a message was taken from a journal
+        self.deleted: set[int] = set()
+        self.current = False  # reading the current journal (not the old one)
+        self.first = True  # the next record is its journal's first
+        self.marked = False  # the last journal read began with a mark
+        # Damage to report unless the current journal shows data.json is the
+        # fold that followed the old journal (see the class docstring).
+        self.unless_folded: str | None = None
 
-    def journal(self, path: str) -> None:
+    def journal(self, path: str, current: bool) -> None:
+        self.current = current
+        self.first = True
+        self.marked = False
         raw = _read_file(path)
-        if raw:
-            self.loaded.needs_fold = True
         end = raw.rfind(b"\n") + 1  # the complete lines end here
         lines = 0
         if end:
@@ -249,6 +316,51 @@ class _Replay:
                 offset += len(line) + 1
         if end < len(raw):
             self._tail(path, lines + 1, end, raw[end:])
+        if raw and not (current and lines == 1 and self.marked and end == len(raw)):
+            # More than the current journal's mark: not all in data.json.
+            self.loaded.needs_fold = True
+        if not current and raw:
+            self.loaded.retired = self._kept()
+
+    def finish(self) -> None:
+        """After both journals: settle a pending doubt, drop what was deleted."""
+        if self.unless_folded is not None:
+            self._folded_or_damaged(self.high)
+        loaded = self.loaded
+        loaded.high = max(self.high, loaded.ids[-1] if loaded.ids else 0)
+        if self.deleted:
+            loaded.ids, loaded.entries = self._kept()
+
+    def _kept(self) -> tuple[list[int], list[bytes]]:
+        ids, entries, deleted = self.loaded.ids, self.loaded.entries, self.deleted
+        if not deleted:
+            return list(ids), list(entries)
+        pairs = [(i, e) for i, e in zip(ids, entries, strict=True) if i not in deleted]
+        return [i for i, _ in pairs], [e for _, e in pairs]
+
+    def _survivor(self) -> int:
+        """The newest message replayed so far that was not deleted."""
+        ids = self.loaded.ids
+        for index in range(len(ids) - 1, -1, -1):
+            if ids[index] not in self.deleted:
+                return ids[index]
+        return 0
+
+    def _folded_or_damaged(self, follows: int) -> None:
+        """The old journal did not follow data.json: only right if
+        data.json is the fold that ended at `follows` and every message
+        taken from the old journal was deleted."""
+        damage, self.unless_folded = self.unless_folded, None
+        if self.array_last != follows or self._survivor() != self.array_last:
+            assert damage is not None
+            raise HistoryFileError(damage)
+
+    def _doubt(self, damage: HistoryFileError) -> None:
+        """A mismatch at the old journal's first record: damage, or a
+        data.json already folded past it (decided by the current journal)."""
+        if self.current or self.taken or self.previous is not None:
+            raise damage
+        self.unless_folded = str(damage)
 
     def _tail(self, path: str, number: int, offset: int, tail: bytes) -> None:
         """An incomplete last record is the write a crash interrupted, never
@@ -284,32 +396,110 @@ class _Replay:
             record = codec.decode(body)
         except codec.DecodeError as e:
             raise _damaged(where, f"not valid JSON: {e}") from None
+        first, self.first = self.first, False
+        if not legacy and isinstance(record, dict) and "name" not in record:
+            if "deleted" in record:
+                self._deletion(where, record, first)
+                return
+            if "follows" in record:
+                self._mark(where, record, first)
+                return
+        if first and self.current and self.unless_folded is not None:
+            self._folded_or_damaged(self.high)
         message_id = record.get("id") if isinstance(record, dict) else None
         loaded = self.loaded
         last_id = loaded.ids[-1] if loaded.ids else 0
         if type(message_id) is int and not legacy:
-            expected = last_id + 1 if self.previous is None else self.previous + 1
-            if message_id != expected and (
-                self.previous is not None or message_id > self.array_last
-            ):
-                raise _damaged(where, self._gap(message_id, expected))
+            if not self.taken and message_id <= self.array_last:
+                expected = message_id if self.previous is None else self.previous + 1
+            else:
+                base = self.high if self.previous is None else self.previous
+                expected = base + 1
+            if message_id != expected:
+                damage = _damaged(where, self._gap(message_id, expected))
+                if self.previous is not None or message_id <= self.array_last:
+                    raise damage
+                self._doubt(damage)
         if (
             type(message_id) is int
             and message_id <= self.array_last
-            and last_id == self.array_last  # nothing taken from journals yet
+            and not self.taken  # nothing taken from journals yet
         ):
             self.previous = message_id
             return  # Already in data.json: folded before a crash.
         message_id, entry = _entry(record, last_id, where, ids_required=True)
         self.previous = message_id
+        self.high = max(self.high, message_id)
+        self.taken = True
         loaded.ids.append(message_id)
         loaded.entries.append(entry)
+
+    def _last(self, where: str, record: dict[str, Any]) -> int:
+        last = record.get("last")
+        if type(last) is not int or last < 0:
+            raise _damaged(where, f"'last' must be an id, found {last!r}")
+        return last
+
+    def _deletion(self, where: str, record: dict[str, Any], first: bool) -> None:
+        last = self._last(where, record)
+        ids = record.get("deleted")
+        if not isinstance(ids, list) or not all(
+            type(i) is int and 0 < i <= last for i in ids
+        ):
+            raise _damaged(where, f"'deleted' must be ids up to {last}")
+        if first and self.current and self.unless_folded is not None:
+            self._folded_or_damaged(self.high)
+        base = self.high if self.previous is None else self.previous
+        if last != base:
+            if self.previous is not None or self.taken:
+                raise _damaged(
+                    where,
+                    f"a deletion made when ids had reached {last} follows a "
+                    f"record of id {base}",
+                )
+            if last > self.array_last:  # else: data.json was folded past it
+                self._doubt(
+                    _damaged(
+                        where,
+                        f"a deletion made when ids had reached {last}, but "
+                        f"{self.array_path} ends at id {self.array_last} "
+                        f"({self.array_path} may have been emptied or replaced "
+                        "by an older copy)",
+                    )
+                )
+        self.deleted.update(ids)
+        self.previous = last
+        self.high = max(self.high, last)
+
+    def _mark(self, where: str, record: dict[str, Any], first: bool) -> None:
+        last = self._last(where, record)
+        follows = record.get("follows")
+        if type(follows) is not int or not 0 <= follows < last:
+            raise _damaged(where, f"'follows' must be an id below {last}")
+        if not first:
+            raise _damaged(where, "a mark that is not its journal's first record")
+        if self.current and self.unless_folded is not None:
+            self._folded_or_damaged(follows)
+        survivor = self._survivor()
+        if survivor != follows or last < self.high:
+            self._doubt(
+                _damaged(
+                    where,
+                    f"starts after a history whose newest message is id "
+                    f"{follows}, but the history before it ends at id {survivor} "
+                    f"({self.array_path} may have been emptied or replaced by "
+                    "an older copy)",
+                )
+            )
+        self.previous = last
+        self.high = max(self.high, last)
+        self.marked = True
 
     def _gap(self, found: int, expected: int) -> str:
         if self.previous is None:
             return (
                 f"holds message id {found}, but {self.array_path} ends at id "
-                f"{self.array_last}, so the ids in between are missing "
+                f"{self.high}, so the ids in between are missing "
                 f"({self.array_path} may have been emptied or replaced by an "
                 "older copy)"
             )
@@ -336,9 +526,18 @@ def load(path: str) -> Loaded:
     with _cyclic_gc_paused():
         _read_array(path, loaded)
         replay = _Replay(path, loaded)
-        replay.journal(old)
-        replay.journal(current)
+        replay.journal(old, current=False)
+        replay.journal(current, current=True)
+        replay.finish()
     return loaded
+
+
+def remove_leftovers(path: str) -> None:
+    """Remove the temporary files a crash left beside history `path`: never
+    needed (only a complete one is ever renamed into place), and they may
+    hold messages deleted since. Start-up only, with the lock held."""
+    for leftover in (path + ".tmp", journal_paths(path)[0] + ".tmp"):
+        remove_durably(leftover)
 
 
 def fsync_directory(path: str, *, fsync: Callable[[int], None] = os.fsync) -> None:
@@ -374,11 +573,14 @@ def write_array(
     count: int,
     *,
     fsync: Callable[[int], None] = os.fsync,
+    before_replace: Callable[[], None] | None = None,
 ) -> None:
     """Atomically replace `path` with the first `count` entries as a JSON array.
 
     The temporary file lives in the same folder so that os.replace is a
     rename; it is fsync'd before the rename and the folder after it.
+    `before_replace` runs once the temporary file is durable, just before
+    the rename; if it raises, nothing is replaced.
     """
     temporary = path + ".tmp"
     try:
@@ -399,6 +601,8 @@ def write_array(
                 f.write(b"\n]\n" if count else b"]\n")
                 f.flush()
                 fsync(f.fileno())
+            if before_replace is not None:
+                before_replace()
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -458,18 +662,20 @@ def fold(
     path: str,
     entries: Sequence[bytes],
     count: int,
-    live: "Journal | None" = None,
     *,
     fsync: Callable[[int], None] = os.fsync,
+    retire: Callable[[], None] | None = None,
 ) -> None:
-    """Make data.json hold the first `count` entries, then drop the journals
-    they came from: the retired one, and `live` when it is folded too (at
-    start-up and shutdown). Each step is durable before the next, so a crash
-    anywhere leaves every message in data.json or in a journal."""
-    write_array(path, entries, count, fsync=fsync)
+    """Make data.json hold the first `count` entries (the history as it was
+    when the journal was retired), then drop the retired journal. Each step
+    is durable before the next, so a crash anywhere leaves every message in
+    data.json or in a journal, and every deletion in a journal or done.
+
+    `retire`, at start-up and shutdown, retires the journal once the new
+    data.json is written but not yet in place: a full disk then fails the
+    fold before any file has changed."""
+    write_array(path, entries, count, fsync=fsync, before_replace=retire)
     remove_durably(journal_paths(path)[1], fsync=fsync)
-    if live is not None:
-        live.truncate()
 
 
 def keep_torn(history_path: str, tail: TornTail) -> str:
@@ -542,6 +748,18 @@ class HistoryLock:
             os.close(fd)  # Closing the only descriptor releases the flock.
 
 
+def _write_new(path: str, data: bytes) -> None:
+    """Create `path` holding `data`, fsync'd (its folder is not)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Journal:
     """The append-only journal file, used from one thread at a time.
 
@@ -607,23 +825,33 @@ class Journal:
         self._size = 0
         self._dirty = False
 
-    def retire(self, old_path: str) -> None:
-        """Move the current journal to `old_path` and start an empty one.
+    def retire(self, old_path: str, first: bytes = b"") -> None:
+        """Move the current journal to `old_path` and start a new one that
+        holds `first` (a mark, or nothing).
 
         A failed append's leftovers are cut off first: the retired journal
-        is replayed as it is, and those records were refused.
+        is replayed as it is, and those records were refused. The new
+        journal is written and fsync'd under a temporary name before the
+        renames, so no crash leaves a journal without its mark.
         """
+        temporary = self.path + ".tmp"
         with _about(self.path):
             self._cut_back()
+            if first:
+                _write_new(temporary, first)
             os.rename(self.path, old_path)
         try:
+            if first:
+                with _about(temporary):
+                    os.rename(temporary, self.path)
             fd = self._open(self.path)
         except BaseException:
-            os.rename(old_path, self.path)
+            with contextlib.suppress(OSError):
+                os.rename(old_path, self.path)
             raise
         os.close(self._fd)
         self._fd = fd
-        self._size = 0
+        self._size = len(first)
         self._dirty = False
 
     def close(self) -> None:

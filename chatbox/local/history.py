@@ -2,15 +2,25 @@
 
 Entries are kept as the exact JSON bytes that go into data.json and into
 `get` replies, so answering `get` is a slice and a join, never an encode.
-Only the store appends, and only after the entry is durable.
+Only the store changes it: appends once an entry is durable, removals when
+an operator deletes messages.
 
 A running total of entry sizes is kept beside the ids, so a page can be
 bounded by bytes as well as by count with one bisection: a reply must never
 grow with the length of the messages people happened to write.
+
+Ids have gaps once messages are deleted; every lookup bisects the ids, so
+none of them assumes an entry's index from its id.
+
+The fold thread reads a prefix of `entries` while the reactor appends:
+appends only ever extend the list, and a removal builds new lists and swaps
+them in (copy-on-write), so a list the fold holds never changes under it.
 """
 
 from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+from itertools import accumulate
 
 __all__ = ["History"]
 
@@ -28,12 +38,14 @@ class History:
 
     @property
     def last_id(self) -> int:
-        """The newest id, or 0 for an empty history."""
+        """The newest id kept, or 0 for an empty history (deleted ids are
+        not kept: the store remembers the highest id it handed out)."""
         return self._ids[-1] if self._ids else 0
 
     @property
     def entries(self) -> list[bytes]:
-        """The live list: append-only, so a prefix of it never changes."""
+        """The live list: appended to in place, never changed otherwise (a
+        removal swaps in a new list), so a prefix of it never changes."""
         return self._entries
 
     def append(self, message_id: int, entry: bytes) -> None:
@@ -50,6 +62,39 @@ class History:
             return self._entries[index]
         return None
 
+    def remove(self, ids: Iterable[int]) -> list[tuple[int, bytes]]:
+        """Take the entries with these ids out (those that exist); returns
+        them, oldest first. New lists replace the old ones, which readers
+        on other threads may still hold."""
+        found: list[int] = []
+        for message_id in sorted(set(ids)):
+            index = bisect_left(self._ids, message_id)
+            if index < len(self._ids) and self._ids[index] == message_id:
+                found.append(index)
+        if not found:
+            return []
+        removed = [(self._ids[i], self._entries[i]) for i in found]
+        keep_ids = array("q")
+        keep_entries: list[bytes] = []
+        start = 0
+        for index in [*found, len(self._ids)]:
+            keep_ids.extend(self._ids[start:index])
+            keep_entries.extend(self._entries[start:index])
+            start = index + 1
+        self._swap(keep_ids, keep_entries)
+        return removed
+
+    def restore(self, removed: list[tuple[int, bytes]]) -> None:
+        """Put back entries `remove` took (their deletion could not be made
+        durable), each in its place by id."""
+        merged = sorted([*zip(self._ids, self._entries, strict=True), *removed])
+        self._swap(array("q", (i for i, _ in merged)), [e for _, e in merged])
+
+    def _swap(self, ids: array, entries: list[bytes]) -> None:
+        self._ids = ids
+        self._offsets = array("q", accumulate(map(len, entries), initial=0))
+        self._entries = entries
+
     def page(
         self,
         limit: int,
@@ -60,12 +105,13 @@ class History:
         """The newest `limit` entries with after < id < before, oldest first,
         no more of them than fit in `max_bytes` (0: no byte bound). The
         newest entry is always included, whatever its size."""
-        low = 0 if after is None else bisect_right(self._ids, after)
-        high = len(self._ids) if before is None else bisect_left(self._ids, before)
+        ids, offsets, entries = self._ids, self._offsets, self._entries
+        low = 0 if after is None else bisect_right(ids, after)
+        high = len(ids) if before is None else bisect_left(ids, before)
         low = max(low, high - limit)
         if low >= high:
             return []
         if max_bytes > 0:
-            wanted = self._offsets[high] - max_bytes
-            low = bisect_left(self._offsets, wanted, low, high - 1)
-        return self._entries[low:high]
+            wanted = offsets[high] - max_bytes
+            low = bisect_left(offsets, wanted, low, high - 1)
+        return entries[low:high]

@@ -91,6 +91,7 @@ class LocalRoom:
         content: str,
         when: Moment,
         send_id: str | None = None,
+        announcement: bool = False,
     ) -> "Deferred[Posted]":
         key = None if send_id is None else (name, send_id)
         if key is not None:
@@ -105,18 +106,37 @@ class LocalRoom:
                     # The original was not stored: this repeat is a new try
                     # (and the first of the waiters becomes the original).
                     failure.trap(RoomError)
-                    return self.post(owner, name, content, when, send_id)
+                    return self.post(owner, name, content, when, send_id, announcement)
 
                 return earlier.addCallbacks(original, again)
-        stored = self.store.append(name, content, when)
+        stored = self.store.append(name, content, when, announcement)
         if key is not None:
             self.sends.track(key, stored)
 
         def durable(message_id: int) -> Posted:
-            self._deliver(messages.posted(name, content, when, message_id), owner)
+            self._deliver(
+                messages.posted(name, content, when, message_id, announcement), owner
+            )
             return Posted(message_id, name, content, when)
 
         return stored.addCallback(durable)
+
+    def delete(self, ids: list[int], when: Moment) -> "Deferred[list[int]]":
+        """Out of `get` now; everyone told once the deletion is durable (a
+        deletion that cannot be written puts the messages back, and nobody
+        was told); fires once no file holds their content."""
+
+        def tell(removed: list[int]) -> None:
+            self._deliver(messages.deleted(removed, when), None)
+
+        return self.store.delete(ids, tell)
+
+    def delete_by(
+        self, name: str, since: int | None, until: int | None, when: Moment
+    ) -> "Deferred[list[int]]":
+        # A message stored after the scan began is not in it.
+        found = self.store.matching(name, since, until)
+        return found.addCallback(self.delete, when)
 
     def typing(self, owner: Hashable, name: str, when: Moment) -> None:
         self._deliver(messages.typing(name), owner)

@@ -116,7 +116,11 @@ class LocalRooms:
         return Deferred.fromCoroutine(self._unload(name, room))
 
     async def _unload(self, name: str, room: IRoom) -> Unloaded:
-        empty = room.message_count() == 0
+        # A room whose every message was deleted keeps its files: its
+        # journal's mark keeps those ids from being handed out again.
+        empty = room.message_count() == 0 and not (
+            isinstance(room, LocalRoom) and room.store.ids_used
+        )
         complete = bool(await room.close())
         if not (empty and complete):
             return Unloaded(complete, True)
