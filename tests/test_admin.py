@@ -29,7 +29,6 @@ from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from chatbox import tap
 from chatbox.admin.api import make_admin_site
 from chatbox.admin.tokens import Tokens, append_line, hash_line
 from chatbox.local.room import LocalRoom
@@ -511,10 +510,6 @@ async def test_nothing_of_the_token_reaches_the_log(operator, tmp_path):
 # -- under twistd, as an operator runs it --
 
 ADMIN_LISTENING = rb"listening on https?://127\.0\.0\.1:(\d+)"
-needs_listener = pytest.mark.skipif(
-    "make_admin_site" not in Path(tap.__file__).read_text(),
-    reason="tap.py does not start the admin listener on this branch yet",
-)
 
 
 async def twistd_with_admin(workdir: Path, *args: str) -> tuple[Any, str]:
@@ -545,7 +540,6 @@ async def run_cli(url: str, *args: str, token: str | None = TOKEN) -> Any:
     )
 
 
-@needs_listener
 @ensureDeferred
 async def test_under_twistd_tokens_reload_on_sighup(tmp_path):
     append_line(str(tmp_path / "admin-tokens"), hash_line("alice", TOKEN))
@@ -571,7 +565,6 @@ async def test_under_twistd_tokens_reload_on_sighup(tmp_path):
     assert TOKEN.encode() not in child.output and bob.encode() not in child.output
 
 
-@needs_listener
 @ensureDeferred
 async def test_under_twistd_a_bad_token_file_refuses_start_up(tmp_path):
     (tmp_path / "admin-tokens").write_text(
@@ -589,7 +582,6 @@ async def test_under_twistd_a_bad_token_file_refuses_start_up(tmp_path):
     assert b"plaintext-token" not in child.output
 
 
-@needs_listener
 @ensureDeferred
 async def test_under_twistd_tricklers_are_cut_and_operators_still_served(tmp_path):
     """A hundred connections trickle request heads into the admin port, a
@@ -607,6 +599,41 @@ async def test_under_twistd_tricklers_are_cut_and_operators_still_served(tmp_pat
         assert all(s.startswith(b"HTTP/1.1 408") or s == b"" for s in statuses)
         assert sum(s.startswith(b"HTTP/1.1 408") for s in statuses) >= 30
         print(f"100 tricklers closed within {took:.1f} s")
+    finally:
+        await child.kill(signal.SIGTERM)
+
+
+@ensureDeferred
+async def test_under_twistd_rules_survive_kill_9(tmp_path):
+    """Every rule the CLI was told was made is there after kill -9: the
+    rules file is written before the API answers."""
+    append_line(str(tmp_path / "admin-tokens"), hash_line("alice", TOKEN))
+    child, url = await twistd_with_admin(tmp_path)
+    try:
+        for command in (
+            ("ban", "name", "Troll", "--for", "1d", "--reason", "insults"),
+            ("ban", "address", "192.0.2.0/24", "--reason", "bots"),
+            ("mute", "name", "Loud", "--for", "1h", "--reason", "calm"),
+            ("reserve", "teacher*"),
+            ("slow-mode", "7"),
+        ):
+            done = await run_cli(url, *command)
+            assert done.returncode == 0, done.stderr
+    finally:
+        await child.kill(signal.SIGKILL)
+    child, url = await twistd_with_admin(tmp_path)
+    try:
+        bans = json.loads((await run_cli(url, "--json", "bans")).stdout)["bans"]
+        assert sorted(b["value"] for b in bans) == ["192.0.2.0/24", "Troll"]
+        mutes = json.loads((await run_cli(url, "--json", "mutes")).stdout)["mutes"]
+        assert [m["value"] for m in mutes] == ["Loud"]
+        client = await connect(child.url)
+        assert (await client.register("TROLL"))["error"] == "banned"
+        assert (await client.register("Teacher Lan"))["error"] == "reserved"
+        await client.register("alice")
+        await client.say("one")
+        assert (await client.say("two"))["reason"] == "SlowMode"
+        client.abort()
     finally:
         await child.kill(signal.SIGTERM)
 
