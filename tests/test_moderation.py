@@ -364,3 +364,62 @@ async def test_rules_restored_from_a_snapshot_close_whom_their_bans_cover(server
     assert (await banned.reply())["action"] == "ban"
     assert await banned.close_code_from_server() == CLOSE_BANNED
     assert (await fine.say("still here"))["status"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_renaming_does_not_escape_a_mute(server):
+    """Operator review: `Loud` muted, renamed to `Loud2`, sent and was
+    stored. The mute holds the connection it caught, whatever its name,
+    until it ends or is lifted."""
+    loud = await server.user("Loud")
+    made = await ban(server, "name", "Loud", kind="mute", duration=600)
+    await loud.reply()  # the notice
+    assert (await loud.register("Loud2"))["status"] is True
+    refused = await loud.say("escaped?")
+    assert (refused["reason"], refused["username"]) == ("Muted", "Loud2")
+    await moderator_of(server).lift(OPERATOR, "mute", made["id"])
+    await loud.reply()  # unmute
+    assert (await loud.say("back"))["status"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_mute_caught_at_send_time_also_holds_through_a_rename(server):
+    """The same for a mute made before the nickname was taken."""
+    await ban(server, "name", "Loud", kind="mute", duration=600)
+    loud = await server.user("Loud")
+    assert (await loud.say("x"))["reason"] == "Muted"
+    await loud.register("Quiet")
+    assert (await loud.say("y"))["reason"] == "Muted"
+
+
+@pytest.mark.parametrize(
+    ("room", "status"), [("class-7c", 404), ("clas-7b", 404), ("Bad Name", 400)]
+)
+@pytest_twisted.ensureDeferred
+async def test_a_room_that_cannot_exist_is_refused_not_ruled_on(
+    data_file, room, status
+):
+    """Operator review: a typo in --room stored a ban for a room no one
+    can enter, and the operator believed it in force."""
+    running = await start_server(data_file, "--rooms=class-7a,class-7b")
+    moderator = moderator_of(running)
+    try:
+        for action in (
+            lambda: ban(running, "name", "Minh", room=room),
+            lambda: moderator.kick(OPERATOR, "Minh", room, "x"),
+            lambda: moderator.set_slow_mode(OPERATOR, room, 30),
+            lambda: moderator.delete(OPERATOR, room, [1], "x"),
+        ):
+            with pytest.raises(ModerationError) as refused:
+                await action()
+            assert refused.value.status == status
+        assert moderator.sanctions("ban") == [] and moderator.slow_modes() == {}
+    finally:
+        await running.stop()
+    bare = await start_server(data_file)
+    try:
+        with pytest.raises(ModerationError) as refused:
+            await ban(bare, "name", "Minh", room="class-7a")
+        assert refused.value.status == 404
+    finally:
+        await bare.stop()

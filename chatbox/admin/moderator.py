@@ -15,6 +15,7 @@ holding the connection is the one that closes it.
 """
 
 import ipaddress
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -70,6 +71,12 @@ def _room(room: str | None) -> str | None:
         raise ModerationError(400, f"not a room: {e}") from None
 
 
+def _stamp(millis: int | None) -> str:
+    if millis is None:
+        return "any time"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(millis / 1000))
+
+
 def _reason(reason: object) -> str:
     if not isinstance(reason, str) or len(reason) > MAX_REASON:
         raise ModerationError(
@@ -110,6 +117,19 @@ class Moderator:
     def _now(self) -> int:
         return int(self._seconds() * 1000)
 
+    def _room(self, room: str | None) -> str | None:
+        """A room an action may name: one this server can have. A typo
+        must not leave the operator believing a rule is in force."""
+        checked = _room(room)
+        if checked is None or checked == DEFAULT:
+            return checked
+        rooms = self.rooms
+        if not rooms.named:
+            raise ModerationError(404, "this server has no named rooms (--rooms)")
+        if not rooms.policy.open and checked not in rooms.policy.names:
+            raise ModerationError(404, f"no room {checked!r} (not in --rooms)")
+        return checked
+
     def _audit(self, operator: str, action: str, target: str, reason: str = "") -> None:
         self.metrics.moderation_actions.labels(action).inc()
         self.audit.info(
@@ -140,7 +160,7 @@ class Moderator:
             yield connection
 
     def users(self, room: str | None) -> list[dict[str, Any]]:
-        room = _room(room)
+        room = self._room(room)
         found = []
         for connection in self._connections(room):
             name = connection.room.name_of(connection)
@@ -166,7 +186,7 @@ class Moderator:
     ) -> int:
         if not is_valid_name(name):
             raise ModerationError(400, "not a nickname")
-        room = _room(room)
+        room = self._room(room)
         reason = _reason(reason)
         here = len(self._holders(name_keys(name), room))
         await self._submit(
@@ -213,7 +233,7 @@ class Moderator:
         force: bool,
         client_address: str,
     ) -> dict[str, Any]:
-        room = _room(room)
+        room = self._room(room)
         reason = _reason(reason)
         if duration is not None and not 0 < duration <= MAX_DURATION:
             raise ModerationError(400, "a duration is 1 second to 10 years")
@@ -298,12 +318,13 @@ class Moderator:
         return Deferred.fromCoroutine(self._slow(operator, room, seconds))
 
     async def _slow(self, operator: str, room: str, seconds: float) -> None:
-        checked = _room(room)
+        checked = self._room(room)
         assert checked is not None
         await self._submit(
             {"op": "slow", "room": checked, "seconds": seconds, "by": operator}
         )
-        self._audit(operator, "slow-mode", self._where(checked), f"{seconds:g} s")
+        setting = f"{seconds:g} s" if seconds else "off"
+        self._audit(operator, "slow-mode", f"{self._where(checked)}: {setting}")
 
     def reserved(self) -> list[str]:
         return self.moderation.reserved()
@@ -356,9 +377,17 @@ class Moderator:
             close = CLOSE_BANNED if found.kind == "ban" else None
             for connection in self._sanctioned(found):
                 connection.moderated(notice, close, found.reason)
+                if found.kind == "mute":
+                    connection.mute = found  # a rename must not escape it
         elif op == "lift" and found is not None and found.kind == "mute":
             notice = messages.moderation_notice("unmute", "", None)
-            for connection in self._sanctioned(found):
+            caught = [
+                c
+                for c in self._connections(found.room)
+                if getattr(c.mute, "id", None) == found.id
+            ]
+            for connection in {*self._sanctioned(found), *caught}:
+                connection.mute = None
                 connection.moderated(notice, None, "")
 
     def _holders(self, keys: Iterable[str], room: str | None) -> list[Any]:
@@ -397,7 +426,7 @@ class Moderator:
     async def _in_room(self, room: str, act: Callable[[IRoom], Deferred]) -> Any:
         """Run `act` on a room, loading it for the while if nobody is in it;
         a room that is not there is not made for it."""
-        checked = _room(room)
+        checked = self._room(room)
         assert checked is not None
         if checked != DEFAULT and self.rooms.is_new(checked):
             raise ModerationError(404, f"no room {checked!r}")
@@ -464,7 +493,7 @@ class Moderator:
             operator,
             "delete-by",
             f"{len(removed)} messages of {name!r} in {self._where(room)} "
-            f"from {since} to {until}",
+            f"from {_stamp(since)} to {_stamp(until)}",
             reason,
         )
         return removed
@@ -496,12 +525,8 @@ class Moderator:
                 ),
             )
             posted.append({"room": target, "id": stored.id})
-        self._audit(
-            operator,
-            "announce",
-            ", ".join(self._where(target) for target in targets) or "no room",
-            text[:100],
-        )
+        where = ", ".join(self._where(target) for target in targets) or "no room"
+        self._audit(operator, "announce", f"{text[:100]!r} to {where}")
         return posted
 
 

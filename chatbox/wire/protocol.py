@@ -115,6 +115,9 @@ class ChatProtocol(WebSocketServerProtocol):
         # `room` is set with it, before any request can arrive.
         self.room_name: str | None = None
         self._lost = False
+        # The mute this connection was caught by, held whatever nickname it
+        # takes next: renaming must not escape a mute on the old one.
+        self.mute: Any = None
 
     # -- connection life --
 
@@ -546,6 +549,23 @@ class ChatProtocol(WebSocketServerProtocol):
             self.factory.metrics.moderation_refusals.labels(f"name {rule}").inc()
         return rule
 
+    def _mute_on(self, name: str, now: int) -> Any:
+        """The mute on this nickname or address, or the one this connection
+        was caught by under another nickname while it is still in force
+        (not lifted, not ended); it is held from then on."""
+        moderation = self.factory.moderation
+        mute = moderation.muted(name, self.address, self.room_name, now)
+        held = self.mute
+        if (
+            mute is None
+            and held is not None
+            and held.active(now)
+            and moderation.get(held.id) is not None
+        ):
+            mute = held
+        self.mute = mute
+        return mute
+
     def _held(self, name: str, content: object) -> None:
         """Refuse a send an operator's rule holds back: a mute on the
         nickname or address, or the room's slow mode. Either is v2's
@@ -553,7 +573,7 @@ class ChatProtocol(WebSocketServerProtocol):
         moderation = self.factory.moderation
         room = self.room_name
         now = self.factory.now_ms()
-        mute = moderation.muted(name, self.address, room, now)
+        mute = self._mute_on(name, now)
         if mute is not None:
             self.factory.metrics.moderation_refusals.labels("muted").inc()
             wait = MUTED_FOR_GOOD if mute.expires is None else mute.expires - now
@@ -772,8 +792,7 @@ class ChatProtocol(WebSocketServerProtocol):
         now = self.factory.reactor.seconds()
         if now < self._typing_quiet_until:
             return
-        moderation = self.factory.moderation
-        if moderation.muted(name, self.address, self.room_name, self.factory.now_ms()):
+        if self._mute_on(name, self.factory.now_ms()) is not None:
             return  # a muted user's hints would be noise with no message after
         self._typing_quiet_until = now + TYPING_INTERVAL
         key = self.address_key
