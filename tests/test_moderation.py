@@ -388,7 +388,8 @@ async def test_a_mute_caught_at_send_time_also_holds_through_a_rename(server):
     await ban(server, "name", "Loud", kind="mute", duration=600)
     loud = await server.user("Loud")
     assert (await loud.say("x"))["reason"] == "Muted"
-    await loud.register("Quiet")
+    renamed = await loud.register("Quiet")
+    assert renamed["status"] is True, renamed
     assert (await loud.say("y"))["reason"] == "Muted"
 
 
