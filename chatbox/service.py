@@ -14,6 +14,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorCore,
@@ -152,7 +153,16 @@ class ListenerService(StreamServerEndpointService):
         self._waiting: list[Deferred[IListeningPort]] = []
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # One line, naming whose port, not a traceback: the usual
+            # cause is a second instance, or --admin-port equal to --port.
+            why = e.socketError.strerror if e.socketError is not None else e
+            raise SystemExit(
+                f"chatbox: cannot start: {self.label} cannot listen on "
+                f"{e.interface or '*'}:{e.port}: {why}"
+            ) from None
         # Private hook: StreamServerEndpointService keeps the listen's
         # Deferred in `_waitingForPort`, after its own errback, which has
         # logged a later failure and passes None along (a failure at once

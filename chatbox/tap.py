@@ -363,7 +363,7 @@ class Options(usage.Options):
         [
             "admin-port",
             None,
-            "tcp:9001:interface=127.0.0.1",
+            "tcp:9009:interface=127.0.0.1",
             "Where the admin API listens (a Twisted endpoint string): loopback "
             "only by default, never the chat port.",
         ],

@@ -674,3 +674,26 @@ def _read_all(sockets: list[socket.socket]) -> list[bytes]:
     for sock in sockets:
         sock.close()
     return list(got.values())
+
+
+@ensureDeferred
+async def test_under_twistd_a_taken_admin_port_is_one_line_not_a_traceback(tmp_path):
+    """Operator review: a second instance (or --admin-port equal to --port)
+    ended in 40 lines of traceback."""
+    append_line(str(tmp_path / "admin-tokens"), hash_line("alice", TOKEN))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        child = process.spawn(
+            tmp_path,
+            f"--admin-tokens={tmp_path / 'admin-tokens'}",
+            f"--admin-port=tcp:{taken.getsockname()[1]}:interface=127.0.0.1",
+        )
+        child.started.addErrback(lambda failure: None)
+        await child.ended.addTimeout(process.START_TIMEOUT, reactor)
+    finally:
+        taken.close()
+    assert child.exit_code == 1
+    assert b"cannot start: admin API cannot listen on 127.0.0.1:" in child.output
+    assert b"Traceback" not in child.output

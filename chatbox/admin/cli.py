@@ -5,7 +5,7 @@ playbook shows it in use).
     chatbox-admin [--url URL] [--token-file F] [--json] COMMAND ...
 
 The URL comes from --url, else CHATBOX_ADMIN_URL, else
-http://127.0.0.1:9001; the token from --token-file (its first line), else
+http://127.0.0.1:9009; the token from --token-file (its first line), else
 CHATBOX_ADMIN_TOKEN. The token is sent only in the Authorization header: it
 is never printed, and requests follow no redirect and use no proxy, so it
 goes nowhere but the URL given.
@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 __all__ = ["main", "parse_duration", "parse_time"]
 
-DEFAULT_URL = "http://127.0.0.1:9001"
+DEFAULT_URL = "http://127.0.0.1:9009"
 TIMEOUT = 60.0
 OK, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
 
