@@ -338,7 +338,8 @@ async def test_users_in_rooms_at_real_size(tmp_path):
 async def test_kick_closes_the_connection_with_4001_and_the_reason(operator, caplog):
     spammer = await operator.server.user("Spammer")
     watcher = await operator.server.user("Watcher")
-    assert await operator.ok("kick", "Spammer", "--reason", "flooding") == ["kicked 1"]
+    kicked = await operator.ok("kick", "Spammer", "--reason", "flooding")
+    assert kicked[0].startswith("kicked 1 connection(s) on this server")
     notice = await spammer.reply()
     assert notice == {
         "type": "moderation",
@@ -372,7 +373,7 @@ async def test_ban_a_name_list_it_and_lift_it(operator):
     again = await operator.server.client()
     reply = await again.register("Spammer")
     assert reply["status"] is False and reply.get("error") == "banned"
-    assert await operator.ok("unban", ban_id) == [line]
+    assert await operator.ok("unban", ban_id) == ["lifted\t" + line]
     assert await operator.ok("bans") == []
     result = await operator.cli("unban", ban_id)
     assert result.returncode == 1 and "refused (404)" in result.stderr
@@ -413,7 +414,8 @@ async def test_mute_and_unmute(operator):
     assert [m["id"] for m in (await operator.json("mutes"))["mutes"]] == [
         sanction["id"]
     ]
-    assert (await operator.ok("unmute", sanction["id"]))[0].startswith(sanction["id"])
+    lifted = (await operator.ok("unmute", sanction["id"]))[0]
+    assert lifted.startswith("lifted\t" + sanction["id"])
     assert (await loud.reply())["action"] == "unmute"
     assert (await loud.say("hello again"))["status"] is True
     loud.abort()

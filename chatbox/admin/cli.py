@@ -219,7 +219,11 @@ def _with_room(body: dict, options: argparse.Namespace) -> dict:
 def cmd_kick(options: argparse.Namespace) -> Any:
     body = _with_room({"name": options.name, "reason": options.reason}, options)
     answer = request(options, "POST", "/v1/kick", body)
-    return answer, [f"kicked {answer.get('kicked')}"]
+    kicked = answer.get("kicked")
+    return answer, [
+        f"kicked {kicked} connection(s) on this server; "
+        "on a cluster every node closes its own"
+    ]
 
 
 def _sanction(options: argparse.Namespace, kind: str) -> Any:
@@ -253,7 +257,7 @@ def cmd_mutes(options: argparse.Namespace) -> Any:
 
 def _lift(options: argparse.Namespace, kind: str) -> Any:
     answer = request(options, "DELETE", f"/v1/{kind}s/" + quote(options.id, safe=""))
-    return answer, [_sanction_line(answer["lifted"])]
+    return answer, ["lifted\t" + _sanction_line(answer["lifted"])]
 
 
 def cmd_unban(options: argparse.Namespace) -> Any:
@@ -329,9 +333,17 @@ def cmd_new_token(options: argparse.Namespace) -> Any:
     path = options.tokens_file
     if os.path.exists(path):
         try:
-            tokens.read_tokens(path)  # a bad file would refuse start-up anyway
+            held = tokens.read_tokens(path)  # a bad file would refuse start-up
         except tokens.TokenFileError as e:
             raise Failed(REFUSED, f"not adding to a bad token file: {e}") from None
+        if any(entry.name == options.name for entry in held):
+            # Two lines of one name: the audit could not tell them apart,
+            # and "remove the line" would be ambiguous.
+            raise Failed(
+                REFUSED,
+                f"{path} already has an operator {options.name!r}; remove that "
+                "line first (then SIGHUP the server), or choose another name",
+            )
     token = tokens.new_token()
     try:
         tokens.append_line(path, tokens.hash_line(options.name, token))

@@ -280,7 +280,7 @@ class Moderator:
             raise ModerationError(
                 409,
                 f"{network} covers more than a /{widest}, perhaps everyone; "
-                "add force to ban it anyway",
+                "add --force (force: true) to ban it anyway",
             )
         try:
             own = network_of(client_address).network_address
@@ -290,7 +290,7 @@ class Moderator:
             raise ModerationError(
                 409,
                 f"{network} includes this admin client's own address "
-                f"({client_address}); add force to ban it anyway",
+                f"({client_address}); add --force (force: true) to ban it anyway",
             )
 
     def sanctions(self, kind: str) -> list[dict[str, Any]]:

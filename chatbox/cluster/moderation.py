@@ -181,7 +181,9 @@ class RedisModeration:
     def _note_failure(self, error: BaseException) -> None:
         if not self._failing:
             self._failing = True
-            self.log.warn("moderation orders wait for redis: {error}", error=error)
+            # At start-up the link may not be up yet: worth a line, not a
+            # warning (the node's own "joined the chat cluster" says when).
+            self.log.info("moderation orders wait for redis: {error}", error=error)
         if not isinstance(error, RoomError):
             self.log.error("moderation poll failed: {error!r}", error=error)
 

@@ -134,6 +134,19 @@ def test_new_token_prints_it_once_and_appends_its_hash(tmp_path, capsys):
     assert len(tokens.Tokens.load(str(path))) == 2
 
 
+def test_new_token_refuses_a_second_line_of_one_name(tmp_path, capsys):
+    """Operator review: two lines named alice, and the audit cannot tell
+    them apart, nor "remove the line" say which."""
+    path = tmp_path / "tokens"
+    assert cli.main(["new-token", "alice", "--tokens-file", str(path)]) == 0
+    before = path.read_text()
+    capsys.readouterr()
+    assert cli.main(["new-token", "alice", "--tokens-file", str(path)]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and "already has an operator 'alice'" in out.err
+    assert path.read_text() == before
+
+
 @pytest.mark.parametrize("name", ["a b", "a:b", "#a", "", "a\tb"])
 def test_new_token_refuses_a_name_it_cannot_write(tmp_path, name, capsys):
     path = tmp_path / "tokens"
