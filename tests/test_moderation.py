@@ -424,3 +424,52 @@ async def test_a_room_that_cannot_exist_is_refused_not_ruled_on(
         assert refused.value.status == 404
     finally:
         await bare.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_muted_user_cannot_speak_through_renames(server):
+    """Attacker review: muted by address, 50 renames to 'YOU ALL SUCK N'
+    reached everyone as change events."""
+    loud = await server.user("loud")
+    other = await server.user("other")
+    made = await ban(server, "address", HERE, kind="mute", duration=600, reason="r")
+    await loud.reply()
+    refused = await loud.register("YOU ALL SUCK")
+    assert refused["status"] is False
+    assert (refused["action"], refused["oldname"], refused["newname"]) == (
+        "change",
+        "loud",
+        "YOU ALL SUCK",
+    )
+    assert refused["reason"] == "Muted" and 590 < refused["retry_after"] <= 600
+    await moderator_of(server).lift(OPERATOR, "mute", made["id"])
+    await loud.reply()  # unmuted
+    await loud.say("marker")
+    first = await other.event()  # no change event came before it
+    assert (first["datatype"], first["content"]) == ("message", "marker")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ban_on_one_ipv6_address_covers_its_64(server):
+    """Attacker review: ::7 banned, ::8 of the same /64 walked in; every
+    per-address limit counts an IPv6 subscriber by its /64."""
+    made = await ban(server, "address", "2001:db8:1:2::7")
+    assert made["value"] == "2001:db8:1:2::/64"
+    rules = server.factory.moderation
+    now = server.factory.now_ms()
+    assert rules.on_address("ban", "2001:db8:1:2::8", None, now) is not None
+    assert rules.on_address("ban", "2001:db8:1:3::7", None, now) is None
+    wider = await ban(server, "address", "2001:db8:2::/48")
+    assert wider["value"] == "2001:db8:2::/48"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_rule_again_replaces_the_one_in_force(server):
+    """Attacker review: banning one address twice made two entries, both
+    counted under the cap."""
+    first = await ban(server, "name", "Troll", duration=60, reason="one")
+    second = await ban(server, "name", "Troll", duration=3600, reason="two")
+    other_room = await ban(server, "name", "Troll", room="", reason="here only")
+    bans = moderator_of(server).sanctions("ban")
+    assert {b["id"] for b in bans} == {second["id"], other_room["id"]}
+    assert first["id"] not in {b["id"] for b in bans}

@@ -48,6 +48,8 @@ CLOSE_KICKED = 4001
 CLOSE_BANNED = 4003
 # Narrower than these, a ban is refused unless forced: 0.0.0.0/0 is everyone.
 WIDEST_IPV4, WIDEST_IPV6 = 8, 16
+# What one IPv6 subscriber is given (chatbox.limits.address_key counts so).
+IPV6_SUBSCRIBER = 64
 # Ten years: longer is "never", which is said by leaving the duration out.
 MAX_DURATION = 10 * 365 * 24 * 3600
 
@@ -244,6 +246,11 @@ class Moderator:
                 network = network_of(value)
             except OrderError as e:
                 raise ModerationError(400, str(e)) from None
+            if network.version == 6 and network.prefixlen > IPV6_SUBSCRIBER:
+                # One IPv6 subscriber holds a whole /64, as every
+                # per-address limit counts it: a ban on one of its
+                # addresses would be escaped by taking the next.
+                network = network.supernet(new_prefix=IPV6_SUBSCRIBER)
             value = (
                 str(network)
                 if network.num_addresses > 1
@@ -264,6 +271,11 @@ class Moderator:
             )
         except OrderError as e:
             raise ModerationError(400, str(e)) from None
+        # The same rule again replaces the one in force (a ban made longer,
+        # a new reason) rather than piling up under the cap.
+        for old in self.moderation.sanctions(kind, now):
+            if (old.target, old.value, old.room) == (target, value, room):
+                await self._submit({"op": "lift", "id": old.id, "by": operator})
         await self._submit({"op": "sanction", "sanction": made.to_dict()})
         until = "for good" if expires is None else f"for {duration:g} s"
         self._audit(

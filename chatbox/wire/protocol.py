@@ -81,6 +81,11 @@ def _close_reason(reason: str) -> str:
     return encoded.decode("utf-8", errors="ignore")
 
 
+def _left(mute: Any, now: int) -> int:
+    """Milliseconds until a mute ends."""
+    return MUTED_FOR_GOOD if mute.expires is None else mute.expires - now
+
+
 def _seconds(millis: float) -> float:
     """retry_after in seconds, never 0 while something still holds."""
     return max(0.001, round(millis / 1000, 3))
@@ -527,6 +532,15 @@ class ChatProtocol(WebSocketServerProtocol):
                 raise Refused(
                     messages.change_refused(old, name, "NameAlreadyUsed", rule)
                 )
+            mute = self._mute_on(old, self.factory.now_ms())
+            if mute is not None:
+                # Every rename is told to everyone: a muted user must not
+                # speak through nicknames instead.
+                self.factory.metrics.moderation_refusals.labels("muted").inc()
+                wait = _seconds(_left(mute, self.factory.now_ms()))
+                refused = messages.change_refused(old, name, "Muted", mute.reason)
+                refused["retry_after"] = wait
+                raise Refused(refused)
             renamed = self.room.rename(self, name, when)
 
             def changed(previous: str) -> None:
@@ -576,10 +590,8 @@ class ChatProtocol(WebSocketServerProtocol):
         mute = self._mute_on(name, now)
         if mute is not None:
             self.factory.metrics.moderation_refusals.labels("muted").inc()
-            wait = MUTED_FOR_GOOD if mute.expires is None else mute.expires - now
-            raise Refused(
-                messages.send_held(name, content, "Muted", _seconds(wait), mute.reason)
-            )
+            wait = _seconds(_left(mute, now))
+            raise Refused(messages.send_held(name, content, "Muted", wait, mute.reason))
         seconds = moderation.slow_mode(room or "")
         if seconds:
             who = (name_keys(name)[0], self.peer)

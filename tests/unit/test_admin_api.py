@@ -558,6 +558,8 @@ BAD = [
     ("/v1/announce", {"text": "hi", "all_rooms": "yes"}),
     ("/v1/reserved", {}),
     ("/v1/reserved", {"pattern": ["a"]}),
+    # Attacker review: the last of a repeated field was obeyed.
+    ("/v1/bans", b'{"name": "x", "name": "y", "reason": "r"}'),
 ]
 
 
@@ -632,6 +634,16 @@ async def test_unknown_paths_and_methods(admin, method, path, status, allow):
     if allow is not None:
         assert reply.headers["allow"] == allow
     assert admin.moderator.calls == []
+
+
+@ensureDeferred
+async def test_a_head_gets_the_head_alone(admin, logged):
+    """Attacker review: a HEAD's 405 carried a body, which twisted.web
+    logged a line about dropping."""
+    reply = await admin.call("HEAD", "/v1/users")
+    assert reply.status == 405
+    assert reply.received.split(b"\r\n\r\n", 1)[1] == b""
+    assert "eat it" not in text_of(logged)
 
 
 # -- the Moderator's refusals and failures --
