@@ -369,27 +369,27 @@ async def test_rules_restored_from_a_snapshot_close_whom_their_bans_cover(server
 @pytest_twisted.ensureDeferred
 async def test_renaming_does_not_escape_a_mute(server):
     """Operator review: `Loud` muted, renamed to `Loud2`, sent and was
-    stored. The mute holds the connection it caught, whatever its name,
-    until it ends or is lifted."""
+    stored. A muted connection cannot rename, and the mute holds it until
+    it ends or is lifted."""
     loud = await server.user("Loud")
     made = await ban(server, "name", "Loud", kind="mute", duration=600)
     await loud.reply()  # the notice
-    assert (await loud.register("Loud2"))["status"] is True
-    refused = await loud.say("escaped?")
-    assert (refused["reason"], refused["username"]) == ("Muted", "Loud2")
+    refused = await loud.register("Loud2")
+    assert (refused["action"], refused["reason"]) == ("change", "Muted")
+    assert (await loud.say("escaped?"))["reason"] == "Muted"
     await moderator_of(server).lift(OPERATOR, "mute", made["id"])
     await loud.reply()  # unmute
+    assert (await loud.register("Loud2"))["status"] is True
     assert (await loud.say("back"))["status"] is True
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_mute_caught_at_send_time_also_holds_through_a_rename(server):
+async def test_a_mute_made_before_the_nickname_was_taken_holds_it(server):
     """The same for a mute made before the nickname was taken."""
     await ban(server, "name", "Loud", kind="mute", duration=600)
     loud = await server.user("Loud")
     assert (await loud.say("x"))["reason"] == "Muted"
-    renamed = await loud.register("Quiet")
-    assert renamed["status"] is True, renamed
+    assert (await loud.register("Quiet"))["reason"] == "Muted"
     assert (await loud.say("y"))["reason"] == "Muted"
 
 

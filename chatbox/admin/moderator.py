@@ -14,6 +14,7 @@ ban issued on one node reaches a user connected to any node, and the node
 holding the connection is the one that closes it.
 """
 
+import functools
 import ipaddress
 import time
 from collections.abc import Callable, Iterable
@@ -85,6 +86,17 @@ def _reason(reason: object) -> str:
             400, f"a reason is text of at most {MAX_REASON} characters"
         )
     return reason
+
+
+def _deferred(method: Callable[..., Any]) -> Callable[..., Deferred]:
+    """An action written as a coroutine, returned as the Deferred the
+    admin API (a twisted.web resource) waits on."""
+
+    @functools.wraps(method)
+    def action(*args: Any, **kwargs: Any) -> Deferred:
+        return Deferred.fromCoroutine(method(*args, **kwargs))
+
+    return action
 
 
 class Moderator:
@@ -178,12 +190,8 @@ class Moderator:
 
     # -- orders: kick, ban, mute, slow mode, reserved names --
 
-    def kick(
-        self, operator: str, name: str, room: str | None, reason: str
-    ) -> "Deferred[int]":
-        return Deferred.fromCoroutine(self._kick(operator, name, room, reason))
-
-    async def _kick(
+    @_deferred
+    async def kick(
         self, operator: str, name: str, room: str | None, reason: str
     ) -> int:
         if not is_valid_name(name):
@@ -197,33 +205,8 @@ class Moderator:
         self._audit(operator, "kick", f"{name!r} in {self._where(room)}", reason)
         return here
 
-    def sanction(
-        self,
-        operator: str,
-        kind: str,
-        target: str,
-        value: str,
-        reason: str,
-        duration: float | None,
-        room: str | None,
-        force: bool,
-        client_address: str,
-    ) -> "Deferred[dict[str, Any]]":
-        return Deferred.fromCoroutine(
-            self._sanction(
-                operator,
-                kind,
-                target,
-                value,
-                reason,
-                duration,
-                room,
-                force,
-                client_address,
-            )
-        )
-
-    async def _sanction(
+    @_deferred
+    async def sanction(
         self,
         operator: str,
         kind: str,
@@ -308,10 +291,8 @@ class Moderator:
     def sanctions(self, kind: str) -> list[dict[str, Any]]:
         return [s.to_dict() for s in self.moderation.sanctions(kind, self._now())]
 
-    def lift(self, operator: str, kind: str, sanction_id: str) -> "Deferred[dict]":
-        return Deferred.fromCoroutine(self._lift(operator, kind, sanction_id))
-
-    async def _lift(self, operator: str, kind: str, sanction_id: str) -> dict:
+    @_deferred
+    async def lift(self, operator: str, kind: str, sanction_id: str) -> dict:
         found = self.moderation.get(sanction_id)
         if found is None or found.kind != kind or not found.active(self._now()):
             raise ModerationError(404, f"no {kind} {sanction_id!r}")
@@ -324,12 +305,8 @@ class Moderator:
     def slow_modes(self) -> dict[str, float]:
         return self.moderation.slow_modes()
 
-    def set_slow_mode(
-        self, operator: str, room: str, seconds: float
-    ) -> "Deferred[None]":
-        return Deferred.fromCoroutine(self._slow(operator, room, seconds))
-
-    async def _slow(self, operator: str, room: str, seconds: float) -> None:
+    @_deferred
+    async def set_slow_mode(self, operator: str, room: str, seconds: float) -> None:
         checked = self._room(room)
         assert checked is not None
         await self._submit(
@@ -341,17 +318,13 @@ class Moderator:
     def reserved(self) -> list[str]:
         return self.moderation.reserved()
 
-    def reserve(self, operator: str, pattern: str) -> "Deferred[None]":
-        return Deferred.fromCoroutine(self._reserve(operator, pattern))
-
-    async def _reserve(self, operator: str, pattern: str) -> None:
+    @_deferred
+    async def reserve(self, operator: str, pattern: str) -> None:
         await self._submit({"op": "reserve", "pattern": pattern, "by": operator})
         self._audit(operator, "reserve", repr(pattern))
 
-    def unreserve(self, operator: str, pattern: str) -> "Deferred[bool]":
-        return Deferred.fromCoroutine(self._unreserve(operator, pattern))
-
-    async def _unreserve(self, operator: str, pattern: str) -> bool:
+    @_deferred
+    async def unreserve(self, operator: str, pattern: str) -> bool:
         if pattern not in self.moderation.reserved():
             return False
         await self._submit({"op": "unreserve", "pattern": pattern, "by": operator})
@@ -453,12 +426,8 @@ class Moderator:
         finally:
             self.rooms.leave(checked)
 
-    def delete(
-        self, operator: str, room: str, ids: list[int], reason: str
-    ) -> "Deferred[list[int]]":
-        return Deferred.fromCoroutine(self._delete(operator, room, ids, reason))
-
-    async def _delete(
+    @_deferred
+    async def delete(
         self, operator: str, room: str, ids: list[int], reason: str
     ) -> list[int]:
         reason = _reason(reason)
@@ -472,20 +441,8 @@ class Moderator:
         )
         return removed
 
-    def delete_by(
-        self,
-        operator: str,
-        room: str,
-        name: str,
-        since: int | None,
-        until: int | None,
-        reason: str,
-    ) -> "Deferred[list[int]]":
-        return Deferred.fromCoroutine(
-            self._delete_by(operator, room, name, since, until, reason)
-        )
-
-    async def _delete_by(
+    @_deferred
+    async def delete_by(
         self,
         operator: str,
         room: str,
@@ -510,12 +467,8 @@ class Moderator:
         )
         return removed
 
-    def announce(
-        self, operator: str, room: str | None, all_rooms: bool, text: str
-    ) -> "Deferred[list[dict[str, Any]]]":
-        return Deferred.fromCoroutine(self._announce(operator, room, all_rooms, text))
-
-    async def _announce(
+    @_deferred
+    async def announce(
         self, operator: str, room: str | None, all_rooms: bool, text: str
     ) -> list[dict[str, Any]]:
         if not is_valid_content(text):

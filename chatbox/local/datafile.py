@@ -748,9 +748,19 @@ class HistoryLock:
             os.close(fd)  # Closing the only descriptor releases the flock.
 
 
-def _write_new(path: str, data: bytes) -> None:
+def replace_durably(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Make `path` hold `data`, all or nothing, surviving a power cut: a
+    temporary file fsync'd, renamed over it, and the folder fsync'd."""
+    temporary = f"{path}.tmp"
+    with _about(temporary):
+        _write_new(temporary, data, mode)
+        os.replace(temporary, path)
+    fsync_directory(path)
+
+
+def _write_new(path: str, data: bytes, mode: int = 0o644) -> None:
     """Create `path` holding `data`, fsync'd (its folder is not)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:

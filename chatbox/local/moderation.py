@@ -13,7 +13,6 @@ start-up with its name: starting without the bans an operator made would
 let everyone they banned back in.
 """
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -59,18 +58,9 @@ def read_rules(path: str) -> dict[str, Any]:
 
 
 def write_rules(path: str, rules: dict[str, Any]) -> None:
-    """Replace the file durably (blocking: a thread)."""
-    temporary = f"{path}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(codec.encode(rules) + b"\n")
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    datafile.fsync_directory(path)
+    """Replace the file durably (blocking: a thread). Readable by the
+    server's user only: it names addresses and operators' reasons."""
+    datafile.replace_durably(path, codec.encode(rules) + b"\n", 0o600)
 
 
 @implementer(IModerationStore)
