@@ -473,3 +473,41 @@ async def test_the_same_rule_again_replaces_the_one_in_force(server):
     bans = moderator_of(server).sanctions("ban")
     assert {b["id"] for b in bans} == {second["id"], other_room["id"]}
     assert first["id"] not in {b["id"] for b in bans}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_muted_address_cannot_register_new_nicknames(server):
+    """Second attacker review: from a muted address, 60 connections
+    registered 'NN FREE ROBUX evil.example' and filled everyone's online
+    list. Those registered before the mute stay, and read."""
+    before = await server.user("before")
+    await ban(server, "address", HERE, kind="mute", duration=600, reason="r")
+    await before.reply()  # its notice
+    late = await server.client()
+    refused = await late.register("FREE ROBUX evil.example")
+    assert (refused["action"], refused["reason"], refused["error"]) == (
+        "register",
+        "Muted",
+        "r",
+    )
+    assert 590 < refused["retry_after"] <= 600
+    online = (await before.get())["data"]["online"]
+    assert online == ["before"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_orders_submitted_as_earlier_ones_are_kept_never_write_twice_at_once(
+    server,
+):
+    """Found under load by the 6,000 bans: an order submitted from the
+    callback of an earlier one started a second write of the rules file
+    beside the one already out, and the two renamed one temporary file."""
+    moderator = moderator_of(server)
+
+    async def chain(n):
+        for step in range(5):
+            await moderator.reserve(OPERATOR, f"chain{n}x{step}*")
+
+    await together(chain(n) for n in range(50))
+    stored = json.loads((server.data.parent / "data.moderation.json").read_text())
+    assert len(stored["reserved"]) == 250

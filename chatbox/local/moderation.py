@@ -99,9 +99,12 @@ class LocalModeration:
         self._writing = deferToThread(write_rules, self.path, rules)
 
         def settled(result: object) -> None:
-            self._writing = None
+            # Waiters first, while this write still counts as the one under
+            # way: whatever they submit queues for the next write, and only
+            # one write (one temporary file) is ever out at a time.
             for done in waiting:
                 done.callback(None) if result is None else done.errback(result)
+            self._writing = None
             if self._waiting:
                 self._write()
 
