@@ -12,7 +12,6 @@ admin API itself for a deletion, an announcement and a kick; those that
 need parts still on other branches skip, saying which, until main has them.
 """
 
-import inspect
 import json
 import time
 import urllib.request
@@ -30,7 +29,6 @@ from twisted.web import static
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from chatbox.local.room import LocalRoom
 from chatbox.web import STATIC
 from chatbox.wire import codec, messages
 from chatbox.wire.clock import Timestamps
@@ -50,6 +48,7 @@ from tests.chromium import (
     serious,
     skip_without_chromium,
 )
+from tests.test_admin import TOKEN, operator  # noqa: F401 (a fixture)
 from tests.test_browser_rooms import refused_lines_only
 
 if skip := skip_without_chromium():
@@ -782,19 +781,6 @@ async def test_a_reserved_or_banned_nickname_is_taken_with_a_hint(chat, viewport
 
 
 OPERATOR = "ops"
-# Parts other helpers are still building: what needs them waits, saying so.
-needs_delete_and_announce = pytest.mark.skipif(
-    not hasattr(LocalRoom, "delete")
-    or "announcement" not in inspect.signature(LocalRoom.post).parameters,
-    reason="IRoom.delete and announcements are not on main yet (the local backend's)",
-)
-try:  # the admin API's own test helpers: a running service and its admin port
-    from tests.test_admin import TOKEN, operator  # noqa: F401 (a fixture)
-except ImportError:
-    TOKEN = None
-needs_admin_api = pytest.mark.skipif(
-    TOKEN is None, reason="the admin API and tests/test_admin.py are not on main yet"
-)
 
 
 def act(server: Any, method: str, *args: Any) -> Any:
@@ -803,7 +789,6 @@ def act(server: Any, method: str, *args: Any) -> Any:
     return in_reactor(lambda: getattr(moderator, method)(OPERATOR, *args))
 
 
-@needs_delete_and_announce
 @ensureDeferred
 async def test_the_real_servers_deletion_and_announcement_as_the_page_shows_them(
     server,
@@ -827,6 +812,25 @@ async def test_the_real_servers_deletion_and_announcement_as_the_page_shows_them
         an.reload()
         an.wait_for_selector(".announcement >> text=Class is moved to room 12")
         assert message_texts(an) == ["see you at nine", "Class is moved to room 12"]
+
+    await in_browser(scenario)
+
+
+@pytest.mark.parametrize("lang", ["en", "vi"])
+@ensureDeferred
+async def test_a_muted_address_joining_is_told_when_it_may(server, lang):
+    """Second attacker review: a muted address registered nickname after
+    nickname to reach everyone; now refused, and the page says until when."""
+    act(server, "sanction", "mute", "address", HERE, "bots", 600, None, False, "")
+    said = {"en": "you can join again in 10 min", "vi": "tham gia lại sau 10 phút"}
+
+    def scenario(browser: Browser) -> None:
+        an = browser.page(page_url(server), timezone_id=ZONE, viewport=DESKTOP)
+        an.evaluate(f"localStorage.setItem('chatbox.lang', '{lang}')")
+        an.reload()
+        an.fill("#name", "FREE ROBUX")
+        an.press("#name", "Enter")
+        an.wait_for_selector(f"#name-error >> text={said[lang]}")
 
     await in_browser(scenario)
 
@@ -898,7 +902,7 @@ async def test_the_real_servers_mute_slow_mode_kick_and_ban_as_the_page_shows_th
     await in_browser(scenario)
 
 
-def admin_api(operator: Any, method: str, path: str, body: dict | None) -> dict:
+def admin_api(operator: Any, method: str, path: str, body: dict | None) -> dict:  # noqa: F811 (the fixture)
     """One admin request as an operator's script makes it (from the
     browser's thread: the server answers in the reactor), never through
     a proxy."""
@@ -916,9 +920,8 @@ def admin_api(operator: Any, method: str, path: str, body: dict | None) -> dict:
         return json.loads(response.read())
 
 
-@needs_admin_api
 @ensureDeferred
-async def test_a_kick_and_a_mute_through_the_admin_api(operator):
+async def test_a_kick_and_a_mute_through_the_admin_api(operator):  # noqa: F811
     """What an operator types reaches the page: in Vietnamese, on a phone."""
     server = operator.server
 
@@ -958,10 +961,8 @@ async def test_a_kick_and_a_mute_through_the_admin_api(operator):
     await in_browser(scenario)
 
 
-@needs_admin_api
-@needs_delete_and_announce
 @ensureDeferred
-async def test_delete_and_announce_through_the_admin_api(operator):
+async def test_delete_and_announce_through_the_admin_api(operator):  # noqa: F811
     server = operator.server
     bo = await server.user("Bo")
 

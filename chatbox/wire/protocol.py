@@ -514,6 +514,18 @@ class ChatProtocol(WebSocketServerProtocol):
             if rule is not None:
                 taken = messages.register_refused(name, "NameAlreadyUsed", rule)
                 raise Refused(taken)
+            now = self.factory.now_ms()
+            mute = self.factory.moderation.muted(
+                None, self.address, self.room_name, now
+            )
+            if mute is not None:
+                # Everyone is told each registration: a muted address must
+                # not speak through a stream of new nicknames (its
+                # connections registered before the mute stay, and read).
+                self.factory.metrics.moderation_refusals.labels("muted").inc()
+                refused = messages.register_refused(name, "Muted", mute.reason)
+                refused["retry_after"] = _seconds(_left(mute, now))
+                raise Refused(refused)
             claimed = self.room.claim(self, name, when)
 
             def registered(_: object) -> None:

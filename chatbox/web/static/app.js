@@ -49,6 +49,7 @@
       welcome: (n) => (n === 0 ? "Welcome! Nobody is online yet."
         : n === 1 ? "Welcome! 1 person is online." : `Welcome! ${n} people are online.`),
       NameAlreadyUsed: "That nickname is taken.",
+      Muted: (s) => `You are muted here: you can join again in ${Math.ceil(s / 60)} min.`,
       WrongFormatName: "Nicknames are 1–100 visible characters.",
       RateLimited: (s) => `Too fast: wait ${s} s.`,
       WrongFormatContent: "Messages are 1–4000 characters.",
@@ -102,6 +103,7 @@
       welcome: (n) => (n === 0 ? "Chào mừng! Chưa có ai trực tuyến."
         : `Chào mừng! Có ${n} người đang trực tuyến.`),
       NameAlreadyUsed: "Biệt danh này đã có người dùng.",
+      Muted: (s) => `Bạn đang bị tắt tiếng ở đây: có thể tham gia lại sau ${Math.ceil(s / 60)} phút.`,
       WrongFormatName: "Biệt danh gồm 1–100 ký tự nhìn thấy được.",
       RateLimited: (s) => `Quá nhanh: chờ ${s} giây.`,
       WrongFormatContent: "Tin nhắn dài 1–4000 ký tự.",
