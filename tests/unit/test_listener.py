@@ -33,10 +33,16 @@ class Endpoint:
 
 
 def test_a_port_busy_at_once_is_raised_out_of_start_up():
-    busy = CannotListenError("127.0.0.1", 9000, OSError("in use"))
-    listener = ListenerService(Endpoint(fail(busy)), None, "ws", FakeReactor())
-    with pytest.raises(CannotListenError):
+    busy = CannotListenError("127.0.0.1", 9000, OSError(98, "Address already in use"))
+    listener = ListenerService(
+        Endpoint(fail(busy)), None, "ws", FakeReactor(), "admin API"
+    )
+    with pytest.raises(SystemExit) as stopped:
         listener.privilegedStartService()
+    assert str(stopped.value) == (
+        "chatbox: cannot start: admin API cannot listen on 127.0.0.1:9000: "
+        "Address already in use"
+    )
 
 
 def test_a_later_failure_stops_the_reactor_and_fails_waiters(no_logged_failures):
