@@ -821,7 +821,10 @@ async def test_the_real_servers_deletion_and_announcement_as_the_page_shows_them
 async def test_a_muted_address_joining_is_told_when_it_may(server, lang):
     """Second attacker review: a muted address registered nickname after
     nickname to reach everyone; now refused, and the page says until when."""
-    act(server, "sanction", "mute", "address", HERE, "bots", 600, None, False, "")
+    moderator = server.service.getServiceNamed("chat").moderator
+    await moderator.sanction(
+        OPERATOR, "mute", "address", HERE, "bots", 600, None, False, ""
+    )
     said = {"en": "you can join again in 10 min", "vi": "tham gia lại sau 10 phút"}
 
     def scenario(browser: Browser) -> None:
