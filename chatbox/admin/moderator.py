@@ -256,9 +256,8 @@ class Moderator:
             raise ModerationError(400, str(e)) from None
         # The same rule again replaces the one in force (a ban made longer,
         # a new reason) rather than piling up under the cap.
-        for old in self.moderation.sanctions(kind, now):
-            if (old.target, old.value, old.room) == (target, value, room):
-                await self._submit({"op": "lift", "id": old.id, "by": operator})
+        for old in self.moderation.same(kind, target, value, room):
+            await self._submit({"op": "lift", "id": old.id, "by": operator})
         await self._submit({"op": "sanction", "sanction": made.to_dict()})
         until = "for good" if expires is None else f"for {duration:g} s"
         self._audit(

@@ -237,3 +237,17 @@ def test_lifting_and_pruning_mutes_keeps_the_fast_path_right():
     rules.prune(NOW + 10)
     add(rules, sanction(kind="mute", value="bob", expires=NOW + 100))
     assert rules.muted("bob", None, "", NOW + 20) is not None
+
+
+def test_the_same_target_is_found_through_the_indexes():
+    rules = Moderation()
+    name = add(rules, sanction(value="Troll"))
+    exact = add(rules, sanction(target="address", value="192.0.2.7"))
+    network = add(rules, sanction(target="address", value="192.0.2.0/24"))
+    here = add(rules, sanction(target="address", value="192.0.2.7", room="a"))
+    assert rules.same("ban", "name", "Troll", None) == [name]
+    assert rules.same("ban", "name", "troll", None) == []  # as typed, not by look
+    assert rules.same("ban", "address", "192.0.2.7", None) == [exact]
+    assert rules.same("ban", "address", "192.0.2.7", "a") == [here]
+    assert rules.same("ban", "address", "192.0.2.0/24", None) == [network]
+    assert rules.same("mute", "address", "192.0.2.7", None) == []
