@@ -15,7 +15,6 @@ holding the connection is the one that closes it.
 """
 
 import functools
-import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,6 +32,7 @@ from chatbox.chat.moderation import (
     Order,
     OrderError,
     Sanction,
+    address_of,
     network_of,
 )
 from chatbox.chat.room import IRoom, RoomError
@@ -361,17 +361,9 @@ class Moderator:
             close = CLOSE_BANNED if found.kind == "ban" else None
             for connection in self._sanctioned(found):
                 connection.moderated(notice, close, found.reason)
-                if found.kind == "mute":
-                    connection.mute = found  # a rename must not escape it
         elif op == "lift" and found is not None and found.kind == "mute":
             notice = messages.moderation_notice("unmute", "", None)
-            caught = [
-                c
-                for c in self._connections(found.room)
-                if getattr(c.mute, "id", None) == found.id
-            ]
-            for connection in {*self._sanctioned(found), *caught}:
-                connection.mute = None
+            for connection in self._sanctioned(found):
                 connection.moderated(notice, None, "")
 
     def _holders(self, keys: Iterable[str], room: str | None) -> list[Any]:
@@ -387,17 +379,13 @@ class Moderator:
         if sanction.target == "name":
             return self._holders(name_keys(sanction.value), sanction.room)
         network = network_of(sanction.value)
-        found = []
-        for connection in self._connections(sanction.room):
-            try:
-                address = ipaddress.ip_address(connection.address or "")
-            except ValueError:
-                continue
-            if address.version == 6 and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped
-            if address.version == network.version and address in network:
-                found.append(connection)
-        return found
+        return [
+            connection
+            for connection in self._connections(sanction.room)
+            if (address := address_of(connection.address or "")) is not None
+            and address.version == network.version
+            and address in network
+        ]
 
     # -- rooms: deleting and announcing --
 

@@ -37,6 +37,7 @@ __all__ = [
     "OrderError",
     "Sanction",
     "SlowMode",
+    "address_of",
     "network_of",
 ]
 
@@ -72,7 +73,9 @@ def network_of(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return network
 
 
-def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def address_of(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client address as sanctions compare it (IPv4-mapped as IPv4), or
+    None for one that is not an address."""
     try:
         address = ipaddress.ip_address(value.split("%", 1)[0])
     except ValueError:
@@ -327,9 +330,8 @@ class Moderation:
         (a script banning thousands must not scan them all for each)."""
         if target == "name":
             held = self._by_key.get(name_keys(value)[0], {}).values()
-        elif network_of(value).num_addresses == 1:
-            held = self._by_address.get(str(network_of(value).network_address), {})
-            held = held.values()
+        elif (network := network_of(value)).num_addresses == 1:
+            held = self._by_address.get(str(network.network_address), {}).values()
         else:
             held = [sanction for _, sanction in self._networks.values()]
         return [
@@ -383,7 +385,7 @@ class Moderation:
     ) -> Sanction | None:
         """`room` None asks about the whole server (the page, a handshake
         before its room is known): only sanctions on every room count."""
-        parsed = _address(address)
+        parsed = address_of(address)
         if parsed is None:
             return None
         found = list(self._by_address.get(str(parsed), {}).values())

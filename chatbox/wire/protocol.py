@@ -120,9 +120,6 @@ class ChatProtocol(WebSocketServerProtocol):
         # `room` is set with it, before any request can arrive.
         self.room_name: str | None = None
         self._lost = False
-        # The mute this connection was caught by, held whatever nickname it
-        # takes next: renaming must not escape a mute on the old one.
-        self.mute: Any = None
 
     # -- connection life --
 
@@ -576,21 +573,10 @@ class ChatProtocol(WebSocketServerProtocol):
         return rule
 
     def _mute_on(self, name: str, now: int) -> Any:
-        """The mute on this nickname or address, or the one this connection
-        was caught by under another nickname while it is still in force
-        (not lifted, not ended); it is held from then on."""
-        moderation = self.factory.moderation
-        mute = moderation.muted(name, self.address, self.room_name, now)
-        held = self.mute
-        if (
-            mute is None
-            and held is not None
-            and held.active(now)
-            and moderation.get(held.id) is not None
-        ):
-            mute = held
-        self.mute = mute
-        return mute
+        """The mute on this nickname or address in this room, if any. A
+        muted connection cannot rename (below), so its nickname's mute
+        holds it for as long as the mute lasts."""
+        return self.factory.moderation.muted(name, self.address, self.room_name, now)
 
     def _held(self, name: str, content: object) -> None:
         """Refuse a send an operator's rule holds back: a mute on the
