@@ -6,7 +6,6 @@ Until tap.py starts the admin listener itself (--admin-port,
 --admin-tokens), each test listens with make_admin_site on the running
 service's Moderator, exactly what tap wires."""
 
-import inspect
 import json
 import os
 import re
@@ -21,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
@@ -31,7 +29,6 @@ from twisted.web.server import Site
 
 from chatbox.admin.api import make_admin_site
 from chatbox.admin.tokens import Tokens, append_line, hash_line
-from chatbox.local.room import LocalRoom
 from tests import process
 from tests.client import connect
 from tests.http import fetch, metric
@@ -57,14 +54,6 @@ COMMANDS = [
     "reserved",
     "new-token",
 ]
-# Parts other helpers are still building: tests of what needs them wait.
-needs_delete = pytest.mark.skipif(
-    not hasattr(LocalRoom, "delete"), reason="LocalRoom.delete not on this branch yet"
-)
-needs_announcement = pytest.mark.skipif(
-    "announcement" not in inspect.signature(LocalRoom.post).parameters,
-    reason="LocalRoom.post(announcement=) not on this branch yet",
-)
 
 
 class Operator:
@@ -451,7 +440,6 @@ async def test_reserve_list_and_free(operator):
     client.abort()
 
 
-@needs_announcement
 @ensureDeferred
 async def test_announce(operator):
     reader = await operator.server.user("Reader")
@@ -465,7 +453,6 @@ async def test_announce(operator):
     reader.abort()
 
 
-@needs_delete
 @ensureDeferred
 async def test_delete_by_id_and_by_name(operator):
     spammer = await operator.server.user("Spammer")

@@ -209,7 +209,9 @@ async def test_an_announcement_is_seen_on_every_node_with_its_marker(
     await an.event()
     op = await operator(redis)
     when = moment()
-    posted = await op.room.post(None, ANNOUNCER, "bảo trì lúc 22h", when, None, True)
+    posted = await op.room.post(
+        None, ANNOUNCER, "bảo trì lúc 22h", when, None, "announcement"
+    )
     expected = {
         "type": "receive",
         "datatype": "message",

@@ -462,7 +462,7 @@ async def test_an_announcement_is_stored_and_told_with_its_marker(tmp_path):
         room = local_room(server)
         posted = await room.post(
             None, "chatbox", "maintenance at noon", server.factory.timestamps.now(),
-            None, announcement=True,
+            None, mark="announcement",
         )  # fmt: skip
         event = await an.event()
         assert event["datatype"] == "message" and event["announcement"] is True

@@ -46,6 +46,17 @@ FORBIDDEN = {
         "chatbox.service",
     ),
     "web": ("chatbox.local", "chatbox.cluster", "chatbox.tap", "chatbox.service"),
+    # Tokens are checked and signed knowing nothing of connections or
+    # storage: the handshake, `name` and the admin API all call it.
+    "auth": (
+        "chatbox.wire",
+        "chatbox.local",
+        "chatbox.cluster",
+        "chatbox.web",
+        "chatbox.admin",
+        "chatbox.tap",
+        "chatbox.service",
+    ),
     # The operator's side acts through the rooms and the factory, never a
     # backend's own parts: one process and a cluster behave alike.
     "admin": ("chatbox.local", "chatbox.cluster", "chatbox.tap", "chatbox.service"),

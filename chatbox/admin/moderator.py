@@ -473,7 +473,7 @@ class Moderator:
             stored = await self._in_room(
                 target,
                 lambda r, when=when: r.post(
-                    None, announcer, text, when, None, announcement=True
+                    None, announcer, text, when, None, mark="announcement"
                 ),
             )
             posted.append({"room": target, "id": stored.id})

@@ -64,7 +64,13 @@ _SPOOF = icu.SpoofChecker()
 
 
 class NameTaken(Exception):
-    """Another live connection holds a nickname that is the same for ARNS."""
+    """Another live connection holds a nickname that is the same for ARNS.
+    `verified`: whether that holder showed a token for it (a verified
+    claim makes a guest holding its nickname give it up)."""
+
+    def __init__(self, name: str, verified: bool = False) -> None:
+        super().__init__(name)
+        self.verified = verified
 
 
 def _visible(name: str) -> str:

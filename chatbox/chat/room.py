@@ -32,7 +32,7 @@ from chatbox.wire import codec
 from chatbox.wire.clock import Moment, time_of
 from chatbox.wire.messages import Message
 
-__all__ = ["Deliver", "IRoom", "Posted", "RoomError", "posted_from"]
+__all__ = ["Deliver", "IRoom", "Page", "Posted", "RoomError", "posted_from"]
 
 # How a room hands an event to this process's connections: the event, and
 # the connection that caused it (it gets a reply instead), if it is local.
@@ -46,6 +46,16 @@ class Posted(NamedTuple):
     name: str
     content: str
     when: Moment
+
+
+class Page(NamedTuple):
+    """What a `get` is answered from: encoded history entries, oldest first;
+    every online nickname, in registration order; and those of them that
+    are verified (ext), in the same order."""
+
+    entries: list[bytes]
+    online: list[str]
+    verified: list[str]
 
 
 def posted_from(entry: bytes | None, fallback: Posted) -> Posted:
@@ -91,13 +101,24 @@ class IRoom(Interface):
     def message_count() -> int:
         """Messages in the history, as last known."""
 
-    def claim(owner: Hashable, name: str, when: Moment) -> "Deferred[None]":
+    def claim(
+        owner: Hashable, name: str, when: Moment, verified: bool = False
+    ) -> "Deferred[None]":
         """Register `owner` as `name` and tell everyone else; fails with
-        NameTaken or RoomError."""
+        NameTaken or RoomError. A `verified` nickname (its connection showed
+        a token for it) is told so (`messages.joined(..., verified=True)`),
+        counted in `page().verified` while held, and its later messages are
+        marked (`post(..., mark="verified")`, by the caller). A NameTaken
+        says whether the holder is verified (`NameTaken.verified`), so a
+        verified claim can tell a guest squatting on its nickname from
+        itself on another connection."""
 
-    def rename(owner: Hashable, name: str, when: Moment) -> "Deferred[str]":
+    def rename(
+        owner: Hashable, name: str, when: Moment, verified: bool = False
+    ) -> "Deferred[str]":
         """Change `owner`'s nickname and tell everyone else; fires with the
-        old name; fails with NameTaken or RoomError."""
+        old name; fails with NameTaken (with `.verified`) or RoomError.
+        `verified` as for `claim`: whether the new nickname is."""
 
     def release(owner: Hashable, when: Moment) -> str | None:
         """`owner` is gone: free its nickname and tell everyone else. Returns
@@ -110,13 +131,15 @@ class IRoom(Interface):
         content: str,
         when: Moment,
         send_id: str | None,
-        announcement: bool = False,
+        mark: str | None = None,
     ) -> "Deferred[Posted]":
         """Store a message; fires once it is stored durably and sent on to
         everyone else; fails with RoomError. A repeat of `send_id` by `name`
         within the window fires with the original instead (waiting for it,
-        if it is still being stored). An operator's announcement (owner
-        None) is stored and told with the ext `announcement` marker."""
+        if it is still being stored). `mark` (chatbox.wire.messages.MARKS)
+        is kept with the message and told with it: "announcement" for an
+        operator's (owner None, holding no nickname), "verified" for a
+        verified nickname's."""
 
     def delete(ids: list[int], when: Moment) -> "Deferred[list[int]]":
         """An operator's removal: the messages with these ids that exist
@@ -147,11 +170,11 @@ class IRoom(Interface):
 
     def page(
         limit: int, before: int | None, after: int | None, max_bytes: int
-    ) -> "Deferred[tuple[list[bytes], list[str]]]":
+    ) -> "Deferred[Page]":
         """The newest `limit` encoded history entries with after < id <
         before, oldest first, no more than fit in `max_bytes` (but always
-        the newest one), and every online nickname in registration order.
-        Only what is returned is fetched."""
+        the newest one), every online nickname in registration order, and
+        the verified ones among them. Only what is returned is fetched."""
 
     def health() -> dict[str, Any]:
         """Fields for /healthz describing the room's own machinery."""

@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from chatbox.chat import sends
 from chatbox.chat.arns import NameTaken, name_keys
-from chatbox.chat.room import Deliver, IRoom, Posted, RoomError, posted_from
+from chatbox.chat.room import Deliver, IRoom, Page, Posted, RoomError, posted_from
 from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress
 from chatbox.cluster.commands import Commands
@@ -66,13 +66,11 @@ _NAME_LOST = "nickname lost, reconnect"
 
 
 def entry_template(
-    name: str, content: str, when: Moment, announcement: bool = False
+    name: str, content: str, when: Moment, mark: str | None = None
 ) -> tuple[bytes, bytes]:
     """The history entry of chatbox.wire.messages, split around its id, which
     only Redis knows until the message is stored."""
-    entry = messages.history_entry(
-        0, name, content, when.text, when.millis, announcement
-    )
+    entry = messages.history_entry(0, name, content, when.text, when.millis, mark)
     encoded = codec.encode(entry)
     head, _, tail = encoded.partition(b'"id":0')
     return head + b'"id":', tail
@@ -105,8 +103,8 @@ def _event(fields: dict[bytes, bytes]) -> messages.Message | None:
     when = Moment(text, time_of(text, None if ms is None else int(ms)) or 0)
     if kind == b"message":
         content = fields[b"c"].decode()
-        announced = fields.get(b"a") == b"1"
-        return messages.posted(name, content, when, int(fields[b"id"]), announced)
+        mark = "announcement" if fields.get(b"a") == b"1" else None
+        return messages.posted(name, content, when, int(fields[b"id"]), mark)
     if kind == b"delete":
         return messages.deleted(_ids(fields[b"ids"]), when)
     if kind == b"register":
@@ -309,7 +307,9 @@ class RedisRoom:
 
         return running.addCallback(answered)
 
-    def claim(self, owner: Hashable, name: str, when: Moment) -> "Deferred[None]":
+    def claim(
+        self, owner: Hashable, name: str, when: Moment, verified: bool = False
+    ) -> "Deferred[None]":
         if not self.ready:
             return fail(RoomError(_NOT_READY))
         holder = f"{self.node}:{next(self._serial)}"
@@ -347,7 +347,9 @@ class RedisRoom:
 
         return claimed.addCallbacks(decided, failed).addBoth(finished)
 
-    def rename(self, owner: Hashable, name: str, when: Moment) -> "Deferred[str]":
+    def rename(
+        self, owner: Hashable, name: str, when: Moment, verified: bool = False
+    ) -> "Deferred[str]":
         holder = self._holder_of.get(owner)
         old = self._names.get(owner)
         if holder is None or old is None:
@@ -423,13 +425,14 @@ class RedisRoom:
         content: str,
         when: Moment,
         send_id: str | None = None,
-        announcement: bool = False,
+        mark: str | None = None,
     ) -> "Deferred[Posted]":
+        announcement = mark == "announcement"
         # An operator's announcement holds no name (owner None, holder "").
         holder = "" if announcement else self._holder_of.get(owner)
         if holder is None:
             return fail(RoomError(_NAME_LOST))
-        head, tail = entry_template(name, content, when, announcement)
+        head, tail = entry_template(name, content, when, mark)
         posted = self._commands.run(
             scripts.POST,
             self.node,
@@ -554,12 +557,12 @@ class RedisRoom:
 
     def page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0
-    ) -> "Deferred[tuple[list[bytes], list[str]]]":
+    ) -> "Deferred[Page]":
         return Deferred.fromCoroutine(self._page(limit, before, after, max_bytes))
 
     async def _page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int
-    ) -> tuple[list[bytes], list[str]]:
+    ) -> Page:
         """Newest first, slice by slice, each below the last: history only
         grows above, so the slices join into one consistent page."""
         high = "+inf" if before is None else f"({before}"
@@ -584,7 +587,7 @@ class RedisRoom:
                     break
             high = f"({_entry_id(entries[-1])}"
         found.reverse()
-        return found, names
+        return Page(found, names, [])
 
     # -- the lease --
 

@@ -185,9 +185,17 @@ def _entry(
         record["content"],
         record["timestamp"],
         millis,
-        announcement=record.get("announcement") is True,
+        _mark_of(record),
     )
     return message_id, codec.encode_compact(entry)
+
+
+def _mark_of(record: dict[str, Any]) -> str | None:
+    """The ext mark (chatbox.wire.messages.MARKS) a stored record carries."""
+    for mark in messages.MARKS:
+        if record.get(mark) is True:
+            return mark
+    return None
 
 
 def _read_file(path: str) -> bytes:

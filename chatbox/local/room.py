@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatbox.chat.arns import NameTaken, Registry
-from chatbox.chat.room import Deliver, IRoom, Posted, RoomError, posted_from
+from chatbox.chat.room import Deliver, IRoom, Page, Posted, RoomError, posted_from
 from chatbox.chat.sends import RecentSends
 from chatbox.local import datafile
 from chatbox.local.store import DurableStore
@@ -62,7 +62,9 @@ class LocalRoom:
     def message_count(self) -> int:
         return len(self.store.history)
 
-    def claim(self, owner: Hashable, name: str, when: Moment) -> "Deferred[None]":
+    def claim(
+        self, owner: Hashable, name: str, when: Moment, verified: bool = False
+    ) -> "Deferred[None]":
         try:
             self.registry.claim(owner, name)
         except NameTaken as taken:
@@ -70,7 +72,9 @@ class LocalRoom:
         self._deliver(messages.joined(name, when), owner)
         return succeed(None)
 
-    def rename(self, owner: Hashable, name: str, when: Moment) -> "Deferred[str]":
+    def rename(
+        self, owner: Hashable, name: str, when: Moment, verified: bool = False
+    ) -> "Deferred[str]":
         try:
             old = self.registry.rename(owner, name)
         except NameTaken as taken:
@@ -91,7 +95,7 @@ class LocalRoom:
         content: str,
         when: Moment,
         send_id: str | None = None,
-        announcement: bool = False,
+        mark: str | None = None,
     ) -> "Deferred[Posted]":
         key = None if send_id is None else (name, send_id)
         if key is not None:
@@ -106,17 +110,15 @@ class LocalRoom:
                     # The original was not stored: this repeat is a new try
                     # (and the first of the waiters becomes the original).
                     failure.trap(RoomError)
-                    return self.post(owner, name, content, when, send_id, announcement)
+                    return self.post(owner, name, content, when, send_id, mark)
 
                 return earlier.addCallbacks(original, again)
-        stored = self.store.append(name, content, when, announcement)
+        stored = self.store.append(name, content, when, mark)
         if key is not None:
             self.sends.track(key, stored)
 
         def durable(message_id: int) -> Posted:
-            self._deliver(
-                messages.posted(name, content, when, message_id, announcement), owner
-            )
+            self._deliver(messages.posted(name, content, when, message_id, mark), owner)
             return Posted(message_id, name, content, when)
 
         return stored.addCallback(durable)
@@ -153,9 +155,9 @@ class LocalRoom:
 
     def page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0
-    ) -> "Deferred[tuple[list[bytes], list[str]]]":
+    ) -> "Deferred[Page]":
         entries = self.store.history.page(limit, before, after, max_bytes)
-        return succeed((entries, self.registry.online()))
+        return succeed(Page(entries, self.registry.online(), []))
 
     def health(self) -> dict[str, Any]:
         return {"persistence": "ok" if self.store.healthy else "failing"}

@@ -83,7 +83,7 @@ class _Deletion:
         self.done: Deferred[list[int]] = Deferred()
 
 
-# A queued message: name, content, when, announcement, its Deferred.
+# A queued message: name, content, when, its mark (or None), its Deferred.
 _Message = tuple[str, str, Moment, bool, "Deferred[int]"]
 # A batch's message: its id, its entry, its Deferred.
 _Item = tuple[int, bytes, "Deferred[int]"]
@@ -263,11 +263,11 @@ class DurableStore:
     # -- serving --
 
     def append(
-        self, name: str, content: str, when: Moment, announcement: bool = False
+        self, name: str, content: str, when: Moment, mark: str | None = None
     ) -> "Deferred[int]":
         """Store one message; fires with its id once durable, or StoreError."""
         done: Deferred[int] = Deferred()
-        self._queue.append((name, content, when, announcement, done))
+        self._queue.append((name, content, when, mark, done))
         self._write_next()
         return done
 
@@ -357,10 +357,10 @@ class DurableStore:
                 records.append(record)
                 size += len(record)
                 continue
-            name, content, when, announcement, done = item  # type: ignore[misc]
+            name, content, when, mark, done = item  # type: ignore[misc]
             entry = codec.encode_compact(
                 messages.history_entry(
-                    self._next_id, name, content, when.text, when.millis, announcement
+                    self._next_id, name, content, when.text, when.millis, mark
                 )
             )
             record = datafile.record(entry)

@@ -16,7 +16,10 @@ from chatbox.wire import codec
 from chatbox.wire.clock import Moment
 
 __all__ = [
+    "MARKS",
     "Refused",
+    "auth_ok",
+    "auth_refused",
     "change_ok",
     "change_refused",
     "deleted",
@@ -26,6 +29,8 @@ __all__ = [
     "history_entry",
     "joined",
     "left",
+    "moderate_ok",
+    "moderate_refused",
     "moderation_notice",
     "not_enough_key",
     "online_count",
@@ -46,6 +51,27 @@ __all__ = [
 ]
 
 Message = dict[str, Any]
+
+# ext: what a stored message may be marked as, beside its v2 fields. Each is
+# a key set to true on its history entry and `message` event (absent
+# otherwise): an operator's announcement, or a message from a verified
+# nickname (docs/PROTOCOL.md, "Verified nicknames").
+MARKS = ("announcement", "verified")
+
+
+def _marked(shape: Message, mark: str | None) -> Message:
+    if mark is not None:
+        assert mark in MARKS, mark
+        shape[mark] = True
+    return shape
+
+
+def _verified(shape: Message, verified: bool) -> Message:
+    """ext: a verified nickname's replies and events say so; others carry
+    nothing new (never `"verified": false`), so v2 sees v2's shapes."""
+    if verified:
+        shape["verified"] = True
+    return shape
 
 
 class Refused(Exception):
@@ -69,8 +95,8 @@ def _with_error(reply: Message, error: str | None) -> Message:
 # -- name -------------------------------------------------------------------
 
 
-def register_ok(name: str, when: Moment) -> Message:
-    return {
+def register_ok(name: str, when: Moment, verified: bool = False) -> Message:
+    reply = {
         "type": "name",
         "action": "register",
         "name": name,
@@ -78,6 +104,7 @@ def register_ok(name: str, when: Moment) -> Message:
         "timestamp": when.text,
         "time": when.millis,
     }
+    return _verified(reply, verified)
 
 
 def register_refused(name: Any, reason: str, error: str | None = None) -> Message:
@@ -91,8 +118,8 @@ def register_refused(name: Any, reason: str, error: str | None = None) -> Messag
     return _with_error(reply, error)
 
 
-def change_ok(old: str, new: str, when: Moment) -> Message:
-    return {
+def change_ok(old: str, new: str, when: Moment, verified: bool = False) -> Message:
+    reply = {
         "type": "name",
         "action": "change",
         "oldname": old,
@@ -101,6 +128,7 @@ def change_ok(old: str, new: str, when: Moment) -> Message:
         "timestamp": when.text,
         "time": when.millis,
     }
+    return _verified(reply, verified)
 
 
 def change_refused(
@@ -121,7 +149,12 @@ def change_refused(
 
 
 def send_ok(
-    name: str, content: str, when: Moment, message_id: int, send_id: str | None
+    name: str,
+    content: str,
+    when: Moment,
+    message_id: int,
+    send_id: str | None,
+    verified: bool = False,
 ) -> Message:
     reply = {
         "type": "send",
@@ -134,7 +167,7 @@ def send_ok(
     }
     if send_id is not None:
         reply["send_id"] = send_id
-    return reply
+    return _verified(reply, verified)
 
 
 def send_refused(
@@ -170,25 +203,32 @@ def history_entry(
     content: str,
     timestamp: str,
     millis: int | None,
-    announcement: bool = False,
+    mark: str | None = None,
 ) -> Message:
     """One stored message, as kept in data.json and sent in `get`. `millis`
     is None only for an entry whose v2 timestamp could not be read. An
-    operator's announcement (ext) says so, for clients that set it apart."""
+    operator's announcement or a verified nickname's message (ext, MARKS)
+    says so, for clients that set it apart."""
     entry = {"id": message_id, "name": name, "content": content}
     entry["timestamp"] = timestamp
     if millis is not None:
         entry["time"] = millis
-    if announcement:
-        entry["announcement"] = True
-    return entry
+    return _marked(entry, mark)
 
 
-def get_ok(name: str, when: Moment, entries: list[bytes], online: list[str]) -> bytes:
+def get_ok(
+    name: str,
+    when: Moment,
+    entries: list[bytes],
+    online: list[str],
+    verified: list[str] | None = None,
+) -> bytes:
     """The `get` reply, already encoded.
 
     History entries are kept encoded, so the reply is spliced from them
     instead of decoding and re-encoding up to the whole history cap.
+    `verified` (ext) is the online nicknames that are verified, in `online`
+    order; absent when there are none, as a v2 reply.
     """
     head = codec.encode(
         {
@@ -206,6 +246,7 @@ def get_ok(name: str, when: Moment, entries: list[bytes], online: list[str]) -> 
             b",".join(entries),
             b'],"online":',
             codec.encode(online),
+            b',"verified":' + codec.encode(verified) if verified else b"",
             b"}}",
         )
     )
@@ -284,18 +325,19 @@ def unknown_type() -> Message:
 # -- events to everyone else ----------------------------------------------------
 
 
-def joined(name: str, when: Moment) -> Message:
-    return {
+def joined(name: str, when: Moment, verified: bool = False) -> Message:
+    event = {
         "type": "receive",
         "datatype": "register",
         "name": name,
         "timestamp": when.text,
         "time": when.millis,
     }
+    return _verified(event, verified)
 
 
-def renamed(old: str, new: str, when: Moment) -> Message:
-    return {
+def renamed(old: str, new: str, when: Moment, verified: bool = False) -> Message:
+    event = {
         "type": "receive",
         "datatype": "change",
         "oldname": old,
@@ -303,10 +345,11 @@ def renamed(old: str, new: str, when: Moment) -> Message:
         "timestamp": when.text,
         "time": when.millis,
     }
+    return _verified(event, verified)
 
 
 def posted(
-    name: str, content: str, when: Moment, message_id: int, announcement: bool = False
+    name: str, content: str, when: Moment, message_id: int, mark: str | None = None
 ) -> Message:
     event = {
         "type": "receive",
@@ -317,9 +360,7 @@ def posted(
         "time": when.millis,
         "id": message_id,
     }
-    if announcement:
-        event["announcement"] = True
-    return event
+    return _marked(event, mark)
 
 
 def left(name: str, when: Moment) -> Message:
@@ -366,3 +407,53 @@ def ping(timeout: float) -> Message:
     """v2 sends `"timeout": 5`, an integer; whole seconds stay integers."""
     whole = int(timeout)
     return {"type": "ping", "timeout": whole if whole == timeout else timeout}
+
+
+# -- verified nicknames and moderators (ext) ------------------------------------
+
+
+def auth_ok(
+    name: str,
+    roles: list[str],
+    rooms: list[str] | None,
+    expires: int,
+) -> Message:
+    """ext: the token this connection presented (in the handshake, or by an
+    `auth` request) vouches for `name`: the only nickname it may take, in
+    `rooms` (None: every room), with `roles`, until `expires` (epoch ms)."""
+    return {
+        "type": "auth",
+        "status": True,
+        "name": name,
+        "roles": roles,
+        "rooms": rooms,
+        "expires": expires,
+    }
+
+
+def auth_refused(reason: str, error: str) -> Message:
+    """ext: a token refused (chatbox.auth.identity.REASONS), or an `auth`
+    request this server or connection cannot take (`AuthDisabled`,
+    `AlreadyRegistered`); `error` is a sentence for the user."""
+    return {"type": "auth", "status": False, "reason": reason, "error": error}
+
+
+def moderate_ok(action: str, **outcome: Any) -> Message:
+    """ext: a moderator's action was carried out; `outcome` says what came
+    of it (`ids` deleted, `name`, `until`, `seconds`)."""
+    return {"type": "moderate", "action": action, "status": True, **outcome}
+
+
+def moderate_refused(
+    action: object,
+    reason: str,
+    error: str | None = None,
+    field: str | None = None,
+) -> Message:
+    """ext: a moderator action not carried out: `NotModerator`,
+    `WrongFormatArgument` (with `field`), `NoSuchUser`, `Refused` (with the
+    reason the moderation rules gave), or `ErrorWhenModerate`."""
+    reply = {"type": "moderate", "action": action, "status": False, "reason": reason}
+    if field is not None:
+        reply["field"] = field
+    return _with_error(reply, error)

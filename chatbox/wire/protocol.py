@@ -702,7 +702,9 @@ class ChatProtocol(WebSocketServerProtocol):
     async def _reply_page(self, query: tuple[int, int | None, int | None]) -> None:
         room = self.room
         try:
-            entries, online = await room.page(*query, self.factory.limits.max_get_bytes)
+            entries, online, verified = await room.page(
+                *query, self.factory.limits.max_get_bytes
+            )
         except RoomError as e:
             name = room.name_of(self)
             if name is not None:
@@ -718,7 +720,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
         def frame() -> PreparedMessage:
             return self.factory.prepareMessage(
-                messages.get_ok(name, when, entries, online)
+                messages.get_ok(name, when, entries, online, verified)
             )
 
         if size < LARGE_REPLY:

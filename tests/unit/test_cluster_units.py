@@ -76,10 +76,10 @@ def test_address_never_shows_the_password():
     ["plain", '"id":0', 'quote " and \\ backslash', "xin chào 🎉", "}{", "\u2028"],
 )
 def test_entry_template_matches_the_history_entry(content):
-    for announced in (False, True):
-        head, tail = entry_template("Ａn", content, T, announced)
+    for mark in (None, *messages.MARKS):
+        head, tail = entry_template("Ａn", content, T, mark)
         for message_id in (1, 42, 10**12):
-            entry = messages.history_entry(message_id, "Ａn", content, *T, announced)
+            entry = messages.history_entry(message_id, "Ａn", content, *T, mark)
             assert head + str(message_id).encode() + tail == codec.encode(entry)
 
 
@@ -751,7 +751,7 @@ def test_deletions_and_announcements_from_the_stream():
                last=str(LEFT.millis), t=LEFT.text, ms=str(LEFT.millis)),
     )  # fmt: skip
     assert node.delivered == [
-        (messages.posted("chatbox", "hi", T, 41, announcement=True), None),
+        (messages.posted("chatbox", "hi", T, 41, "announcement"), None),
         (messages.deleted([7, 41], LEFT), None),
     ]
     assert node.room.message_count() == 39
@@ -760,7 +760,7 @@ def test_deletions_and_announcements_from_the_stream():
 
 def test_an_announcement_needs_no_name_and_says_so_to_redis():
     node = Node()
-    node.room.post(None, "chatbox", "hi", T, None, announcement=True)
+    node.room.post(None, "chatbox", "hi", T, None, mark="announcement")
     args, _ = node.commands_link.pending(scripts.POST)
     assert args[1] == "" and args[-1] == "1"  # no holder; announced
     assert b'"announcement":true' in args[7]  # the entry's tail
