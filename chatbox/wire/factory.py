@@ -94,6 +94,14 @@ class ChatFactory(WebSocketServerFactory):
         )
         self._all_closed: list[Deferred[None]] = []
         self.closing = False
+        # Verified nicknames (docs/PROTOCOL.md): set by chatbox.tap. With
+        # --auth off (the default) tokens are ignored, as v2 did.
+        self.auth_mode = "off"  # "off" | "optional" | "required"
+        self.verifier: Any = None  # a chatbox.auth.verifier.Verifier
+        # The operator's side (chatbox.admin.moderator.Moderator), which
+        # moderators' requests and verified claims act through; None in a
+        # factory built without one (moderator requests are then refused).
+        self.moderator: Any = None
         rooms.attach(self._attach_room)
 
     @property
