@@ -177,7 +177,9 @@ def _jwk(entry: object, number: int, path: str) -> PublicKey:
     if use is not None and use != "sig":
         raise KeyFileError(f"{where}: use is {use!r}, not 'sig'")
     try:
-        key = PyJWK(entry).key
+        # The key's material only: its `alg` is checked below, against
+        # what the material is.
+        key = PyJWK({k: v for k, v in entry.items() if k != "alg"}).key
     except (PyJWTError, ValueError, TypeError, KeyError):
         raise KeyFileError(f"{where}: not a public key chatbox can read") from None
     allowed = _algorithms_of(key, where)
