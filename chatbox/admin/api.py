@@ -624,21 +624,12 @@ class AdminAPI:
         elif not 1 <= days <= MAX_DAYS:
             raise _bad(f"days must be 1 to {MAX_DAYS}")
         body.done()
+        # The Moderator answers the reply's shape: {"token", "name",
+        # "rooms", "roles", "expires"}.
         minted = maybeDeferred(
             self.moderator.mint, operator, name, roles or [], rooms, days
         )
-
-        def answered(result: tuple[str, Any]) -> tuple[int, dict]:
-            token, identity = result
-            return 201, {
-                "token": token,
-                "name": identity.name,
-                "rooms": None if identity.rooms is None else sorted(identity.rooms),
-                "roles": sorted(identity.roles),
-                "expires": identity.expires,
-            }
-
-        return minted.addCallback(answered)
+        return minted.addCallback(lambda answer: (201, answer))
 
     def verified(self, operator: str, request: server.Request) -> tuple[int, dict]:
         _no_query(request)

@@ -21,7 +21,6 @@ from twisted.logger import formatEvent, globalLogPublisher
 from chatbox.admin import api
 from chatbox.admin.moderator import ModerationError
 from chatbox.admin.tokens import Entry, Tokens
-from chatbox.auth.identity import Identity
 from chatbox.auth.minting import MintError
 from chatbox.metrics import Metrics
 
@@ -107,14 +106,14 @@ class FakeModerator:
 
     def mint(self, *args: Any) -> Deferred:
         _, name, roles, rooms, days = args
-        identity = Identity(
-            name=name,
-            expires=1_800_000_000_000 + days * 86_400_000,
-            rooms=None if rooms is None else frozenset(rooms),
-            roles=frozenset(roles),
-            token_id="j-1",
-        )
-        return self._answer("mint", args, (MINTED, identity))
+        answer = {
+            "token": MINTED,
+            "name": name,
+            "rooms": None if rooms is None else sorted(rooms),
+            "roles": sorted(roles),
+            "expires": 1_800_000_000_000 + days * 86_400_000,
+        }
+        return self._answer("mint", args, answer)
 
     def verified_names(self, *args: Any) -> Any:
         return self._now(

@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.endpoints import (
     SSL4ServerEndpoint,
@@ -159,9 +160,11 @@ def test_auth_off_sets_no_verifier_but_the_moderator(tmp_path):
     factory = chat.factory
     assert (factory.auth_mode, factory.verifier) == ("off", None)
     assert factory.moderator is chat.moderator and factory.moderator is not None
+    assert chat.moderator.auth_secret is None
 
 
-def test_auth_sets_the_mode_and_verifier_and_reloads_on_sighup(tmp_path):
+@ensureDeferred
+async def test_auth_sets_the_mode_verifier_and_secret_and_reloads_them(tmp_path):
     secret = tmp_path / "auth-secret"
     secret.write_bytes(b"k" * 32 + b"\n")
     service = _auth_service(
@@ -181,8 +184,16 @@ def test_auth_sets_the_mode_and_verifier_and_reloads_on_sighup(tmp_path):
         "https://school.example",
         "chatbox",
     )
-    reload = service.getServiceNamed("reload")
-    assert reload.reloads == [verifier.reload]
+    moderator = service.getServiceNamed("chat").moderator
+    assert factory.moderator is moderator
+    assert moderator.auth_secret == b"k" * 32
+    (reload_keys,) = service.getServiceNamed("reload").reloads
+    secret.write_bytes(b"n" * 48)
+    assert await reload_keys() is True
+    assert verifier.secret == moderator.auth_secret == b"n" * 48
+    secret.write_bytes(b"short")
+    assert await reload_keys() is False
+    assert verifier.secret == moderator.auth_secret == b"n" * 48
 
 
 @pytest.mark.parametrize(
