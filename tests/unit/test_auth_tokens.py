@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pytest_twisted import ensureDeferred
 
+from chatbox.auth import verifier as verifier_module
 from chatbox.auth.identity import REASONS, Identity, TokenRefused
 from chatbox.auth.keys import load_keys
 from chatbox.auth.minting import MintError, mint
@@ -371,7 +372,8 @@ def test_a_token_longer_than_8_kib_is_refused_before_parsing(site, monkeypatch):
     def parsed(*args, **kwargs):
         raise AssertionError("parsed")
 
-    monkeypatch.setattr(jwt, "get_unverified_header", parsed)
+    monkeypatch.setattr(verifier_module, "_header", parsed)
+    monkeypatch.setattr(jwt, "decode_complete", parsed)
     refusal = refused(verifier, too_long)
     assert (refusal.reason, refusal.error) == (
         "TokenMalformed",
@@ -381,7 +383,20 @@ def test_a_token_longer_than_8_kib_is_refused_before_parsing(site, monkeypatch):
 
 @pytest.mark.parametrize(
     "token",
-    ["", "not a token", "a.b.c", "a.b", "....", "é.é.é", None, 42, ["x"]],
+    [
+        "",
+        "not a token",
+        "a.b.c",
+        "a.b",
+        "....",
+        "é.é.é",
+        "e30.e30.",  # {} as a header: no alg
+        "W10.e30.",  # [] as a header
+        "eyJhbGciOiJIUzI1NiJ9!.e30.e30",  # junk after a good header
+        None,
+        42,
+        ["x"],
+    ],
 )
 def test_what_is_not_a_jwt(site, token):
     assert refused(site.verifier(), token).reason == "TokenMalformed"
