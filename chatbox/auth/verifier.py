@@ -26,7 +26,7 @@ from typing import Any
 
 import jwt
 from jwt.exceptions import InvalidSignatureError, PyJWTError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -206,6 +206,8 @@ class Verifier:
             )
             return False
 
+        if not any(self.paths.values()):  # built from keys, not files
+            return succeed(False)
         reading = deferToThread(load_keys, **self.paths)
         return reading.addCallbacks(loaded, failed)
 

@@ -17,7 +17,7 @@ from pytest_twisted import ensureDeferred
 
 from chatbox.auth import verifier as verifier_module
 from chatbox.auth.identity import REASONS, Identity, TokenRefused
-from chatbox.auth.keys import load_keys
+from chatbox.auth.keys import Keys, load_keys
 from chatbox.auth.minting import MintError, mint
 from chatbox.auth.verifier import MAX_TOKEN, Verifier
 
@@ -549,3 +549,10 @@ async def test_reload_takes_new_keys_and_keeps_the_old_on_a_bad_file(tmp_path):
         assert await verifier.reload() is False
         assert verifier.verify(new, "").name == "Ms Lan"
     assert load_keys(secret=None).algorithms == frozenset()
+
+
+@ensureDeferred
+async def test_a_verifier_built_from_keys_has_no_files_to_reload():
+    verifier = Verifier(Keys(secret=SECRET))
+    assert await verifier.reload() is False
+    assert verifier.verify(hs256(claims()), "", NOW).name == "Ms Lan"
