@@ -343,6 +343,11 @@ class Moderation:
         folded = keys + tuple(fold_key(key) for key in keys)
         return bool(self._announcer_keys.intersection(folded))
 
+    def is_announcer(self, name: str) -> bool:
+        """`name` is the announcer's or looks like it: nobody's to take,
+        token or not."""
+        return self._is_announcer(name_keys(name))
+
     def _verify(self, protection: Protection) -> Protection:
         keys = name_keys(protection.name)
         if self._is_announcer(keys):
@@ -515,6 +520,17 @@ class Moderation:
             return None
         return max(live, key=lambda s: float("inf") if s.expires is None else s.expires)
 
+    def named(self, kind: str, name: str, now: int) -> list[Sanction]:
+        """Every sanction of one kind in force on `name` or a look-alike,
+        whatever its room, oldest first."""
+        found = {
+            s.id: s
+            for key in name_keys(name)
+            for s in self._by_key.get(key, {}).values()
+            if s.kind == kind and s.active(now)
+        }
+        return sorted(found.values(), key=lambda s: (s.created, s.id))
+
     def on_name(
         self, kind: str, name: str, room: str | None, now: int
     ) -> Sanction | None:
@@ -559,7 +575,8 @@ class Moderation:
         request: the keys are made once, and each question is a lookup."""
         keys = name_keys(name)
         if identity is not None:
-            if not identity.is_for(name):
+            # identity.is_for(name), on the keys already made.
+            if not set(identity.keys).intersection(keys):
                 return "token"
             if self._is_announcer(keys):
                 return "reserved"
@@ -588,6 +605,12 @@ class Moderation:
         if any(protection.rooms is None for protection in found):
             return None
         return sorted(set().union(*(p.rooms for p in found)))  # type: ignore[arg-type]
+
+    def protections(self) -> list[Protection]:
+        return list(self._verified.values())
+
+    def verified_count(self) -> int:
+        return len(self._verified)
 
     def verified(self) -> list[dict[str, Any]]:
         """Every verified nickname, for the operator, by name."""
