@@ -74,6 +74,13 @@ NO_SECRET = "this server has no --auth-secret to sign tokens with"
 MIN_DAYS, MAX_DAYS = 1, 366
 
 
+# The keys of the nicknames connections hold, for the scans a kick, a ban
+# or a verify order makes of this process's connections: skeletons cost
+# microseconds each, and a class starting with tokens is a verify order per
+# teacher, each scanning every connection.
+_held_keys = functools.lru_cache(maxsize=16_384)(name_keys)
+
+
 class ModerationError(Exception):
     """An action refused for a reason the operator can fix; `status` is the
     HTTP status the admin API answers with."""
@@ -540,7 +547,7 @@ class Moderator:
             if not protection.covers(connection.room_name):
                 continue
             held = connection.room.name_of(connection)
-            if held is None or not keys.intersection(name_keys(held)):
+            if held is None or not keys.intersection(_held_keys(held)):
                 continue
             identity = getattr(connection, "identity", None)
             if identity is not None and identity.is_for(protection.name):
@@ -553,7 +560,7 @@ class Moderator:
             connection
             for connection in self._connections(room)
             if (name := connection.room.name_of(connection)) is not None
-            and keys.intersection(name_keys(name))
+            and keys.intersection(_held_keys(name))
         ]
 
     def _sanctioned(self, sanction: Sanction) -> list[Any]:
