@@ -452,6 +452,7 @@ class Moderator:
                 raise ModerationError(400, "rooms is a list of rooms, or none for all")
             checked = [self._room(room) for room in rooms]
             rooms = sorted({room for room in checked if room is not None})
+        # Imported when used: PyJWT is loaded only where a token is signed.
         from chatbox.auth.minting import mint
 
         try:
