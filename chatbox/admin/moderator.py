@@ -136,12 +136,7 @@ class Moderator:
         rooms: Rooms,
         seconds: Callable[[], float],
         metrics: Metrics,
-        auth_secret: bytes | None = None,
     ) -> None:
-        """`auth_secret` is --auth-secret's bytes, the key `mint` signs
-        with (None: no minting). chatbox.tap sets the attribute again when
-        SIGHUP rereads the file."""
-        self.auth_secret = auth_secret
         self.moderation = moderation
         self.store = store
         self.factory = factory
@@ -158,6 +153,14 @@ class Moderator:
         loaded.addErrback(failed.append)
         if failed:
             failed[0].raiseException()
+
+    @property
+    def auth_secret(self) -> bytes | None:
+        """The key `mint` signs with: --auth-secret's bytes as the
+        factory's verifier holds them now (SIGHUP may have reread them);
+        None when there is none, and so no minting."""
+        verifier = self.factory.verifier
+        return None if verifier is None else verifier.secret
 
     def _now(self) -> int:
         return int(self._seconds() * 1000)
