@@ -26,6 +26,13 @@ when its node stops or its lease runs out. While old and new nodes share
 one Redis, each still judges names by its own rule, so stop the old ones
 before relying on the look-alike rule.
 
+Verified nicknames (the `verified` set) came later still, the same way: an
+older node's events lack `v`, its claims are never verified, and its
+scripts, which do not know the set, may leave a released holder in it when
+they free a newer node's name (reaping a dead node, say). Such an entry is
+never read: PAGE asks only about holders online, and every CLAIM and
+RENAME sets or clears its holder's entry.
+
 The scripts are bytes, encoded once here rather than at every request.
 """
 
