@@ -589,9 +589,12 @@ async def test_requests_after_a_contested_name_wait_for_its_reply(optional):
 
 
 @pytest_twisted.ensureDeferred
-async def test_verified_marker_in_get_with_1000_users(optional):
+async def test_verified_marker_in_get_with_1000_users(tmp_path):
     """1,000 online, every tenth verified: get's data.verified is exactly
     those, in online order."""
+    optional = await auth_server(
+        tmp_path, "optional", "--max-connections-per-ip=0", "--ws-ping-interval=0"
+    )
     names = [f"user{i:04d}" for i in range(1000)]
 
     async def join(name: str) -> ChatClientProtocol:
@@ -610,6 +613,7 @@ async def test_verified_marker_in_get_with_1000_users(optional):
     assert len(page["data"]["verified"]) == 100
     for user in users:
         user.sendClose()
+    await optional.stop()
 
 
 # -- an attacker ---------------------------------------------------------------

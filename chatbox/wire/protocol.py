@@ -1302,26 +1302,18 @@ class ChatProtocol(WebSocketServerProtocol):
     async def _moderate_unmute(
         self, request: dict[str, Any], action: str
     ) -> messages.Message:
-        """Lifts this room's mutes on the nickname (a mute on every room is
-        the operator's to lift)."""
+        """Lifts this room's mutes on the nickname (the Moderator's `unmute`:
+        a mute on every room is the operator's to lift)."""
         target = self._target_of(request, action)
-        moderator = self.factory.moderator
-        keys = set(name_keys(target))
-        mutes = [
-            found
-            for found in moderator.sanctions("mute")
-            if found["target"] == "name"
-            and found["room"] == (self.room_name or "")
-            and keys.intersection(name_keys(found["value"]))
-        ]
-        if not mutes:
+        lifted = await self.factory.moderator.unmute(
+            self._operator, target, self.room_name or ""
+        )
+        if not lifted:
             raise Refused(
                 messages.moderate_refused(
                     action, "NoSuchUser", f"{target!r} is not muted in this room"
                 )
             )
-        for found in mutes:
-            await moderator.lift(self._operator, "mute", found["id"])
         return messages.moderate_ok(action, name=target)
 
     async def _moderate_slow(
