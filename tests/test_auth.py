@@ -452,11 +452,18 @@ async def test_a_refused_url_token_is_told_and_closed_with_4401(optional, case):
 
 @pytest_twisted.ensureDeferred
 async def test_a_refused_header_token_is_closed_and_nothing_it_sends_counts(optional):
+    """Autobahn still parses what arrives while the close handshake runs:
+    none of it is handled (a name taken then would be told to everyone)."""
+    watcher = await guest(optional, "watcher")
+    speaker = await guest(optional, "speaker")
+    assert (await watcher.event())["name"] == "speaker"
     user = await client(optional, header=token("T", WRONG_SECRET))
     user.send_json({"type": "name", "name": "T"})
+    user.send_json({"type": "send", "content": "sneaked in"})
     reply, code, _ = await refused_at_open(user)
     assert reply["reason"] == "TokenBadSignature" and code == 4401
-    assert optional.factory.rooms.registered_count() == 0
+    assert user.raw == [reply]
+    await watcher.no_event_before(speaker)
 
 
 @pytest_twisted.ensureDeferred
@@ -573,6 +580,63 @@ async def test_a_guest_squatting_is_kicked_when_the_verified_user_arrives(option
     started = time.monotonic()
     taken = await second.register("Teacher")
     assert taken["reason"] == "NameAlreadyUsed" and time.monotonic() - started < 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guest_is_kicked_even_when_protection_is_refused(optional, monkeypatch):
+    """Past 10,000 verified names the rules refuse a new protection (so no
+    `verify` order kicks anyone); the token still works for its connection,
+    whose claim kicks the guest itself, audited as the verified user's."""
+    from chatbox.admin.moderator import ModerationError
+
+    def refused(operator, name, rooms):
+        raise ModerationError(400, "at most 10000 verified names")
+
+    monkeypatch.setattr(optional.factory.moderator, "verify", refused)
+    squatter = await guest(optional, "Teacher")
+    with Log() as log:
+        teacher = await client(optional, token("Teacher"))
+        await teacher.reply()
+        reply = await teacher.register("Teacher")
+        assert reply["status"] is True and reply["verified"] is True
+    notice = await squatter.reply()
+    assert notice["reason"] == "this nickname belongs to a verified user"
+    assert await squatter.close_code_from_server() == 4001
+    assert "nickname 'Teacher' not protected: at most 10000 verified names" in log.text
+    assert any(
+        line.startswith("audit: verified 'Teacher' (secret) kick 'Teacher'")
+        for line in log.lines
+    ), log.text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guest_that_never_leaves_costs_the_verified_claim_5_seconds(
+    optional, monkeypatch
+):
+    """A holder the kick cannot move (here: a kick that does nothing):
+    the claim is asked again for 5 s, then NameAlreadyUsed, and the
+    connection's later requests waited for that reply."""
+    from twisted.internet.defer import succeed
+
+    monkeypatch.setattr(optional.factory.moderator, "verify", lambda *a: succeed(True))
+    kicks = []
+    monkeypatch.setattr(
+        optional.factory.moderator, "kick", lambda *a: kicks.append(a) or succeed(0)
+    )
+    await guest(optional, "Teacher")
+    teacher = await client(optional, token("Teacher"))
+    await teacher.reply()
+    started = time.monotonic()
+    teacher.send_json({"type": "name", "name": "Teacher"})
+    teacher.send_json({"type": "get"})
+    taken = await teacher.reply()
+    waited = time.monotonic() - started
+    assert (taken["status"], taken["reason"]) == (False, "NameAlreadyUsed")
+    assert 4.5 <= waited <= 8, waited
+    assert (await teacher.reply())["reason"] == "UnknownRegister"
+    assert 4 <= len(kicks) <= 6  # once a second, not every 100 ms
+    assert kicks[0][0] == "verified 'Teacher' (secret)"
+    assert kicks[0][1:] == ("Teacher", "", "this nickname belongs to a verified user")
 
 
 @pytest_twisted.ensureDeferred
