@@ -657,7 +657,11 @@ async def test_verified_marker_in_get_with_1000_users(tmp_path):
     """1,000 online, every tenth verified: get's data.verified is exactly
     those, in online order."""
     optional = await auth_server(
-        tmp_path, "optional", "--max-connections-per-ip=0", "--ws-ping-interval=0"
+        tmp_path,
+        "optional",
+        "--max-connections-per-ip=0",
+        "--ws-ping-interval=0",
+        "--handshake-timeout=60",
     )
     names = [f"user{i:04d}" for i in range(1000)]
 
@@ -689,10 +693,12 @@ async def test_ten_thousand_bad_auth_requests_are_rate_limited_then_closed(tmp_p
     try:
         with Log() as log:
             port = server.port
+            bad_token = token("x", WRONG_SECRET)
 
-            def flood() -> tuple[int, int, int | None]:
+            def flood() -> tuple[int, int, int | None, float]:
+                started = time.monotonic()
                 raw = RawClient(port)
-                bad = json.dumps({"type": "auth", "token": token("x", WRONG_SECRET)})
+                bad = json.dumps({"type": "auth", "token": bad_token})
                 frames = 0
                 try:
                     for _ in range(10_000):
@@ -713,15 +719,17 @@ async def test_ten_thousand_bad_auth_requests_are_rate_limited_then_closed(tmp_p
                         refused += reply.get("reason") == "TokenBadSignature"
                 except (OSError, ConnectionError):
                     pass
-                return refused, replies, code
+                return refused, replies, code, time.monotonic() - started
 
-            refused, replies, code = await deferToThread(flood)
+            refused, replies, code, took = await deferToThread(flood)
         assert code == 1008
-        assert refused <= 25  # the burst, and what the rate refilled
+        # Checked: the burst, and what --rate refilled while it flooded.
+        assert refused <= 20 + 5 * took + 1, (refused, took)
         assert replies < 200
         lines = [line for line in log.lines if not line.startswith("{")]
         assert len(lines) < 60, len(lines)
-        assert "x" * 0 == "" and token("x", WRONG_SECRET)[:20] not in log.text
+        for part in secret_parts(bad_token):
+            assert part not in log.text
     finally:
         await server.stop()
 
