@@ -6,7 +6,9 @@ squatting a verified nickname; the verified marker on every shape; an
 attacker's floods and oversized tokens; and no token in any log line.
 
 Tokens are made here with PyJWT as a school's website would; the server
-checks them with its real verifier (--auth-secret, --auth-public-key)."""
+checks them with its real verifier (--auth-secret, --auth-public-key).
+tests/test_auth_moderators.py and tests/test_cluster_auth.py use the
+helpers here."""
 
 import json
 import time
@@ -26,8 +28,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 
-from chatbox import tap
-from chatbox.auth.identity import Identity, TokenRefused
 from tests import process, test_classic_client
 from tests.client import (
     TIMEOUT,
@@ -78,56 +78,6 @@ def rsa_key() -> tuple[Any, bytes]:
 # -- the server ----------------------------------------------------------------
 
 
-def _has_auth_options() -> bool:
-    return any(option[0] == "auth" for option in tap.Options.optParameters)
-
-
-class StandIn:
-    """chatbox.auth.verifier until it is on main: the HMAC secret only."""
-
-    def __init__(self, secret: bytes) -> None:
-        self.secret = secret
-
-    def verify(self, token: str, room: str, now: float) -> Identity:
-        if len(token) > 8192:
-            raise TokenRefused("TokenMalformed", "the token is too long")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenRefused("TokenMalformed", "not a token") from None
-        if header.get("alg") not in ("HS256", "HS384", "HS512"):
-            raise TokenRefused("TokenAlgorithm", "not an accepted algorithm")
-        try:
-            claims = jwt.decode(
-                token,
-                self.secret,
-                algorithms=["HS256", "HS384", "HS512"],
-                options={"require": ["exp", "sub"]},
-                leeway=60,
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenRefused("TokenExpired", "the token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise TokenRefused(
-                "TokenNotYetValid", "the token is not valid yet"
-            ) from None
-        except jwt.InvalidSignatureError:
-            raise TokenRefused("TokenBadSignature", "not signed by a key") from None
-        except jwt.PyJWTError:
-            raise TokenRefused("TokenMalformed", "bad claims") from None
-        rooms = claims.get("rooms")
-        if rooms is not None and room not in rooms:
-            raise TokenRefused("TokenWrongRoom", "not good in this room")
-        return Identity(
-            claims["sub"],
-            claims["exp"] * 1000,
-            None if rooms is None else frozenset(rooms),
-            frozenset(claims.get("roles", ())),
-            "secret",
-            claims.get("jti"),
-        )
-
-
 async def auth_server(
     tmp_path: Path, mode: str = "optional", *args: str, public: bytes | None = None
 ) -> RunningServer:
@@ -139,16 +89,7 @@ async def auth_server(
     if public is not None:
         (tmp_path / "auth-public.pem").write_bytes(public)
         keys += ["--auth-public-key", str(tmp_path / "auth-public.pem")]
-    data = tmp_path / "data.json"
-    if _has_auth_options():
-        return await start_server(data, "--auth", mode, *keys, *args)
-    if public is not None:
-        pytest.skip("needs chatbox.auth's --auth-public-key")
-    server = await start_server(data, *args)
-    server.factory.auth_mode = mode
-    server.factory.verifier = StandIn(SECRET)
-    server.factory.moderator = server.service.getServiceNamed("chat").moderator
-    return server
+    return await start_server(tmp_path / "data.json", "--auth", mode, *keys, *args)
 
 
 @pytest_twisted.async_yield_fixture
@@ -801,8 +742,6 @@ async def test_no_token_in_this_process_log(optional):
 async def test_no_token_in_the_log_operators_read(tmp_path):
     """A real twistd child: its whole output, with tokens shown in URLs and
     headers, accepted and refused, on the socket and on the page."""
-    if not _has_auth_options():
-        pytest.skip("needs chatbox.tap's --auth options")
     secret = tmp_path / "auth-secret"
     secret.write_bytes(SECRET)
     child = await process.start(
