@@ -40,7 +40,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatbox.auth.identity import Identity, TokenRefused
+from chatbox.auth.identity import MODERATOR, Identity, TokenRefused
 from chatbox.chat.arns import NameTaken, is_valid_name, name_keys
 from chatbox.chat.content import is_valid_content
 from chatbox.chat.moderation import MAX_REASON, MAX_SLOW_SECONDS
@@ -1170,7 +1170,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
     @staticmethod
     def _not_moderator(identity: Identity | None, room: str) -> str:
-        if identity is None or "moderator" not in identity.roles:
+        if identity is None or MODERATOR not in identity.roles:
             return "only a moderator can do this"
         if not identity.covers(room):
             return "you are not a moderator of this room"
