@@ -497,6 +497,36 @@ async def test_impersonation_while_the_verified_user_is_offline(optional):
 
 
 @pytest_twisted.ensureDeferred
+async def test_auth_turned_off_frees_verified_nicknames_and_on_again_keeps_them(
+    tmp_path,
+):
+    server = await auth_server(tmp_path, "optional")
+    try:
+        teacher = await verified(server, "Teacher")
+        teacher.sendClose()
+        await teacher.wait_closed()
+    finally:
+        await server.stop()
+    # With --auth off nobody could ever show a token for it.
+    off = await start_server(tmp_path / "data.json")
+    try:
+        anyone = await client(off)
+        reply = await anyone.register("Teacher")
+        assert reply["status"] is True, reply
+        anyone.sendClose()
+        await anyone.wait_closed()
+    finally:
+        await off.stop()
+    server = await auth_server(tmp_path, "optional")
+    try:
+        impostor = await client(server)
+        reply = await impostor.register("Teacher")
+        assert (reply["status"], reply.get("error")) == (False, "verified")
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_guest_squatting_is_kicked_when_the_verified_user_arrives(optional):
     squatter = await guest(optional, "Teacher")
     watcher = await guest(optional, "watcher")

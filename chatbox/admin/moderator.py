@@ -36,6 +36,7 @@ from chatbox.chat.moderation import (
     MAX_VERIFIED,
     IModerationStore,
     Moderation,
+    ModerationError,
     Order,
     OrderError,
     Protection,
@@ -79,16 +80,6 @@ MIN_DAYS, MAX_DAYS = 1, 366
 # microseconds each, and a class starting with tokens is a verify order per
 # teacher, each scanning every connection.
 _held_keys = functools.lru_cache(maxsize=16_384)(name_keys)
-
-
-class ModerationError(Exception):
-    """An action refused for a reason the operator can fix; `status` is the
-    HTTP status the admin API answers with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _room(room: str | None) -> str | None:

@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 from chatbox.auth.identity import MODERATOR, Identity, TokenRefused
 from chatbox.chat.arns import NameTaken, is_valid_name, name_keys
 from chatbox.chat.content import is_valid_content
-from chatbox.chat.moderation import MAX_REASON, MAX_SLOW_SECONDS
+from chatbox.chat.moderation import MAX_REASON, MAX_SLOW_SECONDS, ModerationError
 from chatbox.chat.room import IRoom, Posted, RoomError
 from chatbox.chat.roomnames import NotARoom
 from chatbox.chat.rooms import RoomRefused
@@ -133,14 +133,10 @@ def handshake_tokens(
 
 
 def _moderation_refusal(failure: Failure) -> str | None:
-    """The sentence of a ModerationError (chatbox.admin.moderator: an action
-    refused for a reason the operator can fix), else None. Recognized by
-    its fields, since the wire layer sits below the admin side and reaches
-    it only through the factory's hooks."""
-    value = failure.value
-    status, message = getattr(value, "status", None), getattr(value, "message", None)
-    if isinstance(status, int) and isinstance(message, str):
-        return message
+    """The sentence of a ModerationError (an action the Moderator refused
+    for a reason whoever asked can fix), else None: a fault."""
+    if failure.check(ModerationError):
+        return failure.value.message
     return None
 
 
@@ -749,6 +745,11 @@ class ChatProtocol(WebSocketServerProtocol):
             rule = moderation.name_refusal(name, self.room_name, now)
         else:
             rule = moderation.name_refusal(name, self.room_name, now, self.identity)
+        if rule == "verified" and self.factory.auth_mode == "off":
+            # Nobody can show a token with --auth off: nicknames verified
+            # while it was on are everyone's again (and kept, for when it
+            # is turned back on).
+            rule = None
         if rule is not None:
             self.factory.metrics.moderation_refusals.labels(f"name {rule}").inc()
         return rule
