@@ -725,6 +725,31 @@ async def test_ten_thousand_bad_auth_requests_are_rate_limited_then_closed(tmp_p
 
 
 @pytest_twisted.ensureDeferred
+async def test_one_address_checks_few_tokens_however_many_connections(tmp_path):
+    """Each `auth` costs a signature check: 200 connections of one address
+    asking within their own --rate must not make the server check 200
+    times the rate (attacker review: 76% of a core). They share the
+    address's registration budget."""
+    server = await auth_server(
+        tmp_path, "optional", "--ip-name-rate=5", "--ip-name-burst=20"
+    )
+    try:
+        bad = token("x", WRONG_SECRET)
+        users = [await client(server) for _ in range(50)]
+        replies = []
+        for _ in range(2):
+            for user in users:
+                replies.append(await user.request({"type": "auth", "token": bad}))
+        checked = [r for r in replies if r["reason"] == "TokenBadSignature"]
+        limited = [r for r in replies if r["reason"] == "RateLimited"]
+        assert len(checked) <= 20 + 5 * 5, len(checked)
+        assert len(checked) + len(limited) == 100
+        assert all(r["type"] == "auth" for r in limited)
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_oversized_tokens(optional):
     """8 KiB tokens: an `auth` request gets TokenMalformed; in a header the
     head is too large (431); in a URL the target is (414), as is a 100 KB

@@ -1082,8 +1082,8 @@ class ChatProtocol(WebSocketServerProtocol):
         """ext: show a token before `name` (a client that cannot put it in
         the URL). Good: the connection has its Identity, replacing one from
         the handshake. Refused: it keeps what it had (a guest stays a
-        guest). Rate limited as any request, so guessing costs as much as
-        anything else; refusals are counted, not logged one by one."""
+        guest). Rate limited as any request and, per address, as `name`;
+        refusals are counted, not logged one by one."""
         if self.factory.auth_mode == "off":
             raise Refused(
                 messages.auth_refused(
@@ -1102,6 +1102,10 @@ class ChatProtocol(WebSocketServerProtocol):
         token = request["token"]
         if not isinstance(token, str):
             raise Refused(messages.auth_refused("TokenMalformed", "a token is text"))
+        # Checking a signature costs far more than answering most requests:
+        # one address's tokens share its registrations' budget, whatever
+        # number of connections it spreads them over.
+        self._per_address(self.factory.names_per_address, "auth")
         try:
             identity = self._verify(token, self.room_name or "")
         except TokenRefused as refused:
