@@ -878,12 +878,12 @@
     const button = document.createElement("button");
     button.type = "button";
     button.className = "mod-delete small quiet";
-    fillDelete(button);
     button.addEventListener("click", () => {
       const id = Number(node.dataset.id);
       if (Number.isSafeInteger(id) && id > 0) moderate({ action: "delete", ids: [id] });
     });
     node.querySelector(".bubble").append(button);
+    fillDelete(button);
   }
 
   // "Delete", and for a screen reader whose message it deletes.
@@ -2224,7 +2224,11 @@
   ui.shareUrl.addEventListener("focus", () => ui.shareUrl.select());
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
-    if (state.modConfirm) { ui.kickNo.click(); return; }
+    // The kick's question is answered "no" by Escape, when it has the focus.
+    if (state.modConfirm && ui.kickConfirm.contains(document.activeElement)) {
+      ui.kickNo.click();
+      return;
+    }
     if (!ui.menu.hidden) { openMenu(false); ui.menuButton.focus(); }
     if (document.body.classList.contains("show-online")) {
       showOnline(false);
