@@ -14,7 +14,9 @@ from twisted.python import usage
 
 from chatbox.admin.api import make_admin_site
 from chatbox.admin.moderator import Moderator
-from chatbox.admin.tokens import TokenFileError, TokenReloadService, Tokens
+from chatbox.admin.tokens import ReloadService, TokenFileError, Tokens
+from chatbox.auth.keys import KeyFileError
+from chatbox.auth.verifier import DEFAULT_LEEWAY, MAX_LEEWAY, Verifier
 from chatbox.chat.arns import is_valid_name
 from chatbox.chat.moderation import IModerationStore, Moderation, OrderError
 from chatbox.chat.room import IRoom
@@ -80,6 +82,27 @@ def _at_least_zero(unit: str) -> Callable[[str], float]:
 
 
 _seconds = _at_least_zero("seconds")
+
+AUTH_MODES = ("off", "optional", "required")
+AUTH_KEYS = ("auth-secret", "auth-public-key", "auth-jwks")
+
+
+def _auth_mode(value: str) -> str:
+    if value not in AUTH_MODES:
+        raise ValueError(f"must be off, optional or required, not {value!r}")
+    return value
+
+
+def _leeway(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number of seconds") from None
+    if not 0 <= number <= MAX_LEEWAY:
+        raise ValueError(f"must be 0 to {MAX_LEEWAY} seconds, not {value}")
+    return number
+
+
 _per_second = _at_least_zero("per second")
 
 
@@ -368,6 +391,51 @@ class Options(usage.Options):
             "only by default, never the chat port.",
         ],
         [
+            "auth",
+            None,
+            "off",
+            "Verified nicknames: off (the default, as v2: tokens are ignored), "
+            "optional (a token verifies its nickname; guests may take any other) "
+            "or required (only connections with a token get in; others get HTTP "
+            "401). optional and required need --auth-secret, --auth-public-key "
+            "or --auth-jwks.",
+            _auth_mode,
+        ],
+        [
+            "auth-secret",
+            None,
+            None,
+            "File holding an HMAC secret (at least 32 bytes; one trailing "
+            "newline is ignored) that HS256 tokens are checked against (HS384 "
+            "and HS512 with 48 and 64 bytes), and that chatbox-admin token "
+            "signs with. Read again on SIGHUP.",
+        ],
+        [
+            "auth-public-key",
+            None,
+            None,
+            "PEM public key (RSA of 2048 bits or more, EC P-256/384/521, "
+            "Ed25519/Ed448) that a website's tokens are checked against, each "
+            "only with its own type's algorithms. Read again on SIGHUP.",
+        ],
+        [
+            "auth-jwks",
+            None,
+            None,
+            'JWKS file ({"keys":[...]}) of public keys, picked by a token\'s kid; '
+            "symmetric (oct) keys are refused. Read again on SIGHUP.",
+        ],
+        [
+            "auth-leeway",
+            None,
+            DEFAULT_LEEWAY,
+            "Seconds of clock difference allowed on a token's exp, nbf and iat "
+            f"(0 to {MAX_LEEWAY}).",
+            _leeway,
+        ],
+        ["auth-issuer", None, None, "Require tokens' iss claim to be this."],
+        ["auth-audience", None, None, "Require tokens' aud claim to include this."],
+        [
             "redis",
             None,
             None,
@@ -409,6 +477,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if not is_valid_name(self["announcer"]):
             raise usage.UsageError("--announcer must be a valid nickname")
+        self._check_auth()
         if self["redis"] is not None:
             try:
                 self["redis"] = parse_redis_url(self["redis"])
@@ -418,6 +487,26 @@ class Options(usage.Options):
                 raise usage.UsageError("--redis-lease must be at least 1 second")
             if not self["redis-timeout"] > 0:
                 raise usage.UsageError("--redis-timeout must be above 0")
+
+    def _check_auth(self) -> None:
+        """--auth and its key options go together, either way."""
+        given = [
+            option
+            for option in (*AUTH_KEYS, "auth-issuer", "auth-audience")
+            if self[option] is not None
+        ]
+        if self["auth"] == "off" and given:
+            raise usage.UsageError(
+                f"--{given[0]} needs --auth optional or --auth required"
+            )
+        if self["auth"] != "off" and not any(self[key] for key in AUTH_KEYS):
+            raise usage.UsageError(
+                f"--auth {self['auth']} needs a key to check tokens with: "
+                "--auth-secret, --auth-public-key or --auth-jwks"
+            )
+        for option in (*AUTH_KEYS, "auth-issuer", "auth-audience"):
+            if self[option] is not None and not self[option].strip():
+                raise usage.UsageError(f"--{option} must not be empty")
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -508,8 +597,10 @@ def _add_admin(
     moderator: Any,
     reactor: Any,
     metrics: Metrics,
+    reloads: list[Any],
 ) -> None:
-    """The admin API on its own listener, with --admin-tokens only."""
+    """The admin API on its own listener, with --admin-tokens only (whose
+    reload is added to `reloads`, for SIGHUP)."""
     if not config["admin-tokens"]:
         log.info("admin API off (no --admin-tokens)")
         return
@@ -526,9 +617,44 @@ def _add_admin(
     )
     admin.setName("admin")
     admin.setServiceParent(top)
-    reload = TokenReloadService(tokens, reactor)
-    reload.setName("admin-tokens")
-    reload.setServiceParent(top)
+    reloads.append(tokens.reload)
+
+
+def _make_verifier(config: dict[str, Any]) -> Verifier | None:
+    """The keys tokens are checked against, read now (blocking, before the
+    reactor runs); None with --auth off. A bad file stops start-up with one
+    line naming it."""
+    if config["auth"] == "off":
+        return None
+    try:
+        verifier = Verifier.load(
+            secret=config["auth-secret"],
+            public_key=config["auth-public-key"],
+            jwks=config["auth-jwks"],
+            leeway=config["auth-leeway"],
+            issuer=config["auth-issuer"],
+            audience=config["auth-audience"],
+        )
+    except KeyFileError as e:
+        raise SystemExit(f"chatbox: cannot start: {e}") from None
+    log.info(
+        "auth {mode}: tokens checked against {keys}, leeway {leeway} s",
+        mode=config["auth"],
+        keys=verifier.describe(),
+        leeway=config["auth-leeway"],
+    )
+    return verifier
+
+
+def _reload_keys(verifier: Verifier, moderator: Moderator) -> Any:
+    """On SIGHUP: the keys read again, and the Moderator given the secret
+    now in force (the old one if the new files were refused)."""
+
+    def reloaded(done: bool) -> bool:
+        moderator.auth_secret = verifier.secret
+        return done
+
+    return verifier.reload().addCallback(reloaded)
 
 
 def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:
@@ -537,6 +663,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         from twisted.internet import reactor
     try:
         endpoint, scheme = server_endpoint(reactor, str(config["port"]), config["tls"])
+        verifier = _make_verifier(config)
         metrics = Metrics()
         rooms = _make_rooms(config, reactor, metrics)
     except (EndpointError, datafile.HistoryFileError) as e:
@@ -623,6 +750,11 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         raise SystemExit(
             f"chatbox: cannot start: moderation rules {where}: {e}"
         ) from None
+    factory.auth_mode = config["auth"]
+    factory.verifier = verifier
+    factory.moderator = moderator
+    # The key `chatbox-admin token` signs with (None: no minting).
+    moderator.auth_secret = verifier.secret if verifier is not None else None
     metrics.observe_rooms(rooms, per_room=bool(config["room-metrics"]))
     _log_rooms(config["room-policy"])
     factory.setProtocolOptions(
@@ -648,6 +780,13 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     listener.setName("listener")
     listener.setServiceParent(top)
     chat.moderator = moderator
-    _add_admin(top, config, moderator, reactor, metrics)
+    reloads: list[Any] = []
+    _add_admin(top, config, moderator, reactor, metrics, reloads)
+    if verifier is not None:
+        reloads.append(lambda: _reload_keys(verifier, moderator))
+    if reloads:
+        reload = ReloadService(reactor, *reloads)
+        reload.setName("reload")
+        reload.setServiceParent(top)
     chat.moderation_store = store
     return top

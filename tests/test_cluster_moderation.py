@@ -81,7 +81,7 @@ class Operator:
         return owner
 
     async def history(self) -> list[dict]:
-        entries, _ = await self.room.page(100_000, None, None, 0)
+        entries, *_ = await self.room.page(100_000, None, None, 0)
         return [json.loads(entry) for entry in entries]
 
     async def close(self) -> None:

@@ -32,10 +32,19 @@ the default room. A body field this module does not know is refused.
     GET    /v1/reserved          {"reserved": [pattern]}
     POST   /v1/reserved          {"pattern"} -> 201 {"reserved": pattern}
     DELETE /v1/reserved/PATTERN  (percent-encoded) -> {"unreserved": pattern}
+    POST   /v1/tokens            {"name", "roles"?: [R...], "rooms"?: [ROOM...],
+                                 "days"?} -> 201 {"token", "name", "rooms"
+                                 (null: every room), "roles", "expires" (ms)}
+    GET    /v1/verified          {"verified": [{"name", "rooms", "by", "at"}]}
+    DELETE /v1/verified/NAME     (percent-encoded) -> {"unverified": name}
+
+A minted token is in its response body only: never in a log line, an
+audit line (which names the nickname and the token's jti) or an error.
 
 A reason is 1 to 500 printable characters on one line; a duration above 0
 and at most ten years; ids positive integers, at most 10,000 at once;
-slow mode at most a day.
+slow mode at most a day; a token's days 1 to 366 (30 if left out), its
+roles from those chatbox knows, at most 100 rooms.
 
 What an attacker on the admin port meets:
 
@@ -72,6 +81,8 @@ from twisted.web.resource import Resource
 
 from chatbox.admin.moderator import ModerationError
 from chatbox.admin.tokens import Tokens
+from chatbox.auth.minting import DEFAULT_DAYS, MAX_DAYS, ROLES, MintError
+from chatbox.chat.arns import is_valid_name
 from chatbox.httptext import canned
 from chatbox.logsafe import LogBudget, printable
 from chatbox.metrics import Metrics
@@ -313,6 +324,9 @@ class AdminAPI:
             ("announce",): {b"POST": self.announce},
             ("reserved",): {b"GET": self.reserved, b"POST": self.reserve},
             ("reserved", None): {b"DELETE": self.unreserve},
+            ("tokens",): {b"POST": self.token},
+            ("verified",): {b"GET": self.verified},
+            ("verified", None): {b"DELETE": self.unverify},
         }
 
     # -- one request --
@@ -419,6 +433,8 @@ class AdminAPI:
         error = failure.value
         if isinstance(error, _Answer):
             return self._refuse(request, error)
+        if isinstance(error, MintError):
+            return self._reply(request, 400, {"error": str(error)})
         if (
             isinstance(error, ModerationError)
             and isinstance(error.status, int)
@@ -587,6 +603,64 @@ class AdminAPI:
             return 200, {"unreserved": pattern}
 
         return self.moderator.unreserve(operator, pattern).addCallback(answered)
+
+    def token(self, operator: str, request: server.Request) -> Deferred:
+        _no_query(request)
+        body = _body(request)
+        name = body.string("name", limit=1000)
+        if not is_valid_name(name):
+            raise _bad("name is not a valid nickname")
+        roles = _names(body, "roles", len(ROLES))
+        for role in roles or ():
+            if role not in ROLES:
+                raise _bad(
+                    f"{printable(role, 40)!r} is not a role; roles: "
+                    + ", ".join(sorted(ROLES))
+                )
+        rooms = _names(body, "rooms", MAX_TOKEN_ROOMS)
+        days = body.integer("days")
+        if days is None:
+            days = DEFAULT_DAYS
+        elif not 1 <= days <= MAX_DAYS:
+            raise _bad(f"days must be 1 to {MAX_DAYS}")
+        body.done()
+        # The Moderator answers the reply's shape: {"token", "name",
+        # "rooms", "roles", "expires"}.
+        minted = maybeDeferred(
+            self.moderator.mint, operator, name, roles or [], rooms, days
+        )
+        return minted.addCallback(lambda answer: (201, answer))
+
+    def verified(self, operator: str, request: server.Request) -> tuple[int, dict]:
+        _no_query(request)
+        return 200, {"verified": self.moderator.verified_names()}
+
+    def unverify(self, operator: str, request: server.Request, name: str) -> Deferred:
+        _no_query(request)
+
+        def answered(removed: object) -> tuple[int, dict]:
+            if removed is False:
+                raise _Answer(404, "no such verified nickname")
+            return 200, {"unverified": name}
+
+        done = maybeDeferred(self.moderator.unverify, operator, name)
+        return done.addCallback(answered)
+
+
+MAX_TOKEN_ROOMS = 100
+
+
+def _names(body: Body, key: str, most: int) -> list[str] | None:
+    """A list of 1..`most` strings (rooms, roles), or None if absent; the
+    Moderator checks what they name."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 1 <= len(value) <= most:
+        raise _bad(f"{key} must be a list of 1 to {most} names, or left out")
+    if not all(isinstance(item, str) and len(item) <= 1000 for item in value):
+        raise _bad(f"{key} must hold strings")
+    return value
 
 
 def _no_query(request: server.Request) -> None:

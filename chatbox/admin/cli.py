@@ -10,6 +10,9 @@ CHATBOX_ADMIN_TOKEN. The token is sent only in the Authorization header: it
 is never printed, and requests follow no redirect and use no proxy, so it
 goes nowhere but the URL given.
 
+`token` prints the token it made (and with --link the chat links that
+carry it) on stdout only; it is in no log line.
+
 Output is one item per line, fields separated by tabs, for scripts; --json
 prints the API's JSON instead. Exit status: 0 done, 1 refused by the server
 (its reason on stderr), 2 a usage error, 3 the server could not be reached.
@@ -322,6 +325,60 @@ def cmd_reserved(options: argparse.Namespace) -> Any:
     return answer, [str(p) for p in answer.get("reserved", [])]
 
 
+def _link(base: str, room: str, token: str) -> str:
+    """The chat page of `room` with the token: BASE/ROOM?token=T (BASE/ for
+    the default room). The bundled client takes it out of the address bar
+    at once."""
+    return f"{base}/{quote(room, safe='')}?token={token}"
+
+
+def cmd_token(options: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {"name": options.name, "days": options.days}
+    if options.roles:
+        body["roles"] = sorted(set(options.roles))
+    if options.rooms:
+        body["rooms"] = [_room(r) for r in options.rooms]
+    answer = request(options, "POST", "/v1/tokens", body)
+    token = answer["token"]
+    rooms = answer.get("rooms")
+    lines = [token]
+    if options.link is not None:
+        links = [_link(options.link, r, token) for r in (rooms or [""])]
+        answer = {**answer, "links": links}
+        lines += links
+    where = "every room" if rooms is None else ", ".join(map(_shown_room, rooms))
+    roles = ", ".join(answer.get("roles") or []) or "no roles"
+    print(
+        f"a token for {answer.get('name')!r} ({roles}) in {where}, until "
+        f"{_when(answer.get('expires'))}. Give it only to them: whoever has it "
+        "is them until then.",
+        file=sys.stderr,
+    )
+    return answer, lines
+
+
+def cmd_verified(options: argparse.Namespace) -> Any:
+    answer = request(options, "GET", "/v1/verified")
+    return answer, [
+        "\t".join(
+            [
+                str(v.get("name")),
+                "*"
+                if v.get("rooms") is None
+                else ",".join(map(_shown_room, v.get("rooms"))),
+                str(v.get("by")),
+                _when(v.get("at")),
+            ]
+        )
+        for v in answer.get("verified", [])
+    ]
+
+
+def cmd_unverify(options: argparse.Namespace) -> Any:
+    answer = request(options, "DELETE", "/v1/verified/" + quote(options.name, safe=""))
+    return answer, [str(answer.get("unverified"))]
+
+
 def cmd_new_token(options: argparse.Namespace) -> Any:
     """Offline: no server is asked. Imported here, not at the top, so every
     other command runs on the standard library alone."""
@@ -390,6 +447,20 @@ def _seconds(text: str) -> float:
     return int(value) if value == int(value) else value
 
 
+def _days(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 366:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days, 1 to 366")
+    return int(text)
+
+
+def _base(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not the chat's address (http://HOST:PORT or https://...)"
+        )
+    return text.rstrip("/")
+
+
 def _common() -> argparse.ArgumentParser:
     """Options any command also takes after its name (`bans --json`)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -418,7 +489,8 @@ def parser() -> argparse.ArgumentParser:
         prog="chatbox-admin",
         parents=[common],
         description="Operate a chatbox server through its admin API: kick, ban, "
-        "mute, delete messages, slow mode, announcements, reserved names.",
+        "mute, delete messages, slow mode, announcements, reserved names, "
+        "tokens for verified nicknames.",
         epilog="Exit status: 0 done, 1 refused by the server, 2 usage error, "
         "3 server unreachable. Durations: 90, 30s, 10m, 2h, 7d. Times: ISO 8601 "
         "(local time unless a zone is given) or a duration ago (2h). Rooms: / "
@@ -524,6 +596,62 @@ def parser() -> argparse.ArgumentParser:
     sub = command("unreserve", cmd_unreserve, "Free a reserved pattern.")
     sub.add_argument("pattern", metavar="PATTERN")
     command("reserved", cmd_reserved, "List reserved patterns.")
+
+    sub = command(
+        "token",
+        cmd_token,
+        "Make a token that verifies NAME (signed with the server's "
+        "--auth-secret) and print it; from then on nobody can take NAME "
+        "without a token, in the token's rooms. With --link, also print the "
+        "chat link to open, one per room.",
+    )
+    sub.add_argument("name", metavar="NAME", help="the nickname, as people see it")
+    sub.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        choices=("moderator",),
+        help="moderator: may delete, kick, mute and set slow mode in the "
+        "token's rooms, from the chat page",
+    )
+    sub.add_argument(
+        "--room",
+        dest="rooms",
+        action="append",
+        metavar="R",
+        help="good only in this room (/ is the default room); repeat for "
+        "more; without it, every room",
+    )
+    sub.add_argument(
+        "--days",
+        type=_days,
+        default=30,
+        metavar="N",
+        help="days until the token expires (1 to 366, default 30); a token "
+        "cannot be taken back before, short of changing the secret",
+    )
+    sub.add_argument(
+        "--link",
+        type=_base,
+        metavar="BASE",
+        help="the chat's address as people open it, such as "
+        "http://chat.school.example:9000: prints BASE/ROOM?token=TOKEN after "
+        "the token, for each of its rooms (BASE/?token=... for the default "
+        "room or a token good everywhere)",
+    )
+
+    command(
+        "verified",
+        cmd_verified,
+        "List verified nicknames: name, rooms (* every room), by whom, since when.",
+    )
+    sub = command(
+        "unverify",
+        cmd_unverify,
+        "Let anyone take a verified nickname again (tokens for it still "
+        "work until they expire, and verify it again when shown).",
+    )
+    sub.add_argument("name", metavar="NAME")
 
     sub = command(
         "new-token",

@@ -6,6 +6,12 @@ turns it into an order for the rules (chatbox.chat.moderation) or a call on
 a room (chatbox.chat.room's `delete`, `post`), writes the audit line and
 counts the action.
 
+Verified nicknames (issue 15) are rules too: `verify` protects a nickname
+in some rooms, `mint` signs a token for one with the server's own secret
+and protects it, `unverify` frees it. Applying a `verify` on each process
+kicks that process's guests holding the nickname (they have no token for
+it), so a protection is in force at once, everywhere.
+
 Orders travel through the moderation store, which hands each one back to
 `_on_order` on every process of a cluster (this one included): that is
 where the rules change and where this process acts on its own connections
@@ -27,10 +33,12 @@ from chatbox.chat.arns import is_valid_name, name_keys
 from chatbox.chat.content import is_valid_content
 from chatbox.chat.moderation import (
     MAX_REASON,
+    MAX_VERIFIED,
     IModerationStore,
     Moderation,
     Order,
     OrderError,
+    Protection,
     Sanction,
     address_of,
     network_of,
@@ -43,7 +51,13 @@ from chatbox.metrics import Metrics
 from chatbox.wire import messages
 from chatbox.wire.factory import ChatFactory
 
-__all__ = ["CLOSE_BANNED", "CLOSE_KICKED", "ModerationError", "Moderator"]
+__all__ = [
+    "CLOSE_BANNED",
+    "CLOSE_KICKED",
+    "VERIFIED_KICK",
+    "ModerationError",
+    "Moderator",
+]
 
 CLOSE_KICKED = 4001
 CLOSE_BANNED = 4003
@@ -53,6 +67,18 @@ WIDEST_IPV4, WIDEST_IPV6 = 8, 16
 IPV6_SUBSCRIBER = 64
 # Ten years: longer is "never", which is said by leaving the duration out.
 MAX_DURATION = 10 * 365 * 24 * 3600
+# What a guest holding a nickname that became verified is told as it goes.
+VERIFIED_KICK = "this nickname belongs to a verified user"
+NO_SECRET = "this server has no --auth-secret to sign tokens with"
+# A minted token's life in days (chatbox.auth.minting takes the same).
+MIN_DAYS, MAX_DAYS = 1, 366
+
+
+# The keys of the nicknames connections hold, for the scans a kick, a ban
+# or a verify order makes of this process's connections: skeletons cost
+# microseconds each, and a class starting with tokens is a verify order per
+# teacher, each scanning every connection.
+_held_keys = functools.lru_cache(maxsize=16_384)(name_keys)
 
 
 class ModerationError(Exception):
@@ -110,7 +136,12 @@ class Moderator:
         rooms: Rooms,
         seconds: Callable[[], float],
         metrics: Metrics,
+        auth_secret: bytes | None = None,
     ) -> None:
+        """`auth_secret` is --auth-secret's bytes, the key `mint` signs
+        with (None: no minting). chatbox.tap sets the attribute again when
+        SIGHUP rereads the file."""
+        self.auth_secret = auth_secret
         self.moderation = moderation
         self.store = store
         self.factory = factory
@@ -330,6 +361,144 @@ class Moderator:
         self._audit(operator, "unreserve", repr(pattern))
         return True
 
+    # -- verified nicknames --
+
+    def verified_names(self) -> list[dict[str, Any]]:
+        return self.moderation.verified()
+
+    @_deferred
+    async def verify(
+        self, operator: str, name: str, rooms: Iterable[str] | None
+    ) -> bool:
+        """Protect `name` in `rooms` (None: every room) from everyone
+        without a token for it; a protection already there is widened, never
+        narrowed. Called when a valid token is first shown, and by `mint`.
+        Returns whether anything changed: a token shown again (every
+        connect) costs no order once its rooms are covered. Rooms are
+        checked for form only: a website's token may name rooms this server
+        does not have (yet)."""
+        if not is_valid_name(name):
+            raise ModerationError(400, "not a nickname")
+        if self.moderation.is_announcer(name):
+            raise ModerationError(400, "the announcer's name cannot be verified")
+        wanted = _protected_rooms(rooms)
+        held = self.moderation.protection(name)
+        if held is None or (
+            held is not False and wanted is not None and set(wanted) <= set(held)
+        ):
+            return False
+        if held is False and self.moderation.verified_count() >= MAX_VERIFIED:
+            raise ModerationError(
+                409,
+                f"at most {MAX_VERIFIED} verified nicknames; unverify some first",
+            )
+        await self._submit(
+            {
+                "op": "verify",
+                "name": name,
+                "rooms": wanted,
+                "by": operator,
+                "at": self._now(),
+            }
+        )
+        self._audit(operator, "verify", f"{name!r} in {_rooms_said(wanted)}")
+        return True
+
+    @_deferred
+    async def unverify(self, operator: str, name: str) -> bool:
+        """Free `name` (and whatever protection a look-alike of it falls
+        under); False if it was not verified."""
+        if not is_valid_name(name):
+            raise ModerationError(400, "not a nickname")
+        if self.moderation.protection(name) is False:
+            return False
+        await self._submit({"op": "unverify", "name": name, "by": operator})
+        self._audit(operator, "unverify", repr(name))
+        return True
+
+    @_deferred
+    async def mint(
+        self,
+        operator: str,
+        name: str,
+        roles: list[str] | None,
+        rooms: list[str] | None,
+        days: int = 30,
+    ) -> dict[str, Any]:
+        """A token for `name` signed with --auth-secret, and the name
+        protected in its rooms from now on (not only once it is first
+        used: whoever the operator vouches for is safe at once). The token
+        is in the result only; the audit line names its jti."""
+        secret = self.auth_secret
+        if secret is None:
+            raise ModerationError(409, NO_SECRET)
+        if not is_valid_name(name):
+            raise ModerationError(400, "not a nickname")
+        if self.moderation.is_announcer(name):
+            raise ModerationError(400, "the announcer's name cannot be verified")
+        if roles is not None and (
+            not isinstance(roles, list)
+            or not all(isinstance(role, str) for role in roles)
+        ):
+            raise ModerationError(400, "roles is a list of role names")
+        if isinstance(days, bool) or not isinstance(days, int):
+            raise ModerationError(
+                400, f"days is a whole number, {MIN_DAYS} to {MAX_DAYS}"
+            )
+        if not MIN_DAYS <= days <= MAX_DAYS:
+            raise ModerationError(400, f"days is {MIN_DAYS} to {MAX_DAYS}")
+        if rooms is not None:
+            if not isinstance(rooms, list) or not rooms:
+                raise ModerationError(400, "rooms is a list of rooms, or none for all")
+            checked = [self._room(room) for room in rooms]
+            rooms = sorted({room for room in checked if room is not None})
+        # Imported when used: PyJWT is loaded only where a token is signed.
+        from chatbox.auth.minting import mint
+
+        try:
+            token, identity = mint(secret, name, roles, rooms, days, self._seconds())
+        except ValueError as e:  # MintError: what it could not sign
+            raise ModerationError(400, str(e)) from None
+        await self.verify(operator, name, identity.rooms)
+        self._audit(
+            operator,
+            "mint",
+            f"token {identity.token_id} for {name!r} in "
+            f"{_rooms_said(identity.rooms)}, roles "
+            f"{','.join(sorted(identity.roles)) or 'none'}, "
+            f"until {_stamp(identity.expires)}",
+        )
+        return {
+            "token": token,
+            "name": identity.name,
+            "rooms": None if identity.rooms is None else sorted(identity.rooms),
+            "roles": sorted(identity.roles),
+            "expires": identity.expires,
+        }
+
+    @_deferred
+    async def unmute(self, operator: str, name: str, room: str | None) -> int:
+        """Lift the mutes on `name` (or a look-alike) made for `room`
+        alone: an in-chat moderator's `unmute`, which must not lift a mute
+        on every room nor one in a room it does not moderate. Returns how
+        many were lifted."""
+        if not is_valid_name(name):
+            raise ModerationError(400, "not a nickname")
+        room = self._room(room)
+        found = [
+            mute
+            for mute in self.moderation.named("mute", name, self._now())
+            if mute.room == room
+        ]
+        for mute in found:
+            await self._submit({"op": "lift", "id": mute.id, "by": operator})
+        if found:
+            ids = ",".join(mute.id for mute in found)
+            self._audit(
+                operator, "unmute", f"name {name!r} in {self._where(room)} ({ids})"
+            )
+        return len(found)
+
     # -- on every process: the rules change, and its connections are told --
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -343,6 +512,8 @@ class Moderator:
             notice = messages.moderation_notice("ban", found.reason, found.expires)
             for connection in self._sanctioned(found):
                 connection.moderated(notice, CLOSE_BANNED, found.reason)
+        for protection in self.moderation.protections():
+            self._free(protection)
 
     def _on_order(self, order: Order) -> None:
         """Raises OrderError for an order that cannot be applied: the store
@@ -365,6 +536,24 @@ class Moderator:
             notice = messages.moderation_notice("unmute", "", None)
             for connection in self._sanctioned(found):
                 connection.moderated(notice, None, "")
+        elif op == "verify" and isinstance(found, Protection):
+            self._free(found)
+
+    def _free(self, protection: Protection) -> None:
+        """Kick this process's holders of a protected nickname who have no
+        token for it: from now on only its verified owner may hold it."""
+        notice = messages.moderation_notice("kick", VERIFIED_KICK, None)
+        keys = set(name_keys(protection.name))
+        for connection in self._connections(None):
+            if not protection.covers(connection.room_name):
+                continue
+            held = connection.room.name_of(connection)
+            if held is None or not keys.intersection(_held_keys(held)):
+                continue
+            identity = getattr(connection, "identity", None)
+            if identity is not None and identity.is_for(protection.name):
+                continue
+            connection.moderated(notice, CLOSE_KICKED, VERIFIED_KICK)
 
     def _holders(self, keys: Iterable[str], room: str | None) -> list[Any]:
         keys = set(keys)
@@ -372,7 +561,7 @@ class Moderator:
             connection
             for connection in self._connections(room)
             if (name := connection.room.name_of(connection)) is not None
-            and keys.intersection(name_keys(name))
+            and keys.intersection(_held_keys(name))
         ]
 
     def _sanctioned(self, sanction: Sanction) -> list[Any]:
@@ -480,6 +669,31 @@ class Moderator:
         where = ", ".join(self._where(target) for target in targets) or "no room"
         self._audit(operator, "announce", f"{text[:100]!r} to {where}")
         return posted
+
+
+def _protected_rooms(rooms: Iterable[str] | None) -> list[str] | None:
+    """A verify order's rooms, sorted: a token's (a set) or an operator's;
+    each the default room "" or a room name in canonical form."""
+    if rooms is None:
+        return None
+    if isinstance(rooms, str):
+        raise ModerationError(400, "rooms is a list of rooms, or none for all")
+    listed = list(rooms)
+    if not all(isinstance(room, str) for room in listed):
+        raise ModerationError(400, "rooms is a list of rooms, or none for all")
+    listed = sorted(set(listed))
+    if not listed:
+        raise ModerationError(400, "rooms is a list of rooms, or none for all")
+    for room in listed:
+        if _room(room) != room:
+            raise ModerationError(400, f"not a room name in canonical form: {room!r}")
+    return listed
+
+
+def _rooms_said(rooms: Iterable[str] | None) -> str:
+    if rooms is None:
+        return "every room"
+    return ", ".join(Moderator._where(room) for room in sorted(rooms))
 
 
 def _ranges(ids: list[int]) -> str:

@@ -11,9 +11,9 @@ A presented token is hashed and compared with every entry by
 hmac.compare_digest, without stopping at a match, so the time taken says
 nothing about which entry, or how much of one, it matched.
 
-The file is read again on SIGHUP (on a thread: the reactor never reads
-files); a file that has become bad is logged and the tokens already loaded
-stay in force.
+The file is read again on SIGHUP (ReloadService, shared with the auth
+keys; on a thread: the reactor never reads files); a file that has become
+bad is logged and the tokens already loaded stay in force.
 """
 
 import hashlib
@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 __all__ = [
+    "ReloadService",
     "TokenFileError",
     "TokenReloadService",
     "Tokens",
@@ -175,14 +177,16 @@ class Tokens:
         return deferToThread(read_tokens, self.path).addCallbacks(loaded, failed)
 
 
-class TokenReloadService(Service):
-    """Reloads the tokens on SIGHUP while running (twistd installs no SIGHUP
-    handler of its own). The handler only schedules the reload on the
+class ReloadService(Service):
+    """Reloads files on SIGHUP while running (twistd installs no SIGHUP
+    handler of its own): the admin tokens, the auth keys, each a callable
+    that reads on a thread and logs its own outcome. One handler for all,
+    since a process has one SIGHUP; it only schedules the reloads on the
     reactor thread, the one safe thing to do in a signal handler."""
 
-    def __init__(self, tokens: Tokens, reactor: Any) -> None:
-        self.tokens = tokens
+    def __init__(self, reactor: Any, *reloads: Callable[[], Any]) -> None:
         self.reactor = reactor
+        self.reloads = list(reloads)
         self._previous: Any = None
 
     def startService(self) -> None:
@@ -190,13 +194,23 @@ class TokenReloadService(Service):
         self._previous = signal.signal(signal.SIGHUP, self._hangup)
 
     def _hangup(self, signum: int, frame: object) -> None:
-        self.reactor.callFromThread(self.tokens.reload)
+        for reload in self.reloads:
+            self.reactor.callFromThread(reload)
 
     def stopService(self) -> None:
         super().stopService()
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None
+
+
+class TokenReloadService(ReloadService):
+    """Reloads the admin tokens on SIGHUP (and anything else added to
+    `reloads`, such as the auth keys)."""
+
+    def __init__(self, tokens: Tokens, reactor: Any) -> None:
+        super().__init__(reactor, tokens.reload)
+        self.tokens = tokens
 
 
 def append_line(path: str, line: str) -> None:

@@ -11,6 +11,8 @@ answered at once.
 
 Nicknames are compared as ARNS compares them (chatbox.chat.arns): a ban on
 `Admin` bans `аdmin` (Cyrillic а) too, or a look-alike would walk past it.
+A verified (protected) nickname is held the same way, for the rooms its
+tokens named, against everyone without a token for it (issue 15).
 Reserved patterns (`*` and `?` globs) are compared by the same folded
 skeleton, fragment by fragment. Addresses are compared as networks: a ban on
 one IPv6 address bans that address only; `2001:db8::/48` a whole site.
@@ -21,20 +23,27 @@ import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from chatbox.chat.arns import MAX_NAME_LENGTH, fold_key, is_valid_name, name_keys
+from chatbox.chat.roomnames import DEFAULT, NotARoom, check_name
+
+if TYPE_CHECKING:  # chatbox.auth imports this layer's arns; no cycle at run time
+    from chatbox.auth.identity import Identity
 
 __all__ = [
     "KINDS",
+    "MAX_PROTECTED_ROOMS",
     "MAX_REASON",
+    "MAX_VERIFIED",
     "TARGETS",
     "IModerationStore",
     "Moderation",
     "OrderError",
+    "Protection",
     "Sanction",
     "SlowMode",
     "address_of",
@@ -49,6 +58,12 @@ MAX_PATTERN = MAX_NAME_LENGTH
 # must not grow every node's memory (and every handshake's check) unbounded.
 MAX_SANCTIONS = 10_000
 MAX_RESERVED = 1_000
+# Verified nicknames: each is a few keys in a dict, so this bounds memory,
+# not the time of a check (a lookup whatever the count).
+MAX_VERIFIED = 10_000
+# Rooms one protection names (a token names at most 100; widening by later
+# tokens may add more, up to this).
+MAX_PROTECTED_ROOMS = 1_000
 # Slow mode's longest wait between two messages of one person.
 MAX_SLOW_SECONDS = 24 * 3600
 
@@ -168,6 +183,68 @@ class Sanction:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
+def _protected_rooms(rooms: object) -> frozenset[str] | None:
+    """A verify order's rooms: null (every room) or a list of room names in
+    canonical form, "" for the default room. Raises OrderError."""
+    if rooms is None:
+        return None
+    if not isinstance(rooms, list) or not 0 < len(rooms) <= MAX_PROTECTED_ROOMS:
+        raise OrderError(f"rooms is null or a list of 1 to {MAX_PROTECTED_ROOMS}")
+    for room in rooms:
+        if room == DEFAULT:
+            continue
+        try:
+            if not isinstance(room, str) or check_name(room) != room:
+                raise NotARoom("not in canonical form")
+        except NotARoom:
+            raise OrderError(f"not a room name: {room!r}") from None
+    return frozenset(rooms)
+
+
+@dataclass(frozen=True)
+class Protection:
+    """A verified nickname: nobody without a token for it may take it (or a
+    look-alike) in `rooms` (None: every room). `name` is as the first token
+    wrote it; `by` and `at` (epoch ms) say who last widened it, and when."""
+
+    name: str
+    rooms: frozenset[str] | None
+    by: str
+    at: int
+
+    @classmethod
+    def from_order(cls, order: Order) -> "Protection":
+        name, by, at = order.get("name"), order.get("by"), order.get("at")
+        if not is_valid_name(name):
+            raise OrderError(f"not a nickname: {name!r}")
+        if not isinstance(by, str) or type(at) is not int:
+            raise OrderError("a verify order needs by (text) and at (epoch ms)")
+        return cls(name, _protected_rooms(order.get("rooms")), by, at)  # type: ignore[arg-type]
+
+    def covers(self, room: str | None) -> bool:
+        return self.rooms is None or room in self.rooms
+
+    def widened(self, other: "Protection") -> "Protection":
+        """This protection with `other`'s rooms too: a later token with
+        other rooms adds to the rooms, never takes any away."""
+        if self.rooms is None:
+            return self
+        if other.rooms is None:
+            return Protection(self.name, None, other.by, other.at)
+        if other.rooms <= self.rooms:
+            return self
+        rooms = self.rooms | other.rooms
+        if len(rooms) > MAX_PROTECTED_ROOMS:
+            raise OrderError(
+                f"a verified nickname covers at most {MAX_PROTECTED_ROOMS} rooms"
+            )
+        return Protection(self.name, rooms, other.by, other.at)
+
+    def to_dict(self) -> dict[str, Any]:
+        rooms = None if self.rooms is None else sorted(self.rooms)
+        return {"name": self.name, "rooms": rooms, "by": self.by, "at": self.at}
+
+
 class _Pattern:
     """A reserved-name pattern, as a regular expression over the folded
     skeleton: each literal fragment is folded on its own, so `teacher*`
@@ -205,6 +282,11 @@ class Moderation:
         self._reserved: dict[str, _Pattern] = {}
         self._slow: dict[str, float] = {}
         self._mutes = 0  # how many sanctions are mutes
+        # Verified nicknames by their first (folded) ARNS key, and every key
+        # of each to the protections holding it: `name` asks on every
+        # request, so a check is a lookup per key, never a scan.
+        self._verified: dict[str, Protection] = {}
+        self._protected: dict[str, dict[str, Protection]] = {}
 
     # -- changing: orders only --
 
@@ -245,9 +327,66 @@ class Moderation:
         if op == "unreserve":
             self._reserved.pop(order.get("pattern"), None)  # type: ignore[arg-type]
             return None
+        if op == "verify":
+            return self._verify(Protection.from_order(order))
+        if op == "unverify":
+            name = order.get("name")
+            if not is_valid_name(name):
+                raise OrderError(f"not a nickname: {name!r}")
+            self._unverify(name)  # type: ignore[arg-type]
+            return None
         if op == "kick":
             return None  # acted on by whoever holds the connection; not kept
         raise OrderError(f"unknown order {op!r}")
+
+    def _is_announcer(self, keys: tuple[str, ...]) -> bool:
+        folded = keys + tuple(fold_key(key) for key in keys)
+        return bool(self._announcer_keys.intersection(folded))
+
+    def is_announcer(self, name: str) -> bool:
+        """`name` is the announcer's or looks like it: nobody's to take,
+        token or not."""
+        return self._is_announcer(name_keys(name))
+
+    def _verify(self, protection: Protection) -> Protection:
+        keys = name_keys(protection.name)
+        if self._is_announcer(keys):
+            raise OrderError(
+                f"the announcer's name {self.announcer!r} is not a person's"
+            )
+        old = self._verified.get(keys[0])
+        if old is None:
+            if len(self._verified) >= MAX_VERIFIED:
+                raise OrderError(f"at most {MAX_VERIFIED} verified nicknames")
+            merged = protection
+        else:
+            merged = old.widened(protection)
+        self._verified[keys[0]] = merged
+        # Indexed by the kept spelling's keys (a widening may spell the
+        # name in another case), so unverifying finds every entry again.
+        for key in name_keys(merged.name):
+            self._protected.setdefault(key, {})[keys[0]] = merged
+        return merged
+
+    def _unverify(self, name: str) -> list[Protection]:
+        """Every protection `name` falls under goes: afterwards nobody's
+        token is needed to take it (or any name it looks like)."""
+        found = self._protections_of(name_keys(name))
+        for first, protection in found.items():
+            del self._verified[first]
+            for key in name_keys(protection.name):
+                held = self._protected[key]
+                del held[first]
+                if not held:
+                    del self._protected[key]
+        return list(found.values())
+
+    def _protections_of(self, keys: Iterable[str]) -> dict[str, Protection]:
+        return {
+            first: protection
+            for key in keys
+            for first, protection in self._protected.get(key, {}).items()
+        }
 
     def _add(self, sanction: Sanction) -> None:
         self._sanctions[sanction.id] = sanction
@@ -295,6 +434,7 @@ class Moderation:
             "sanctions": [s.to_dict() for s in self._sanctions.values()],
             "reserved": list(self._reserved),
             "slow": dict(self._slow),
+            "verified": [p.to_dict() for p in self._verified.values()],
         }
 
     def restore(self, snapshot: object) -> None:
@@ -312,6 +452,13 @@ class Moderation:
             raise OrderError("slow is an object")
         for room, seconds in slow.items():
             fresh.apply({"op": "slow", "room": room, "seconds": seconds})
+        verified = snapshot.get("verified", [])  # absent before issue 15
+        if not isinstance(verified, list):
+            raise OrderError("verified is a list")
+        for fields in verified:
+            if not isinstance(fields, dict):
+                raise OrderError("a verified nickname is an object")
+            fresh.apply(fields | {"op": "verify"})
         self.__dict__.update(fresh.__dict__)
 
     # -- asking --
@@ -373,6 +520,17 @@ class Moderation:
             return None
         return max(live, key=lambda s: float("inf") if s.expires is None else s.expires)
 
+    def named(self, kind: str, name: str, now: int) -> list[Sanction]:
+        """Every sanction of one kind in force on `name` or a look-alike,
+        whatever its room, oldest first."""
+        found = {
+            s.id: s
+            for key in name_keys(name)
+            for s in self._by_key.get(key, {}).values()
+            if s.kind == kind and s.active(now)
+        }
+        return sorted(found.values(), key=lambda s: (s.created, s.id))
+
     def on_name(
         self, kind: str, name: str, room: str | None, now: int
     ) -> Sanction | None:
@@ -396,13 +554,68 @@ class Moderation:
         ]
         return self._first(found, kind, room, now)
 
-    def name_refusal(self, name: str, room: str | None, now: int) -> str | None:
-        """Why `name` may not be taken in `room`: "reserved" or "banned"."""
-        if self.is_reserved(name_keys(name)):
+    def _banned_keys(self, keys: tuple[str, ...], room: str | None, now: int) -> bool:
+        found = (s for key in keys for s in self._by_key.get(key, {}).values())
+        return self._first(found, "ban", room, now) is not None
+
+    def name_refusal(
+        self,
+        name: str,
+        room: str | None,
+        now: int,
+        identity: "Identity | None" = None,
+    ) -> str | None:
+        """Why `name` may not be taken in `room`: "reserved", "banned",
+        "verified" (a guest, and the name is protected here) or "token"
+        (a connection with a token, and this is not its nickname).
+
+        A token's own nickname passes reserved patterns (an operator
+        reserves names for verified people before they first come), but
+        not a ban, nor ever the announcer's name. Asked on every `name`
+        request: the keys are made once, and each question is a lookup."""
+        keys = name_keys(name)
+        if identity is not None:
+            # identity.is_for(name), on the keys already made.
+            if not set(identity.keys).intersection(keys):
+                return "token"
+            if self._is_announcer(keys):
+                return "reserved"
+            return "banned" if self._banned_keys(keys, room, now) else None
+        if self.is_reserved(keys):
             return "reserved"
-        if self.on_name("ban", name, room, now) is not None:
+        if self._banned_keys(keys, room, now):
             return "banned"
+        if self._protected and self._protecting(keys, room):
+            return "verified"
         return None
+
+    def _protecting(self, keys: Iterable[str], room: str | None) -> bool:
+        return any(
+            protection.covers(room)
+            for key in keys
+            for protection in self._protected.get(key, {}).values()
+        )
+
+    def protection(self, name: str) -> list[str] | Literal[False] | None:
+        """The rooms where `name` (or a look-alike) is verified, sorted;
+        None: every room; False: it is not verified anywhere."""
+        found = self._protections_of(name_keys(name)).values()
+        if not found:
+            return False
+        if any(protection.rooms is None for protection in found):
+            return None
+        return sorted(set().union(*(p.rooms for p in found)))  # type: ignore[arg-type]
+
+    def protections(self) -> list[Protection]:
+        return list(self._verified.values())
+
+    def verified_count(self) -> int:
+        return len(self._verified)
+
+    def verified(self) -> list[dict[str, Any]]:
+        """Every verified nickname, for the operator, by name."""
+        listed = [protection.to_dict() for protection in self._verified.values()]
+        return sorted(listed, key=lambda p: (p["name"].casefold(), p["name"]))
 
     def muted(
         self, name: str | None, address: str | None, room: str | None, now: int

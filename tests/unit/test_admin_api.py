@@ -21,11 +21,13 @@ from twisted.logger import formatEvent, globalLogPublisher
 from chatbox.admin import api
 from chatbox.admin.moderator import ModerationError
 from chatbox.admin.tokens import Entry, Tokens
+from chatbox.auth.minting import MintError
 from chatbox.metrics import Metrics
 
 TOKEN = "s3cret-token-for-alice"
 OTHER_TOKEN = "s3cret-token-for-bob"
 TIMEOUT = 10
+MINTED = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJNcyBMYW4ifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
 
 
 def tokens() -> Tokens:
@@ -101,6 +103,27 @@ class FakeModerator:
 
     def unreserve(self, *args: Any) -> Deferred:
         return self._answer("unreserve", args, True)
+
+    def mint(self, *args: Any) -> Deferred:
+        _, name, roles, rooms, days = args
+        answer = {
+            "token": MINTED,
+            "name": name,
+            "rooms": None if rooms is None else sorted(rooms),
+            "roles": sorted(roles),
+            "expires": 1_800_000_000_000 + days * 86_400_000,
+        }
+        return self._answer("mint", args, answer)
+
+    def verified_names(self, *args: Any) -> Any:
+        return self._now(
+            "verified_names",
+            args,
+            [{"name": "Ms Lan", "rooms": None, "by": "alice", "at": 5}],
+        )
+
+    def unverify(self, *args: Any) -> Deferred:
+        return self._answer("unverify", args, True)
 
 
 class Raw(Protocol):
@@ -474,6 +497,50 @@ CALLS = [
         {"unreserved": "mod?/x y"},
         ("unreserve", ("alice", "mod?/x y")),
     ),
+    (
+        "POST",
+        "/v1/tokens",
+        {"name": "Ms Lan", "roles": ["moderator"], "rooms": ["b", "a"], "days": 180},
+        201,
+        {
+            "token": MINTED,
+            "name": "Ms Lan",
+            "rooms": ["a", "b"],
+            "roles": ["moderator"],
+            "expires": 1_800_000_000_000 + 180 * 86_400_000,
+        },
+        ("mint", ("alice", "Ms Lan", ["moderator"], ["b", "a"], 180)),
+    ),
+    (
+        "POST",
+        "/v1/tokens",
+        {"name": "Bạn Minh"},
+        201,
+        {
+            "token": MINTED,
+            "name": "Bạn Minh",
+            "rooms": None,
+            "roles": [],
+            "expires": 1_800_000_000_000 + 30 * 86_400_000,
+        },
+        ("mint", ("alice", "Bạn Minh", [], None, 30)),
+    ),
+    (
+        "GET",
+        "/v1/verified",
+        None,
+        200,
+        {"verified": [{"name": "Ms Lan", "rooms": None, "by": "alice", "at": 5}]},
+        ("verified_names", ()),
+    ),
+    (
+        "DELETE",
+        "/v1/verified/Ms%20L%E1%BA%A1n",
+        None,
+        200,
+        {"unverified": "Ms Lạn"},
+        ("unverify", ("alice", "Ms Lạn")),
+    ),
 ]
 
 
@@ -558,6 +625,23 @@ BAD = [
     ("/v1/announce", {"text": "hi", "all_rooms": "yes"}),
     ("/v1/reserved", {}),
     ("/v1/reserved", {"pattern": ["a"]}),
+    ("/v1/tokens", {}),
+    ("/v1/tokens", {"name": ""}),
+    ("/v1/tokens", {"name": 5}),
+    ("/v1/tokens", {"name": "a\u0000b"}),
+    ("/v1/tokens", {"name": "x" * 101}),
+    ("/v1/tokens", {"name": "A", "roles": "moderator"}),
+    ("/v1/tokens", {"name": "A", "roles": ["admin"]}),
+    ("/v1/tokens", {"name": "A", "roles": []}),
+    ("/v1/tokens", {"name": "A", "roles": [1]}),
+    ("/v1/tokens", {"name": "A", "rooms": []}),
+    ("/v1/tokens", {"name": "A", "rooms": "a"}),
+    ("/v1/tokens", {"name": "A", "rooms": [f"r{n}" for n in range(101)]}),
+    ("/v1/tokens", {"name": "A", "days": 0}),
+    ("/v1/tokens", {"name": "A", "days": 367}),
+    ("/v1/tokens", {"name": "A", "days": 1.5}),
+    ("/v1/tokens", {"name": "A", "days": "30"}),
+    ("/v1/tokens", {"name": "A", "secret": "x"}),
     # Attacker review: the last of a repeated field was obeyed.
     ("/v1/bans", b'{"name": "x", "name": "y", "reason": "r"}'),
 ]
@@ -853,3 +937,43 @@ def sleep(seconds: float) -> Deferred:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
+
+
+# -- tokens for verified nicknames --
+
+
+@ensureDeferred
+async def test_a_minted_token_is_in_the_reply_only(admin, logged):
+    reply = await admin.call("POST", "/v1/tokens", {"name": "Ms Lan"})
+    assert reply.status == 201 and reply.json["token"] == MINTED
+    refused = await admin.call("POST", "/v1/tokens", {"name": "Ms Lan"}, token="x")
+    assert refused.status == 401
+    assert MINTED not in text_of(logged)
+    assert MINTED.encode() not in refused.received
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "says"),
+    [
+        (
+            ModerationError(
+                409, "this server has no --auth-secret to sign tokens with"
+            ),
+            409,
+            "this server has no --auth-secret to sign tokens with",
+        ),
+        (MintError("rooms: 'x y': not a room"), 400, "rooms: 'x y': not a room"),
+    ],
+)
+@ensureDeferred
+async def test_a_token_the_moderator_refuses(admin, error, status, says):
+    admin.moderator.answers["mint"] = error
+    reply = await admin.call("POST", "/v1/tokens", {"name": "Ms Lan", "rooms": ["x y"]})
+    assert (reply.status, reply.json) == (status, {"error": says})
+
+
+@ensureDeferred
+async def test_unverifying_a_nickname_not_verified_is_404(admin):
+    admin.moderator.answers["unverify"] = False
+    reply = await admin.call("DELETE", "/v1/verified/Nobody")
+    assert (reply.status, reply.json) == (404, {"error": "no such verified nickname"})

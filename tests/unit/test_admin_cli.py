@@ -91,6 +91,13 @@ def test_a_sanction_line():
         ["announce", "--room", "a", "--all-rooms", "hi"],
         ["new-token", "alice"],
         ["unban"],
+        ["token"],
+        ["token", "A", "--role", "admin"],
+        ["token", "A", "--days", "0"],
+        ["token", "A", "--days", "367"],
+        ["token", "A", "--days", "1.5"],
+        ["token", "A", "--link", "chat.school.example"],
+        ["unverify"],
     ],
 )
 def test_usage_errors_exit_2(argv, capsys):
@@ -182,3 +189,44 @@ def test_common_options_also_follow_the_command(monkeypatch):
     assert (options.url, options.json) == ("http://a", True)
     options = cli.parser().parse_args(["--json", "bans", "--token-file", "f"])
     assert (options.json, options.token_file) == (True, "f")
+
+
+@pytest.mark.parametrize(
+    ("base", "room", "link"),
+    [
+        (
+            "http://chat.school.example:9000",
+            "class-7a",
+            "http://chat.school.example:9000/class-7a?token=T.k.n",
+        ),
+        ("https://chat.school.example", "", "https://chat.school.example/?token=T.k.n"),
+        (
+            "https://school.example/chat",
+            "lớp-7a",
+            "https://school.example/chat/l%E1%BB%9Bp-7a?token=T.k.n",
+        ),
+    ],
+)
+def test_a_link_per_room(base, room, link):
+    assert cli._link(cli._base(base + "/"), room, "T.k.n") == link
+
+
+def test_a_verified_line(monkeypatch):
+    answer = {
+        "verified": [
+            {
+                "name": "Ms Lan",
+                "rooms": ["class-7a", ""],
+                "by": "alice",
+                "at": 1_796_567_400_000,
+            }
+        ]
+    }
+
+    def request(options, method, path, body=None):
+        assert (method, path) == ("GET", "/v1/verified")
+        return answer
+
+    monkeypatch.setattr(cli, "request", request)
+    _, lines = cli.cmd_verified(None)
+    assert lines == ["Ms Lan\t/class-7a,/\talice\t2026-12-06T14:30:00Z"]

@@ -251,3 +251,17 @@ def test_the_same_target_is_found_through_the_indexes():
     assert rules.same("ban", "address", "192.0.2.7", "a") == [here]
     assert rules.same("ban", "address", "192.0.2.0/24", None) == [network]
     assert rules.same("mute", "address", "192.0.2.7", None) == []
+
+
+def test_named_finds_a_names_sanctions_in_every_room_by_look():
+    """What an in-chat moderator's `unmute` picks its room's mutes from."""
+    rules = Moderation()
+    here = add(rules, sanction(kind="mute", value="Loud", room="a", expires=NOW + 9))
+    alike = add(rules, sanction(kind="mute", value="LОUD", room="a"))  # Cyrillic О
+    everywhere = add(rules, sanction(kind="mute", value="loud"))
+    add(rules, sanction(kind="mute", value="loud", expires=NOW))  # over
+    add(rules, sanction(kind="ban", value="loud"))
+    add(rules, sanction(kind="mute", value="quiet"))
+    found = rules.named("mute", "loud", NOW)
+    assert {s.id for s in found} == {here.id, alike.id, everywhere.id}
+    assert rules.named("mute", "nobody", NOW) == []

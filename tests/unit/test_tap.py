@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.endpoints import (
     SSL4ServerEndpoint,
@@ -143,3 +144,88 @@ def test_a_port_beyond_65535_and_an_empty_data_path_are_refused_in_one_line(tmp_
     config = tap.Options()
     with pytest.raises(usage.UsageError, match="--data must name a file"):
         config.parseOptions(["--data="])
+
+
+def _auth_service(tmp_path, *args):
+    config = tap.Options()
+    config.parseOptions(
+        [f"--data={tmp_path}/data.json", "--port=tcp:0:interface=127.0.0.1", *args]
+    )
+    return tap.makeService(config, reactor)
+
+
+def test_auth_off_sets_no_verifier_but_the_moderator(tmp_path):
+    service = _auth_service(tmp_path)
+    chat = service.getServiceNamed("chat")
+    factory = chat.factory
+    assert (factory.auth_mode, factory.verifier) == ("off", None)
+    assert factory.moderator is chat.moderator and factory.moderator is not None
+    assert chat.moderator.auth_secret is None
+
+
+@ensureDeferred
+async def test_auth_sets_the_mode_verifier_and_secret_and_reloads_them(tmp_path):
+    secret = tmp_path / "auth-secret"
+    secret.write_bytes(b"k" * 32 + b"\n")
+    service = _auth_service(
+        tmp_path,
+        "--auth=required",
+        f"--auth-secret={secret}",
+        "--auth-leeway=5",
+        "--auth-issuer=https://school.example",
+        "--auth-audience=chatbox",
+    )
+    factory = service.getServiceNamed("chat").factory
+    verifier = factory.verifier
+    assert factory.auth_mode == "required"
+    assert verifier.secret == b"k" * 32
+    assert (verifier.leeway, verifier.issuer, verifier.audience) == (
+        5,
+        "https://school.example",
+        "chatbox",
+    )
+    moderator = service.getServiceNamed("chat").moderator
+    assert factory.moderator is moderator
+    assert moderator.auth_secret == b"k" * 32
+    (reload_keys,) = service.getServiceNamed("reload").reloads
+    secret.write_bytes(b"n" * 48)
+    assert await reload_keys() is True
+    assert verifier.secret == moderator.auth_secret == b"n" * 48
+    secret.write_bytes(b"short")
+    assert await reload_keys() is False
+    assert verifier.secret == moderator.auth_secret == b"n" * 48
+
+
+@pytest.mark.parametrize(
+    ("option", "content", "says"),
+    [
+        ("secret", None, "--auth-secret {path}: cannot read it: No such file"),
+        (
+            "secret",
+            b"k" * 31 + b"\n",
+            "--auth-secret {path}: 31 bytes, needs at least 32",
+        ),
+        (
+            "public-key",
+            b"-----BEGIN PUBLIC KEY-----\nabc\n",
+            "--auth-public-key {path}: not a PEM public key",
+        ),
+        (
+            "jwks",
+            b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}',
+            "--auth-jwks {path} key 1: a symmetric (oct) key",
+        ),
+        ("jwks", b"{not json", "--auth-jwks {path}: not JSON"),
+    ],
+)
+def test_a_bad_key_file_stops_start_up_in_one_line(tmp_path, option, content, says):
+    path = tmp_path / "key"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit) as caught:
+        _auth_service(tmp_path, "--auth=optional", f"--auth-{option}={path}")
+    said = str(caught.value)
+    assert said.startswith("chatbox: cannot start: " + says.format(path=path))
+    assert "\n" not in said
+    if content is not None:
+        assert content.strip().decode() not in said
