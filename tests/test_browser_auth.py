@@ -195,6 +195,7 @@ class Signed(Scripted):
         self.handshake_tokens: list[str | None] = []
         self.refuse_moderate: tuple[str, str] | None = None
         self.required = False
+        self.tell_refusal = True  # False: the close (4401) alone says why
 
     def listen(self) -> None:
         super().listen()
@@ -236,7 +237,8 @@ class Signed(Scripted):
             super().write(connection, message)
 
     def refuse_token(self, connection: Any, reason: str, error: str) -> None:
-        self.write(connection, messages.auth_refused(reason, error))
+        if self.tell_refusal:
+            self.write(connection, messages.auth_refused(reason, error))
         connection.sendClose(code=4401, reason=reason)
 
     def closed(self, connection: ScriptedProtocol) -> None:
@@ -550,6 +552,24 @@ async def test_a_refused_token_says_why_and_is_not_tried_again(chat, reason, lan
     await in_browser(scenario)
 
 
+@ensureDeferred
+async def test_a_refused_token_with_only_its_close_frame_is_dropped_too(chat):
+    """The close code and reason alone (the frame before it lost, or a
+    server that does not send it) say as much."""
+    chat.tell_refusal = False
+    token = mint(TEACHER, seconds=-3600)
+
+    def scenario(browser: Browser) -> None:
+        lan = open_page(browser, link(chat.url, token), "en", DESKTOP)
+        lan.wait_for_selector("#removed:not([hidden])")
+        assert lan.inner_text("#removed-title") == TEXT["en"]["TokenExpired"]
+        assert stored_token(lan) is None
+        lan.wait_for_timeout(3000)
+        assert chat.handshake_tokens == [token]
+
+    await in_browser(scenario)
+
+
 @pytest.mark.parametrize("lang", ["en", "vi"])
 @ensureDeferred
 async def test_no_token_where_one_is_required_says_a_link_is_needed(chat, lang):
@@ -681,6 +701,11 @@ async def test_the_servers_refusal_of_a_moderator_action_is_shown(chat):
         said = TEXT["en"]["refused"]("a verified moderator of the room")
         assert lan.inner_text("#mod-status") == said
         assert bo.locator("#composer-note").inner_text() == ""
+        # The server no longer counts her a moderator (a token past its
+        # expiry on a clock ahead of hers): said in her language.
+        in_reactor(setattr, chat, "refuse_moderate", ("NotModerator", "expired"))
+        lan.click("#unmute-button")
+        lan.wait_for_selector(f"#mod-status >> text={TEXT['en']['not_moderator']}")
 
     await in_browser(scenario)
 
