@@ -444,6 +444,10 @@ async def test_a_verified_name_has_a_badge_for_everyone_and_a_guest_is_told(
         assert online_badges(bo) == {"Bo": False, TEACHER: True}
         say(bo, f"Good morning, {TEACHER}")
         assert badges_of(bo, ".message.mine") == [None]
+        assert audit_both_themes(bo) == {"light": [], "dark": []}
+        if bo.locator("#online").is_hidden():  # the phone's online panel
+            bo.click("#online-toggle")
+            assert audit_both_themes(bo) == {"light": [], "dark": []}
         # From history too, after a reload: the entry says so.
         bo.reload()
         registered(bo)
@@ -784,6 +788,25 @@ async def test_the_real_server_a_link_a_badge_and_a_guest_told(signed_server):
         bo.reload()
         registered(bo)
         assert badges_of(bo, "#message-list .message") == ["(verified)"]
+
+    await in_browser(scenario)
+
+
+@ensureDeferred
+async def test_a_link_to_a_server_without_auth_still_lets_one_join(server):
+    """--auth off ignores tokens and never answers one: the page waits a
+    few seconds for the answer, then is a guest's page."""
+    url = page_url(server)
+
+    def scenario(browser: Browser) -> None:
+        page = browser.page(link(url, mint(TEACHER)), viewport=DESKTOP)
+        assert page.url == url
+        page.wait_for_function(
+            "window.chatbox.state.status.key === 'pickName'", timeout=10_000
+        )
+        assert page.evaluate("document.querySelector('#name').readOnly") is False
+        join(page, "Khách")
+        no_controls(page)
 
     await in_browser(scenario)
 
