@@ -17,6 +17,13 @@ __all__ = ["ADMIN_OUTCOMES", "Metrics"]
 ADMIN_OUTCOMES = ("ok", "unauthorized", "bad_request", "not_found", "conflict", "error")
 
 
+# Request types counted by name in chatbox_requests_total; anything else a
+# client sends is "other", so a client cannot mint label values.
+REQUEST_TYPES = frozenset(
+    {"name", "send", "get", "typing", "online", "auth", "moderate"}
+)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -122,7 +129,7 @@ class Metrics:
             self.registry.register(_ListedRooms(rooms))
 
     def request(self, kind: object, outcome: str) -> None:
-        known = kind if kind in ("name", "send", "get", "typing", "online") else "other"
+        known = kind if kind in REQUEST_TYPES else "other"
         self.requests.labels(type=known, outcome=outcome).inc()
 
 

@@ -646,17 +646,6 @@ def _make_verifier(config: dict[str, Any]) -> Verifier | None:
     return verifier
 
 
-def _reload_keys(verifier: Verifier, moderator: Moderator) -> Any:
-    """On SIGHUP: the keys read again, and the Moderator given the secret
-    now in force (the old one if the new files were refused)."""
-
-    def reloaded(done: bool) -> bool:
-        moderator.auth_secret = verifier.secret
-        return done
-
-    return verifier.reload().addCallback(reloaded)
-
-
 def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollection:
     """Build the chat service; exits with a one-line error if it cannot start."""
     if reactor is None:
@@ -753,8 +742,6 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     factory.auth_mode = config["auth"]
     factory.verifier = verifier
     factory.moderator = moderator
-    # The key `chatbox-admin token` signs with (None: no minting).
-    moderator.auth_secret = verifier.secret if verifier is not None else None
     metrics.observe_rooms(rooms, per_room=bool(config["room-metrics"]))
     _log_rooms(config["room-policy"])
     factory.setProtocolOptions(
@@ -783,7 +770,7 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     reloads: list[Any] = []
     _add_admin(top, config, moderator, reactor, metrics, reloads)
     if verifier is not None:
-        reloads.append(lambda: _reload_keys(verifier, moderator))
+        reloads.append(verifier.reload)
     if reloads:
         reload = ReloadService(reactor, *reloads)
         reload.setName("reload")

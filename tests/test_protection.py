@@ -285,10 +285,12 @@ async def test_minting_needs_the_servers_secret(server):
 async def test_a_minted_token_protects_its_nickname_and_is_never_audited(
     data_file, audit_lines
 ):
-    pytest.importorskip("chatbox.auth.minting")
-    running = await start_server(data_file, "--rooms=class-7a")
+    secret = data_file.parent / "auth-secret"
+    secret.write_bytes(SECRET)
+    running = await start_server(
+        data_file, "--rooms=class-7a", "--auth=optional", f"--auth-secret={secret}"
+    )
     moderator = moderator_of(running)
-    moderator.auth_secret = SECRET
     try:
         guest = await user_at(f"{running.url}/class-7a", "ms lan")
         before = int(time.time())

@@ -36,6 +36,7 @@ from chatbox.chat.moderation import (
     MAX_VERIFIED,
     IModerationStore,
     Moderation,
+    ModerationError,
     Order,
     OrderError,
     Protection,
@@ -79,16 +80,6 @@ MIN_DAYS, MAX_DAYS = 1, 366
 # microseconds each, and a class starting with tokens is a verify order per
 # teacher, each scanning every connection.
 _held_keys = functools.lru_cache(maxsize=16_384)(name_keys)
-
-
-class ModerationError(Exception):
-    """An action refused for a reason the operator can fix; `status` is the
-    HTTP status the admin API answers with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _room(room: str | None) -> str | None:
@@ -136,12 +127,7 @@ class Moderator:
         rooms: Rooms,
         seconds: Callable[[], float],
         metrics: Metrics,
-        auth_secret: bytes | None = None,
     ) -> None:
-        """`auth_secret` is --auth-secret's bytes, the key `mint` signs
-        with (None: no minting). chatbox.tap sets the attribute again when
-        SIGHUP rereads the file."""
-        self.auth_secret = auth_secret
         self.moderation = moderation
         self.store = store
         self.factory = factory
@@ -158,6 +144,14 @@ class Moderator:
         loaded.addErrback(failed.append)
         if failed:
             failed[0].raiseException()
+
+    @property
+    def auth_secret(self) -> bytes | None:
+        """The key `mint` signs with: --auth-secret's bytes as the
+        factory's verifier holds them now (SIGHUP may have reread them);
+        None when there is none, and so no minting."""
+        verifier = self.factory.verifier
+        return None if verifier is None else verifier.secret
 
     def _now(self) -> int:
         return int(self._seconds() * 1000)

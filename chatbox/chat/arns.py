@@ -125,13 +125,17 @@ class Registry:
     """Nicknames held by live connections, in the order they registered.
 
     An owner is whatever identifies a connection (the protocol instance). A
-    rename keeps the owner's place in `online()`, as v2 did.
+    rename keeps the owner's place in `online()`, as v2 did. A holder that
+    claimed its nickname `verified` (its connection showed a token for it)
+    is remembered as such until it renames without, or is released: that is
+    what `verified_online()` lists and what a NameTaken says of it.
     """
 
     def __init__(self) -> None:
         self._names: dict[Hashable, str] = {}
         self._keys: dict[Hashable, tuple[str, ...]] = {}
         self._owners: dict[str, Hashable] = {}
+        self._verified: set[Hashable] = set()
 
     def __len__(self) -> int:
         return len(self._names)
@@ -142,32 +146,39 @@ class Registry:
     def name_of(self, owner: Hashable) -> str | None:
         return self._names.get(owner)
 
-    def _taken(self, keys: tuple[str, ...], owner: Hashable) -> bool:
-        return any(self._owners.get(key, owner) is not owner for key in keys)
+    def is_verified(self, owner: Hashable) -> bool:
+        return owner in self._verified
 
-    def claim(self, owner: Hashable, name: str) -> None:
+    def _check_free(self, name: str, keys: tuple[str, ...], owner: Hashable) -> None:
+        """Raise NameTaken, saying whether the other holder is verified, if
+        one of `keys` is held by another owner."""
+        for key in keys:
+            holder = self._owners.get(key, owner)
+            if holder is not owner:
+                raise NameTaken(name, holder in self._verified)
+
+    def claim(self, owner: Hashable, name: str, verified: bool = False) -> None:
         """Register `owner` as `name`; raises NameTaken."""
         if owner in self._names:
             raise ValueError("already registered; rename instead")
         keys = name_keys(name)
-        if self._taken(keys, owner):
-            raise NameTaken(name)
-        self._hold(owner, name, keys)
+        self._check_free(name, keys, owner)
+        self._hold(owner, name, keys, verified)
 
-    def rename(self, owner: Hashable, name: str) -> str:
+    def rename(self, owner: Hashable, name: str, verified: bool = False) -> str:
         """Switch `owner` to `name` and return the old name; raises NameTaken.
 
-        The exact current name is refused (v2 did so); a variant of one's own
-        name, such as `an` to `An`, is a normal change.
+        The exact current name is refused (v2 did so), as held by `owner`
+        itself (so `.verified` is its own); a variant of one's own name,
+        such as `an` to `An`, is a normal change.
         """
         old = self._names[owner]
         if name == old:
-            raise NameTaken(name)
+            raise NameTaken(name, owner in self._verified)
         keys = name_keys(name)
-        if self._taken(keys, owner):
-            raise NameTaken(name)
+        self._check_free(name, keys, owner)
         self._drop_keys(owner)
-        self._hold(owner, name, keys)
+        self._hold(owner, name, keys, verified)
         return old
 
     def release(self, owner: Hashable) -> str | None:
@@ -175,13 +186,20 @@ class Registry:
         name = self._names.pop(owner, None)
         if name is not None:
             self._drop_keys(owner)
+            self._verified.discard(owner)
         return name
 
-    def _hold(self, owner: Hashable, name: str, keys: tuple[str, ...]) -> None:
+    def _hold(
+        self, owner: Hashable, name: str, keys: tuple[str, ...], verified: bool
+    ) -> None:
         for key in keys:
             self._owners[key] = owner
         self._keys[owner] = keys
         self._names[owner] = name
+        if verified:
+            self._verified.add(owner)
+        else:
+            self._verified.discard(owner)
 
     def _drop_keys(self, owner: Hashable) -> None:
         for key in self._keys.pop(owner):
@@ -189,6 +207,13 @@ class Registry:
 
     def online(self) -> list[str]:
         return list(self._names.values())
+
+    def verified_online(self) -> list[str]:
+        """The verified nicknames among `online()`, in its order."""
+        if not self._verified:
+            return []
+        verified = self._verified
+        return [name for owner, name in self._names.items() if owner in verified]
 
     def owners(self) -> Iterator[Hashable]:
         return iter(list(self._names))

@@ -42,6 +42,7 @@ __all__ = [
     "TARGETS",
     "IModerationStore",
     "Moderation",
+    "ModerationError",
     "OrderError",
     "Protection",
     "Sanction",
@@ -68,6 +69,19 @@ MAX_PROTECTED_ROOMS = 1_000
 MAX_SLOW_SECONDS = 24 * 3600
 
 Order = dict[str, Any]
+
+
+class ModerationError(Exception):
+    """An action refused for a reason whoever asked can fix (chatbox.admin's
+    Moderator raises it); `status` is the HTTP status the admin API answers
+    with, `message` the sentence an operator or a moderator is shown. Here,
+    below both, so the admin API and the chat's moderator requests can tell
+    it from a fault."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class OrderError(ValueError):

@@ -24,6 +24,10 @@ A room's own state (each room is a chat of its own: ARNS, history, events):
 - holders  prefix: `<holders>:<node id>` is the SET of that node's holders
                  in this room
 - followers SET  the nodes that have this room loaded (named rooms only)
+- verified SET   the holders whose nickname is verified (their connection
+                 showed a token for it): kept and dropped with the name by
+                 the same scripts, so `get` lists them and a claim that
+                 finds its name taken says whether the holder is verified
 
 The cluster's, the same in every room's Keys:
 
@@ -92,6 +96,7 @@ ROOM_FIELDS = (
     "sendexp",
     "holders",
     "followers",
+    "verified",
 )
 
 
@@ -121,6 +126,8 @@ class Keys(NamedTuple):
     bell: str
     moderation: str
     orders: str
+    # A room's own, but last: the other fields keep their places in KEYS.
+    verified: str
 
     @classmethod
     def under(cls, prefix: str = DEFAULT_PREFIX) -> "Keys":

@@ -62,6 +62,14 @@ SCAN_SLICE = 1000
 COUNT_FOR = 1.0
 
 _NOT_READY = "not connected to the chat cluster yet"
+# What CLAIM and RENAME answer for a name held by another (or, renaming to
+# the exact same name, by the holder itself): verified or not.
+_TAKEN = 0
+_TAKEN_VERIFIED = -2
+# POST's mark argument, and the `a` field of a message event: "1" has meant
+# an announcement since before verified nicknames; "0" no mark.
+_MARK_CODES = {None: "0", "announcement": "1", "verified": "v"}
+_MARKS_OF = {b"1": "announcement", b"v": "verified"}
 _NAME_LOST = "nickname lost, reconnect"
 
 
@@ -103,14 +111,16 @@ def _event(fields: dict[bytes, bytes]) -> messages.Message | None:
     when = Moment(text, time_of(text, None if ms is None else int(ms)) or 0)
     if kind == b"message":
         content = fields[b"c"].decode()
-        mark = "announcement" if fields.get(b"a") == b"1" else None
+        mark = _MARKS_OF.get(fields.get(b"a", b""))
         return messages.posted(name, content, when, int(fields[b"id"]), mark)
     if kind == b"delete":
         return messages.deleted(_ids(fields[b"ids"]), when)
+    # `v` (a verified nickname) is absent from an older node's events.
     if kind == b"register":
-        return messages.joined(name, when)
+        return messages.joined(name, when, fields.get(b"v") == b"1")
     if kind == b"change":
-        return messages.renamed(fields[b"old"].decode(), name, when)
+        old = fields[b"old"].decode()
+        return messages.renamed(old, name, when, fields.get(b"v") == b"1")
     if kind == b"leave":
         return messages.left(name, when)
     return None
@@ -281,11 +291,18 @@ class RedisRoom:
     # -- IRoom: requests --
 
     def _name_script(
-        self, script: bytes, holder: str, name: str, when: Moment, refused: str
+        self,
+        script: bytes,
+        holder: str,
+        name: str,
+        when: Moment,
+        refused: str,
+        verified: bool,
     ) -> "Deferred[bytes]":
         """CLAIM or RENAME, which take the same arguments and answer alike:
-        fires with the stream id of the event; fails with NameTaken, or with
-        RoomError(`refused`) when this node cannot vouch for the holder."""
+        fires with the stream id of the event; fails with NameTaken (saying
+        whether the holder is verified), or with RoomError(`refused`) when
+        this node cannot vouch for the holder."""
         running = self._commands.run(
             script,
             self.node,
@@ -296,11 +313,12 @@ class RedisRoom:
             when.millis,
             STREAM_LENGTH,
             self.room_name,
+            "1" if verified else "0",
         )
 
         def answered(result: object) -> bytes:
-            if result == 0:
-                raise NameTaken(name)
+            if result in (_TAKEN, _TAKEN_VERIFIED):
+                raise NameTaken(name, result == _TAKEN_VERIFIED)
             if not isinstance(result, bytes):
                 raise RoomError(refused)
             return result
@@ -316,7 +334,9 @@ class RedisRoom:
         self._holder_of[owner] = holder
         self._owner_of[holder] = owner
         self._claiming.add(owner)
-        claimed = self._name_script(scripts.CLAIM, holder, name, when, _NOT_READY)
+        claimed = self._name_script(
+            scripts.CLAIM, holder, name, when, _NOT_READY, verified
+        )
 
         def decided(event_id: bytes) -> None:
             if self._holder_of.get(owner) != holder:
@@ -356,7 +376,9 @@ class RedisRoom:
             return fail(RoomError(_NAME_LOST))
         if not self.ready:
             return fail(RoomError(_NOT_READY))
-        renamed = self._name_script(scripts.RENAME, holder, name, when, _NAME_LOST)
+        renamed = self._name_script(
+            scripts.RENAME, holder, name, when, _NAME_LOST, verified
+        )
 
         def decided(_: bytes) -> str:
             if self._holder_of.get(owner) == holder:
@@ -447,7 +469,7 @@ class RedisRoom:
             send_id or "",
             int(sends.WINDOW * 1000),
             sends.MAX_TRACKED,
-            "1" if announcement else "0",
+            _MARK_CODES[mark],
         )
 
         def stored(result: object) -> Posted:
@@ -497,7 +519,7 @@ class RedisRoom:
         matched: list[int] = []
         high = "+inf"
         while True:
-            entries, _, _ = await self._commands.run(
+            entries, *_ = await self._commands.run(
                 scripts.PAGE, high, "-inf", SCAN_SLICE, 0, "0"
             )
             for encoded in entries:
@@ -569,15 +591,17 @@ class RedisRoom:
         low = "-inf" if after is None else f"({after}"
         found: list[bytes] = []
         names: list[str] = []
+        verified: list[str] = []
         budget = max_bytes
         while len(found) < limit:
             want = min(PAGE_SLICE, limit - len(found))
             first = not found
-            entries, cut, online = await self._commands.run(
+            entries, cut, online, marked = await self._commands.run(
                 scripts.PAGE, high, low, want, budget, "1" if first else "0"
             )
             if first:
                 names = [name.decode() for name in online]
+                verified = [name.decode() for name in marked]
             found += entries
             if cut or len(entries) < want:
                 break
@@ -587,7 +611,7 @@ class RedisRoom:
                     break
             high = f"({_entry_id(entries[-1])}"
         found.reverse()
-        return Page(found, names, [])
+        return Page(found, names, verified)
 
     # -- the lease --
 

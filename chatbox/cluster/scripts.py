@@ -26,6 +26,13 @@ when its node stops or its lease runs out. While old and new nodes share
 one Redis, each still judges names by its own rule, so stop the old ones
 before relying on the look-alike rule.
 
+Verified nicknames (the `verified` set) came later still, the same way: an
+older node's events lack `v`, its claims are never verified, and its
+scripts, which do not know the set, may leave a released holder in it when
+they free a newer node's name (reaping a dead node, say). Such an entry is
+never read: PAGE asks only about holders online, and every CLAIM and
+RENAME sets or clears its holder's entry.
+
 The scripts are bytes, encoded once here rather than at every request.
 """
 
@@ -57,17 +64,17 @@ _PREAMBLE = (
     + """
 local owner, held, display, online, joinseq, nodes, msgid, history, events,
       sends, sendexp, holders, followers, rooms, following, named, bell,
-      moderation, orders =
+      moderation, orders, verified =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
   KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17],
-  KEYS[18], KEYS[19]
+  KEYS[18], KEYS[19], KEYS[20]
 
 -- Switch the room-level locals (and so every function below) to room
 -- `name`'s keys, built as chatbox.cluster.keys.Keys.for_room builds them; false
 -- switches back to the script's own room. Only reaping a node, which must
 -- reach every room it followed, uses it.
 local own_room = {owner, held, display, online, joinseq, msgid, history, events,
-                  sends, sendexp, holders, followers}
+                  sends, sendexp, holders, followers, verified}
 local function use_room(name)
   if name then
     local p = named .. name .. ':'
@@ -83,9 +90,10 @@ local function use_room(name)
     sendexp = p .. 'sendexp'
     holders = p .. 'nodes'
     followers = p .. 'followers'
+    verified = p .. 'verified'
   else
     owner, held, display, online, joinseq, msgid, history, events, sends, sendexp,
-      holders, followers = unpack(own_room)
+      holders, followers, verified = unpack(own_room)
   end
 end
 
@@ -131,7 +139,7 @@ local function split(joined)
   return parts
 end
 
--- Whether a key of `keys` is held by a holder other than `holder`. An
+-- The holder other than `holder` that holds a key of `keys`, or false. An
 -- `owner` entry whose holder does not list that key in `held` holds nothing:
 -- only a node of an older chatbox, which knew one key per holder, could
 -- have left it behind, and it must not keep a name taken for ever.
@@ -141,12 +149,33 @@ local function taken(keys, holder)
     if current and current ~= holder then
       for _, listed in ipairs(split(redis.call('HGET', held, current) or '')) do
         if listed == key then
-          return true
+          return current
         end
       end
     end
   end
   return false
+end
+
+-- What CLAIM and RENAME answer when `other` holds the name: 0, or -2 if
+-- its nickname is verified (a verified claim may have a guest give it up,
+-- never another verified connection).
+local function refusal(other)
+  if redis.call('SISMEMBER', verified, other) == 1 then
+    return -2
+  end
+  return 0
+end
+
+-- Whether `holder`'s nickname is verified: `flag` is "1" if so. Set either
+-- way, so no entry left by a node of an older chatbox (whose release did
+-- not know this set) can outlive the name it was for.
+local function mark_verified(holder, flag)
+  if flag == '1' then
+    redis.call('SADD', verified, holder)
+  else
+    redis.call('SREM', verified, holder)
+  end
 end
 
 -- Give `holder` every key of `keys`, as one `held` entry.
@@ -177,6 +206,7 @@ local function drop(holder)
   unhold(holder, joined)
   redis.call('HDEL', display, holder)
   redis.call('ZREM', online, holder)
+  redis.call('SREM', verified, holder)
   return name
 end
 
@@ -195,7 +225,7 @@ local function forget_if_empty(name)
     return 0
   end
   redis.call('DEL', owner, held, display, online, joinseq, history, events,
-             sends, sendexp, followers)
+             sends, sendexp, followers, verified)
   redis.call('SREM', rooms, name)
   return 1
 end
@@ -246,22 +276,26 @@ end
 )
 
 # ARGV: node, holder, keys (joined by newlines), name, timestamp, ms, maxlen,
-# room ("" for the default room; absent from an older node, which has none).
-# Returns the stream id of the register event, 0 if the name is taken, -1 if
-# this node holds no lease. A holder that already holds a name (its earlier
-# claim's reply was lost) leaves it first, with its leave event. In a named
-# room the claim also records that the node follows it, so a node that lost
-# its lease (and so its place in `following`) is found again by its reaper.
+# room ("" for the default room; absent from an older node, which has none),
+# "1" if the nickname is verified (ext; absent from an older node).
+# Returns the stream id of the register event, 0 if the name is taken (-2
+# if by a verified holder), -1 if this node holds no lease. A holder that
+# already holds a name (its earlier claim's reply was lost) leaves it first,
+# with its leave event. In a named room the claim also records that the
+# node follows it, so a node that lost its lease (and so its place in
+# `following`) is found again by its reaper. A verified claim's event
+# carries `v` = 1, which an older node ignores.
 CLAIM = (
     _PREAMBLE
     + """
-local node, holder, joined, name, ts, ms, maxlen, room = unpack(ARGV)
+local node, holder, joined, name, ts, ms, maxlen, room, flag = unpack(ARGV)
 if not leased(node) then
   return -1
 end
 local keys = split(joined)
-if taken(keys, holder) then
-  return 0
+local other = taken(keys, holder)
+if other then
+  return refusal(other)
 end
 local previous = drop(holder)
 if previous then
@@ -271,35 +305,49 @@ hold(holder, keys, joined)
 redis.call('HSET', display, holder, name)
 redis.call('ZADD', online, redis.call('INCR', joinseq), holder)
 redis.call('SADD', holders_of(node), holder)
+mark_verified(holder, flag)
 if room and room ~= '' then
   follow(node, room)
+end
+if flag == '1' then
+  return emit(maxlen, 'k', 'register', 'o', holder, 'n', name, 't', ts, 'ms', ms,
+              'v', '1')
 end
 return emit(maxlen, 'k', 'register', 'o', holder, 'n', name, 't', ts, 'ms', ms)
 """
 ).encode()
 
-# ARGV: node, holder, keys (joined by newlines), name, timestamp, ms, maxlen.
+# ARGV: node, holder, keys (joined by newlines), name, timestamp, ms, maxlen,
+# room (unused: CLAIM's arguments), "1" if the new nickname is verified.
 # Returns the stream id of the change event, 0 if the name is taken (or is
-# exactly the current one, as v2), -1 if the holder's name is gone (lease lost).
+# exactly the current one, as v2: then held by the holder itself), -2 if so
+# by a verified holder, -1 if the holder's name is gone (lease lost). The
+# event of a verified rename carries `v` = 1, as CLAIM's.
 RENAME = (
     _PREAMBLE
     + """
-local node, holder, joined, name, ts, ms, maxlen = unpack(ARGV)
+local node, holder, joined, name, ts, ms, maxlen, room, flag = unpack(ARGV)
 local old_joined = redis.call('HGET', held, holder)
 if not old_joined or not leased(node) then
   return -1
 end
 local old = redis.call('HGET', display, holder)
 if old == name then
-  return 0
+  return refusal(holder)
 end
 local keys = split(joined)
-if taken(keys, holder) then
-  return 0
+local other = taken(keys, holder)
+if other then
+  return refusal(other)
 end
 unhold(holder, old_joined)
 hold(holder, keys, joined)
 redis.call('HSET', display, holder, name)
+mark_verified(holder, flag)
+if flag == '1' then
+  return emit(maxlen, 'k', 'change', 'o', holder, 'old', old, 'n', name,
+              't', ts, 'ms', ms, 'v', '1')
+end
 return emit(maxlen, 'k', 'change', 'o', holder, 'old', old, 'n', name,
             't', ts, 'ms', ms)
 """
@@ -322,21 +370,23 @@ return 1
 ).encode()
 
 # ARGV: node, holder, name, content, timestamp, ms, entry head, entry tail,
-# maxlen, send_id ("" for none), window ms, most send_ids kept, "1" for an
-# operator's announcement (absent from an older node).
+# maxlen, send_id ("" for none), window ms, most send_ids kept, the mark:
+# "1" for an operator's announcement, "v" for a verified nickname's message
+# (ext), else "0" (absent from an older node).
 # The history entry is head .. id .. tail (chatbox.wire.messages makes its shape).
 # Returns the new id; {id, entry} of the original when `name` sent `send_id`
 # within the window (nothing is stored or told); or -1 if the holder no
 # longer holds `name`. Checking and storing in one script is what makes a
 # retry after a lost reply (RedisInDoubt) safe. An announcement has no
-# holder ("") and needs no name: its event carries `a` = 1, which an older
-# node ignores (it shows an ordinary message from the announcer).
+# holder ("") and needs no name: its event carries `a` = 1, a verified
+# nickname's message `a` = v; an older node shows either as an ordinary
+# message (one from before verified nicknames reads only `a` = 1).
 POST = (
     _PREAMBLE
     + """
 local node, holder, name, content, ts, ms, head, tail, maxlen, send_id, window,
-      most, announce = unpack(ARGV)
-announce = announce == '1'
+      most, mark = unpack(ARGV)
+local announce = mark == '1'
 if not announce and (redis.call('HGET', display, holder) ~= name
                      or not leased(node)) then
   return -1
@@ -361,9 +411,9 @@ if send_id ~= '' then
 end
 local id = redis.call('INCR', msgid)
 redis.call('ZADD', history, id, head .. id .. tail)
-if announce then
+if announce or mark == 'v' then
   emit(maxlen, 'k', 'message', 'o', holder, 'n', name, 'c', content, 't', ts,
-       'ms', ms, 'id', id, 'a', '1')
+       'ms', ms, 'id', id, 'a', mark)
 else
   emit(maxlen, 'k', 'message', 'o', holder, 'n', name, 'c', content, 't', ts,
        'ms', ms, 'id', id)
@@ -411,7 +461,8 @@ return redis.call('ZCARD', online)
 # exclusive), byte budget (0: none), "1" for a page's first slice, which
 # also lists who is online and keeps its newest entry whatever the budget.
 # Returns {newest entries first, as many as fit the budget,
-# 1 if the budget cut them short else 0, online names in order or {}}. A
+# 1 if the budget cut them short else 0, online names in order or {},
+# the verified ones among them in the same order or {}}. A
 # `get` calls it for slices of a few hundred entries, so no one call holds
 # Redis (and every other node) for long, and only what is returned crosses.
 PAGE = (
@@ -435,20 +486,26 @@ if budget > 0 then
     end
   end
 end
-local names = {}
+local names, marked = {}, {}
 if first == '1' then
   local listed = redis.call('ZRANGE', online, 0, -1)
+  local any = redis.call('EXISTS', verified) == 1
   for first = 1, #listed, 500 do
     local last = math.min(first + 499, #listed)
     local chunk = redis.call('HMGET', display, unpack(listed, first, last))
+    local flags = any and redis.call('SMISMEMBER', verified,
+                                     unpack(listed, first, last))
     for i = 1, #chunk do
       if chunk[i] then
         names[#names + 1] = chunk[i]
+        if flags and flags[i] == 1 then
+          marked[#marked + 1] = chunk[i]
+        end
       end
     end
   end
 end
-return {entries, cut, names}
+return {entries, cut, names, marked}
 """
 ).encode()
 

@@ -66,20 +66,20 @@ class LocalRoom:
         self, owner: Hashable, name: str, when: Moment, verified: bool = False
     ) -> "Deferred[None]":
         try:
-            self.registry.claim(owner, name)
+            self.registry.claim(owner, name, verified)
         except NameTaken as taken:
             return fail(taken)
-        self._deliver(messages.joined(name, when), owner)
+        self._deliver(messages.joined(name, when, verified), owner)
         return succeed(None)
 
     def rename(
         self, owner: Hashable, name: str, when: Moment, verified: bool = False
     ) -> "Deferred[str]":
         try:
-            old = self.registry.rename(owner, name)
+            old = self.registry.rename(owner, name, verified)
         except NameTaken as taken:
             return fail(taken)
-        self._deliver(messages.renamed(old, name, when), owner)
+        self._deliver(messages.renamed(old, name, when, verified), owner)
         return succeed(old)
 
     def release(self, owner: Hashable, when: Moment) -> str | None:
@@ -157,7 +157,8 @@ class LocalRoom:
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0
     ) -> "Deferred[Page]":
         entries = self.store.history.page(limit, before, after, max_bytes)
-        return succeed(Page(entries, self.registry.online(), []))
+        registry = self.registry
+        return succeed(Page(entries, registry.online(), registry.verified_online()))
 
     def health(self) -> dict[str, Any]:
         return {"persistence": "ok" if self.store.healthy else "failing"}

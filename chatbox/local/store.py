@@ -84,7 +84,7 @@ class _Deletion:
 
 
 # A queued message: name, content, when, its mark (or None), its Deferred.
-_Message = tuple[str, str, Moment, bool, "Deferred[int]"]
+_Message = tuple[str, str, Moment, str | None, "Deferred[int]"]
 # A batch's message: its id, its entry, its Deferred.
 _Item = tuple[int, bytes, "Deferred[int]"]
 

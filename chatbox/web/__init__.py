@@ -17,6 +17,7 @@ capped, timed), then chatbox.web.channel (bodies, head sizes, odd paths).
 import time
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client.twisted import MetricsResource
@@ -33,6 +34,7 @@ from chatbox.web.handshake import handshake_refusal
 from chatbox.web.responses import plain
 from chatbox.wire import codec
 from chatbox.wire.factory import ChatFactory
+from chatbox.wire.protocol import NEEDS_TOKEN, handshake_tokens
 
 __all__ = ["make_site"]
 
@@ -115,6 +117,27 @@ def ban_refusal(
     return 403, text, headers
 
 
+def token_refusal(
+    factory: ChatFactory, request: Request
+) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """401 for a handshake without a sign-in token under --auth required,
+    before any WebSocket: a page opened without its link learns why,
+    rather than seeing a socket open and close. Whether a token is there is
+    decided as the connection itself decides it (handshake_tokens); the
+    token is checked there, once the handshake is known to be good."""
+    if factory.auth_mode != "required":
+        return None
+    query = request.uri.partition(b"?")[2].decode("latin-1")
+    authorization = request.requestHeaders.getRawHeaders(b"authorization")
+    found = handshake_tokens(
+        parse_qs(query),
+        b",".join(authorization).decode("latin-1") if authorization else None,
+    )
+    if found:
+        return None
+    return 401, NEEDS_TOKEN, [(b"www-authenticate", b'Bearer realm="chatbox"')]
+
+
 def _is_websocket(request: Request) -> bool:
     upgrade = request.getHeader(b"upgrade") or b""
     return b"websocket" in upgrade.lower()
@@ -139,12 +162,15 @@ class ChatSocket(WebSocketResource):
             else:
                 room = self.factory.rooms.socket_room(request.path.decode("latin-1"))
                 refusal = ban_refusal(self.factory, request, room)
+                if refusal is None:
+                    refusal = token_refusal(self.factory, request)
         if refusal is not None:
             code, reason, headers = refusal
             if self.factory.admission is not None:
-                # The Gate's key is the client's address, as admission counts it.
+                # The Gate's key is the client's address, as admission counts
+                # it. One line of the reason: the summary is one log line.
                 address = getattr(request.channel.transport, "key", None) or "-"
-                self.factory.admission.refusals.note(address, reason)
+                self.factory.admission.refusals.note(address, reason.split("\n")[0])
             for name, value in headers:
                 request.setHeader(name, value)
             _close_after(request)

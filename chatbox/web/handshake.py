@@ -39,6 +39,10 @@ def handshake_refusal(
     """(status, reason, extra headers) to refuse the handshake with, or None."""
     if request.method != b"GET" or request.clientproto != b"HTTP/1.1":
         return 400, "a WebSocket handshake is an HTTP/1.1 GET", []
+    if b"#" in request.uri:
+        # Autobahn refuses a fragment by logging it, and what follows a
+        # `#` may be a sign-in token (`/#?token=...`): never logged.
+        return 400, "a WebSocket URL has no fragment (#)", []
     if _one(request, b"host") is None:
         return 400, "one Host header is needed", []
     if b"websocket" not in _tokens(request, b"upgrade"):

@@ -13,25 +13,37 @@ frames wait behind a `get` reply) is kept by chatbox.wire.ordering's
 Ordering; this class hands it each request frame, `name` outcome, send,
 `get` and outgoing frame.
 
+Verified nicknames and moderators (issue 15, /work/notes/auth-spec.md until
+docs/PROTOCOL.md has it): a connection may carry an `Identity` (chatbox.auth),
+from a token in its handshake or an `auth` request. The identity decides which
+nickname it may take (the moderation rules' `name_refusal`), marks its
+replies, events and messages as verified, and lets a moderator act through
+the same Moderator as the admin API (`factory.moderator`). The token itself
+is kept nowhere and never logged: only the name, source and jti are.
+
 Private hooks: a few things below use Autobahn and Twisted beyond their
 public API (each is marked "Private hook" where it is used, with why and
 what it relies on). tests/unit/test_private_hooks.py fails, naming the hook,
 if an upgrade removes or renames one.
 """
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chatbox.auth.identity import MODERATOR, Identity, TokenRefused
 from chatbox.chat.arns import NameTaken, is_valid_name, name_keys
 from chatbox.chat.content import is_valid_content
+from chatbox.chat.moderation import MAX_REASON, MAX_SLOW_SECONDS, ModerationError
 from chatbox.chat.room import IRoom, Posted, RoomError
 from chatbox.chat.roomnames import NotARoom
 from chatbox.chat.rooms import RoomRefused
@@ -40,6 +52,7 @@ from chatbox.httptext import canned
 from chatbox.limits import AddressBuckets, TokenBucket, address_key, client_address
 from chatbox.wire import codec, messages
 from chatbox.wire.backpressure import PendingOutput
+from chatbox.wire.clock import Moment
 from chatbox.wire.messages import Refused
 from chatbox.wire.ordering import Ordering
 from chatbox.wire.refusals import Refusals
@@ -47,7 +60,7 @@ from chatbox.wire.refusals import Refusals
 if TYPE_CHECKING:
     from chatbox.wire.factory import ChatFactory
 
-__all__ = ["ChatProtocol"]
+__all__ = ["NEEDS_TOKEN", "ChatProtocol", "handshake_tokens"]
 
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
@@ -74,6 +87,61 @@ DISCARD_BYTES = 4 * 1024 * 1024
 CLOSE_REASON_BYTES = 123
 # retry_after for a mute without an end (only a hand-edited rule has none).
 MUTED_FOR_GOOD = 10 * 365 * 24 * 3600 * 1000
+
+# -- verified nicknames --
+# A token refused at the handshake: the close code and, as its reason, the
+# token's refusal reason (TokenExpired, ...), so a browser can tell why.
+CLOSE_TOKEN_REFUSED = 4401
+# What --auth required answers a handshake without a token (chatbox.web
+# refuses it with 401 before any WebSocket; onConnect again, should one
+# get past), in both of the page's languages.
+NEEDS_TOKEN = (
+    "this chat needs a sign-in token: open the link you were given\n"
+    "cuộc trò chuyện này cần mã đăng nhập: hãy mở đường liên kết bạn đã được gửi"
+)
+# A verified claim that finds a guest on its nickname has the guest kicked
+# and asks again every CLAIM_RETRY seconds, for CLAIM_PATIENCE seconds in
+# all; a guest that took it back meanwhile is kicked again, at most once
+# every KICK_AGAIN seconds (each kick is an audit line).
+CLAIM_RETRY = 0.1
+CLAIM_PATIENCE = 5.0
+KICK_AGAIN = 1.0
+SQUATTER_KICKED = "this nickname belongs to a verified user"
+
+# -- moderators' requests --
+MODERATE_ACTIONS = ("delete", "kick", "mute", "unmute", "slow")
+MAX_DELETE_IDS = 100
+MAX_MUTE_SECONDS = 7 * 24 * 3600
+
+
+def handshake_tokens(
+    params: Mapping[str, Sequence[str]], authorization: str | None
+) -> list[str]:
+    """Every token a handshake carries: `?token=` in the URL (`params` as
+    Autobahn's ConnectionRequest has them, urllib's parse_qs, which drops
+    empty values) and an `Authorization: Bearer` header (as one string,
+    repeated headers joined by commas, as Autobahn sees it). chatbox.web
+    asks it too, so both sides agree on what "no token" is. Another
+    Authorization scheme (a proxy's Basic, say) is not chatbox's and is
+    ignored."""
+    found = [token for token in params.get("token", ()) if token]
+    if authorization:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            found.append(credentials.strip())
+    return found
+
+
+def _moderation_refusal(failure: Failure) -> str | None:
+    """The sentence of a ModerationError (an action the Moderator refused
+    for a reason whoever asked can fix), else None: a fault."""
+    if failure.check(ModerationError):
+        return failure.value.message
+    return None
+
+
+def _number(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
 
 
 def _close_reason(reason: str) -> str:
@@ -120,6 +188,11 @@ class ChatProtocol(WebSocketServerProtocol):
         # `room` is set with it, before any request can arrive.
         self.room_name: str | None = None
         self._lost = False
+        # Who the connection's token vouches for (chatbox.auth), if it
+        # showed one that was good; a token refused at the handshake is
+        # kept until open, to be told and closed with 4401.
+        self.identity: Identity | None = None
+        self._token_refused: TokenRefused | None = None
 
     # -- connection life --
 
@@ -186,6 +259,8 @@ class ChatProtocol(WebSocketServerProtocol):
             name = self.factory.rooms.socket_room(request.path)
         except NotARoom as e:
             raise ConnectionDeny(404, str(e)) from None
+        if self.factory.auth_mode != "off":
+            self._handshake_token(request, name)
         entering = self.factory.rooms.enter(name)
 
         def entered(room: IRoom) -> None:
@@ -200,6 +275,41 @@ class ChatProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(failure.value.status, str(failure.value))
 
         return entering.addCallbacks(entered, refused)
+
+    def _handshake_token(self, request: ConnectionRequest, room: str) -> None:
+        """Check the handshake's token for the room of its path. A good one
+        gives the connection its Identity; a refused one still lets the
+        handshake complete, so the client can be told why (onOpen)."""
+        tokens = handshake_tokens(request.params, request.headers.get("authorization"))
+        if not tokens:
+            if self.factory.auth_mode == "required":
+                raise ConnectionDeny(401, NEEDS_TOKEN)
+            return
+        try:
+            if len(tokens) > 1:
+                raise TokenRefused(
+                    "TokenMalformed",
+                    "the handshake carries more than one token (URL and header)",
+                )
+            self.identity = self._verify(tokens[0], room)
+        except TokenRefused as refused:
+            self._token_refused = refused
+
+    def _verify(self, token: str, room: str) -> Identity:
+        """The Identity `token` vouches for in `room`, or TokenRefused. The
+        verifier's own faults are logged (they never hold the token: see
+        chatbox.auth.verifier) and refuse the token."""
+        try:
+            return self.factory.verifier.verify(
+                token, room, self.factory.reactor.seconds()
+            )
+        except TokenRefused:
+            raise
+        except Exception:
+            self.logger.failure("fault checking a token from {peer}", peer=self.peer)
+            raise TokenRefused(
+                "TokenMalformed", "the token could not be checked"
+            ) from None
 
     def sendHttpErrorResponse(
         self,
@@ -313,6 +423,59 @@ class ChatProtocol(WebSocketServerProtocol):
         )
         if self.factory.ping_frame is not None:
             self.deliver(self.factory.ping_frame)  # the first, at once
+        refused = self._token_refused
+        if refused is not None:
+            self._note(
+                "refused a token from {peer} ({address}): {reason}",
+                peer=self.peer,
+                address=self.address,
+                reason=refused.reason,
+            )
+            self.reply(messages.auth_refused(refused.reason, refused.error))
+            self.close_with(CLOSE_TOKEN_REFUSED, refused.reason)
+        elif self.identity is not None:
+            self._vouched(self.identity)
+
+    def _vouched(self, identity: Identity) -> None:
+        """A good token: the client learns what it may do, and its nickname
+        becomes protected (the Moderator's `verify` submits that only when
+        the protection does not cover these rooms yet). Protection is not
+        waited for: the connection already holds its own name by its token;
+        a failure (10,000 verified names, say) is logged, never the token."""
+        rooms = None if identity.rooms is None else sorted(identity.rooms)
+        self.reply(
+            messages.auth_ok(
+                identity.name, sorted(identity.roles), rooms, identity.expires
+            )
+        )
+        self._note(
+            "{peer} showed a token for {name!r} ({source}, jti {jti})",
+            peer=self.peer,
+            name=identity.name,
+            source=identity.source,
+            jti=identity.token_id,
+        )
+        moderator = self.factory.moderator
+        if moderator is None:
+            return
+        protected = maybeDeferred(
+            moderator.verify, "token " + identity.describe(), identity.name, rooms
+        )
+
+        def failed(failure: Failure) -> None:
+            refusal = _moderation_refusal(failure)
+            if refusal is None:
+                self.logger.failure(
+                    "fault protecting {name!r}", failure, name=identity.name
+                )
+            else:
+                self._note(
+                    "nickname {name!r} not protected: {why}",
+                    name=identity.name,
+                    why=refusal,
+                )
+
+        protected.addErrback(failed)
 
     @property
     def can_send(self) -> bool:
@@ -408,6 +571,8 @@ class ChatProtocol(WebSocketServerProtocol):
             self.transport.abortConnection()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._token_refused is not None:
+            return  # being closed with 4401: nothing it sends is read
         if isBinary:
             self._note("refused a binary frame from {peer}", peer=self.peer)
             self.close_with(CLOSE_UNSUPPORTED_DATA, "text frames only")
@@ -503,7 +668,9 @@ class ChatProtocol(WebSocketServerProtocol):
         name = request["name"]
         old = self.room.name_of(self)
         self._per_address(self.factory.names_per_address, "name")
-        when = self.factory.timestamps.now()
+        verified = self.identity is not None
+        # Only a verified claim says so: a guest's is v2's call, as before.
+        marked = {"verified": True} if verified else {}
         if old is None:
             if not is_valid_name(name):
                 raise Refused(messages.register_refused(name, "WrongFormatName"))
@@ -523,10 +690,12 @@ class ChatProtocol(WebSocketServerProtocol):
                 refused = messages.register_refused(name, "Muted", mute.reason)
                 refused["retry_after"] = _seconds(_left(mute, now))
                 raise Refused(refused)
-            claimed = self.room.claim(self, name, when)
+            claimed = self._take(
+                name, lambda when: self.room.claim(self, name, when, **marked)
+            )
 
-            def registered(_: object) -> None:
-                self.reply(messages.register_ok(name, when))
+            def registered(outcome: tuple[object, Moment]) -> None:
+                self.reply(messages.register_ok(name, outcome[1], verified))
                 self._note("{peer} registered as {name!r}", peer=self.peer, name=name)
 
             def refused(reason: str, error: str | None = None) -> Refused:
@@ -550,10 +719,13 @@ class ChatProtocol(WebSocketServerProtocol):
                 refused = messages.change_refused(old, name, "Muted", mute.reason)
                 refused["retry_after"] = wait
                 raise Refused(refused)
-            renamed = self.room.rename(self, name, when)
+            renamed = self._take(
+                name, lambda when: self.room.rename(self, name, when, **marked)
+            )
 
-            def changed(previous: str) -> None:
-                self.reply(messages.change_ok(previous, name, when))
+            def changed(outcome: tuple[str, Moment]) -> None:
+                previous, when = outcome
+                self.reply(messages.change_ok(previous, name, when, verified))
                 self._note("{old!r} is now {new!r}", old=previous, new=name)
 
             def refused(reason: str, error: str | None = None) -> Refused:
@@ -563,14 +735,91 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def _name_rule(self, name: str) -> str | None:
         """An operator's rule against taking `name` here ("reserved",
-        "banned"): refused as v2's NameAlreadyUsed, which every client
-        already knows how to show."""
-        rule = self.factory.moderation.name_refusal(
-            name, self.room_name, self.factory.now_ms()
-        )
+        "banned"), or verified nicknames' ("verified": protected, and this
+        connection has no token for it; "token": its token is for another
+        nickname): refused as v2's NameAlreadyUsed, which every client
+        already knows how to show, with the rule as `error`."""
+        moderation = self.factory.moderation
+        now = self.factory.now_ms()
+        if self.identity is None:
+            rule = moderation.name_refusal(name, self.room_name, now)
+        else:
+            rule = moderation.name_refusal(name, self.room_name, now, self.identity)
+        if rule == "verified" and self.factory.auth_mode == "off":
+            # Nobody can show a token with --auth off: nicknames verified
+            # while it was on are everyone's again (and kept, for when it
+            # is turned back on).
+            rule = None
         if rule is not None:
             self.factory.metrics.moderation_refusals.labels(f"name {rule}").inc()
         return rule
+
+    def _take(
+        self, name: str, attempt: Callable[[Moment], Deferred]
+    ) -> "Deferred[tuple[Any, Moment]]":
+        """Claim or rename (`attempt`, given the moment it is asked at):
+        fires with its outcome and that moment. A verified connection that
+        finds a guest on its nickname has the guest kicked and asks again
+        (_take_from_guest); everyone else gets the room's answer as is."""
+        if self.identity is None or self.factory.moderator is None:
+            when = self.factory.timestamps.now()
+            return attempt(when).addCallback(lambda outcome: (outcome, when))
+        return Deferred.fromCoroutine(self._take_from_guest(name, attempt))
+
+    async def _take_from_guest(
+        self, name: str, attempt: Callable[[Moment], Deferred]
+    ) -> tuple[Any, Moment]:
+        """The nickname is this connection's by its token: a holder without
+        one (NameTaken.verified False) is kicked through the Moderator, so
+        it works across nodes and is audited, and the claim is asked again
+        until the name is free, for CLAIM_PATIENCE seconds. Held by a
+        verified connection (the same person in another tab), or still
+        held when patience runs out: NameTaken, NameAlreadyUsed on the wire.
+        All of this is inside the `name` outcome, so the connection's later
+        requests still wait for its reply."""
+        clock = self.factory.reactor
+        deadline = clock.seconds() + CLAIM_PATIENCE
+        kicked_at: float | None = None
+        while True:
+            when = self.factory.timestamps.now()
+            try:
+                return (await attempt(when), when)
+            except NameTaken as taken:
+                now = clock.seconds()
+                if taken.verified or self._lost or now >= deadline:
+                    raise
+            if kicked_at is None or now - kicked_at >= KICK_AGAIN:
+                kicked_at = now
+                self._kick_guest(name)
+            await deferLater(clock, CLAIM_RETRY, lambda: None)
+            if self._lost:  # a claim now would hold the name for nobody
+                raise NameTaken(name)
+
+    def _kick_guest(self, name: str) -> None:
+        identity = self.identity
+        assert identity is not None
+        kicked = maybeDeferred(
+            self.factory.moderator.kick,
+            "verified " + identity.describe(),
+            name,
+            self.room_name,
+            SQUATTER_KICKED,
+        )
+
+        def failed(failure: Failure) -> None:
+            refusal = _moderation_refusal(failure)
+            if refusal is None:
+                self.logger.failure(
+                    "fault kicking a guest off {name!r}", failure, name=name
+                )
+            else:
+                self._note(
+                    "could not kick a guest off {name!r}: {why}",
+                    name=name,
+                    why=refusal,
+                )
+
+        kicked.addErrback(failed)
 
     def _mute_on(self, name: str, now: int) -> Any:
         """The mute on this nickname or address in this room, if any. A
@@ -648,7 +897,9 @@ class ChatProtocol(WebSocketServerProtocol):
                 )
             )
         when = self.factory.timestamps.now()
-        stored = self.room.post(self, name, content, when, send_id)
+        verified = self.identity is not None
+        marked = {"mark": "verified"} if verified else {}
+        stored = self.room.post(self, name, content, when, send_id, **marked)
         # Counted only once post returned: one that raised (a bug, answered
         # by _handle) must not leave every later get waiting for it.
         self._order.send_started()
@@ -656,7 +907,12 @@ class ChatProtocol(WebSocketServerProtocol):
         def durable(posted: Posted) -> None:
             self.reply(
                 messages.send_ok(
-                    posted.name, posted.content, posted.when, posted.id, send_id
+                    posted.name,
+                    posted.content,
+                    posted.when,
+                    posted.id,
+                    send_id,
+                    verified,
                 )
             )
             self._note(
@@ -829,10 +1085,263 @@ class ChatProtocol(WebSocketServerProtocol):
 
         counted.addCallbacks(answer, failed)
 
+    # -- verified nicknames and moderators (ext) --
+
+    def handle_auth(self, request: dict[str, Any]) -> None:
+        """ext: show a token before `name` (a client that cannot put it in
+        the URL). Good: the connection has its Identity, replacing one from
+        the handshake. Refused: it keeps what it had (a guest stays a
+        guest). Rate limited as any request, so guessing costs as much as
+        anything else; refusals are counted, not logged one by one."""
+        if self.factory.auth_mode == "off":
+            raise Refused(
+                messages.auth_refused(
+                    "AuthDisabled", "this server does not use sign-in tokens"
+                )
+            )
+        if self.room.name_of(self) is not None:
+            raise Refused(
+                messages.auth_refused(
+                    "AlreadyRegistered",
+                    "a token is shown before choosing a nickname",
+                )
+            )
+        if "token" not in request:
+            raise Refused(messages.not_enough_key("auth", "token"))
+        token = request["token"]
+        if not isinstance(token, str):
+            raise Refused(messages.auth_refused("TokenMalformed", "a token is text"))
+        try:
+            identity = self._verify(token, self.room_name or "")
+        except TokenRefused as refused:
+            raise Refused(
+                messages.auth_refused(refused.reason, refused.error)
+            ) from None
+        self.identity = identity
+        self._vouched(identity)
+
+    def handle_moderate(self, request: dict[str, Any]) -> None:
+        """ext: a moderator's action in this connection's own room, through
+        the same Moderator as the admin API, so it is checked, audited and
+        counted alike, and reaches every node."""
+        self._registered_name("moderate")
+        action = request.get("action")
+        identity = self.identity
+        room = self.room_name or ""
+        if identity is None or not identity.moderates(room, self.factory.now_ms()):
+            raise Refused(
+                messages.moderate_refused(
+                    action, "NotModerator", self._not_moderator(identity, room)
+                )
+            )
+        if action not in MODERATE_ACTIONS:
+            raise Refused(
+                messages.moderate_refused(action, "WrongFormatArgument", field="action")
+            )
+        if self.factory.moderator is None:
+            raise Refused(
+                messages.moderate_refused(
+                    action, "ErrorWhenModerate", "moderation is off on this server"
+                )
+            )
+        act = self._moderations[action](self, request, action)
+        done = Deferred.fromCoroutine(act)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(Refused):
+                self.refuse("moderate", failure.value)
+                return
+            refusal = _moderation_refusal(failure)
+            if refusal is not None:
+                reply = messages.moderate_refused(action, "Refused", refusal)
+                self.refuse("moderate", Refused(reply))
+                return
+            self.logger.failure(
+                "fault carrying out {action} from {peer}",
+                failure,
+                action=action,
+                peer=self.peer,
+            )
+            reply = messages.moderate_refused(
+                action, "ErrorWhenModerate", _INTERNAL_ERROR
+            )
+            self.refuse("moderate", Refused(reply))
+
+        done.addCallbacks(self.reply, failed)
+
+    @staticmethod
+    def _not_moderator(identity: Identity | None, room: str) -> str:
+        if identity is None or MODERATOR not in identity.roles:
+            return "only a moderator can do this"
+        if not identity.covers(room):
+            return "you are not a moderator of this room"
+        return "your moderator token has expired"
+
+    @property
+    def _operator(self) -> str:
+        assert self.identity is not None
+        return "moderator " + self.identity.describe()
+
+    @staticmethod
+    def _field_refused(action: str, field: str) -> Refused:
+        return Refused(
+            messages.moderate_refused(action, "WrongFormatArgument", field=field)
+        )
+
+    def _reason_of(self, request: dict[str, Any], action: str) -> str:
+        reason = request.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > MAX_REASON:
+            raise self._field_refused(action, "reason")
+        return reason
+
+    def _target_of(self, request: dict[str, Any], action: str) -> str:
+        name = request.get("name")
+        if not isinstance(name, str) or not is_valid_name(name):
+            raise self._field_refused(action, "name")
+        return name
+
+    def _may_act_on(self, target: str, action: str) -> None:
+        """A moderator may not kick or mute itself, the announcer, or a
+        verified moderator of the room. That last is known of this
+        process's connections only: a moderator connected to another node
+        of a cluster is not seen here."""
+        keys = set(name_keys(target))
+        own = self.room.name_of(self)
+        if own is not None and keys.intersection(name_keys(own)):
+            raise Refused(
+                messages.moderate_refused(
+                    action, "Refused", f"a moderator cannot {action} itself"
+                )
+            )
+        if keys.intersection(name_keys(self.factory.moderation.announcer)):
+            raise Refused(
+                messages.moderate_refused(
+                    action, "Refused", f"the announcer cannot be {action}d"
+                )
+            )
+        now = self.factory.now_ms()
+        room = self.room_name or ""
+        for connection in self.room.audience():
+            identity = getattr(connection, "identity", None)
+            held = self.room.name_of(connection)
+            if (
+                identity is not None
+                and held is not None
+                and identity.moderates(room, now)
+                and keys.intersection(name_keys(held))
+            ):
+                raise Refused(
+                    messages.moderate_refused(
+                        action,
+                        "Refused",
+                        f"{held!r} is a moderator of this room",
+                    )
+                )
+
+    async def _holds(self, target: str) -> bool:
+        """Someone holds `target` (or a name the same for ARNS) in this
+        room, on any node: the room's online list is the whole chat's."""
+        page = await self.room.page(1, None, None, 0)
+        keys = set(name_keys(target))
+        return any(keys.intersection(name_keys(name)) for name in page.online)
+
+    async def _moderate_delete(
+        self, request: dict[str, Any], action: str
+    ) -> messages.Message:
+        ids = request.get("ids")
+        if (
+            not isinstance(ids, list)
+            or not 1 <= len(ids) <= MAX_DELETE_IDS
+            or any(type(i) is not int or i < 1 for i in ids)
+        ):
+            raise self._field_refused(action, "ids")
+        reason = self._reason_of(request, action)
+        removed = await self.factory.moderator.delete(
+            self._operator, self.room_name or "", ids, reason
+        )
+        return messages.moderate_ok(action, ids=removed)
+
+    async def _moderate_kick(
+        self, request: dict[str, Any], action: str
+    ) -> messages.Message:
+        target = self._target_of(request, action)
+        reason = self._reason_of(request, action)
+        self._may_act_on(target, action)
+        if not await self._holds(target):
+            raise Refused(
+                messages.moderate_refused(
+                    action, "NoSuchUser", f"nobody is {target!r} in this room"
+                )
+            )
+        await self.factory.moderator.kick(
+            self._operator, target, self.room_name or "", reason
+        )
+        return messages.moderate_ok(action, name=target)
+
+    async def _moderate_mute(
+        self, request: dict[str, Any], action: str
+    ) -> messages.Message:
+        target = self._target_of(request, action)
+        seconds = request.get("seconds")
+        if not _number(seconds) or not 1 <= seconds <= MAX_MUTE_SECONDS:
+            raise self._field_refused(action, "seconds")
+        reason = self._reason_of(request, action)
+        self._may_act_on(target, action)
+        made = await self.factory.moderator.sanction(
+            self._operator,
+            "mute",
+            "name",
+            target,
+            reason,
+            seconds,
+            self.room_name or "",
+            False,
+            self.address or "",
+        )
+        return messages.moderate_ok(action, name=target, until=made["expires"])
+
+    async def _moderate_unmute(
+        self, request: dict[str, Any], action: str
+    ) -> messages.Message:
+        """Lifts this room's mutes on the nickname (the Moderator's `unmute`:
+        a mute on every room is the operator's to lift)."""
+        target = self._target_of(request, action)
+        lifted = await self.factory.moderator.unmute(
+            self._operator, target, self.room_name or ""
+        )
+        if not lifted:
+            raise Refused(
+                messages.moderate_refused(
+                    action, "NoSuchUser", f"{target!r} is not muted in this room"
+                )
+            )
+        return messages.moderate_ok(action, name=target)
+
+    async def _moderate_slow(
+        self, request: dict[str, Any], action: str
+    ) -> messages.Message:
+        seconds = request.get("seconds")
+        if not _number(seconds) or not 0 <= seconds <= MAX_SLOW_SECONDS:
+            raise self._field_refused(action, "seconds")
+        await self.factory.moderator.set_slow_mode(
+            self._operator, self.room_name or "", seconds
+        )
+        return messages.moderate_ok(action, seconds=seconds)
+
+    _moderations = {
+        "delete": _moderate_delete,
+        "kick": _moderate_kick,
+        "mute": _moderate_mute,
+        "unmute": _moderate_unmute,
+        "slow": _moderate_slow,
+    }
+
     _handlers = {
         "name": handle_name,
         "send": handle_send,
         "get": handle_get,
         "typing": handle_typing,
         "online": handle_online,
+        "auth": handle_auth,
+        "moderate": handle_moderate,
     }

@@ -186,7 +186,7 @@ async def test_auth_sets_the_mode_verifier_and_secret_and_reloads_them(tmp_path)
     )
     moderator = service.getServiceNamed("chat").moderator
     assert factory.moderator is moderator
-    assert moderator.auth_secret == b"k" * 32
+    assert moderator.auth_secret == b"k" * 32  # the verifier's, as it is now
     (reload_keys,) = service.getServiceNamed("reload").reloads
     secret.write_bytes(b"n" * 48)
     assert await reload_keys() is True
