@@ -811,6 +811,42 @@ async def test_a_link_to_a_server_without_auth_still_lets_one_join(server):
     await in_browser(scenario)
 
 
+LONG_ROOMS = ["", *(f"class-{i:03d}-{'x' * 30}" for i in range(99))]
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["good", "expired"])
+@ensureDeferred
+async def test_a_token_too_long_for_the_url_goes_in_an_auth_request(
+    signed_server, expired
+):
+    """A token with a hundred rooms makes a URL past the server's 2,048
+    bytes (414 for the page itself): in the page's fragment, which the
+    server never sees, it works, sent in an `auth` request."""
+    url = page_url(signed_server)
+    token = mint(TEACHER, seconds=-3600 if expired else 3600, rooms=LONG_ROOMS)
+    assert len(token) > 4000
+
+    def scenario(browser: Browser) -> None:
+        sockets: list[str] = []
+        page = browser.page(
+            f"{url}#token={token}",
+            viewport=DESKTOP,
+            setup=lambda p: p.on("websocket", lambda ws: sockets.append(ws.url)),
+        )
+        if expired:
+            page.wait_for_selector("#removed:not([hidden])")
+            assert page.inner_text("#removed-title") == TEXT["en"]["TokenExpired"]
+            assert stored_token(page) is None
+        else:
+            registered(page)
+            assert page.evaluate("window.chatbox.state.myName") == TEACHER
+            assert page.evaluate("window.chatbox.state.meVerified") is True
+        assert page.url == url
+        assert sockets and all("token" not in each for each in sockets), sockets
+
+    await in_browser(scenario)
+
+
 @ensureDeferred
 async def test_the_real_server_refuses_an_expired_link_and_the_page_says_so(
     signed_server,

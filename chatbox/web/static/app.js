@@ -219,6 +219,7 @@
   const TOKEN_REASONS = new Set(["TokenExpired", "TokenNotYetValid", "TokenWrongRoom",
     "TokenMalformed", "TokenAlgorithm", "TokenBadSignature", "TokenWrongIssuer", "TokenWrongAudience"]);
   const AUTH_WAIT = 5000;       // a server with --auth off never answers a token
+  const URL_MAX = 2048;         // a longer handshake URL is refused: the token goes in an `auth` request
   const SIGN_IN_MISSES = 2;     // refused sockets in a row, page fine, no token: a sign-in is needed
 
   const $ = (id) => document.getElementById(id);
@@ -273,7 +274,8 @@
     // (never shown, never in the address bar once read), what the server
     // said it vouches for (`auth`: name, roles, rooms, expires), whether we
     // wait for that answer, and the online nicknames that are verified.
-    token: null, auth: null, authTimer: null, tokenIgnored: false, signInMisses: 0,
+    token: null, auth: null, authTimer: null, tokenIgnored: false, tokenInRequest: false,
+    signInMisses: 0,
     verified: new Set(), meVerified: false,
     // Moderator controls: requests awaiting their reply (matched by action),
     // the person the panel acts on, and the last outcome shown.
@@ -327,13 +329,18 @@
   // A link `/ROOM?token=T`: the token is taken out of the address at once
   // (other query parameters and the fragment stay), before anything else
   // can read or share the address.
+  // `/ROOM#token=T` works too: a fragment never reaches the server, so a
+  // token too long for a request line (2,048 bytes) still fits there.
   function takeTokenFromAddress() {
     const params = new URLSearchParams(location.search);
-    const token = params.get("token");
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    const token = params.get("token") ?? fragment.get("token");
     if (token === null) return;
     params.delete("token");
+    fragment.delete("token");
     const query = params.toString();
-    history.replaceState(history.state, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
+    const hash = location.hash.slice(1).includes("token=") ? fragment.toString() : location.hash.slice(1);
+    history.replaceState(history.state, "", `${location.pathname}${query ? `?${query}` : ""}${hash ? `#${hash}` : ""}`);
     if (token) keepToken(token);
   }
 
@@ -383,10 +390,15 @@
 
   // -- connection ------------------------------------------------------------
 
+  // The token rides in the URL (so --auth required lets the socket in),
+  // unless that makes the URL longer than the server takes; then it is
+  // sent in an `auth` request right after the open (tokenInRequest).
   function socketUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const bare = `${scheme}//${location.host}${ROOM_PATH || "/"}`;
     const token = state.token ? `?token=${encodeURIComponent(state.token)}` : "";
-    return `${scheme}//${location.host}${ROOM_PATH || "/"}${token}`;
+    state.tokenInRequest = Boolean(token) && bare.length + token.length > URL_MAX;
+    return state.tokenInRequest ? bare : bare + token;
   }
 
   function connect() {
@@ -414,6 +426,7 @@
       // guest, and do not wait again on this page.
       if (state.token && !state.tokenIgnored) {
         setStatus("busy", "signingIn");
+        if (state.tokenInRequest) transmit({ type: "auth", token: state.token });
         transmit({ type: "online" });
         state.authTimer = setTimeout(() => {
           if (state.ws !== ws || !isOpen()) return;
@@ -838,6 +851,12 @@
       keepToken(null);
       state.auth = null;
       state.parting = { ws: state.ws, action: "auth", reason: message.reason };
+      // Refused in an `auth` request: no close follows; said the same way.
+      if (state.tokenInRequest) removed("auth", message.reason);
+    } else if (message.status === false && message.reason === "AuthDisabled"
+               && state.authTimer !== null) {
+      state.tokenIgnored = true;  // --auth off: on as a guest
+      begin();
     }
   }
 
