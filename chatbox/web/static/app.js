@@ -101,6 +101,7 @@
       signInStatus: "Not signed in", guestJoin: "Continue as a guest",
       needsSignIn: "This chat needs a sign-in link: open the link you were given.",
       tryAgain: "Try again",
+      needsSignInRetry: (s) => `This chat needs a sign-in link: open the link you were given. Trying again in ${s} s…`,
       modTools: "Moderator tools", slowMode: "Slow mode", slowOff: "Off",
       seconds: (s) => `${s} s`, minutes: (m) => `${m} min`, hours: (h) => `${h} h`,
       days: (d) => (d === 1 ? "1 day" : `${d} days`), apply: "Apply",
@@ -190,6 +191,7 @@
       signInStatus: "Chưa đăng nhập", guestJoin: "Tiếp tục với tư cách khách",
       needsSignIn: "Phòng trò chuyện này cần liên kết đăng nhập: hãy mở liên kết bạn được gửi.",
       tryAgain: "Thử lại",
+      needsSignInRetry: (s) => `Phòng trò chuyện này cần liên kết đăng nhập: hãy mở liên kết bạn được gửi. Thử lại sau ${s} giây…`,
       modTools: "Công cụ điều hành", slowMode: "Chế độ chậm", slowOff: "Tắt",
       seconds: (s) => `${s} giây`, minutes: (m) => `${m} phút`, hours: (h) => `${h} giờ`,
       days: (d) => `${d} ngày`, apply: "Áp dụng",
@@ -545,11 +547,11 @@
     else if (status >= 200 && status < 300 && !state.token) {
       // The page answers but its socket is refused, again and again, and
       // we hold no token: most likely --auth required's 401, which the
-      // page cannot read. Said, with a way to try again, instead of a
-      // silent retry loop. (A socket refused for another reason looks the
-      // same; the button is the way out of a wrong guess.)
+      // page cannot read. The status line says so; the retries go on (a
+      // socket refused for another reason looks the same for a while, a
+      // room that is gone among them, until its page says 404).
       state.signInMisses += 1;
-      if (state.signInMisses >= SIGN_IN_MISSES) removed("signin", null);
+      if (state.signInMisses >= SIGN_IN_MISSES) renderCountdown();
     } else state.signInMisses = 0;
   }
 
@@ -660,7 +662,8 @@
 
   function renderCountdown() {
     const seconds = Math.max(1, Math.ceil((state.retryAt - Date.now()) / 1000));
-    setStatus("off", "reconnecting", seconds);
+    const signIn = state.signInMisses >= SIGN_IN_MISSES && !state.token;
+    setStatus("off", signIn ? "needsSignInRetry" : "reconnecting", seconds);
   }
 
   function clearRetry() {
