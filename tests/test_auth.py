@@ -497,6 +497,25 @@ async def test_impersonation_while_the_verified_user_is_offline(optional):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_token_for_a_look_alike_cannot_take_the_verified_nickname(optional):
+    # `Ian` and `Lan` share an ARNS key (capital I, small l), so a token for
+    # one must not take the other, nor lock its owner out.
+    teacher = await verified(optional, "Lan")
+    teacher.sendClose()
+    await teacher.wait_closed()
+    await until(lambda: optional.factory.rooms.registered_count() == 0)
+    student = await client(optional, token("Ian"))
+    assert (await student.reply())["status"] is True
+    for name in ("Lan", "lan", "LAN"):
+        reply = await student.register(name)
+        assert (reply["status"], reply.get("error")) == (False, "token"), name
+    reply = await student.register("Ian")
+    assert (reply["status"], reply.get("error")) == (False, "verified")
+    again = await verified(optional, "Lan")
+    assert again is not None
+
+
+@pytest_twisted.ensureDeferred
 async def test_auth_turned_off_frees_verified_nicknames_and_on_again_keeps_them(
     tmp_path,
 ):
