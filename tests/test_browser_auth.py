@@ -247,15 +247,6 @@ class Signed(Scripted):
         super().closed(connection)
         self.verified.discard(name)
 
-    def store(self, name: str, content: str, mark: str | None = None) -> dict:
-        now = self.clock.now()
-        ids = [e["id"] for e in self.history]
-        entry = messages.history_entry(
-            max(ids, default=0) + 1, name, content, now.text, now.millis, mark
-        )
-        self.history.append(entry)
-        return entry
-
     def request(self, connection: ScriptedProtocol, message: dict) -> None:
         kind = message.get("type")
         name = self.names.get(connection)

@@ -99,8 +99,6 @@
       TokenWrongAudience: "This sign-in link is not valid here; ask for a new one.",
       tokenRefused: "Your sign-in link was not accepted; ask for a new one.",
       signInStatus: "Not signed in", guestJoin: "Continue as a guest",
-      needsSignIn: "This chat needs a sign-in link: open the link you were given.",
-      tryAgain: "Try again",
       needsSignInRetry: (s) => `This chat needs a sign-in link: open the link you were given. Trying again in ${s} s…`,
       modTools: "Moderator tools", slowMode: "Slow mode", slowOff: "Off",
       seconds: (s) => `${s} s`, minutes: (m) => `${m} min`, hours: (h) => `${h} h`,
@@ -189,8 +187,6 @@
       TokenWrongAudience: "Liên kết đăng nhập này không dùng được ở đây; hãy xin một liên kết mới.",
       tokenRefused: "Liên kết đăng nhập của bạn không được chấp nhận; hãy xin một liên kết mới.",
       signInStatus: "Chưa đăng nhập", guestJoin: "Tiếp tục với tư cách khách",
-      needsSignIn: "Phòng trò chuyện này cần liên kết đăng nhập: hãy mở liên kết bạn được gửi.",
-      tryAgain: "Thử lại",
       needsSignInRetry: (s) => `Phòng trò chuyện này cần liên kết đăng nhập: hãy mở liên kết bạn được gửi. Thử lại sau ${s} giây…`,
       modTools: "Công cụ điều hành", slowMode: "Chế độ chậm", slowOff: "Tắt",
       seconds: (s) => `${s} giây`, minutes: (m) => `${m} phút`, hours: (h) => `${h} giờ`,
@@ -624,10 +620,9 @@
       ui.removedTitle.textContent = ui.removedReason.textContent = ui.removedWait.textContent = "";
       return;
     }
-    ui.rejoin.textContent = t({ auth: "guestJoin", signin: "tryAgain" }[gone.action] || "rejoin");
-    if (gone.action === "auth" || gone.action === "signin") {
-      ui.removedTitle.textContent = gone.action === "signin" ? t("needsSignIn")
-        : TOKEN_REASONS.has(gone.reason) ? t(gone.reason) : t("tokenRefused");
+    ui.rejoin.textContent = t(gone.action === "auth" ? "guestJoin" : "rejoin");
+    if (gone.action === "auth") {
+      ui.removedTitle.textContent = TOKEN_REASONS.has(gone.reason) ? t(gone.reason) : t("tokenRefused");
       ui.removedReason.textContent = ui.removedWait.textContent = "";
       return;
     }
