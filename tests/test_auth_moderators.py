@@ -9,16 +9,18 @@ import pytest
 import pytest_twisted
 
 from chatbox.wire import moderating
-from tests.client import raw_get, until
+from tests.client import no_events_before, raw_get, until
 from tests.http import metric
 from tests.test_auth import (
     Log,
     auth_server,
     client,
     guest,
+    sleep,
     token,
     verified,
 )
+from tests.test_moderation import moderator_of
 
 ROOMS = "--rooms=open"
 
@@ -281,3 +283,44 @@ async def test_moderators_act_in_a_named_room(chat):
     assert any(
         re.search(r"kick 'pupil' in room class-7a", line) for line in audit_lines(log)
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_mode_on_and_off_is_told_to_everyone_in_the_room(chat):
+    """A room's students learn that slow mode began or ended (a client held
+    by it stops counting down at once when it ends): every registered
+    connection of the room, whether a moderator or the operator set it, and
+    nobody outside the room nor anyone not joined yet."""
+    teacher = await moderator(chat, path="/class-7a", rooms=["class-7a"])
+    pupil = await guest(chat, "pupil", path="/class-7a")
+    await teacher.event()  # pupil joined
+    lurker = await client(chat, path="/class-7a")  # not registered
+    elsewhere = await guest(chat, "pupil", path="/class-7b")
+    marker = await guest(chat, "marker", path="/class-7b")
+    await elsewhere.event()  # marker joined
+    before = time.time() * 1000
+    assert (await moderate(teacher, "slow", seconds=30))["status"] is True
+    assert (await pupil.say("one"))["status"] is True
+    held = await pupil.say("two")
+    assert held["reason"] == "SlowMode"
+    assert (await moderate(teacher, "slow", seconds=0))["status"] is True
+    await moderator_of(chat).set_slow_mode("ops", "class-7a", 2.5)
+    for user in (pupil, teacher):
+        told = []
+        while len(told) < 3:
+            event = await user.event()
+            if event["datatype"] != "message":
+                told.append(event)
+        assert [e.get("seconds") for e in told] == [30, 0, 2.5], told
+        for event in told:
+            assert set(event) == {"type", "datatype", "seconds", "timestamp", "time"}
+            assert (event["type"], event["datatype"]) == ("receive", "slowmode")
+            assert isinstance(event["timestamp"], str)
+            assert before - 1000 <= event["time"] <= time.time() * 1000 + 1000
+    # As the server says: a send goes through now that the wait is shorter.
+    await sleep(2.5)
+    assert (await pupil.say("three"))["status"] is True
+    # Nothing reached the other room, nor the connection without a name.
+    await no_events_before([elsewhere], marker)
+    assert (await lurker.get())["reason"] == "UnknownRegister"
+    assert not [m for m in lurker.raw if m.get("type") == "receive"], lurker.raw

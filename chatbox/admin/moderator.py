@@ -49,7 +49,7 @@ from chatbox.chat.roomnames import DEFAULT, NotARoom, check_name
 from chatbox.chat.rooms import RoomRefused, Rooms
 from chatbox.logsafe import printable
 from chatbox.metrics import Metrics
-from chatbox.wire import messages
+from chatbox.wire import codec, messages
 from chatbox.wire.factory import ChatFactory
 
 __all__ = [
@@ -541,6 +541,14 @@ class Moderator:
                 connection.moderated(notice, None, "")
         elif op == "verify" and isinstance(found, Protection):
             self._free(found)
+        elif op == "slow":
+            # Everyone in the room is told, on every node: a student held by
+            # the old interval must not count down a wait that is over.
+            event = messages.slow_mode(order["seconds"], self.factory.timestamps.now())
+            frame = self.factory.prepareMessage(codec.encode(event))
+            for connection in self._connections(order["room"]):
+                if connection.room.name_of(connection) is not None:
+                    connection.deliver(frame)
 
     def _free(self, protection: Protection) -> None:
         """Kick this process's holders of a protected nickname who have no

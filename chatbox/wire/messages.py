@@ -43,6 +43,7 @@ __all__ = [
     "send_held",
     "send_ok",
     "send_refused",
+    "slow_mode",
     "typing",
     "unknown_register",
     "unknown_type",
@@ -380,6 +381,19 @@ def deleted(ids: list[int], when: Moment) -> Message:
         "type": "receive",
         "datatype": "delete",
         "ids": ids,
+        "timestamp": when.text,
+        "time": when.millis,
+    }
+
+
+def slow_mode(seconds: float, when: Moment) -> Message:
+    """ext: slow mode began (one message every `seconds` per person) or,
+    with 0, ended in this room, so a client stops counting down a wait the
+    server no longer holds it to (v2 clients ignore the datatype)."""
+    return {
+        "type": "receive",
+        "datatype": "slowmode",
+        "seconds": seconds,
         "timestamp": when.text,
         "time": when.millis,
     }
