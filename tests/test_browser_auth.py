@@ -60,9 +60,8 @@ TEXT = {
     "en": {
         "verified": "(verified)",
         "signed_in": f"Signed in with your link as {TEACHER}.",
-        "hint_verified": "That nickname is taken. "
-        "This nickname belongs to a verified user.",
-        "hint_token": f"That nickname is taken. Your sign-in link is for {TEACHER}.",
+        "hint_verified": "This nickname belongs to a verified user: choose another.",
+        "hint_token": f"Your sign-in link is for {TEACHER}: join as {TEACHER}.",
         "TokenExpired": "Your sign-in link has expired; ask for a new one.",
         "TokenWrongRoom": "Your sign-in link is for another room.",
         "TokenBadSignature": "This sign-in link is not valid here; ask for a new one.",
@@ -74,6 +73,10 @@ TEXT = {
         "unmuted": lambda n: f"{n} can send messages again.",
         "kicked": lambda n: f"{n} was removed from the chat.",
         "slow": "Slow mode: one message every 30 s.",
+        "slow_off": "Slow mode is off.",
+        "held": lambda s: f"Slow mode: you can send again in {s} s.",
+        "send": "Send",
+        "send_wait": lambda s: f"Send ({s})",
         "kick_question": lambda n: f"Remove {n} from the chat?",
         "moderate": lambda n: f"Moderate {n}",
         "delete": "Delete",
@@ -86,10 +89,10 @@ TEXT = {
     "vi": {
         "verified": "(đã xác minh)",
         "signed_in": f"Đã đăng nhập bằng liên kết với tên {TEACHER}.",
-        "hint_verified": "Biệt danh này đã có người dùng. "
-        "Biệt danh này thuộc về một người dùng đã xác minh.",
-        "hint_token": "Biệt danh này đã có người dùng. "
-        f"Liên kết đăng nhập của bạn dành cho {TEACHER}.",
+        "hint_verified": "Biệt danh này thuộc về một người dùng đã xác minh: "
+        "hãy chọn biệt danh khác.",
+        "hint_token": f"Liên kết đăng nhập của bạn dành cho {TEACHER}: "
+        f"hãy vào với tên {TEACHER}.",
         "TokenExpired": "Liên kết đăng nhập của bạn đã hết hạn; "
         "hãy xin một liên kết mới.",
         "TokenWrongRoom": "Liên kết đăng nhập của bạn dành cho một phòng khác.",
@@ -104,6 +107,10 @@ TEXT = {
         "unmuted": lambda n: f"{n} đã có thể gửi tin nhắn trở lại.",
         "kicked": lambda n: f"Đã mời {n} ra khỏi phòng trò chuyện.",
         "slow": "Chế độ chậm: mỗi người một tin nhắn mỗi 30 giây.",
+        "slow_off": "Đã tắt chế độ chậm.",
+        "held": lambda s: f"Chế độ chậm: bạn có thể gửi tiếp sau {s} giây.",
+        "send": "Gửi",
+        "send_wait": lambda s: f"Gửi ({s})",
         "kick_question": lambda n: f"Mời {n} ra khỏi phòng trò chuyện?",
         "moderate": lambda n: f"Điều hành {n}",
         "delete": "Xoá",
@@ -312,6 +319,8 @@ class Signed(Scripted):
             self.delete(ids)
             return messages.moderate_ok("delete", ids=ids)
         if action == "slow":
+            # As the Moderator: the whole room is told, the moderator too.
+            self.broadcast(messages.slow_mode(message["seconds"], self.clock.now()))
             return messages.moderate_ok("slow", seconds=message["seconds"])
         if target not in self.names.values():
             return messages.moderate_refused(action, "NoSuchUser")
@@ -372,6 +381,14 @@ def registered(page: Any) -> None:
     page.wait_for_function("window.chatbox.state.registered")
 
 
+def signed_in_said(page: Any, words: dict) -> None:
+    """The status line says the link signed us in, readable at any size."""
+    status = page.locator("#status-text")
+    assert status.inner_text() == words["signed_in"]
+    box = status.bounding_box()
+    assert box is not None and box["width"] > 50 and box["height"] > 5, box
+
+
 # -- a sign-in link ---------------------------------------------------------------
 
 
@@ -386,8 +403,10 @@ async def test_a_sign_in_link_joins_as_its_name_and_leaves_the_address_bar(
     def scenario(browser: Browser) -> None:
         lan = open_page(browser, link(chat.url, token), lang, viewport)
         registered(lan)
-        # Joined as the token's nickname without typing it.
+        # Joined as the token's nickname without typing it, and told so
+        # where it shows, on a phone too (its name form is gone by now).
         assert lan.evaluate("window.chatbox.state.myName") == TEACHER
+        signed_in_said(lan, words)
         assert chat.handshake_tokens == [token]
         # Out of the address bar and the history entry, kept for this tab.
         assert lan.url == chat.url
@@ -405,6 +424,10 @@ async def test_a_sign_in_link_joins_as_its_name_and_leaves_the_address_bar(
         assert chat.handshake_tokens == [token, token]
         assert lan.url == chat.url
         assert lan.evaluate("window.chatbox.state.myName") == TEACHER
+        signed_in_said(lan, words)
+        other = "vi" if lang == "en" else "en"
+        language(lan, other)
+        signed_in_said(lan, TEXT[other])
 
     await in_browser(scenario)
 
@@ -576,13 +599,101 @@ async def test_no_token_where_one_is_required_says_a_link_is_needed(chat, lang):
         page.wait_for_selector(f"#status-text >> text={words['needs']}", timeout=15_000)
         assert page.locator("#retry-now").is_visible()
         assert chat.opens == 0
+        needs_a_link(page, words)
+        assert audit_both_themes(page) == {"light": [], "dark": []}
+        # A socket let in after all (the guess was wrong: a room back after
+        # a restart refuses for a while too): the nickname form is back.
+        in_reactor(setattr, chat, "required", False)
+        page.click("#retry-now")
+        page.wait_for_selector("#name-form:not([hidden])")
+        assert page.locator("#sign-in").is_hidden()
+        join(page, "Bo")
+        page.close()
+        in_reactor(setattr, chat, "required", True)
+        page = open_page(browser, chat.url, lang, PHONE)
+        page.wait_for_selector("#sign-in:not([hidden])", timeout=15_000)
         # With a link, the same tab gets in.
         page.goto(link(chat.url, mint(TEACHER)))
         registered(page)
         assert page.url == chat.url
+        assert page.locator("#sign-in").is_hidden()
+        assert page.locator("#composer").is_visible()
         refused_lines_only(browser)
 
     await in_browser(scenario)
+
+
+def notices(page: Any) -> list[str]:
+    return page.locator("#message-list .notice").all_inner_texts()
+
+
+def send_reads(page: Any, text: str) -> None:
+    page.wait_for_function(
+        f"document.querySelector('#send').innerText === {json.dumps(text)}"
+    )
+
+
+@SIZES
+@ensureDeferred
+async def test_slow_mode_turned_off_ends_a_wait_at_once_and_is_said(
+    chat, viewport, lang
+):
+    """A student held by slow mode counts down on the Send button; when a
+    moderator turns it off the server takes her message at once, so the
+    page stops waiting then, and says so; turned on, it says how often."""
+    words = TEXT[lang]
+
+    def scenario(browser: Browser) -> None:
+        bo = open_page(browser, chat.url, lang, viewport)
+        join(bo, "Bo")
+        in_reactor(setattr, chat, "hold", ("SlowMode", 28.0))
+        bo.fill("#content", "my answer")
+        bo.press("#content", "Enter")
+        bo.wait_for_selector(f"#composer-note >> text={words['held'](28)}")
+        assert bo.inner_text("#send") in {words["send_wait"](s) for s in (28, 27)}
+        assert bo.locator("#send").is_disabled()
+        # Off: at once, not in 28 s.
+        in_reactor(setattr, chat, "hold", None)
+        in_reactor(chat.broadcast, messages.slow_mode(0, now()))
+        bo.wait_for_selector(f"#message-list .notice >> text={words['slow_off']}")
+        send_reads(bo, words["send"])
+        assert bo.locator("#send").is_enabled()
+        assert bo.inner_text("#composer-note") == ""
+        assert bo.evaluate("window.chatbox.state.slow") is None
+        bo.click("#send")
+        bo.wait_for_selector(".message.mine[data-state=sent] >> text=my answer")
+        # On again: how often, in words; and a wait it makes is no longer
+        # than the new interval.
+        in_reactor(chat.broadcast, messages.slow_mode(30, now()))
+        bo.wait_for_selector(f"#message-list .notice >> text={words['slow']}")
+        assert notices(bo)[-2:] == [words["slow_off"], words["slow"]]
+        assert audit_both_themes(bo) == {"light": [], "dark": []}
+        in_reactor(setattr, chat, "hold", ("SlowMode", 600.0))
+        bo.fill("#content", "too soon")
+        bo.press("#content", "Enter")
+        bo.wait_for_selector(f"#composer-note >> text={words['held'](600)}")
+        in_reactor(chat.broadcast, messages.slow_mode(5, now()))
+        bo.wait_for_function(
+            "window.chatbox.state.slow"
+            " && window.chatbox.state.slow.until <= Date.now() + 5000"
+        )
+        # Said in the other language after a switch, as every notice.
+        other = "vi" if lang == "en" else "en"
+        language(bo, other)
+        assert notices(bo)[-3:-1] == [TEXT[other]["slow_off"], TEXT[other]["slow"]]
+
+    await in_browser(scenario)
+
+
+def needs_a_link(page: Any, words: dict) -> None:
+    """The page's guess that a sign-in link is needed: said where the
+    nickname form was, and nothing offered that cannot work."""
+    sign_in = page.locator("#sign-in")
+    assert sign_in.is_visible()
+    assert sign_in.inner_text() == words["needs"]
+    assert page.locator("#name-form").is_hidden()
+    assert page.locator("#composer").is_hidden()
+    assert page.locator("#rename-section").is_hidden()
 
 
 # -- moderator controls ------------------------------------------------------------
@@ -631,6 +742,7 @@ async def test_a_moderator_deletes_mutes_and_kicks_from_the_page(chat, viewport,
         lan.select_option("#slow-select", "30")
         lan.click("#slow-apply")
         lan.wait_for_selector(f"#mod-status >> text={words['slow']}")
+        bo.wait_for_selector(f"#message-list .notice >> text={words['slow']}")
         assert chat.requests[-1] == {
             "type": "moderate",
             "action": "slow",
@@ -758,6 +870,7 @@ async def test_the_real_server_a_link_a_badge_and_a_guest_told(signed_server):
         registered(lan)
         assert lan.url == url
         assert lan.evaluate("window.chatbox.state.myName") == TEACHER
+        signed_in_said(lan, TEXT["en"])
         bo = browser.join(url, "Bo", viewport=DESKTOP)
         say(lan, "Good morning")
         bo.wait_for_selector("text=Good morning")
@@ -888,6 +1001,37 @@ async def test_the_real_server_a_moderator_acts_from_the_page(signed_server):
 
 
 @ensureDeferred
+async def test_the_real_server_slow_mode_off_frees_a_held_student_at_once(
+    signed_server,
+):
+    url = page_url(signed_server)
+    token = mint(TEACHER, roles=["moderator"], rooms=[""])
+    words = TEXT["vi"]
+
+    def scenario(browser: Browser) -> None:
+        bo = browser.join(url, "Bo", viewport=PHONE, locale="vi-VN")
+        lan = browser.page(link(url, token), viewport=DESKTOP)
+        registered(lan)
+        lan.select_option("#slow-select", "30")
+        lan.click("#slow-apply")
+        bo.wait_for_selector(f"#message-list .notice >> text={words['slow']}")
+        say(bo, "one")
+        bo.fill("#content", "two")
+        bo.press("#content", "Enter")
+        bo.wait_for_selector("#composer-note:not(:empty)")
+        assert bo.inner_text("#composer-note") in {words["held"](s) for s in (30, 29)}
+        assert bo.locator("#send").is_disabled()
+        lan.select_option("#slow-select", "0")
+        lan.click("#slow-apply")
+        bo.wait_for_selector(f"#message-list .notice >> text={words['slow_off']}")
+        send_reads(bo, words["send"])
+        bo.click("#send")
+        bo.wait_for_selector(".message.mine[data-state=sent] >> text=two")
+
+    await in_browser(scenario)
+
+
+@ensureDeferred
 async def test_the_real_server_with_auth_required_asks_for_a_link(
     data_file, secret_file
 ):
@@ -900,6 +1044,7 @@ async def test_the_real_server_with_auth_required_asks_for_a_link(
         page = browser.page(url, viewport=DESKTOP)
         needs = TEXT["en"]["needs"]
         page.wait_for_selector(f"#status-text >> text={needs}", timeout=15_000)
+        needs_a_link(page, TEXT["en"])
         page.goto(link(url, mint(TEACHER)))
         registered(page)
         refused_lines_only(browser)

@@ -85,8 +85,8 @@
       SlowMode: (s) => `Slow mode: you can send again in ${s} s.`,
       sendWait: (s) => `Send (${s})`,
       nameReserved: "It is reserved on this server.", nameBanned: "It is not allowed on this server.",
-      nameVerified: "This nickname belongs to a verified user.",
-      nameToken: (n) => `Your sign-in link is for ${n}.`,
+      nameVerified: "This nickname belongs to a verified user: choose another.",
+      nameToken: (n) => `Your sign-in link is for ${n}: join as ${n}.`,
       verified: "verified", signingIn: "Signing in…",
       signedInAs: (n) => `Signed in with your link as ${n}.`,
       TokenExpired: "Your sign-in link has expired; ask for a new one.",
@@ -99,6 +99,7 @@
       TokenWrongAudience: "This sign-in link is not valid here; ask for a new one.",
       tokenRefused: "Your sign-in link was not accepted; ask for a new one.",
       signInStatus: "Not signed in", guestJoin: "Continue as a guest",
+      needsSignIn: "This chat needs a sign-in link: open the link you were given.",
       needsSignInRetry: (s) => `This chat needs a sign-in link: open the link you were given. Trying again in ${s} s…`,
       modTools: "Moderator tools", slowMode: "Slow mode", slowOff: "Off",
       seconds: (s) => `${s} s`, minutes: (m) => `${m} min`, hours: (h) => `${h} h`,
@@ -173,8 +174,8 @@
       sendWait: (s) => `Gửi (${s})`,
       nameReserved: "Biệt danh này được máy chủ giữ riêng.",
       nameBanned: "Biệt danh này không được phép dùng ở đây.",
-      nameVerified: "Biệt danh này thuộc về một người dùng đã xác minh.",
-      nameToken: (n) => `Liên kết đăng nhập của bạn dành cho ${n}.`,
+      nameVerified: "Biệt danh này thuộc về một người dùng đã xác minh: hãy chọn biệt danh khác.",
+      nameToken: (n) => `Liên kết đăng nhập của bạn dành cho ${n}: hãy vào với tên ${n}.`,
       verified: "đã xác minh", signingIn: "Đang đăng nhập…",
       signedInAs: (n) => `Đã đăng nhập bằng liên kết với tên ${n}.`,
       TokenExpired: "Liên kết đăng nhập của bạn đã hết hạn; hãy xin một liên kết mới.",
@@ -187,6 +188,7 @@
       TokenWrongAudience: "Liên kết đăng nhập này không dùng được ở đây; hãy xin một liên kết mới.",
       tokenRefused: "Liên kết đăng nhập của bạn không được chấp nhận; hãy xin một liên kết mới.",
       signInStatus: "Chưa đăng nhập", guestJoin: "Tiếp tục với tư cách khách",
+      needsSignIn: "Phòng trò chuyện này cần liên kết đăng nhập: hãy mở liên kết bạn được gửi.",
       needsSignInRetry: (s) => `Phòng trò chuyện này cần liên kết đăng nhập: hãy mở liên kết bạn được gửi. Thử lại sau ${s} giây…`,
       modTools: "Công cụ điều hành", slowMode: "Chế độ chậm", slowOff: "Tắt",
       seconds: (s) => `${s} giây`, minutes: (m) => `${m} phút`, hours: (h) => `${h} giờ`,
@@ -219,6 +221,7 @@
   const AUTH_WAIT = 5000;       // a server with --auth off never answers a token
   const URL_MAX = 2048;         // a longer handshake URL is refused: the token goes in an `auth` request
   const SIGN_IN_MISSES = 2;     // refused sockets in a row, page fine, no token: a sign-in is needed
+  const PLAIN_NOTICES = new Set(["modSlow"]);  // notices that name nobody
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -247,6 +250,14 @@
     kickConfirm: $("kick-confirm"), kickQuestion: $("kick-question"), kickYes: $("kick-yes"),
     kickNo: $("kick-no"), modStatus: $("mod-status"),
   };
+  // Where the nickname form was: what to do when this chat wants a link.
+  ui.signIn = document.createElement("p");
+  ui.signIn.id = "sign-in";
+  ui.signIn.className = "sign-in";
+  ui.signIn.tabIndex = -1;
+  ui.signIn.hidden = true;
+  ui.signIn.dataset.i18n = "needsSignIn";
+  ui.nameForm.before(ui.signIn);
   const phone = window.matchMedia("(max-width: 700px)");
   const touch = window.matchMedia("(pointer: coarse)");
 
@@ -416,7 +427,7 @@
       opened = true;
       clearTimeout(state.connectTimer);
       state.backoff = 1000;
-      state.signInMisses = 0;
+      if (state.signInMisses) { state.signInMisses = 0; renderJoined(); }
       renderConnection();
       // With a token the server says whom it vouches for right after the
       // open (the `auth` reply), and that nickname is the one we take. A
@@ -547,8 +558,14 @@
       // socket refused for another reason looks the same for a while, a
       // room that is gone among them, until its page says 404).
       state.signInMisses += 1;
-      if (state.signInMisses >= SIGN_IN_MISSES) renderCountdown();
-    } else state.signInMisses = 0;
+      if (state.signInMisses >= SIGN_IN_MISSES) { renderCountdown(); renderJoined(); }
+    } else if (state.signInMisses) { state.signInMisses = 0; renderJoined(); }
+  }
+
+  // The guess that this chat wants a sign-in link we do not have: the page
+  // is served but its socket refused, again and again.
+  function needsSignIn() {
+    return state.signInMisses >= SIGN_IN_MISSES && !state.token;
   }
 
   // Epoch ms on this clock from a Retry-After (seconds or an HTTP date);
@@ -657,8 +674,7 @@
 
   function renderCountdown() {
     const seconds = Math.max(1, Math.ceil((state.retryAt - Date.now()) / 1000));
-    const signIn = state.signInMisses >= SIGN_IN_MISSES && !state.token;
-    setStatus("off", signIn ? "needsSignInRetry" : "reconnecting", seconds);
+    setStatus("off", needsSignIn() ? "needsSignInRetry" : "reconnecting", seconds);
   }
 
   function clearRetry() {
@@ -737,8 +753,11 @@
     if (typeof text === "function") return text(message.retry_after);
     // A reserved or banned nickname is refused as a taken one (v2's
     // reply, so the classic client shows its usual alert); the hint is ours.
+    // A verified nickname is not "taken" while its owner is away: the
+    // refusal says whose it is and what to do instead.
     if (message.reason === "NameAlreadyUsed" && Object.hasOwn(NAME_HINTS, message.error)) {
-      if (message.error === "token") return state.auth ? `${text} ${t("nameToken", state.auth.name)}` : text;
+      if (message.error === "token") return state.auth ? t("nameToken", state.auth.name) : text;
+      if (message.error === "verified") return t("nameVerified");
       return `${text} ${t(NAME_HINTS[message.error])}`;
     }
     return text || t("failedGeneric", message.error || message.reason);
@@ -773,7 +792,10 @@
     state.meVerified = message.verified === true;
     noteVerified(state.myName, state.meVerified);
     rememberName(state.myName);
-    setStatus("ok", "connected");
+    // Joined by a link: said where it shows (the name form, which said it
+    // before, is gone now).
+    if (state.auth && state.auth.name === state.myName) setStatus("ok", "signedInAs", state.myName);
+    else setStatus("ok", "connected");
     renderJoined();
     renderModeration();
     if (state.focusOnJoin) { state.focusOnJoin = false; ui.content.focus(); }
@@ -1057,6 +1079,9 @@
       case "delete":
         removeMessages(message.ids);
         return;
+      case "slowmode":
+        onSlowMode(message.seconds);
+        return;
       case "register":
         if (!state.online.includes(message.name)) state.online.push(message.name);
         noteVerified(message.name, message.verified === true);
@@ -1079,6 +1104,25 @@
         return;
     }
     renderOnline();
+  }
+
+  // Slow mode turned on (seconds) or off (0) in this room, said to all.
+  // Off: any wait is over at once, as the server holds nobody now. On: a
+  // wait counted under a longer interval is never longer than the new one.
+  function onSlowMode(seconds) {
+    if (typeof seconds !== "number" || !Number.isFinite(seconds) || seconds < 0) return;
+    if (seconds === 0) {
+      clearInterval(state.slowTimer);
+      state.slow = null;
+      renderNote();
+      renderComposer();
+    } else if (state.slow) {
+      state.slow.until = Math.min(state.slow.until, Date.now() + seconds * 1000);
+      state.slow.told = Math.min(state.slow.told, Math.ceil(seconds));
+      renderNote();
+      renderComposer();
+    }
+    notice("modSlow", seconds);
   }
 
   // The online nicknames that are verified: from each `get`, then kept by
@@ -1522,6 +1566,7 @@
   function renderNotice(item) {
     const args = JSON.parse(item.dataset.args);
     const key = item.dataset.key;
+    if (PLAIN_NOTICES.has(key)) { item.textContent = t(key, ...args); return; }
     if ((key === "joined" || key === "left") && args.length > 1) {
       const shown = args.slice(0, 2);
       const who = args.length === 2 ? t("twoPeople", ...marks(shown))
@@ -1965,6 +2010,8 @@
   function renderStatus() {
     const { kind, key, args } = state.status;
     ui.status.dataset.kind = kind;
+    // A note beside "connected" (signed in by a link) is shown on a phone too.
+    ui.status.toggleAttribute("data-note", key === "signedInAs");
     ui.statusText.textContent = t(key, ...args);
   }
 
@@ -1978,7 +2025,14 @@
   // A room that is gone: neither, and the way out instead.
   function renderJoined() {
     const joined = Boolean(state.myName);
-    const out = state.gone || Boolean(state.removed);
+    // Without the link this chat wants, a nickname or a message would go
+    // nowhere: neither is offered, and the way in is said instead.
+    const signIn = needsSignIn() && !state.gone && !state.removed;
+    const out = state.gone || Boolean(state.removed) || signIn;
+    const focusLost = signIn && ui.signIn.hidden
+      && (ui.composer.contains(document.activeElement) || ui.nameForm.contains(document.activeElement));
+    ui.signIn.hidden = !signIn;
+    if (focusLost) ui.signIn.focus();
     ui.gone.hidden = !state.gone;
     ui.nameForm.hidden = joined || out;
     ui.composer.hidden = out;
