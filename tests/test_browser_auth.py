@@ -500,6 +500,7 @@ async def test_a_verified_name_has_a_badge_for_everyone_and_a_guest_is_told(
         guest.fill("#name", TEACHER)
         guest.press("#name", "Enter")
         guest.wait_for_selector(f"#name-error >> text={words['hint_verified']}")
+        assert guest.inner_text("#name-error") == words["hint_verified"]
         guest.wait_for_timeout(2000)
         asked = [r for r in chat.requests if r.get("name") == TEACHER]
         assert len(asked) == 2, asked  # the teacher's, and the guest's once
@@ -521,6 +522,7 @@ async def test_a_name_refused_for_the_token_says_whose_link_it_is(chat):
         for lang in ("en", "vi"):
             page = open_page(browser, link(chat.url, mint(TEACHER)), lang, DESKTOP)
             page.wait_for_selector(f"#name-error >> text={TEXT[lang]['hint_token']}")
+            assert page.inner_text("#name-error") == TEXT[lang]["hint_token"]
             # Locked to the token's nickname, and saying so.
             assert page.input_value("#name") == TEACHER
             assert page.evaluate("document.querySelector('#name').readOnly")
@@ -628,8 +630,10 @@ def notices(page: Any) -> list[str]:
 
 
 def send_reads(page: Any, text: str) -> None:
+    """Soon: a wait the page should have dropped would end by itself later."""
     page.wait_for_function(
-        f"document.querySelector('#send').innerText === {json.dumps(text)}"
+        f"document.querySelector('#send').innerText === {json.dumps(text)}",
+        timeout=3000,
     )
 
 
