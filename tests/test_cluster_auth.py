@@ -117,6 +117,10 @@ async def test_a_moderator_on_one_node_acts_on_a_user_on_the_other(pair):
     assert gone["reason"] == "NoSuchUser"
     slow = await teacher.request({"type": "moderate", "action": "slow", "seconds": 30})
     assert slow["status"] is True
+    # Node B tells its own connections of the room.
+    while (event := await other.event())["datatype"] != "slowmode":
+        pass
+    assert event["seconds"] == 30
     # The order reaches B soon, not at once: B's sends go through until it.
     for attempt in range(100):
         reply = await other.say(f"message {attempt}")
