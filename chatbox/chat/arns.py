@@ -105,7 +105,7 @@ class _Latinized(dict[int, str]):
     `l` share one (`l`): a small letter drawn so is `l`, and anything else
     (Greek capital `Ι`, caseless `ǀ`) is `I`, as it looks like a capital
     I too, which is `i` in another case; its first key still holds the `l`
-    reading. ASCII is never changed.
+    reading. ASCII is never changed, nor any decimal digit.
 
     Filled lazily because working out one character costs a skeleton, and
     doing all of Unicode at import takes half a second; names use few
@@ -123,6 +123,9 @@ class _Latinized(dict[int, str]):
 
 
 _LATINIZED_MOST = 1 << 15
+# Read as digits, never as letters: ASCII `0` and `1` are drawn like `O`
+# and `l` yet stay digits, and so do the other scripts' (Bengali `০`).
+_DIGITS = icu.UnicodeSet("[:Nd:]")
 # Each skeleton of an ASCII letter to the letters that have it: `l` to
 # `Il`, `rn` to `m`, every other to its own letter.
 _LETTERS_BY_SKELETON: dict[str, str] = {}
@@ -132,6 +135,8 @@ for _letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz":
 
 
 def _drawn_as(char: str) -> str:
+    if _DIGITS.contains(char):
+        return char
     letters = _LETTERS_BY_SKELETON.get(_SPOOF.getSkeleton(0, char), "")
     if len(letters) > 1:  # `Il`: a small letter is `l`, anything else `I`
         small = icu.Char.isULowercase(char)
