@@ -497,6 +497,25 @@ async def test_impersonation_while_the_verified_user_is_offline(optional):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_token_for_a_look_alike_cannot_take_the_verified_nickname(optional):
+    # `Ian` and `Lan` share an ARNS key (capital I, small l), so a token for
+    # one must not take the other, nor lock its owner out.
+    teacher = await verified(optional, "Lan")
+    teacher.sendClose()
+    await teacher.wait_closed()
+    await until(lambda: optional.factory.rooms.registered_count() == 0)
+    student = await client(optional, token("Ian"))
+    assert (await student.reply())["status"] is True
+    for name in ("Lan", "lan", "LAN"):
+        reply = await student.register(name)
+        assert (reply["status"], reply.get("error")) == (False, "token"), name
+    reply = await student.register("Ian")
+    assert (reply["status"], reply.get("error")) == (False, "verified")
+    again = await verified(optional, "Lan")
+    assert again is not None
+
+
+@pytest_twisted.ensureDeferred
 async def test_auth_turned_off_frees_verified_nicknames_and_on_again_keeps_them(
     tmp_path,
 ):
@@ -701,6 +720,31 @@ async def test_ten_thousand_bad_auth_requests_are_rate_limited_then_closed(tmp_p
         assert len(lines) < 60, len(lines)
         for part in secret_parts(bad_token):
             assert part not in log.text
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_address_checks_few_tokens_however_many_connections(tmp_path):
+    """Each `auth` costs a signature check: 200 connections of one address
+    asking within their own --rate must not make the server check 200
+    times the rate (attacker review: 76% of a core). They share the
+    address's registration budget."""
+    server = await auth_server(
+        tmp_path, "optional", "--ip-name-rate=5", "--ip-name-burst=20"
+    )
+    try:
+        bad = token("x", WRONG_SECRET)
+        users = [await client(server) for _ in range(50)]
+        replies = []
+        for _ in range(2):
+            for user in users:
+                replies.append(await user.request({"type": "auth", "token": bad}))
+        checked = [r for r in replies if r["reason"] == "TokenBadSignature"]
+        limited = [r for r in replies if r["reason"] == "RateLimited"]
+        assert len(checked) <= 20 + 5 * 5, len(checked)
+        assert len(checked) + len(limited) == 100
+        assert all(r["type"] == "auth" for r in limited)
     finally:
         await server.stop()
 

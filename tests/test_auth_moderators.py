@@ -8,6 +8,7 @@ import time
 import pytest
 import pytest_twisted
 
+from chatbox.wire import moderating
 from tests.client import raw_get, until
 from tests.http import metric
 from tests.test_auth import (
@@ -239,6 +240,31 @@ async def test_a_moderator_may_not_act_on_itself_another_moderator_or_the_announ
     assert (await moderate(aide, "mute", name="Verified", seconds=60))["status"] is True
     assert (await moderate(aide, "kick", name="pupil"))["status"] is True
     assert plain is not None and pupil is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_moderator_mutes_only_who_is_here_and_a_share_of_the_rules(
+    chat, monkeypatch
+):
+    # The rules hold 10,000 bans and mutes for the whole server: a room's
+    # moderator must not be able to fill them with names nobody holds
+    # (attacker review), leaving the operator unable to ban anyone.
+    monkeypatch.setattr(moderating, "MAX_ROOM_MUTES", 3)
+    teacher = await moderator(chat)
+    nobody = await moderate(teacher, "mute", name="nobody 1", seconds=600)
+    assert (nobody["status"], nobody["reason"]) == (False, "NoSuchUser")
+    pupils = [await guest(chat, f"pupil {i}") for i in range(4)]
+    for i in range(3):
+        reply = await moderate(teacher, "mute", name=f"pupil {i}", seconds=600)
+        assert reply["status"] is True, reply
+    full = await moderate(teacher, "mute", name="pupil 3", seconds=600)
+    assert (full["status"], full["reason"]) == (False, "Refused")
+    assert "3 mutes in force" in full["error"]
+    # Lifting one gives its share back.
+    assert (await moderate(teacher, "unmute", name="pupil 0"))["status"] is True
+    again = await moderate(teacher, "mute", name="pupil 3", seconds=600)
+    assert again["status"] is True
+    assert len(pupils) == 4
 
 
 @pytest_twisted.ensureDeferred

@@ -234,11 +234,11 @@ class Scripted:
 
     # -- what the test makes happen -------------------------------------------
 
-    def store(self, name: str, content: str, announcement: bool = False) -> dict:
+    def store(self, name: str, content: str, mark: str | None = None) -> dict:
         now = self.clock.now()
         ids = [e["id"] for e in self.history]
         entry = messages.history_entry(
-            max(ids, default=0) + 1, name, content, now.text, now.millis, announcement
+            max(ids, default=0) + 1, name, content, now.text, now.millis, mark
         )
         self.history.append(entry)
         return entry
@@ -251,9 +251,9 @@ class Scripted:
         return entry["id"]
 
     def announce(self, text: str) -> int:
-        entry = self.store(ANNOUNCER, text, announcement=True)
+        entry = self.store(ANNOUNCER, text, "announcement")
         now = self.clock.now()
-        event = messages.posted(ANNOUNCER, text, now, entry["id"], announcement=True)
+        event = messages.posted(ANNOUNCER, text, now, entry["id"], "announcement")
         self.broadcast(event)
         return entry["id"]
 
@@ -452,7 +452,7 @@ async def test_an_announcement_stands_out_in_words_and_in_both_themes(
     chat, viewport, lang
 ):
     chat.store("Linh", "hello")
-    chat.store(ANNOUNCER, "Class starts at 9", announcement=True)
+    chat.store(ANNOUNCER, "Class starts at 9", "announcement")
 
     def scenario(browser: Browser) -> None:
         an = open_page(browser, chat, lang, viewport)

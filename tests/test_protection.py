@@ -154,6 +154,21 @@ async def test_unverify_frees_the_nickname(server, audit_lines):
     ]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_look_alike_of_a_verified_nickname_cannot_be_verified_too(server):
+    # `Ian` shares an ARNS key with `Lan` (capital I, small l): verified
+    # both, each would stop the other's owner.
+    moderator = moderator_of(server)
+    await moderator.verify(OPERATOR, "Lan", ["class-7a"])
+    with pytest.raises(ModerationError) as refused:
+        await moderator.verify(OPERATOR, "Ian", None)
+    assert refused.value.status == 409
+    assert "looks like the verified nickname 'Lan'" in refused.value.message
+    # Another spelling of its own name only widens it.
+    assert await moderator.verify(OPERATOR, "LAN", None) is True
+    assert [p["name"] for p in moderator.verified_names()] == ["Lan"]
+
+
 @pytest.mark.parametrize(
     ("name", "rooms", "status"),
     [

@@ -376,7 +376,16 @@ class Moderator:
         if self.moderation.is_announcer(name):
             raise ModerationError(400, "the announcer's name cannot be verified")
         wanted = _protected_rooms(rooms)
-        held = self.moderation.protection(name)
+        other = self.moderation.look_alike(name)
+        if other is not None:
+            # A second spelling would stop the first one's owner (and be
+            # stopped by it): `Ian` and `Lan` cannot both be verified.
+            raise ModerationError(
+                409,
+                f"{name!r} looks like the verified nickname {other.name!r}; "
+                "choose another nickname, or unverify that one first",
+            )
+        held = self.moderation.protection(name, exact=True)
         if held is None or (
             held is not False and wanted is not None and set(wanted) <= set(held)
         ):

@@ -7,7 +7,7 @@ imports nothing of chatbox but the nickname rules.
 
 from dataclasses import dataclass, field
 
-from chatbox.chat.arns import name_keys
+from chatbox.chat.arns import name_keys, spelling
 
 __all__ = [
     "MODERATOR",
@@ -61,9 +61,11 @@ class Identity:
     source: str = "secret"
     token_id: str | None = None
     keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    spelling: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", name_keys(self.name))
+        object.__setattr__(self, "spelling", spelling(self.name))
 
     def covers(self, room: str) -> bool:
         """Good in `room` ("" is the default room)."""
@@ -76,9 +78,11 @@ class Identity:
         return MODERATOR in self.roles and self.covers(room) and now < self.expires
 
     def is_for(self, name: str) -> bool:
-        """`name` is this identity's nickname for ARNS (a variant of it in
-        case or spacing, say), so the connection may take it."""
-        return bool(set(self.keys).intersection(name_keys(name)))
+        """`name` is this identity's nickname, give or take case, width and
+        spacing (`chat.arns.spelling`), so the connection may take it. Not
+        any name ARNS calls the same: `Ian` shares a key with `Lan`, and a
+        token for one must never take the other."""
+        return spelling(name) == self.spelling
 
     def describe(self) -> str:
         """For audit lines: who, and which key vouched."""

@@ -32,6 +32,7 @@ __all__ = [
     "fold_key",
     "is_valid_name",
     "name_keys",
+    "spelling",
 ]
 
 MAX_NAME_LENGTH = 100
@@ -191,6 +192,16 @@ def fold_key(text: str) -> str:
     `name_keys`: what an operator's reserved-name pattern is compared by,
     fragment by fragment."""
     return _SPOOF.getSkeleton(0, _NFKC_CASEFOLD.normalize(text.translate(_CLEAN)))
+
+
+def spelling(name: str) -> str:
+    """A nickname as written, give or take case, width and spacing (NFKC
+    case-folded, ignorables dropped, blanks as in `name_keys`), but never
+    letters that only look alike: `Ms Lan`, `MS LAN` and `Ｍs  Lan` are one
+    spelling; `Ian` and `Lan`, or `Lan` with a Cyrillic `а`, are not. A token
+    vouches for one spelling: ARNS keys are too wide for that, since looking
+    alike is not transitive (`Ian` shares a key with `Lan`)."""
+    return _NFKC_CASEFOLD.normalize(_visible(name))
 
 
 class Registry:

@@ -22,13 +22,19 @@ import ipaddress
 import re
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from chatbox.chat.arns import MAX_NAME_LENGTH, fold_key, is_valid_name, name_keys
+from chatbox.chat.arns import (
+    MAX_NAME_LENGTH,
+    fold_key,
+    is_valid_name,
+    name_keys,
+    spelling,
+)
 from chatbox.chat.roomnames import DEFAULT, NotARoom, check_name
 
 if TYPE_CHECKING:  # chatbox.auth imports this layer's arns; no cycle at run time
@@ -225,6 +231,11 @@ class Protection:
     rooms: frozenset[str] | None
     by: str
     at: int
+    # Whose it is: tokens for this spelling of the name (chat.arns.spelling).
+    spelling: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spelling", spelling(self.name))
 
     @classmethod
     def from_order(cls, order: Order) -> "Protection":
@@ -296,9 +307,10 @@ class Moderation:
         self._reserved: dict[str, _Pattern] = {}
         self._slow: dict[str, float] = {}
         self._mutes = 0  # how many sanctions are mutes
-        # Verified nicknames by their first (folded) ARNS key, and every key
-        # of each to the protections holding it: `name` asks on every
-        # request, so a check is a lookup per key, never a scan.
+        # Verified nicknames by spelling (whose they are), and every ARNS key
+        # of each to the protections holding it (whom they stop): `name`
+        # asks on every request, so a check is a lookup per key, never a
+        # scan.
         self._verified: dict[str, Protection] = {}
         self._protected: dict[str, dict[str, Protection]] = {}
 
@@ -368,18 +380,19 @@ class Moderation:
             raise OrderError(
                 f"the announcer's name {self.announcer!r} is not a person's"
             )
-        old = self._verified.get(keys[0])
+        own = protection.spelling
+        old = self._verified.get(own)
         if old is None:
             if len(self._verified) >= MAX_VERIFIED:
                 raise OrderError(f"at most {MAX_VERIFIED} verified nicknames")
             merged = protection
         else:
             merged = old.widened(protection)
-        self._verified[keys[0]] = merged
-        # Indexed by the kept spelling's keys (a widening may spell the
+        self._verified[own] = merged
+        # Indexed by the kept spelling's keys (a widening may write the
         # name in another case), so unverifying finds every entry again.
         for key in name_keys(merged.name):
-            self._protected.setdefault(key, {})[keys[0]] = merged
+            self._protected.setdefault(key, {})[own] = merged
         return merged
 
     def _unverify(self, name: str) -> list[Protection]:
@@ -589,12 +602,17 @@ class Moderation:
         request: the keys are made once, and each question is a lookup."""
         keys = name_keys(name)
         if identity is not None:
-            # identity.is_for(name), on the keys already made.
-            if not set(identity.keys).intersection(keys):
+            if not identity.is_for(name):
                 return "token"
             if self._is_announcer(keys):
                 return "reserved"
-            return "banned" if self._banned_keys(keys, room, now) else None
+            if self._banned_keys(keys, room, now):
+                return "banned"
+            # A token for `Ian` is not one for the verified `Lan`, though
+            # ARNS calls the two the same.
+            if self._protected and self._protecting(keys, room, identity.spelling):
+                return "verified"
+            return None
         if self.is_reserved(keys):
             return "reserved"
         if self._banned_keys(keys, room, now):
@@ -603,17 +621,36 @@ class Moderation:
             return "verified"
         return None
 
-    def _protecting(self, keys: Iterable[str], room: str | None) -> bool:
+    def _protecting(
+        self, keys: Iterable[str], room: str | None, own: str | None = None
+    ) -> bool:
+        """A protection stops `keys` in `room`: any covering it but the one
+        for the spelling `own` (a token holder's)."""
         return any(
             protection.covers(room)
             for key in keys
-            for protection in self._protected.get(key, {}).values()
+            for whose, protection in self._protected.get(key, {}).items()
+            if whose != own
         )
 
-    def protection(self, name: str) -> list[str] | Literal[False] | None:
-        """The rooms where `name` (or a look-alike) is verified, sorted;
-        None: every room; False: it is not verified anywhere."""
+    def look_alike(self, name: str) -> Protection | None:
+        """A verified nickname that `name` looks like but is not (another
+        spelling), if any: whose token would be stopped by it."""
+        own = spelling(name)
+        for protection in self._protections_of(name_keys(name)).values():
+            if protection.spelling != own:
+                return protection
+        return None
+
+    def protection(
+        self, name: str, exact: bool = False
+    ) -> list[str] | Literal[False] | None:
+        """The rooms where `name` (or a look-alike; `exact`: this spelling
+        only) is verified, sorted; None: every room; False: nowhere."""
         found = self._protections_of(name_keys(name)).values()
+        if exact:
+            own = spelling(name)
+            found = [p for p in found if p.spelling == own]  # type: ignore[assignment]
         if not found:
             return False
         if any(protection.rooms is None for protection in found):

@@ -13,12 +13,13 @@ frames wait behind a `get` reply) is kept by chatbox.wire.ordering's
 Ordering; this class hands it each request frame, `name` outcome, send,
 `get` and outgoing frame.
 
-Verified nicknames and moderators (issue 15, /work/notes/auth-spec.md until
-docs/PROTOCOL.md has it): a connection may carry an `Identity` (chatbox.auth),
+Verified nicknames and moderators (docs/PROTOCOL.md, "Verified nicknames
+(ext)"): a connection may carry an `Identity` (chatbox.auth),
 from a token in its handshake or an `auth` request. The identity decides which
 nickname it may take (the moderation rules' `name_refusal`), marks its
 replies, events and messages as verified, and lets a moderator act through
-the same Moderator as the admin API (`factory.moderator`). The token itself
+the same Moderator as the admin API (`factory.moderator`; each action's
+fields are chatbox.wire.moderating's to read). The token itself
 is kept nowhere and never logged: only the name, source and jti are.
 
 Private hooks: a few things below use Autobahn and Twisted beyond their
@@ -27,7 +28,6 @@ what it relies on). tests/unit/test_private_hooks.py fails, naming the hook,
 if an upgrade removes or renames one.
 """
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,17 +40,17 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatbox.auth.identity import MODERATOR, Identity, TokenRefused
+from chatbox.auth.identity import Identity, TokenRefused
 from chatbox.chat.arns import NameTaken, is_valid_name, name_keys
 from chatbox.chat.content import is_valid_content
-from chatbox.chat.moderation import MAX_REASON, MAX_SLOW_SECONDS, ModerationError
+from chatbox.chat.moderation import ModerationError
 from chatbox.chat.room import IRoom, Posted, RoomError
 from chatbox.chat.roomnames import NotARoom
 from chatbox.chat.rooms import RoomRefused
 from chatbox.chat.sends import valid_send_id
 from chatbox.httptext import canned
 from chatbox.limits import AddressBuckets, TokenBucket, address_key, client_address
-from chatbox.wire import codec, messages
+from chatbox.wire import codec, messages, moderating
 from chatbox.wire.backpressure import PendingOutput
 from chatbox.wire.clock import Moment
 from chatbox.wire.messages import Refused
@@ -108,11 +108,6 @@ CLAIM_PATIENCE = 5.0
 KICK_AGAIN = 1.0
 SQUATTER_KICKED = "this nickname belongs to a verified user"
 
-# -- moderators' requests --
-MODERATE_ACTIONS = ("delete", "kick", "mute", "unmute", "slow")
-MAX_DELETE_IDS = 100
-MAX_MUTE_SECONDS = 7 * 24 * 3600
-
 
 def handshake_tokens(
     params: Mapping[str, Sequence[str]], authorization: str | None
@@ -138,10 +133,6 @@ def _moderation_refusal(failure: Failure) -> str | None:
     if failure.check(ModerationError):
         return failure.value.message
     return None
-
-
-def _number(value: object) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
 
 
 def _close_reason(reason: str) -> str:
@@ -1091,8 +1082,8 @@ class ChatProtocol(WebSocketServerProtocol):
         """ext: show a token before `name` (a client that cannot put it in
         the URL). Good: the connection has its Identity, replacing one from
         the handshake. Refused: it keeps what it had (a guest stays a
-        guest). Rate limited as any request, so guessing costs as much as
-        anything else; refusals are counted, not logged one by one."""
+        guest). Rate limited as any request and, per address, as `name`;
+        refusals are counted, not logged one by one."""
         if self.factory.auth_mode == "off":
             raise Refused(
                 messages.auth_refused(
@@ -1111,6 +1102,10 @@ class ChatProtocol(WebSocketServerProtocol):
         token = request["token"]
         if not isinstance(token, str):
             raise Refused(messages.auth_refused("TokenMalformed", "a token is text"))
+        # Checking a signature costs far more than answering most requests:
+        # one address's tokens share its registrations' budget, whatever
+        # number of connections it spreads them over.
+        self._per_address(self.factory.names_per_address, "auth")
         try:
             identity = self._verify(token, self.room_name or "")
         except TokenRefused as refused:
@@ -1131,10 +1126,10 @@ class ChatProtocol(WebSocketServerProtocol):
         if identity is None or not identity.moderates(room, self.factory.now_ms()):
             raise Refused(
                 messages.moderate_refused(
-                    action, "NotModerator", self._not_moderator(identity, room)
+                    action, "NotModerator", moderating.not_moderator(identity, room)
                 )
             )
-        if action not in MODERATE_ACTIONS:
+        if action not in moderating.ACTIONS:
             raise Refused(
                 messages.moderate_refused(action, "WrongFormatArgument", field="action")
             )
@@ -1144,8 +1139,7 @@ class ChatProtocol(WebSocketServerProtocol):
                     action, "ErrorWhenModerate", "moderation is off on this server"
                 )
             )
-        act = self._moderations[action](self, request, action)
-        done = Deferred.fromCoroutine(act)
+        done = Deferred.fromCoroutine(moderating.carry_out(self, request, action))
 
         def failed(failure: Failure) -> None:
             if failure.check(Refused):
@@ -1168,173 +1162,6 @@ class ChatProtocol(WebSocketServerProtocol):
             self.refuse("moderate", Refused(reply))
 
         done.addCallbacks(self.reply, failed)
-
-    @staticmethod
-    def _not_moderator(identity: Identity | None, room: str) -> str:
-        if identity is None or MODERATOR not in identity.roles:
-            return "only a moderator can do this"
-        if not identity.covers(room):
-            return "you are not a moderator of this room"
-        return "your moderator token has expired"
-
-    @property
-    def _operator(self) -> str:
-        assert self.identity is not None
-        return "moderator " + self.identity.describe()
-
-    @staticmethod
-    def _field_refused(action: str, field: str) -> Refused:
-        return Refused(
-            messages.moderate_refused(action, "WrongFormatArgument", field=field)
-        )
-
-    def _reason_of(self, request: dict[str, Any], action: str) -> str:
-        reason = request.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > MAX_REASON:
-            raise self._field_refused(action, "reason")
-        return reason
-
-    def _target_of(self, request: dict[str, Any], action: str) -> str:
-        name = request.get("name")
-        if not isinstance(name, str) or not is_valid_name(name):
-            raise self._field_refused(action, "name")
-        return name
-
-    def _may_act_on(self, target: str, action: str) -> None:
-        """A moderator may not kick or mute itself, the announcer, or a
-        verified moderator of the room. That last is known of this
-        process's connections only: a moderator connected to another node
-        of a cluster is not seen here."""
-        keys = set(name_keys(target))
-        own = self.room.name_of(self)
-        if own is not None and keys.intersection(name_keys(own)):
-            raise Refused(
-                messages.moderate_refused(
-                    action, "Refused", f"a moderator cannot {action} itself"
-                )
-            )
-        if keys.intersection(name_keys(self.factory.moderation.announcer)):
-            raise Refused(
-                messages.moderate_refused(
-                    action, "Refused", f"the announcer cannot be {action}d"
-                )
-            )
-        now = self.factory.now_ms()
-        room = self.room_name or ""
-        for connection in self.room.audience():
-            identity = getattr(connection, "identity", None)
-            held = self.room.name_of(connection)
-            if (
-                identity is not None
-                and held is not None
-                and identity.moderates(room, now)
-                and keys.intersection(name_keys(held))
-            ):
-                raise Refused(
-                    messages.moderate_refused(
-                        action,
-                        "Refused",
-                        f"{held!r} is a moderator of this room",
-                    )
-                )
-
-    async def _holds(self, target: str) -> bool:
-        """Someone holds `target` (or a name the same for ARNS) in this
-        room, on any node: the room's online list is the whole chat's."""
-        page = await self.room.page(1, None, None, 0)
-        keys = set(name_keys(target))
-        return any(keys.intersection(name_keys(name)) for name in page.online)
-
-    async def _moderate_delete(
-        self, request: dict[str, Any], action: str
-    ) -> messages.Message:
-        ids = request.get("ids")
-        if (
-            not isinstance(ids, list)
-            or not 1 <= len(ids) <= MAX_DELETE_IDS
-            or any(type(i) is not int or i < 1 for i in ids)
-        ):
-            raise self._field_refused(action, "ids")
-        reason = self._reason_of(request, action)
-        removed = await self.factory.moderator.delete(
-            self._operator, self.room_name or "", ids, reason
-        )
-        return messages.moderate_ok(action, ids=removed)
-
-    async def _moderate_kick(
-        self, request: dict[str, Any], action: str
-    ) -> messages.Message:
-        target = self._target_of(request, action)
-        reason = self._reason_of(request, action)
-        self._may_act_on(target, action)
-        if not await self._holds(target):
-            raise Refused(
-                messages.moderate_refused(
-                    action, "NoSuchUser", f"nobody is {target!r} in this room"
-                )
-            )
-        await self.factory.moderator.kick(
-            self._operator, target, self.room_name or "", reason
-        )
-        return messages.moderate_ok(action, name=target)
-
-    async def _moderate_mute(
-        self, request: dict[str, Any], action: str
-    ) -> messages.Message:
-        target = self._target_of(request, action)
-        seconds = request.get("seconds")
-        if not _number(seconds) or not 1 <= seconds <= MAX_MUTE_SECONDS:
-            raise self._field_refused(action, "seconds")
-        reason = self._reason_of(request, action)
-        self._may_act_on(target, action)
-        made = await self.factory.moderator.sanction(
-            self._operator,
-            "mute",
-            "name",
-            target,
-            reason,
-            seconds,
-            self.room_name or "",
-            False,
-            self.address or "",
-        )
-        return messages.moderate_ok(action, name=target, until=made["expires"])
-
-    async def _moderate_unmute(
-        self, request: dict[str, Any], action: str
-    ) -> messages.Message:
-        """Lifts this room's mutes on the nickname (the Moderator's `unmute`:
-        a mute on every room is the operator's to lift)."""
-        target = self._target_of(request, action)
-        lifted = await self.factory.moderator.unmute(
-            self._operator, target, self.room_name or ""
-        )
-        if not lifted:
-            raise Refused(
-                messages.moderate_refused(
-                    action, "NoSuchUser", f"{target!r} is not muted in this room"
-                )
-            )
-        return messages.moderate_ok(action, name=target)
-
-    async def _moderate_slow(
-        self, request: dict[str, Any], action: str
-    ) -> messages.Message:
-        seconds = request.get("seconds")
-        if not _number(seconds) or not 0 <= seconds <= MAX_SLOW_SECONDS:
-            raise self._field_refused(action, "seconds")
-        await self.factory.moderator.set_slow_mode(
-            self._operator, self.room_name or "", seconds
-        )
-        return messages.moderate_ok(action, seconds=seconds)
-
-    _moderations = {
-        "delete": _moderate_delete,
-        "kick": _moderate_kick,
-        "mute": _moderate_mute,
-        "unmute": _moderate_unmute,
-        "slow": _moderate_slow,
-    }
 
     _handlers = {
         "name": handle_name,

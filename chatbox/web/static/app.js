@@ -85,6 +85,38 @@
       SlowMode: (s) => `Slow mode: you can send again in ${s} s.`,
       sendWait: (s) => `Send (${s})`,
       nameReserved: "It is reserved on this server.", nameBanned: "It is not allowed on this server.",
+      nameVerified: "This nickname belongs to a verified user.",
+      nameToken: (n) => `Your sign-in link is for ${n}.`,
+      verified: "verified", signingIn: "Signing in…",
+      signedInAs: (n) => `Signed in with your link as ${n}.`,
+      TokenExpired: "Your sign-in link has expired; ask for a new one.",
+      TokenNotYetValid: "Your sign-in link is not valid yet; check your device's clock or try again later.",
+      TokenWrongRoom: "Your sign-in link is for another room.",
+      TokenMalformed: "This sign-in link is not valid; ask for a new one.",
+      TokenAlgorithm: "This sign-in link is not valid here; ask for a new one.",
+      TokenBadSignature: "This sign-in link is not valid here; ask for a new one.",
+      TokenWrongIssuer: "This sign-in link is not valid here; ask for a new one.",
+      TokenWrongAudience: "This sign-in link is not valid here; ask for a new one.",
+      tokenRefused: "Your sign-in link was not accepted; ask for a new one.",
+      signInStatus: "Not signed in", guestJoin: "Continue as a guest",
+      needsSignInRetry: (s) => `This chat needs a sign-in link: open the link you were given. Trying again in ${s} s…`,
+      modTools: "Moderator tools", slowMode: "Slow mode", slowOff: "Off",
+      seconds: (s) => `${s} s`, minutes: (m) => `${m} min`, hours: (h) => `${h} h`,
+      days: (d) => (d === 1 ? "1 day" : `${d} days`), apply: "Apply",
+      deleteMessage: "Delete", deleteFrom: (n) => `message from ${n}`,
+      moderate: (n) => `Moderate ${n}`, moderating: (n) => `Moderate ${n}`,
+      muteFor: "Mute for", mute: "Mute", unmute: "Unmute", kick: "Kick", close: "Close",
+      kickConfirm: (n) => `Remove ${n} from the chat?`, kickYes: "Yes, remove",
+      modDeleted: (k) => (k === 0 ? "That message was already gone." : k === 1
+        ? "Message deleted." : `${k} messages deleted.`),
+      modKicked: (n) => `${n} was removed from the chat.`,
+      modMuted: (n, w) => `${n} is muted until ${w}.`,
+      modUnmuted: (n) => `${n} can send messages again.`,
+      modSlow: (s) => (s === 0 ? "Slow mode is off." : `Slow mode: one message every ${s} s.`),
+      modNotModerator: "You are not a moderator of this room.",
+      modNoSuchUser: "Nobody here by that name.", modNoSuchMute: (n) => `${n} is not muted.`,
+      modRefused: (e) => `Refused: ${e}`, modWrong: (f) => `Refused: the ${f} is not valid.`,
+      modError: "The server could not do that now; try again.",
     },
     vi: {
       language: "Ngôn ngữ", chat: "Trò chuyện", nickname: "Biệt danh", join: "Tham gia",
@@ -141,10 +173,52 @@
       sendWait: (s) => `Gửi (${s})`,
       nameReserved: "Biệt danh này được máy chủ giữ riêng.",
       nameBanned: "Biệt danh này không được phép dùng ở đây.",
+      nameVerified: "Biệt danh này thuộc về một người dùng đã xác minh.",
+      nameToken: (n) => `Liên kết đăng nhập của bạn dành cho ${n}.`,
+      verified: "đã xác minh", signingIn: "Đang đăng nhập…",
+      signedInAs: (n) => `Đã đăng nhập bằng liên kết với tên ${n}.`,
+      TokenExpired: "Liên kết đăng nhập của bạn đã hết hạn; hãy xin một liên kết mới.",
+      TokenNotYetValid: "Liên kết đăng nhập của bạn chưa có hiệu lực; hãy kiểm tra đồng hồ của máy hoặc thử lại sau.",
+      TokenWrongRoom: "Liên kết đăng nhập của bạn dành cho một phòng khác.",
+      TokenMalformed: "Liên kết đăng nhập này không hợp lệ; hãy xin một liên kết mới.",
+      TokenAlgorithm: "Liên kết đăng nhập này không dùng được ở đây; hãy xin một liên kết mới.",
+      TokenBadSignature: "Liên kết đăng nhập này không dùng được ở đây; hãy xin một liên kết mới.",
+      TokenWrongIssuer: "Liên kết đăng nhập này không dùng được ở đây; hãy xin một liên kết mới.",
+      TokenWrongAudience: "Liên kết đăng nhập này không dùng được ở đây; hãy xin một liên kết mới.",
+      tokenRefused: "Liên kết đăng nhập của bạn không được chấp nhận; hãy xin một liên kết mới.",
+      signInStatus: "Chưa đăng nhập", guestJoin: "Tiếp tục với tư cách khách",
+      needsSignInRetry: (s) => `Phòng trò chuyện này cần liên kết đăng nhập: hãy mở liên kết bạn được gửi. Thử lại sau ${s} giây…`,
+      modTools: "Công cụ điều hành", slowMode: "Chế độ chậm", slowOff: "Tắt",
+      seconds: (s) => `${s} giây`, minutes: (m) => `${m} phút`, hours: (h) => `${h} giờ`,
+      days: (d) => `${d} ngày`, apply: "Áp dụng",
+      deleteMessage: "Xoá", deleteFrom: (n) => `tin nhắn của ${n}`,
+      moderate: (n) => `Điều hành ${n}`, moderating: (n) => `Điều hành ${n}`,
+      muteFor: "Cấm gửi trong", mute: "Cấm gửi", unmute: "Bỏ cấm gửi", kick: "Mời ra", close: "Đóng",
+      kickConfirm: (n) => `Mời ${n} ra khỏi phòng trò chuyện?`, kickYes: "Đồng ý, mời ra",
+      modDeleted: (k) => (k === 0 ? "Tin nhắn đó đã bị xoá từ trước." : `Đã xoá ${k} tin nhắn.`),
+      modKicked: (n) => `Đã mời ${n} ra khỏi phòng trò chuyện.`,
+      modMuted: (n, w) => `${n} bị cấm gửi tin nhắn đến ${w}.`,
+      modUnmuted: (n) => `${n} đã có thể gửi tin nhắn trở lại.`,
+      modSlow: (s) => (s === 0 ? "Đã tắt chế độ chậm." : `Chế độ chậm: mỗi người một tin nhắn mỗi ${s} giây.`),
+      modNotModerator: "Bạn không phải người điều hành của phòng này.",
+      modNoSuchUser: "Không có ai ở đây với tên đó.", modNoSuchMute: (n) => `${n} không bị cấm gửi.`,
+      modRefused: (e) => `Bị từ chối: ${e}`, modWrong: (f) => `Bị từ chối: ${f} không hợp lệ.`,
+      modError: "Máy chủ chưa làm được việc này; hãy thử lại.",
     },
   };
   const LOCALE = { en: "en-GB", vi: "vi-VN" };
-  const NAME_HINTS = { reserved: "nameReserved", banned: "nameBanned" };
+  // Why a nickname was refused for good (the ext `error` of NameAlreadyUsed).
+  const NAME_HINTS = {
+    reserved: "nameReserved", banned: "nameBanned", verified: "nameVerified", token: "nameToken",
+  };
+  // Issue 15: what a moderator may choose (seconds), and the refusals of a token.
+  const MUTES = [300, 3600, 86400];
+  const SLOW = [0, 10, 30, 60];
+  const TOKEN_REASONS = new Set(["TokenExpired", "TokenNotYetValid", "TokenWrongRoom",
+    "TokenMalformed", "TokenAlgorithm", "TokenBadSignature", "TokenWrongIssuer", "TokenWrongAudience"]);
+  const AUTH_WAIT = 5000;       // a server with --auth off never answers a token
+  const URL_MAX = 2048;         // a longer handshake URL is refused: the token goes in an `auth` request
+  const SIGN_IN_MISSES = 2;     // refused sockets in a row, page fine, no token: a sign-in is needed
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -166,6 +240,12 @@
     gone: $("gone"), goneList: $("gone-list"),
     removed: $("removed"), removedTitle: $("removed-title"), removedReason: $("removed-reason"),
     removedWait: $("removed-wait"), rejoin: $("rejoin"), note: $("composer-note"),
+    signedIn: $("signed-in"), modTools: $("mod-tools"), modTitle: $("mod-title"),
+    slowSelect: $("slow-select"), slowApply: $("slow-apply"), modPerson: $("mod-person"),
+    modPersonTitle: $("mod-person-title"), muteSelect: $("mute-select"), muteButton: $("mute-button"),
+    unmuteButton: $("unmute-button"), kickButton: $("kick-button"), modClose: $("mod-close"),
+    kickConfirm: $("kick-confirm"), kickQuestion: $("kick-question"), kickYes: $("kick-yes"),
+    kickNo: $("kick-no"), modStatus: $("mod-status"),
   };
   const phone = window.matchMedia("(max-width: 700px)");
   const touch = window.matchMedia("(pointer: coarse)");
@@ -188,6 +268,16 @@
     // mode's wait after a refused send (`slow`), both shown by the composer.
     deleted: new Set(), removed: null, parting: null, banTimer: null,
     mute: null, muteTimer: null, slow: null, slowTimer: null, flash: null, flashTimer: null,
+    // Verified nicknames (issue 15): this tab's sign-in token for this room
+    // (never shown, never in the address bar once read), what the server
+    // said it vouches for (`auth`: name, roles, rooms, expires), whether we
+    // wait for that answer, and the online nicknames that are verified.
+    token: null, auth: null, authTimer: null, tokenIgnored: false, tokenInRequest: false,
+    signInMisses: 0,
+    verified: new Set(), meVerified: false,
+    // Moderator controls: requests awaiting their reply (matched by action),
+    // the person the panel acts on, and the last outcome shown.
+    modAsked: [], modTarget: null, modConfirm: false, modStatus: null, modTimer: null,
   };
   const entries = new WeakMap();  // pending message <li> -> its outbox entry
 
@@ -216,6 +306,42 @@
     try { sessionStorage.setItem("chatbox.name", name); } catch (e) { /* private mode */ }
   }
 
+  // A sign-in token is this tab's, for this room: kept in sessionStorage so
+  // a reconnect or a reload still has it, never in localStorage (it would
+  // outlive the tab) nor in the address bar (screenshots, shared links,
+  // history). A token for another room is that room's tab's business.
+  const TOKEN_KEY = `chatbox.token:${ROOM_PATH || "/"}`;
+
+  function loadToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY); } catch (e) { return null; }
+  }
+
+  function keepToken(token) {
+    state.token = token;
+    try {
+      if (token === null) sessionStorage.removeItem(TOKEN_KEY);
+      else sessionStorage.setItem(TOKEN_KEY, token);
+    } catch (e) { /* private mode: kept in memory for this page only */ }
+  }
+
+  // A link `/ROOM?token=T`: the token is taken out of the address at once
+  // (other query parameters and the fragment stay), before anything else
+  // can read or share the address.
+  // `/ROOM#token=T` works too: a fragment never reaches the server, so a
+  // token too long for a request line (2,048 bytes) still fits there.
+  function takeTokenFromAddress() {
+    const params = new URLSearchParams(location.search);
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    const token = params.get("token") ?? fragment.get("token");
+    if (token === null) return;
+    params.delete("token");
+    fragment.delete("token");
+    const query = params.toString();
+    const hash = location.hash.slice(1).includes("token=") ? fragment.toString() : location.hash.slice(1);
+    history.replaceState(history.state, "", `${location.pathname}${query ? `?${query}` : ""}${hash ? `#${hash}` : ""}`);
+    if (token) keepToken(token);
+  }
+
   // -- language --------------------------------------------------------------
 
   function t(key, ...args) {
@@ -240,6 +366,11 @@
     for (const item of ui.list.querySelectorAll(".notice[data-key]")) renderNotice(item);
     for (const when of ui.list.querySelectorAll(".when")) renderWhen(when);
     for (const label of ui.list.querySelectorAll(".announce-label")) label.textContent = t("announcement");
+    for (const badge of ui.list.querySelectorAll(".verified-badge")) renderBadge(badge);
+    for (const button of ui.list.querySelectorAll(".mod-delete")) fillDelete(button);
+    renderModPanel();
+    renderModStatus();
+    renderSignedIn();
     renderStatus();
     renderConnection();
     renderWelcome();
@@ -257,9 +388,15 @@
 
   // -- connection ------------------------------------------------------------
 
+  // The token rides in the URL (so --auth required lets the socket in),
+  // unless that makes the URL longer than the server takes; then it is
+  // sent in an `auth` request right after the open (tokenInRequest).
   function socketUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}${ROOM_PATH || "/"}`;
+    const bare = `${scheme}//${location.host}${ROOM_PATH || "/"}`;
+    const token = state.token ? `?token=${encodeURIComponent(state.token)}` : "";
+    state.tokenInRequest = Boolean(token) && bare.length + token.length > URL_MAX;
+    return state.tokenInRequest ? bare : bare + token;
   }
 
   function connect() {
@@ -279,14 +416,24 @@
       opened = true;
       clearTimeout(state.connectTimer);
       state.backoff = 1000;
+      state.signInMisses = 0;
       renderConnection();
-      const name = state.myName || state.pendingName;  // take our name back
-      state.pendingName = null;
-      if (name) requestName(name);
-      else {
-        setStatus("busy", "pickName");
+      // With a token the server says whom it vouches for right after the
+      // open (the `auth` reply), and that nickname is the one we take. A
+      // server with --auth off never says: after AUTH_WAIT we go on as a
+      // guest, and do not wait again on this page.
+      if (state.token && !state.tokenIgnored) {
+        setStatus("busy", "signingIn");
+        if (state.tokenInRequest) transmit({ type: "auth", token: state.token });
         transmit({ type: "online" });
+        state.authTimer = setTimeout(() => {
+          if (state.ws !== ws || !isOpen()) return;
+          state.tokenIgnored = true;
+          begin();
+        }, AUTH_WAIT);
+        return;
       }
+      begin();
     };
     ws.onmessage = (event) => {
       noteFrame(ws);
@@ -295,6 +442,20 @@
       handle(message);
     };
     ws.onclose = (event) => closed(ws, event, opened);
+  }
+
+  // Open, and the sign-in (if any) answered: take our name back, or wait
+  // for one to be picked.
+  function begin() {
+    clearTimeout(state.authTimer);
+    state.authTimer = null;
+    const name = state.auth ? state.auth.name : state.myName || state.pendingName;
+    state.pendingName = null;
+    if (name) requestName(name);
+    else {
+      setStatus("busy", "pickName");
+      transmit({ type: "online" });
+    }
   }
 
   // An operator's kick (4001) or ban (4003) is not an outage: no retry
@@ -306,9 +467,15 @@
     const parting = state.parting && state.parting.ws === ws ? state.parting : null;
     state.parting = null;
     const action = event.code === 4001 ? "kick" : event.code === 4003 ? "ban"
-      : parting ? parting.action : null;
+      : event.code === 4401 ? "auth" : parting ? parting.action : null;
     if (!action) { lose(ws, !opened); return; }
     const told = parting && parting.action === action;
+    if (action === "auth") {
+      // A refused token: said once, dropped, and never sent again.
+      keepToken(null);
+      removed("auth", told ? parting.reason : event.reason);
+      return;
+    }
     const why = told ? parting.reason : event.reason;
     removed(action, why, told ? parting.until : undefined);
     // A ban's end unknown: the page's own address may say (Retry-After).
@@ -331,6 +498,8 @@
     state.registered = false;
     clearTimeout(state.connectTimer);
     clearTimeout(state.watchdog);
+    clearTimeout(state.authTimer);
+    state.authTimer = null;
     dropInFlight();
     clearTypers();
     renderConnection();
@@ -371,6 +540,15 @@
     if (!state.wanted || isOpen()) return;
     if (status === 404 && ROOM) roomGone();
     else if (status === 403) removed("ban", null, banEnd(retryAfter));
+    else if (status >= 200 && status < 300 && !state.token) {
+      // The page answers but its socket is refused, again and again, and
+      // we hold no token: most likely --auth required's 401, which the
+      // page cannot read. The status line says so; the retries go on (a
+      // socket refused for another reason looks the same for a while, a
+      // room that is gone among them, until its page says 404).
+      state.signInMisses += 1;
+      if (state.signInMisses >= SIGN_IN_MISSES) renderCountdown();
+    } else state.signInMisses = 0;
   }
 
   // Epoch ms on this clock from a Retry-After (seconds or an HTTP date);
@@ -407,11 +585,13 @@
     state.onlineCount = null;
     clearTimeout(state.banTimer);
     if (action === "ban" && typeof until === "number") waitForBanEnd();
-    setStatus("off", action === "kick" ? "kickedStatus" : "bannedStatus");
+    setStatus("off", action === "kick" ? "kickedStatus" : action === "ban" ? "bannedStatus"
+      : "signInStatus");
+    if (action === "auth") { state.auth = null; renderSignedIn(); }
     renderJoined();
     renderWelcome();
     renderRemoved();
-    if (focusLost) (action === "kick" ? ui.rejoin : ui.removed).focus();
+    if (focusLost) (action === "ban" ? ui.removed : ui.rejoin).focus();
   }
 
   // setTimeout fires at once past 2^31 - 1 ms (24.8 days): a longer ban
@@ -435,9 +615,15 @@
   function renderRemoved() {
     const gone = state.removed;
     ui.removed.hidden = !gone;
-    ui.rejoin.hidden = !gone || gone.action !== "kick";
+    ui.rejoin.hidden = !gone || gone.action === "ban";
     if (!gone) {
       ui.removedTitle.textContent = ui.removedReason.textContent = ui.removedWait.textContent = "";
+      return;
+    }
+    ui.rejoin.textContent = t(gone.action === "auth" ? "guestJoin" : "rejoin");
+    if (gone.action === "auth") {
+      ui.removedTitle.textContent = TOKEN_REASONS.has(gone.reason) ? t(gone.reason) : t("tokenRefused");
+      ui.removedReason.textContent = ui.removedWait.textContent = "";
       return;
     }
     let title = t("kicked");
@@ -471,7 +657,8 @@
 
   function renderCountdown() {
     const seconds = Math.max(1, Math.ceil((state.retryAt - Date.now()) / 1000));
-    setStatus("off", "reconnecting", seconds);
+    const signIn = state.signInMisses >= SIGN_IN_MISSES && !state.token;
+    setStatus("off", signIn ? "needsSignInRetry" : "reconnecting", seconds);
   }
 
   function clearRetry() {
@@ -517,6 +704,7 @@
     state.askedName = null;
     state.gets = [];
     state.getInFlight = null;
+    state.modAsked = [];
     if (state.sending) { state.outbox.unshift(state.sending); state.sending = null; }
     for (const entry of state.outbox) renderState(entry.item);
     renderComposer();
@@ -538,6 +726,8 @@
       case "online": return onOnline(message);
       case "receive": return onEvent(message);
       case "moderation": return onModeration(message);
+      case "auth": return onAuth(message);
+      case "moderate": return onModerate(message);
       default: return undefined;  // anything newer than this client
     }
   }
@@ -548,6 +738,7 @@
     // A reserved or banned nickname is refused as a taken one (v2's
     // reply, so the classic client shows its usual alert); the hint is ours.
     if (message.reason === "NameAlreadyUsed" && Object.hasOwn(NAME_HINTS, message.error)) {
+      if (message.error === "token") return state.auth ? `${text} ${t("nameToken", state.auth.name)}` : text;
       return `${text} ${t(NAME_HINTS[message.error])}`;
     }
     return text || t("failedGeneric", message.error || message.reason);
@@ -566,6 +757,9 @@
     if (!message.status) return onNameRefused(message, asked);
     if (message.action === "change") {
       state.myName = message.newname;
+      state.meVerified = message.verified === true;
+      noteVerified(message.oldname, false);
+      noteVerified(message.newname, state.meVerified);
       rememberName(state.myName);
       renameInOnline(message.oldname, message.newname);
       notice("youRenamed", message.newname);
@@ -576,9 +770,12 @@
     state.myName = message.name;
     state.registered = true;
     state.rejoins = 0;
+    state.meVerified = message.verified === true;
+    noteVerified(state.myName, state.meVerified);
     rememberName(state.myName);
     setStatus("ok", "connected");
     renderJoined();
+    renderModeration();
     if (state.focusOnJoin) { state.focusOnJoin = false; ui.content.focus(); }
     // A new session: the latest page, or everything missed since lastId.
     if (state.lastId) requestGet({ after: state.lastId }, "catchup");
@@ -594,7 +791,8 @@
     }
     // Rejoining after a drop or a reload: the server may not have noticed
     // yet that our previous connection is gone, so "taken" is retried.
-    const ours = asked !== null && (asked === state.myName || asked === state.savedName);
+    const ours = asked !== null && (asked === state.myName || asked === state.savedName
+      || (state.auth !== null && asked === state.auth.name));
     const forGood = Object.hasOwn(NAME_HINTS, message.error);  // it will not come free
     if (message.reason === "NameAlreadyUsed" && ours && !forGood && state.rejoins < REJOIN_TRIES) {
       state.rejoins += 1;
@@ -626,6 +824,219 @@
     }
   }
 
+  // The server's word on our token. Good: its nickname is ours, the field
+  // is locked to it, and we join with it. Refused: the token is dropped at
+  // once; the close (4401) that follows says why on the page.
+  function onAuth(message) {
+    if (message.status === true && typeof message.name === "string") {
+      const waiting = state.authTimer !== null;
+      clearTimeout(state.authTimer);
+      state.authTimer = null;
+      state.auth = {
+        name: message.name,
+        roles: Array.isArray(message.roles) ? message.roles.filter((r) => typeof r === "string") : [],
+        rooms: Array.isArray(message.rooms) ? message.rooms.filter((r) => typeof r === "string") : null,
+        expires: Number.isFinite(message.expires) ? message.expires : Infinity,
+      };
+      ui.name.value = message.name;
+      renderSignedIn();
+      renderJoined();
+      if (waiting && !state.registered && state.askedName === null) begin();
+      else renderModeration();
+    } else if (message.status === false && TOKEN_REASONS.has(message.reason)) {
+      clearTimeout(state.authTimer);
+      state.authTimer = null;
+      keepToken(null);
+      state.auth = null;
+      state.parting = { ws: state.ws, action: "auth", reason: message.reason };
+      // Refused in an `auth` request: no close follows; said the same way.
+      if (state.tokenInRequest) removed("auth", message.reason);
+    } else if (message.status === false && message.reason === "AuthDisabled"
+               && state.authTimer !== null) {
+      state.tokenIgnored = true;  // --auth off: on as a guest
+      begin();
+    }
+  }
+
+  // Signed in: the nickname field holds the token's name and cannot be
+  // changed, and says why.
+  function renderSignedIn() {
+    ui.name.readOnly = state.auth !== null;
+    ui.signedIn.textContent = state.auth ? t("signedInAs", state.auth.name) : "";
+  }
+
+  // -- moderator controls (issue 15) ------------------------------------------
+
+  // A moderator of this room, by our token's word, until it expires. The
+  // server decides each request again; this only says what to show.
+  function moderating() {
+    const auth = state.auth;
+    return Boolean(auth && state.registered && auth.roles.includes("moderator")
+      && (auth.rooms === null || auth.rooms.includes(ROOM)) && Date.now() < auth.expires);
+  }
+
+  function renderModeration() {
+    const mod = moderating();
+    clearTimeout(state.modTimer);
+    if (mod && Number.isFinite(state.auth.expires)) {
+      state.modTimer = setTimeout(renderModeration,
+        Math.min(Math.max(state.auth.expires - Date.now(), 0) + 50, 2 ** 31 - 1));
+    }
+    ui.modTools.hidden = !mod;
+    if (!mod) closePerson(false);
+    decorate();
+    renderOnline();
+  }
+
+  function deleteControl(node, on) {
+    node.querySelector(".mod-delete")?.remove();
+    node.toggleAttribute("data-mod", on);
+    if (!on) return;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "mod-delete small quiet";
+    button.addEventListener("click", () => {
+      const id = Number(node.dataset.id);
+      if (Number.isSafeInteger(id) && id > 0) moderate({ action: "delete", ids: [id] });
+    });
+    node.querySelector(".bubble").append(button);
+    fillDelete(button);
+  }
+
+  // "Delete", and for a screen reader whose message it deletes.
+  function fillDelete(button) {
+    const name = button.closest(".message").dataset.name;
+    const more = document.createElement("span");
+    more.className = "visually-hidden";
+    more.textContent = ` (${t("deleteFrom", name)})`;
+    button.replaceChildren(t("deleteMessage"), more);
+  }
+
+  function personControl(name) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "mod-open small quiet";
+    button.dataset.name = name;
+    button.setAttribute("aria-expanded", String(state.modTarget === name));
+    button.setAttribute("aria-controls", "mod-person");
+    const dots = document.createElement("span");
+    dots.setAttribute("aria-hidden", "true");
+    dots.textContent = "⋯";
+    const words = document.createElement("span");
+    words.className = "visually-hidden";
+    words.textContent = t("moderate", name);
+    button.append(dots, words);
+    button.addEventListener("click", () => openPerson(state.modTarget === name ? null : name));
+    return button;
+  }
+
+  function openPerson(name) {
+    state.modTarget = name;
+    state.modConfirm = false;
+    renderModPanel();
+    renderOnline();
+    if (name !== null) ui.modPersonTitle.focus();
+  }
+
+  function closePerson(refocus = true) {
+    const was = state.modTarget;
+    if (was === null) return;
+    state.modTarget = null;
+    state.modConfirm = false;
+    renderModPanel();
+    renderOnline();
+    if (refocus) {
+      // Back to the person's button, once the list is painted.
+      requestAnimationFrame(() => {
+        const button = Array.from(ui.onlineList.querySelectorAll(".mod-open"))
+          .find((each) => each.dataset.name === was);
+        (button || ui.modTitle).focus();
+      });
+    }
+  }
+
+  function options(select, values, label) {
+    const chosen = select.value;
+    select.replaceChildren(...values.map((value) => {
+      const option = document.createElement("option");
+      option.value = String(value);
+      option.textContent = label(value);
+      return option;
+    }));
+    if (chosen) select.value = chosen;
+  }
+
+  function duration(seconds) {
+    if (seconds === 0) return t("slowOff");
+    if (seconds % 86400 === 0) return t("days", seconds / 86400);
+    if (seconds % 3600 === 0) return t("hours", seconds / 3600);
+    if (seconds % 60 === 0) return t("minutes", seconds / 60);
+    return t("seconds", seconds);
+  }
+
+  function renderModPanel() {
+    options(ui.slowSelect, SLOW, duration);
+    options(ui.muteSelect, MUTES, duration);
+    const name = state.modTarget;
+    ui.modPerson.hidden = name === null;
+    ui.kickConfirm.hidden = name === null || !state.modConfirm;
+    ui.kickButton.hidden = state.modConfirm;
+    if (name === null) return;
+    fillNames(ui.modPersonTitle, t("moderating", ...marks([name])), [name]);
+    fillNames(ui.kickQuestion, t("kickConfirm", ...marks([name])), [name]);
+  }
+
+  function moderate(request) {
+    if (!moderating()) return;
+    if (!transmit({ type: "moderate", ...request })) return;
+    state.modAsked.push({ action: request.action, name: request.name ?? null });
+  }
+
+  // Replies are matched by action: the oldest request of that action.
+  function onModerate(message) {
+    const at = state.modAsked.findIndex((asked) => asked.action === message.action);
+    const asked = at >= 0 ? state.modAsked.splice(at, 1)[0] : { name: null };
+    const name = typeof message.name === "string" ? message.name : asked.name ?? "";
+    let said;
+    if (message.status === true) {
+      switch (message.action) {
+        case "delete": said = ["modDeleted", Array.isArray(message.ids) ? message.ids.length : 0]; break;
+        case "kick": said = ["modKicked", name]; break;
+        case "mute":
+          said = ["modMuted", name, Number.isFinite(message.until) ? untilText(message.until) : "?"];
+          break;
+        case "unmute": said = ["modUnmuted", name]; break;
+        case "slow":
+          if (Number.isSafeInteger(message.seconds)) {
+            if (SLOW.includes(message.seconds)) ui.slowSelect.value = String(message.seconds);
+            said = ["modSlow", message.seconds];
+          }
+          break;
+        default: break;
+      }
+      if (message.action === "kick" && state.modTarget === name) closePerson();
+    } else {
+      const error = typeof message.error === "string" && message.error ? message.error : message.reason;
+      switch (message.reason) {
+        case "NotModerator": said = ["modNotModerator"]; break;
+        case "NoSuchUser": said = message.action === "unmute" ? ["modNoSuchMute", name] : ["modNoSuchUser"]; break;
+        case "Refused": said = ["modRefused", error]; break;
+        case "WrongFormatArgument": said = ["modWrong", String(message.field ?? "")]; break;
+        case "RateLimited": said = ["RateLimited", message.retry_after]; break;
+        case "ErrorWhenModerate": said = ["modError"]; break;
+        default: said = ["failedGeneric", error]; break;
+      }
+    }
+    if (said) {
+      state.modStatus = { key: said[0], args: said.slice(1) };
+      renderModStatus();
+    }
+  }
+
+  function renderModStatus() {
+    ui.modStatus.textContent = state.modStatus ? t(state.modStatus.key, ...state.modStatus.args) : "";
+  }
+
   function onOnline(message) {
     if (message.status && typeof message.count === "number") {
       state.onlineCount = message.count;
@@ -648,22 +1059,35 @@
         return;
       case "register":
         if (!state.online.includes(message.name)) state.online.push(message.name);
+        noteVerified(message.name, message.verified === true);
         notice("joined", message.name);
         break;
       case "change":
         stopTyping(message.oldname);
+        noteVerified(message.oldname, false);
+        noteVerified(message.newname, message.verified === true);
         renameInOnline(message.oldname, message.newname);
         notice("renamed", message.oldname, message.newname);
         break;
       case "leave":
         stopTyping(message.name);
         state.online = state.online.filter((n) => n !== message.name);
+        noteVerified(message.name, false);
         notice("left", message.name);
         break;
       default:
         return;
     }
     renderOnline();
+  }
+
+  // The online nicknames that are verified: from each `get`, then kept by
+  // the events (a register or change says so; a leave or a change without
+  // it ends it).
+  function noteVerified(name, verified) {
+    if (typeof name !== "string") return;
+    if (verified) state.verified.add(name);
+    else state.verified.delete(name);
   }
 
   function renameInOnline(oldName, newName) {
@@ -690,6 +1114,8 @@
     if (message.status && request) {
       const got = message.data.message;
       state.online = message.data.online.slice();
+      const verified = Array.isArray(message.data.verified) ? message.data.verified : [];
+      state.verified = new Set(verified.filter((name) => typeof name === "string"));
       renderOnline();
       if (request.purpose === "older") {
         const keep = ui.messages.scrollHeight - ui.messages.scrollTop;
@@ -778,7 +1204,7 @@
       const content = String(m.content ?? "");
       const announcement = m.announcement === true;
       const node = messageNode(name, content, messageTime(m), m.id,
-        !announcement && name === state.myName, announcement);
+        !announcement && name === state.myName, announcement, !announcement && m.verified === true);
       return node;
     });
     if (!nodes.length) return 0;
@@ -800,10 +1226,11 @@
     return new Date(y, mo - 1, d, h, mi, s).getTime();
   }
 
-  function messageNode(name, content, time, id, mine, announcement = false) {
+  function messageNode(name, content, time, id, mine, announcement = false, verified = false) {
     const item = document.createElement("li");
     item.className = "message" + (mine ? " mine" : "") + (announcement ? " announcement" : "");
     item.dataset.name = name;
+    if (verified) item.dataset.verified = "1";
     if (typeof id === "number") item.dataset.id = String(id);
     const avatar = announcement ? announcerMark() : avatarOf(name);
     const bubble = document.createElement("div");
@@ -823,7 +1250,9 @@
       label.textContent = t("announcement");
       meta.append(label, " ");
     }
-    meta.append(who, " ", when);
+    meta.append(who, " ");
+    if (verified) meta.append(verifiedBadge(), " ");
+    meta.append(when);
     const text = document.createElement("p");
     text.className = "text";
     const mention = !mine && mentions(content);
@@ -949,6 +1378,32 @@
     return mark;
   }
 
+  // A verified nickname's check mark: a shape, a word for screen readers,
+  // and a tooltip, so it is never colour alone.
+  function verifiedBadge() {
+    const badge = document.createElement("span");
+    badge.className = "verified-badge";
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("width", "14");
+    svg.setAttribute("height", "14");
+    svg.setAttribute("aria-hidden", "true");
+    const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    path.setAttribute("fill", "currentColor");
+    path.setAttribute("d", "M12 1l3 2.6 3.9-.3.9 3.8 3.3 2.1-1.6 3.6 1.6 3.6-3.3 2.1-.9 3.8-3.9-.3L12 23l-3-2.6-3.9.3-.9-3.8-3.3-2.1L2.5 11.2.9 7.6l3.3-2.1.9-3.8 3.9.3zm-1.2 14.6l6.3-6.3-1.5-1.5-4.8 4.8-2.3-2.3L7 11.8z");
+    svg.append(path);
+    const word = document.createElement("span");
+    word.className = "visually-hidden verified-word";
+    badge.append(svg, word);
+    renderBadge(badge);
+    return badge;
+  }
+
+  function renderBadge(badge) {
+    badge.title = t("verified");
+    badge.querySelector(".verified-word").textContent = `(${t("verified")})`;
+  }
+
   // A stable colour and initial per nickname, from a hash of it.
   // The name beside it says who it is; the avatar only helps the eye.
   function avatarOf(name) {
@@ -994,6 +1449,7 @@
   // separators already right stay untouched (the log region would
   // announce them again).
   function decorate() {
+    const mod = moderating();
     const keep = new Set();
     let prev = null;
     let prevDay = null;
@@ -1021,8 +1477,10 @@
       const sameGroup = prev && prev.dataset.name === node.dataset.name
         && prev.nextElementSibling === node
         && !node.classList.contains("announcement") && !prev.classList.contains("announcement")
+        && prev.dataset.verified === node.dataset.verified
         && Math.floor(Number(prev.dataset.time) / 60000) === Math.floor((time || 0) / 60000);
       node.classList.toggle("cont", Boolean(sameGroup));
+      if (Boolean(mod && node.dataset.id) !== node.hasAttribute("data-mod")) deleteControl(node, mod);
       prev = node;
       if (node.dataset.state === "sent") latestSent = node;
     }
@@ -1085,7 +1543,7 @@
   }
 
   function queueSend(content) {
-    const item = messageNode(state.myName, content, Date.now(), null, true);
+    const item = messageNode(state.myName, content, Date.now(), null, true, false, state.meVerified);
     item.dataset.state = "pending";
     const entry = { content, item, sendId: newSendId() };
     entries.set(item, entry);
@@ -1524,7 +1982,8 @@
     ui.gone.hidden = !state.gone;
     ui.nameForm.hidden = joined || out;
     ui.composer.hidden = out;
-    ui.renameSection.hidden = !joined || out;
+    // A token holder can only be its token's nickname: nothing to rename to.
+    ui.renameSection.hidden = !joined || out || state.auth !== null;
     if (!joined) ui.name.value = ui.name.value || load("name") || "";
     renderComposer();
     renderOnline();
@@ -1574,6 +2033,10 @@
 
   function paintOnline() {
     onlinePainting = 0;
+    // The list is rebuilt: a moderator's button keeps its focus.
+    const focused = ui.onlineList.contains(document.activeElement)
+      ? document.activeElement.dataset.name : undefined;
+    const mod = moderating();
     // You first, then by name as this language sorts them: finding a
     // classmate among fifty is easier in order than in order of arrival.
     const collator = new Intl.Collator(LOCALE[state.lang]);
@@ -1585,6 +2048,7 @@
       const label = document.createElement("span");
       label.className = "person";
       label.textContent = name;
+      if (state.verified.has(name)) label.append(" ", verifiedBadge());
       if (name === state.myName) {
         // Its own element: anyone may be called "An (you)", but only this
         // badge is drawn as one.
@@ -1595,8 +2059,14 @@
       }
       if (name === state.myName) item.className = "me";
       item.append(avatar, label);
+      if (mod && name !== state.myName) item.append(personControl(name));
       return item;
     }));
+    if (focused !== undefined) {
+      const again = Array.from(ui.onlineList.querySelectorAll(".mod-open"))
+        .find((button) => button.dataset.name === focused);
+      if (again) again.focus();
+    }
   }
 
   function atBottom() {
@@ -1729,6 +2199,36 @@
     connect();
   });
   ui.connection.addEventListener("click", () => (state.ws || state.wanted ? disconnect() : connect()));
+  ui.slowApply.addEventListener("click", () => {
+    moderate({ action: "slow", seconds: Number(ui.slowSelect.value) });
+  });
+  ui.muteButton.addEventListener("click", () => {
+    if (state.modTarget !== null) {
+      moderate({ action: "mute", name: state.modTarget, seconds: Number(ui.muteSelect.value) });
+    }
+  });
+  ui.unmuteButton.addEventListener("click", () => {
+    if (state.modTarget !== null) moderate({ action: "unmute", name: state.modTarget });
+  });
+  // A kick is asked again before it is sent; the question takes the focus.
+  ui.kickButton.addEventListener("click", () => {
+    state.modConfirm = true;
+    renderModPanel();
+    ui.kickNo.focus();
+  });
+  ui.kickNo.addEventListener("click", () => {
+    state.modConfirm = false;
+    renderModPanel();
+    ui.kickButton.focus();
+  });
+  ui.kickYes.addEventListener("click", () => {
+    const name = state.modTarget;
+    state.modConfirm = false;
+    renderModPanel();
+    ui.kickButton.focus();
+    if (name !== null) moderate({ action: "kick", name });
+  });
+  ui.modClose.addEventListener("click", () => closePerson());
   ui.language.addEventListener("change", () => setLanguage(ui.language.value));
   ui.theme.addEventListener("change", () => setTheme(ui.theme.value));
   ui.sound.addEventListener("change", () => setSound(ui.sound.checked));
@@ -1741,6 +2241,11 @@
   ui.shareUrl.addEventListener("focus", () => ui.shareUrl.select());
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
+    // The kick's question is answered "no" by Escape, when it has the focus.
+    if (state.modConfirm && ui.kickConfirm.contains(document.activeElement)) {
+      ui.kickNo.click();
+      return;
+    }
     if (!ui.menu.hidden) { openMenu(false); ui.menuButton.focus(); }
     if (document.body.classList.contains("show-online")) {
       showOnline(false);
@@ -1756,6 +2261,8 @@
   phone.addEventListener("change", placeControls);
   touch.addEventListener("change", renderHint);
 
+  takeTokenFromAddress();
+  state.token = loadToken() ?? state.token;
   const browser = (navigator.language || "en").toLowerCase().startsWith("vi") ? "vi" : "en";
   state.lang = load("lang") || browser;
   state.myName = null;
