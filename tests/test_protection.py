@@ -61,6 +61,23 @@ async def refused_as_verified(client, name):
     ), (name, reply)
 
 
+async def auth_on(data_file, *args):
+    """A server with --auth optional: protections are enforced only with
+    auth on (under --auth off nobody could show a token for them)."""
+    secret = data_file.parent / "auth-secret"
+    secret.write_bytes(SECRET)
+    return await start_server(
+        data_file, "--auth=optional", f"--auth-secret={secret}", *args
+    )
+
+
+@pytest_twisted.async_yield_fixture
+async def server(data_file):
+    running = await auth_on(data_file)
+    yield running
+    await running.stop()
+
+
 @pytest.fixture
 def audit_lines():
     lines: list[str] = []
@@ -108,7 +125,7 @@ async def test_the_holder_with_a_token_for_it_is_not_kicked(server):
 
 @pytest_twisted.ensureDeferred
 async def test_protection_covers_its_rooms_and_widens(data_file):
-    running = await start_server(data_file, "--rooms=class-7a,class-7b")
+    running = await auth_on(data_file, "--rooms=class-7a,class-7b")
     moderator = moderator_of(running)
     try:
         here = await user_at(f"{running.url}/class-7a", "Ms Lan")
@@ -190,7 +207,7 @@ async def test_what_cannot_be_verified_is_refused(server, name, rooms, status):
 
 @pytest_twisted.ensureDeferred
 async def test_verified_nicknames_survive_a_restart(data_file):
-    running = await start_server(data_file)
+    running = await auth_on(data_file)
     await moderator_of(running).verify(OPERATOR, LAN, ["", "class-7a"])
     await running.stop()
     stored = json.loads((data_file.parent / "data.moderation.json").read_text())
@@ -202,7 +219,7 @@ async def test_verified_nicknames_survive_a_restart(data_file):
             "at": stored["verified"][0]["at"],
         }
     ]
-    running = await start_server(data_file)
+    running = await auth_on(data_file)
     try:
         guest = await running.client()
         await refused_as_verified(guest, "MS LAN")
@@ -255,7 +272,7 @@ async def _together(deferreds):
 
 @pytest_twisted.ensureDeferred
 async def test_unmute_lifts_the_rooms_mutes_on_a_name_and_no_others(data_file):
-    running = await start_server(data_file, "--rooms=class-7a,class-7b")
+    running = await auth_on(data_file, "--rooms=class-7a,class-7b")
     moderator = moderator_of(running)
     try:
         loud = await user_at(f"{running.url}/class-7a", "Loud")
@@ -286,25 +303,25 @@ async def test_unmute_lifts_the_rooms_mutes_on_a_name_and_no_others(data_file):
 
 
 @pytest_twisted.ensureDeferred
-async def test_minting_needs_the_servers_secret(server):
-    with pytest.raises(ModerationError) as refused:
-        await moderator_of(server).mint(OPERATOR, LAN, [], None, 30)
-    assert refused.value.status == 409
-    assert refused.value.message == (
-        "this server has no --auth-secret to sign tokens with"
-    )
-    assert moderator_of(server).verified_names() == []
+async def test_minting_needs_the_servers_secret(data_file):
+    plain = await start_server(data_file)  # --auth off, no secret
+    try:
+        with pytest.raises(ModerationError) as refused:
+            await moderator_of(plain).mint(OPERATOR, LAN, [], None, 30)
+        assert refused.value.status == 409
+        assert refused.value.message == (
+            "this server has no --auth-secret to sign tokens with"
+        )
+        assert moderator_of(plain).verified_names() == []
+    finally:
+        await plain.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_minted_token_protects_its_nickname_and_is_never_audited(
     data_file, audit_lines
 ):
-    secret = data_file.parent / "auth-secret"
-    secret.write_bytes(SECRET)
-    running = await start_server(
-        data_file, "--rooms=class-7a", "--auth=optional", f"--auth-secret={secret}"
-    )
+    running = await auth_on(data_file, "--rooms=class-7a")
     moderator = moderator_of(running)
     try:
         guest = await user_at(f"{running.url}/class-7a", "ms lan")
@@ -354,7 +371,7 @@ async def test_a_verified_nickname_is_protected_on_every_node(tmp_path, redis): 
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
         nodes.append(
-            await start_server(
+            await auth_on(
                 tmp_path / name / "data.json",
                 f"--redis={redis.url}",
                 f"--redis-lease={LEASE}",
