@@ -1,13 +1,26 @@
-"""ARNS over real WebSockets against a real server, and twistd refusing to
-start without ICU; tests/unit/test_arns.py holds the rules on their own."""
+"""ARNS over real WebSockets against a real server and a real cluster, and
+twistd refusing to start without ICU; tests/unit/test_arns.py holds the rules
+on their own."""
 
+import signal
 import subprocess
 import sys
 
 import pytest
 from pytest_twisted import ensureDeferred
 
+from tests.client import connect
 from tests.process import child_env
+from tests.test_cluster import (  # noqa: F401 (fixture)
+    redis,
+    redis_hash_fields,
+    start_node,
+    user,
+)
+
+# Seen by an attacker review: each looks exactly like `MS LAN`, which is
+# `Ms Lan` in capitals, yet was accepted while `Ms Lan` was online.
+CAPITALS_OF_MS_LAN = ["МS LAN", "MS LAΝ", "ΜS LAN", "Ms ᏞAN", "MS LAN"]
 
 # -- over the wire --
 
@@ -24,6 +37,8 @@ LOOK_ALIKES_OF_ADMIN = [
     "ADMIN",
     "Admin",
     "ａｄｍｉｎ",
+    "ADМIN",  # Cyrillic М: looks like ADMIN, which is admin in capitals
+    "ꓮDMIN",  # Lisu ꓮ
 ]
 
 
@@ -44,6 +59,18 @@ async def test_look_alikes_of_an_online_name_are_refused(server):
     assert (await admin.register("аdmin "))["status"] is True
     assert (await mallory.event())["newname"] == "аdmin "
     assert (await mallory.get())["data"]["online"] == ["аdmin ", "Mallory"]
+
+
+@ensureDeferred
+async def test_capitals_from_other_scripts_are_refused(server):
+    """Cyrillic М, Greek Ν and Μ, Cherokee Ꮮ: capitals drawn as Latin ones."""
+    lan = await server.user("Ms Lan")
+    mallory = await server.client()
+    for name in CAPITALS_OF_MS_LAN:
+        reply = await mallory.register(name)
+        assert (reply["status"], reply["reason"]) == (False, "NameAlreadyUsed"), name
+    assert (await mallory.register("МS LAM"))["status"] is True  # not a look-alike
+    assert (await lan.get())["data"]["online"] == ["Ms Lan", "МS LAM"]
 
 
 @pytest.mark.parametrize(
@@ -88,3 +115,41 @@ def test_without_icu_chatbox_refuses_to_start(tmp_path):
     assert done.returncode != 0
     assert "pip install pyicu-wheels" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@ensureDeferred
+async def test_capitals_from_other_scripts_are_refused_across_nodes(
+    tmp_path,
+    redis,  # noqa: F811
+):
+    """The third key travels to Redis with the other two (joined by a
+    newline), is held and refused on another node, and freed by a rename."""
+    one = await start_node(tmp_path, redis, "node1")
+    two = await start_node(tmp_path, redis, "node2")
+    try:
+        lan = await user(one, "Ms Lan")
+        mallory = await connect(two.url)
+        for name in CAPITALS_OF_MS_LAN:
+            reply = await mallory.register(name)
+            assert reply["reason"] == "NameAlreadyUsed", (name, reply)
+        # Its three keys: folded, as cased, and with М made M and folded.
+        assert (await mallory.register("ADМIN"))["status"] is True
+        assert redis_hash_fields(redis, b"chatbox:owner") == {
+            b"rns lan",
+            b"Ms Lan",
+            "adʍin".encode(),
+            b"ADMlN",
+            b"adrnin",
+        }
+        for name in ("admin", "Admin", "ADMIN"):
+            assert (await lan.register(name))["reason"] == "NameAlreadyUsed", name
+        assert (await mallory.register("Mallory"))["status"] is True
+        assert (await lan.register("admin"))["status"] is True  # all three freed
+        assert redis_hash_fields(redis, b"chatbox:owner") == {
+            b"adrnin",
+            b"rnallory",
+            b"Mallory",
+        }
+    finally:
+        for node in (one, two):
+            await node.kill(signal.SIGTERM)

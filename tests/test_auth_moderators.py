@@ -8,7 +8,7 @@ import time
 import pytest
 import pytest_twisted
 
-from chatbox.wire import moderating
+from chatbox.chat import moderation
 from tests.client import no_events_before, raw_get, until
 from tests.http import metric
 from tests.test_auth import (
@@ -251,7 +251,7 @@ async def test_a_moderator_mutes_only_who_is_here_and_a_share_of_the_rules(
     # The rules hold 10,000 bans and mutes for the whole server: a room's
     # moderator must not be able to fill them with names nobody holds
     # (attacker review), leaving the operator unable to ban anyone.
-    monkeypatch.setattr(moderating, "MAX_ROOM_MUTES", 3)
+    monkeypatch.setattr(moderation, "MAX_ROOM_MODERATOR_MUTES", 3)
     teacher = await moderator(chat)
     nobody = await moderate(teacher, "mute", name="nobody 1", seconds=600)
     assert (nobody["status"], nobody["reason"]) == (False, "NoSuchUser")

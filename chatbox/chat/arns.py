@@ -97,22 +97,110 @@ def is_valid_name(name: object) -> bool:
     return any(char != " " and not _MARKS.contains(char) for char in visible)
 
 
+class _Latinized(dict[int, str]):
+    """Each code point (a key) to the ASCII letter it is drawn as, or to
+    itself: a `str.translate` table, filled on first sight of a character.
+
+    A character is drawn as an ASCII letter when its own skeleton is that
+    letter's skeleton: Cyrillic `М`, Greek `Μ`, Lisu `ꓟ` are `M`. `I` and
+    `l` share one (`l`): a small letter drawn so is `l`, and anything else
+    (Greek capital `Ι`, caseless `ǀ`) is `I`, as it looks like a capital
+    I too, which is `i` in another case; its first key still holds the `l`
+    reading. ASCII is never changed, nor any decimal digit.
+
+    Filled lazily because working out one character costs a skeleton, and
+    doing all of Unicode at import takes half a second; names use few
+    characters, so nearly every lookup is a hit. `plain` holds the
+    characters seen that stay as they are, so that a name made only of
+    those (most names: Vietnamese, emoji) is passed over in one ICU call
+    instead of a translation, which costs a dictionary lookup a character.
+    Bounded: past _LATINIZED_MOST entries (a client cycling through every
+    code point) both start again rather than grow.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain = icu.UnicodeSet(r"[\u0000-\u007f]")
+
+    def latin(self, text: str) -> str:
+        """`text` with each character drawn as an ASCII letter made it."""
+        if self.plain.containsAll(text):
+            return text
+        return text.translate(self)
+
+    def __missing__(self, code_point: int) -> str:
+        if len(self) >= _LATINIZED_MOST:
+            self.clear()
+            self.plain = icu.UnicodeSet(r"[\u0000-\u007f]")
+        char = chr(code_point)
+        self[code_point] = drawn = char if char.isascii() else _drawn_as(char)
+        if drawn == char:
+            self.plain.add(char)
+        return drawn
+
+
+_LATINIZED_MOST = 1 << 15
+# Read as digits, never as letters: ASCII `0` and `1` are drawn like `O`
+# and `l` yet stay digits, and so do the other scripts' (Bengali `০`).
+_DIGITS = icu.UnicodeSet("[:Nd:]")
+# Each skeleton of an ASCII letter to the letters that have it: `l` to
+# `Il`, `rn` to `m`, every other to its own letter.
+_LETTERS_BY_SKELETON: dict[str, str] = {}
+for _letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz":
+    _skeleton = _SPOOF.getSkeleton(0, _letter)
+    _LETTERS_BY_SKELETON[_skeleton] = _LETTERS_BY_SKELETON.get(_skeleton, "") + _letter
+
+
+def _drawn_as(char: str) -> str:
+    if _DIGITS.contains(char):
+        return char
+    letters = _LETTERS_BY_SKELETON.get(_SPOOF.getSkeleton(0, char), "")
+    if len(letters) > 1:  # `Il`: a small letter is `l`, anything else `I`
+        small = icu.Char.isULowercase(char)
+        letters = "".join(c for c in letters if c.islower() == small)
+    return letters if len(letters) == 1 else char
+
+
+_LATINIZED = _Latinized()
+
+
 def name_keys(name: str) -> tuple[str, ...]:
     """The keys ARNS compares: two names are the same if they share one.
 
     UTS #39 skeletons keep case (`ADMIN` -> `ADMlN`), and looking alike is
     not transitive, so no single key says both "the same letters in another
-    case" and "capital I looks like small l". Hence two: the skeleton of the
+    case" and "capital I looks like small l". Hence the skeleton of the
     case-folded name (`admin`, `ADMIN`, `аdmin` share it) and the skeleton of
     the name as cased (`Ivan` and `lvan` share it). NFKC comes first, so
-    `Ａlice` is `Alice`. A valid name's keys are never empty and never hold
-    a newline (control characters are refused), so they can be joined by
-    one. One or two keys: equal ones are given once.
+    `Ａlice` is `Alice`.
+
+    Those two miss a capital from another script drawn as a Latin capital
+    whose small letter is not drawn as the Latin small one: `ADМIN`
+    (Cyrillic М, small м) looks like `ADMIN`, the same name as `admin`, yet
+    neither folding (`adмin`) nor keeping case (`ADМIN` is `ADMlN`, not
+    `adrnin`) reaches `admin`. So a third key: each character drawn as an
+    ASCII letter is made that letter first, then the name is folded
+    (`ADМIN` -> `ADMIN` -> `admin`). For a name with no such character it
+    is the first key, and is left out.
+
+    A valid name's keys are never empty and never hold a newline (control
+    characters are refused), so they can be joined by one. One to three
+    keys, the folded one first; equal ones are given once.
     """
     visible = _visible(name)
+    nfkc = _NFKC.normalize(visible)
     folded = _SPOOF.getSkeleton(0, _NFKC_CASEFOLD.normalize(visible))
-    cased = _SPOOF.getSkeleton(0, _NFKC.normalize(visible))
-    return (folded,) if folded == cased else (folded, cased)
+    keys = [folded]
+    cased = _SPOOF.getSkeleton(0, nfkc)
+    if cased != folded:
+        keys.append(cased)
+    if not nfkc.isascii():
+        latin = _LATINIZED.latin(nfkc)
+        if latin != nfkc:
+            drawn = _SPOOF.getSkeleton(0, _NFKC_CASEFOLD.normalize(latin))
+            if drawn not in keys:
+                keys.append(drawn)
+    return tuple(keys)
 
 
 def fold_key(text: str) -> str:

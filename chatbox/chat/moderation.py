@@ -21,6 +21,7 @@ one IPv6 address bans that address only; `2001:db8::/48` a whole site.
 import ipaddress
 import re
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -75,6 +76,19 @@ MAX_PROTECTED_ROOMS = 1_000
 MAX_SLOW_SECONDS = 24 * 3600
 
 Order = dict[str, Any]
+
+
+# How a moderator's orders are signed (`by`): chatbox.wire.moderating names
+# the moderator after it. Their mutes have a share of the rules of their
+# own, per room and in all, so a room's moderator (or a leaked link) can
+# never fill the MAX_SANCTIONS operators need.
+MODERATOR_BY = "moderator "
+MAX_ROOM_MODERATOR_MUTES = 200
+MAX_MODERATOR_MUTES = 2_000
+
+
+def _by_moderator(sanction: "Sanction") -> bool:
+    return sanction.kind == "mute" and sanction.by.startswith(MODERATOR_BY)
 
 
 class ModerationError(Exception):
@@ -307,6 +321,9 @@ class Moderation:
         self._reserved: dict[str, _Pattern] = {}
         self._slow: dict[str, float] = {}
         self._mutes = 0  # how many sanctions are mutes
+        # Moderators' mutes per room: a share of the rules, so in-chat
+        # moderators can never fill what operators need for bans.
+        self._moderator_mutes: Counter[str | None] = Counter()
         # Verified nicknames by spelling (whose they are), and every ARNS key
         # of each to the protections holding it (whom they stop): `name`
         # asks on every request, so a check is a lookup per key, never a
@@ -324,9 +341,7 @@ class Moderation:
         if op == "sanction":
             sanction = Sanction.from_dict(order.get("sanction"))
             if sanction.id not in self._sanctions:
-                if len(self._sanctions) >= MAX_SANCTIONS:
-                    raise OrderError(f"at most {MAX_SANCTIONS} bans and mutes")
-                self._add(sanction)
+                self._admit(sanction)
             return sanction
         if op == "lift":
             return self._remove(order.get("id"))
@@ -415,9 +430,44 @@ class Moderation:
             for first, protection in self._protected.get(key, {}).items()
         }
 
+    def _admit(self, sanction: Sanction) -> None:
+        """Add a new sanction, replacing the same rule in force (however
+        two orders for it raced), within the caps; OrderError, and nothing
+        changed, past them."""
+        olds = [
+            old
+            for old in self.same(
+                sanction.kind, sanction.target, sanction.value, sanction.room
+            )
+            if old.id != sanction.id
+        ]
+        if len(self._sanctions) - len(olds) >= MAX_SANCTIONS:
+            raise OrderError(f"at most {MAX_SANCTIONS} bans and mutes")
+        if _by_moderator(sanction):
+            replaced = [old for old in olds if _by_moderator(old)]
+            in_room = self._moderator_mutes.get(sanction.room, 0) - sum(
+                old.room == sanction.room for old in replaced
+            )
+            if in_room >= MAX_ROOM_MODERATOR_MUTES:
+                raise OrderError(
+                    f"this room's moderators have {MAX_ROOM_MODERATOR_MUTES} "
+                    "mutes in force; unmute some, or ask an operator"
+                )
+            everywhere = sum(self._moderator_mutes.values()) - len(replaced)
+            if everywhere >= MAX_MODERATOR_MUTES:
+                raise OrderError(
+                    f"moderators have {MAX_MODERATOR_MUTES} mutes in force in all "
+                    "rooms; unmute some, or ask an operator"
+                )
+        for old in olds:
+            self._remove(old.id)
+        self._add(sanction)
+
     def _add(self, sanction: Sanction) -> None:
         self._sanctions[sanction.id] = sanction
         self._mutes += sanction.kind == "mute"
+        if _by_moderator(sanction):
+            self._moderator_mutes[sanction.room] += 1
         if sanction.target == "name":
             for key in name_keys(sanction.value):
                 self._by_key.setdefault(key, {})[sanction.id] = sanction
@@ -434,6 +484,10 @@ class Moderation:
         if sanction is None:
             return None
         self._mutes -= sanction.kind == "mute"
+        if _by_moderator(sanction):
+            self._moderator_mutes[sanction.room] -= 1
+            if not self._moderator_mutes[sanction.room]:
+                del self._moderator_mutes[sanction.room]
         if sanction.target == "name":
             index, keys = self._by_key, name_keys(sanction.value)
         else:

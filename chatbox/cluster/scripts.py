@@ -17,7 +17,7 @@ its `following` set and `use_room`; STREAM_STATE alone takes streams.
 A holder is one connection: `<node id>:<number>`. Leases use Redis' clock
 (TIME), so the nodes' clocks need not agree.
 
-A nickname has one or two keys, and two names clash when they share any
+A nickname has one to three keys, and two names clash when they share any
 one, so `owner` has an entry per key. Scripts take a holder's keys as one
 argument joined by newlines, which no key contains (ARNS refuses control
 characters). Upgrading needs no migration: a `held` entry written by an

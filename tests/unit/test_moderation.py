@@ -14,8 +14,10 @@ from chatbox.chat.moderation import (
 NOW = 1_800_000_000_000
 
 
-def sanction(kind="ban", target="name", value="Admin", room=None, expires=None):
-    return Sanction.new(kind, target, value, "spam", "ops", NOW, expires, room)
+def sanction(
+    kind="ban", target="name", value="Admin", room=None, expires=None, by="ops"
+):
+    return Sanction.new(kind, target, value, "spam", by, NOW, expires, room)
 
 
 def add(rules, made):
@@ -259,9 +261,47 @@ def test_named_finds_a_names_sanctions_in_every_room_by_look():
     here = add(rules, sanction(kind="mute", value="Loud", room="a", expires=NOW + 9))
     alike = add(rules, sanction(kind="mute", value="LОUD", room="a"))  # Cyrillic О
     everywhere = add(rules, sanction(kind="mute", value="loud"))
-    add(rules, sanction(kind="mute", value="loud", expires=NOW))  # over
+    add(rules, sanction(kind="mute", value="loud", room="b", expires=NOW))  # over
     add(rules, sanction(kind="ban", value="loud"))
     add(rules, sanction(kind="mute", value="quiet"))
     found = rules.named("mute", "loud", NOW)
     assert {s.id for s in found} == {here.id, alike.id, everywhere.id}
     assert rules.named("mute", "nobody", NOW) == []
+
+
+def test_the_same_rule_again_replaces_the_one_in_force_however_orders_raced():
+    """Two moderators muting the same person at once each submit a new
+    sanction: applying them leaves one (attacker review: duplicates piled
+    up toward the caps, each to be lifted by hand)."""
+    rules = Moderation()
+    first = add(rules, sanction(kind="mute", value="Bob", room="a", by="moderator x"))
+    second = add(rules, sanction(kind="mute", value="Bob", room="a", by="moderator y"))
+    assert [s.id for s in rules.sanctions("mute", NOW)] == [second.id]
+    assert first.id != second.id
+    other_room = add(rules, sanction(kind="mute", value="Bob", room="b"))
+    assert len(rules.sanctions("mute", NOW)) == 2 and other_room is not None
+
+
+def test_moderators_mutes_have_a_share_of_the_rules(monkeypatch):
+    from chatbox.chat import moderation
+
+    monkeypatch.setattr(moderation, "MAX_ROOM_MODERATOR_MUTES", 2)
+    monkeypatch.setattr(moderation, "MAX_MODERATOR_MUTES", 3)
+    rules = Moderation()
+    by = "moderator 'T' (secret)"
+    for name in ("a1", "a2"):
+        add(rules, sanction(kind="mute", value=name, room="a", by=by))
+    with pytest.raises(OrderError, match="this room's moderators have 2"):
+        add(rules, sanction(kind="mute", value="a3", room="a", by=by))
+    # The same rule again is a replacement, not one more.
+    add(rules, sanction(kind="mute", value="a2", room="a", by=by))
+    add(rules, sanction(kind="mute", value="b1", room="b", by=by))
+    with pytest.raises(OrderError, match="in all rooms"):
+        add(rules, sanction(kind="mute", value="c1", room="c", by=by))
+    # An operator's mutes and bans are not counted against moderators.
+    add(rules, sanction(kind="mute", value="c1", room="c", by="alice"))
+    add(rules, sanction(kind="ban", value="c2", room="c", by=by))
+    # Lifting one gives its share back.
+    (a1,) = [s for s in rules.sanctions("mute", NOW) if s.value == "a1"]
+    rules.apply({"op": "lift", "id": a1.id, "by": "ops"})
+    add(rules, sanction(kind="mute", value="a3", room="a", by=by))
