@@ -554,12 +554,8 @@ class Moderator:
         """Kick this process's holders of a protected nickname who have no
         token for it: from now on only its verified owner may hold it."""
         notice = messages.moderation_notice("kick", VERIFIED_KICK, None)
-        keys = set(name_keys(protection.name))
-        for connection in self._connections(None):
+        for connection in self._holders(name_keys(protection.name), None):
             if not protection.covers(connection.room_name):
-                continue
-            held = connection.room.name_of(connection)
-            if held is None or not keys.intersection(_held_keys(held)):
                 continue
             identity = getattr(connection, "identity", None)
             if identity is not None and identity.is_for(protection.name):
