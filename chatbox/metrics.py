@@ -96,6 +96,22 @@ class Metrics:
             ["rule"],
             registry=self.registry,
         )
+        self.retention_purged = Counter(
+            "chatbox_retention_purged_messages",
+            "Expired messages removed from storage by the retention purge.",
+            registry=self.registry,
+        )
+        self.retention_failures = Counter(
+            "chatbox_retention_purge_failures",
+            "Retention purges that failed (and are tried again next interval).",
+            registry=self.registry,
+        )
+        self.retention_last_purge = Gauge(
+            "chatbox_retention_last_purge_timestamp_seconds",
+            "When the last retention purge finished (Unix time); 0 before the "
+            "first, and on a cluster node that does not hold the purge lease.",
+            registry=self.registry,
+        )
         self.slow_consumers = Counter(
             "chatbox_slow_consumer_disconnects",
             "Clients cut off because they stopped reading.",

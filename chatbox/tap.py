@@ -19,7 +19,9 @@ from chatbox.auth.keys import KeyFileError
 from chatbox.auth.verifier import DEFAULT_LEEWAY, MAX_LEEWAY, Verifier
 from chatbox.chat.arns import is_valid_name
 from chatbox.chat.moderation import IModerationStore, Moderation, OrderError
+from chatbox.chat.retention import IPurger, PurgeService, RetentionPolicy
 from chatbox.chat.room import IRoom
+from chatbox.chat.roomnames import DEFAULT
 from chatbox.chat.rooms import IRoomMaker, RoomPolicy, Rooms
 from chatbox.cluster.address import parse_redis_url
 from chatbox.endpoints import EndpointError, server_endpoint
@@ -370,6 +372,31 @@ class Options(usage.Options):
             _seconds,
         ],
         [
+            "retention-days",
+            None,
+            0.0,
+            "Delete messages older than this many days (fractions allowed), in "
+            "every room without its own --room-retention; 0 keeps them forever. "
+            "They leave every get at once and the disk within --purge-interval.",
+            _at_least_zero("days"),
+        ],
+        [
+            "retention-messages",
+            None,
+            0,
+            "Keep only this many newest messages per room (older ones are "
+            "deleted as with --retention-days); 0 means no such limit.",
+            _count,
+        ],
+        [
+            "purge-interval",
+            None,
+            300.0,
+            "Seconds between two retention purges, which remove expired "
+            "messages from disk (or Redis) in every room, visited or not.",
+            _seconds,
+        ],
+        [
             "announcer",
             None,
             "chatbox",
@@ -462,6 +489,16 @@ class Options(usage.Options):
         ],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["room-retention"] = []
+
+    def opt_room_retention(self, value: str) -> None:
+        """A room's own retention, replacing --retention-days and
+        --retention-messages for it: ROOM:days=N,messages=M (either or both),
+        or ROOM:forever. '-' is the default room. Repeat for each room."""
+        self["room-retention"].append(value)
+
     def postOptions(self) -> None:
         if not self["data"].strip():
             raise usage.UsageError("--data must name a file")
@@ -475,6 +512,16 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        try:
+            self["retention"] = RetentionPolicy.from_options(
+                self["retention-days"],
+                self["retention-messages"],
+                self["room-retention"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--room-retention: {e}") from None
+        if not self["retention"].keeps_all and self["purge-interval"] < 1:
+            raise usage.UsageError("--purge-interval must be at least 1 second")
         if not is_valid_name(self["announcer"]):
             raise usage.UsageError("--announcer must be a valid nickname")
         self._check_auth()
@@ -545,15 +592,36 @@ def _make_rooms(config: dict[str, Any], reactor: Any, metrics: Metrics) -> Rooms
         # --max-rooms is counted cluster-wide, in Redis; a fixed list needs no count.
         most = policy.max_rooms if policy.open else 0
         default = node
-        maker = RedisRooms(node, reactor, most, config["redis-timeout"])
+        maker = RedisRooms(
+            node, reactor, most, config["redis-timeout"], config["retention"]
+        )
     else:
         store = DurableStore(config["data"], reactor, config["fold-threshold"], metrics)
         store.load()
         room = LocalRoom(store, reactor.seconds)
         room.restore_sends()
         default = room
-        maker = LocalRooms(config["data"], reactor, config["fold-threshold"], metrics)
+        maker = LocalRooms(
+            config["data"],
+            reactor,
+            config["fold-threshold"],
+            metrics,
+            config["retention"],
+        )
+    default.retention = config["retention"].for_room(DEFAULT)
     return Rooms(default, maker, config["room-policy"], reactor, config["room-idle"])
+
+
+def _make_purger(config: dict[str, Any], rooms: Rooms, reactor: Any) -> IPurger:
+    """The backend's purge: this process's files, or Redis under a lease so
+    one node purges at a time."""
+    if config["redis"] is not None:
+        from chatbox.cluster.purge import ClusterPurger
+
+        return ClusterPurger(rooms, reactor)
+    from chatbox.local.purge import LocalPurger
+
+    return LocalPurger(rooms, reactor)
 
 
 def _moderation_store(
@@ -776,4 +844,15 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
         reload.setName("reload")
         reload.setServiceParent(top)
     chat.moderation_store = store
+    retention = config["retention"]
+    if not retention.keeps_all:
+        purge = PurgeService(
+            _make_purger(config, rooms, reactor),
+            retention,
+            reactor,
+            config["purge-interval"],
+            metrics,
+        )
+        purge.setName("purge")
+        purge.setServiceParent(top)
     return top

@@ -32,7 +32,15 @@ from chatbox.wire import codec
 from chatbox.wire.clock import Moment, time_of
 from chatbox.wire.messages import Message
 
-__all__ = ["Deliver", "IRoom", "Page", "Posted", "RoomError", "posted_from"]
+__all__ = [
+    "Deliver",
+    "IRoom",
+    "Imported",
+    "Page",
+    "Posted",
+    "RoomError",
+    "posted_from",
+]
 
 # How a room hands an event to this process's connections: the event, and
 # the connection that caused it (it gets a reply instead), if it is local.
@@ -58,6 +66,18 @@ class Page(NamedTuple):
     verified: list[str]
 
 
+class Imported(NamedTuple):
+    """One message brought in by `chatbox-admin import` (from a v2 data.json
+    or an export), as the history entry it becomes, less the id the room
+    hands it."""
+
+    name: str
+    content: str
+    timestamp: str  # v2 text, as stored
+    millis: int | None  # epoch ms; None if `timestamp` cannot be read
+    mark: str | None = None  # chatbox.wire.messages.MARKS
+
+
 def posted_from(entry: bytes | None, fallback: Posted) -> Posted:
     """The `Posted` of a stored history entry (chatbox.wire.messages'
     shape), for the reply to a repeated send_id: the room keeps only the
@@ -80,6 +100,10 @@ class RoomError(Exception):
 class IRoom(Interface):
     healthy = Attribute("False while the room cannot serve requests.")
     where = Attribute("Where the history is kept, for logs (no secrets).")
+    retention = Attribute(
+        "The room's chatbox.chat.retention.Retention, set by whoever makes "
+        "the room: expired messages are left out of every read at once."
+    )
 
     def attach(deliver: Deliver, lost: Callable[[list[Any]], None]) -> None:
         """Give the room the ways to reach local connections: `deliver` for
@@ -156,6 +180,23 @@ class IRoom(Interface):
         for ARNS, posted within [since, until] (epoch ms, inclusive; None:
         unbounded). History is scanned off the reactor thread."""
 
+    def entries(after: int, limit: int) -> "Deferred[list[tuple[int, bytes]]]":
+        """Up to `limit` (id, encoded entry) pairs with id > `after`, oldest
+        first, expired ones left out: a page of an unbounded read (export,
+        backup), which goes on from the last id it got. Each page is read
+        at one instant; a message deleted between pages is simply absent."""
+
+    def import_entries(entries: list[Imported]) -> "Deferred[list[int]]":
+        """Append these messages after the room's history, in this order,
+        each with a new id; fires with the ids once they are stored as
+        durably as a `post`. Nobody is told (clients see them at their next
+        `get`); send_ids are not involved. Fails with RoomError."""
+
+    def expire(now_ms: int) -> "Deferred[int]":
+        """Remove from storage the messages the room's retention has expired
+        as of `now_ms`, durably and from every file (as `delete` does), but
+        without telling anyone; fires with how many were removed."""
+
     def typing(owner: Hashable, name: str, when: Moment) -> None:
         """Tell everyone else that `name` is typing (as of `when`, which
         no client is told); never stored, and dropped rather than retried
@@ -172,9 +213,10 @@ class IRoom(Interface):
         limit: int, before: int | None, after: int | None, max_bytes: int
     ) -> "Deferred[Page]":
         """The newest `limit` encoded history entries with after < id <
-        before, oldest first, no more than fit in `max_bytes` (but always
-        the newest one), every online nickname in registration order, and
-        the verified ones among them. Only what is returned is fetched."""
+        before that the room's retention keeps, oldest first, no more than
+        fit in `max_bytes` (but always the newest one), every online
+        nickname in registration order, and the verified ones among them.
+        Only what is returned is fetched."""
 
     def health() -> dict[str, Any]:
         """Fields for /healthz describing the room's own machinery."""

@@ -390,6 +390,16 @@ class Rooms:
     def _now(self) -> tuple[_Slot, ...]:
         return tuple(self._slots.values())
 
+    def every_room(self) -> list[str]:
+        """Every room that may hold history, loaded or not: the default room
+        first, then the named ones (stored, listed, or loaded now) by name.
+        What the operator's whole-server actions walk (retention's purge,
+        backup, erasing a person); each is entered with `enter` for the
+        while."""
+        named = set(self._known) | set(self.policy.names)
+        named.update(name for name in self._slots if name != DEFAULT)
+        return [DEFAULT, *sorted(named)]
+
     def loaded(self) -> Iterable[tuple[str, IRoom]]:
         return [(s.name, s.room) for s in self._now() if s.room is not None]
 

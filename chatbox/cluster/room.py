@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from chatbox.chat import sends
 from chatbox.chat.arns import NameTaken, name_keys
+from chatbox.chat.retention import KEEP_ALL, Retention
 from chatbox.chat.room import Deliver, IRoom, Page, Posted, RoomError, posted_from
 from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress
@@ -129,6 +130,8 @@ def _event(fields: dict[bytes, bytes]) -> messages.Message | None:
 @implementer(IRoom)
 class RedisRoom:
     log = Logger()
+    # Set by whoever makes the room (tap for the default room, RedisRooms).
+    retention: Retention = KEEP_ALL
 
     def __init__(
         self,

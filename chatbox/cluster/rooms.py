@@ -30,6 +30,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, TimeoutError
 from zope.interface import implementer
 
+from chatbox.chat.retention import NO_RETENTION, RetentionPolicy
 from chatbox.chat.room import IRoom, RoomError
 from chatbox.chat.rooms import IRoomMaker, RoomRefused, Unloaded
 from chatbox.cluster import scripts
@@ -48,6 +49,7 @@ class RedisRooms:
         reactor: Any,
         most: int = 0,
         timeout: float = 5.0,
+        retention: RetentionPolicy = NO_RETENTION,
     ) -> None:
         """`node` is the default room, whose link, reader and lease every
         named room shares; `most` the cluster's room limit (0: none, as with
@@ -56,6 +58,7 @@ class RedisRooms:
         self._reactor = reactor
         self._most = most
         self._timeout = timeout
+        self.retention = retention
 
     def stored(self) -> dict[str, int | None]:
         return {}
@@ -71,6 +74,7 @@ class RedisRooms:
         except TimeoutError:
             raise RoomError("not connected to the chat cluster yet") from None
         room = self._node.named(name)
+        room.retention = self.retention.for_room(name)
         if not await room.follow(self._most):
             raise RoomRefused(404, LIMIT_REACHED)
         return room

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatbox.chat.arns import NameTaken, Registry
+from chatbox.chat.retention import KEEP_ALL, Retention
 from chatbox.chat.room import Deliver, IRoom, Page, Posted, RoomError, posted_from
 from chatbox.chat.sends import RecentSends
 from chatbox.local import datafile
@@ -31,6 +32,8 @@ def _nobody(event: messages.Message, exclude: Hashable | None) -> None:
 @implementer(IRoom)
 class LocalRoom:
     log = Logger()
+    # Set by whoever makes the room (tap for the default room, LocalRooms).
+    retention: Retention = KEEP_ALL
 
     def __init__(self, store: DurableStore, seconds: Callable[[], float]) -> None:
         self.store = store

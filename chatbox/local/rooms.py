@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
+from chatbox.chat.retention import NO_RETENTION, RetentionPolicy
 from chatbox.chat.room import IRoom
 from chatbox.chat.roomnames import NotARoom, check_name
 from chatbox.chat.rooms import IRoomMaker, Unloaded
@@ -55,8 +56,10 @@ class LocalRooms:
         reactor: Any,
         fold_threshold: int = DEFAULT_FOLD_THRESHOLD,
         metrics: Metrics | None = None,
+        retention: RetentionPolicy = NO_RETENTION,
     ) -> None:
         self.folder = rooms_folder(datafile.history_path(data))
+        self.retention = retention
         self._reactor = reactor
         self._fold_threshold = fold_threshold
         self._metrics = metrics
@@ -96,6 +99,7 @@ class LocalRooms:
             self.path_of(name), self._reactor, self._fold_threshold, self._metrics
         )
         room = LocalRoom(store, self._reactor.seconds)
+        room.retention = self.retention.for_room(name)
 
         def load() -> LocalRoom:
             if not os.path.isdir(self.folder):
