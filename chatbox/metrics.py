@@ -112,6 +112,14 @@ class Metrics:
             "first, and on a cluster node that does not hold the purge lease.",
             registry=self.registry,
         )
+        # notAfter of the leaf the chat port serves, read when scraped from
+        # chatbox.endpoints.ServedCertificate (which a reload changes).
+        self.tls_expiry = Gauge(
+            "chatbox_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate served now on the chat port expires "
+            "(its notAfter, Unix time); 0 without --tls-cert.",
+            registry=self.registry,
+        )
         self.slow_consumers = Counter(
             "chatbox_slow_consumer_disconnects",
             "Clients cut off because they stopped reading.",
@@ -143,6 +151,11 @@ class Metrics:
         self.rooms_loaded.set_function(rooms.loaded_count)
         if per_room:
             self.registry.register(_ListedRooms(rooms))
+
+    def observe_tls(self, expiry: Callable[[], float]) -> None:
+        """The served certificate's notAfter, read when scraped: a reload
+        shows at the next scrape, with no copy to keep in step."""
+        self.tls_expiry.set_function(expiry)
 
     def request(self, kind: object, outcome: str) -> None:
         known = kind if kind in REQUEST_TYPES else "other"

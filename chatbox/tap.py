@@ -24,7 +24,12 @@ from chatbox.chat.room import IRoom
 from chatbox.chat.roomnames import DEFAULT
 from chatbox.chat.rooms import IRoomMaker, RoomPolicy, Rooms
 from chatbox.cluster.address import parse_redis_url
-from chatbox.endpoints import EndpointError, server_endpoint
+from chatbox.endpoints import (
+    EndpointError,
+    ServedCertificate,
+    server_endpoint,
+    tls_port,
+)
 from chatbox.limits import Limits
 from chatbox.local import datafile
 from chatbox.local.moderation import (
@@ -666,9 +671,11 @@ def _add_admin(
     reactor: Any,
     metrics: Metrics,
     reloads: list[Any],
+    tls: ServedCertificate | None = None,
 ) -> None:
     """The admin API on its own listener, with --admin-tokens only (whose
-    reload is added to `reloads`, for SIGHUP)."""
+    reload is added to `reloads`, for SIGHUP); `tls` is the chat port's
+    pair, for `POST /v1/tls/reload`."""
     if not config["admin-tokens"]:
         log.info("admin API off (no --admin-tokens)")
         return
@@ -680,6 +687,7 @@ def _add_admin(
     except (TokenFileError, EndpointError) as e:
         raise SystemExit(f"chatbox: cannot start: {e}") from None
     site = make_admin_site(moderator, tokens, reactor, metrics)
+    site.api.tls = tls
     admin = ListenerService(
         endpoint, site, "https" if scheme == "wss" else "http", reactor, "admin API"
     )
@@ -719,7 +727,12 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     if reactor is None:
         from twisted.internet import reactor
     try:
-        endpoint, scheme = server_endpoint(reactor, str(config["port"]), config["tls"])
+        # The pair the chat port serves, kept to be read again on SIGHUP.
+        tls = None
+        if config["tls"]:
+            tls_port(str(config["port"]))
+            tls = ServedCertificate.load(*config["tls"])
+        endpoint, scheme = server_endpoint(reactor, str(config["port"]), tls)
         verifier = _make_verifier(config)
         metrics = Metrics()
         rooms = _make_rooms(config, reactor, metrics)
@@ -811,6 +824,8 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     factory.verifier = verifier
     factory.moderator = moderator
     metrics.observe_rooms(rooms, per_room=bool(config["room-metrics"]))
+    if tls is not None:
+        metrics.observe_tls(tls.expiry)
     _log_rooms(config["room-policy"])
     factory.setProtocolOptions(
         maxFramePayloadSize=config["max-message-size"],
@@ -836,7 +851,9 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     listener.setServiceParent(top)
     chat.moderator = moderator
     reloads: list[Any] = []
-    _add_admin(top, config, moderator, reactor, metrics, reloads)
+    if tls is not None:
+        reloads.append(tls.on_hangup)
+    _add_admin(top, config, moderator, reactor, metrics, reloads, tls)
     if verifier is not None:
         reloads.append(verifier.reload)
     if reloads:

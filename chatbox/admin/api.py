@@ -37,6 +37,10 @@ the default room. A body field this module does not know is refused.
                                  (null: every room), "roles", "expires" (ms)}
     GET    /v1/verified          {"verified": [{"name", "rooms", "by", "at"}]}
     DELETE /v1/verified/NAME     (percent-encoded) -> {"unverified": name}
+    POST   /v1/tls/reload        (no body) -> {"subject", "issuer", "serial",
+                                 "not_before", "not_after" (ms), "fingerprint",
+                                 "changed"}; 409 with why the files on disk
+                                 cannot be served (the old pair stays)
 
 A minted token is in its response body only: never in a log line, an
 audit line (which names the nickname and the token's jti) or an error.
@@ -83,6 +87,7 @@ from chatbox.admin.moderator import ModerationError
 from chatbox.admin.tokens import Tokens
 from chatbox.auth.minting import DEFAULT_DAYS, MAX_DAYS, ROLES, MintError
 from chatbox.chat.arns import is_valid_name
+from chatbox.endpoints import CertificateError
 from chatbox.httptext import canned
 from chatbox.logsafe import LogBudget, printable
 from chatbox.metrics import Metrics
@@ -91,6 +96,7 @@ from chatbox.wire import codec
 __all__ = ["AdminSite", "make_admin_site"]
 
 log = Logger()
+_audit = Logger(namespace="chatbox.audit")
 
 MAX_BODY = 64 * 1024
 MAX_CONNECTIONS = 64
@@ -328,6 +334,10 @@ class AdminAPI:
             ("verified",): {b"GET": self.verified},
             ("verified", None): {b"DELETE": self.unverify},
         }
+        # The chat port's certificate (chatbox.endpoints.ServedCertificate),
+        # set by tap when --tls-cert is given.
+        self.tls: Any = None
+        self.routes[("tls", "reload")] = {b"POST": self.tls_reload}
 
     # -- one request --
 
@@ -645,6 +655,38 @@ class AdminAPI:
 
         done = maybeDeferred(self.moderator.unverify, operator, name)
         return done.addCallback(answered)
+
+    def tls_reload(self, operator: str, request: server.Request) -> Deferred:
+        """Read --tls-cert/--tls-key again, as SIGHUP does (the same path):
+        200 with the certificate now served, or 409 with why the files
+        cannot be, the previous pair staying in force."""
+        _no_query(request)
+        if request.content.getvalue().strip():
+            _body(request).done()  # nothing to give; a field is a mistake
+        if self.tls is None:
+            raise _Answer(
+                409, "the chat port does not use TLS (no --tls-cert/--tls-key)"
+            )
+
+        def reloaded(result: Any) -> tuple[int, dict]:
+            _audit.info(
+                "audit: {operator} tls-reload {said}",
+                operator=printable(operator, 100),
+                said=result.info.said(),
+            )
+            return 200, {**result.info.as_json(), "changed": result.changed}
+
+        def refused(failure: Failure) -> None:
+            failure.trap(CertificateError)
+            _audit.info(
+                "audit: {operator} tls-reload refused: {why}",
+                operator=printable(operator, 100),
+                why=str(failure.value),
+            )
+            raise _Answer(409, str(failure.value))
+
+        done = self.tls.reload(f"asked by operator {printable(operator, 100)}")
+        return done.addCallbacks(reloaded, refused)
 
 
 MAX_TOKEN_ROOMS = 100

@@ -379,6 +379,17 @@ def cmd_unverify(options: argparse.Namespace) -> Any:
     return answer, [str(answer.get("unverified"))]
 
 
+def cmd_tls_reload(options: argparse.Namespace) -> Any:
+    """As SIGHUP, but answered: what is served now, or why the files on disk
+    were refused (exit 1; the previous certificate stays)."""
+    answer = request(options, "POST", "/v1/tls/reload")
+    changed = "reloaded" if answer.get("changed") else "unchanged (same certificate)"
+    return answer, [
+        f"{changed}\t{answer.get('subject')}\tvalid until "
+        f"{_when(answer.get('not_after'))}\t{answer.get('fingerprint')}"
+    ]
+
+
 def cmd_new_token(options: argparse.Namespace) -> Any:
     """Offline: no server is asked. Imported here, not at the top, so every
     other command runs on the standard library alone."""
@@ -652,6 +663,14 @@ def parser() -> argparse.ArgumentParser:
         "work until they expire, and verify it again when shown).",
     )
     sub.add_argument("name", metavar="NAME")
+
+    command(
+        "tls-reload",
+        cmd_tls_reload,
+        "Read the chat port's --tls-cert/--tls-key again (as SIGHUP does) and "
+        "print the certificate now served; a pair that cannot be served is "
+        "refused with the reason, and the previous one stays.",
+    )
 
     sub = command(
         "new-token",
