@@ -97,6 +97,8 @@ def _spoil(case: str, cert: Path, key: Path, ca: CA) -> None:
         key.write_bytes(
             b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n"
         )
+    elif case == "a certificate as the key":
+        key.write_bytes(leaf.cert_pem)
     elif case == "huge":
         cert.write_bytes(leaf.cert_pem + b"#" * (endpoints.MAX_FILE_BYTES + 1))
     elif case == "damaged":
@@ -117,6 +119,7 @@ def _spoil(case: str, cert: Path, key: Path, ca: CA) -> None:
         ("missing key", "cannot read the TLS key {key}: No such file"),
         ("a directory", "cannot read the TLS key {key}: Is a directory"),
         ("key garbage", "the TLS key {key} cannot be read"),
+        ("a certificate as the key", "no PEM private key found in {key}"),
         ("huge", "the TLS certificate {cert} is larger than 1024 KiB"),
         ("damaged", "certificate 1 in {cert} cannot be read"),
     ],
