@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.client import Agent, readBody
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -85,6 +86,22 @@ async def heard(client, content: str) -> None:
         assert event.get("datatype") != "message", event
 
 
+def readme_hook(folder: Path, pid: int) -> str:
+    """The deploy hook as README "Certificates and renewals" prints it, with
+    its folder, owner and reload command pointed at this test."""
+    readme = (Path(process.REPOSITORY) / "README.md").read_text()
+    section = readme.split("### Certificates and renewals", 1)[1]
+    hook = re.search(r"```sh\n(#!/bin/sh\n.*?)```", section, re.DOTALL).group(1)
+    for old, new in (
+        ("/etc/chatbox/tls", str(folder)),
+        ("-o root -g chatbox", f"-o {os.getuid()} -g {os.getgid()}"),
+        ("systemctl reload chatbox", f"kill -HUP {pid}"),
+    ):
+        assert old in hook, old
+        hook = hook.replace(old, new)
+    return hook
+
+
 def peer_serial(client) -> int:
     return client.transport.getPeerCertificate().to_cryptography().serial_number
 
@@ -150,6 +167,22 @@ async def test_sighup_renews_the_certificate_and_no_client_notices(tmp_path, pki
         assert await server.gauge() == pytest.approx(renewed.not_after)
         assert await server.gauge() != before
         del old
+
+        # The README's certbot deploy hook, run as certbot runs it, in a
+        # test folder and signalling this child rather than systemd's.
+        lineage = tmp_path / "live" / "chat.example.org"
+        lineage.mkdir(parents=True)
+        third = ca.issue(2003)
+        (lineage / "fullchain.pem").write_bytes(third.cert_pem + ca.cert_pem)
+        (lineage / "privkey.pem").write_bytes(third.key_pem)
+        hook = readme_hook(cert.parent, server.child.transport.pid)
+        count = len(re.findall(RELOADED, server.child.output)) + 1
+        ran = await getProcessOutputAndValue(
+            "/bin/sh", ["-c", hook], env={"RENEWED_LINEAGE": str(lineage)}
+        )
+        assert ran[2] == 0, ran
+        await server.child.wait_for(RELOADED, count, timeout=10)
+        assert await server.served_serial() == 2003
         assert not [c for c in clients if c.closed.called]
     finally:
         await server.child.kill(signal.SIGTERM)

@@ -12,8 +12,8 @@ hmac.compare_digest, without stopping at a match, so the time taken says
 nothing about which entry, or how much of one, it matched.
 
 The file is read again on SIGHUP (ReloadService, shared with the auth
-keys; on a thread: the reactor never reads files); a file that has become
-bad is logged and the tokens already loaded stay in force.
+keys and the TLS pair; on a thread: the reactor never reads files); a file
+that has become bad is logged and the tokens already loaded stay in force.
 """
 
 import hashlib
@@ -179,8 +179,10 @@ class Tokens:
 
 class ReloadService(Service):
     """Reloads files on SIGHUP while running (twistd installs no SIGHUP
-    handler of its own): the admin tokens, the auth keys, each a callable
-    that reads on a thread and logs its own outcome. One handler for all,
+    handler of its own): the admin tokens, the auth keys, the chat port's
+    TLS pair (chatbox.endpoints.ServedCertificate.on_hangup), each a
+    callable that reads on a thread, logs its own outcome and never fails
+    (a bad file keeps what is in force). One handler for all,
     since a process has one SIGHUP; it only schedules the reloads on the
     reactor thread, the one safe thing to do in a signal handler."""
 
