@@ -16,7 +16,9 @@ the context it was made with, so connections already open are untouched.
 """
 
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -80,9 +82,18 @@ def _check_port_number(description: str, option: str = "--port") -> None:
         raise EndpointError(f"{option} {number} is not a port number (0..65535)")
 
 
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
 def _read(path: str, what: str) -> bytes:
+    """The file's bytes. Only a regular file: opening a FIFO (or a device)
+    without O_NONBLOCK would wait for a writer, holding up this and every
+    later reload for good."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=_nonblocking) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise CertificateError(f"the TLS {what} {path} is not a regular file")
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise CertificateError(

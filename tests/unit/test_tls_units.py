@@ -4,6 +4,7 @@ load_pair refuses and why, the swap on a real in-process TLS listener
 certificate), reloads one at a time, the admin endpoint and tap's wiring.
 tests/test_tls_reload.py does the same under twistd with 200 clients."""
 
+import os
 import threading
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def _spoil(case: str, cert: Path, key: Path, ca: CA) -> None:
         key.write_bytes(
             b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n"
         )
+    elif case == "a device":
+        cert.unlink()
+        cert.symlink_to("/dev/zero")
     elif case == "a certificate as the key":
         key.write_bytes(leaf.cert_pem)
     elif case == "huge":
@@ -119,6 +123,7 @@ def _spoil(case: str, cert: Path, key: Path, ca: CA) -> None:
         ("missing key", "cannot read the TLS key {key}: No such file"),
         ("a directory", "cannot read the TLS key {key}: Is a directory"),
         ("key garbage", "the TLS key {key} cannot be read"),
+        ("a device", "the TLS certificate {cert} is not a regular file"),
         ("a certificate as the key", "no PEM private key found in {key}"),
         ("huge", "the TLS certificate {cert} is larger than 1024 KiB"),
         ("damaged", "certificate 1 in {cert} cannot be read"),
@@ -130,6 +135,31 @@ def test_a_pair_that_cannot_be_served_is_refused_naming_the_file(pair, ca, case,
     with pytest.raises(CertificateError) as refused:
         load_pair(str(cert), str(key))
     assert says.format(cert=cert, key=key) in str(refused.value)
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(pair):
+    """`--tls-key /dev/stdin` or a named pipe: a read that waits for a
+    writer would hold the reload lock, and every later reload, for good."""
+    cert, key = pair
+    key.unlink()
+    os.mkfifo(key)
+    outcome: list[BaseException | object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(load_pair(str(cert), str(key)))
+        except BaseException as e:
+            outcome.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():
+        os.close(os.open(key, os.O_WRONLY | os.O_NONBLOCK))  # let it go
+        reader.join(5)
+        pytest.fail("the read waited for a writer")
+    assert isinstance(outcome[0], CertificateError)
+    assert f"the TLS key {key} is not a regular file" in str(outcome[0])
 
 
 def test_start_up_serves_an_expired_certificate_with_a_warning(pair, ca, logged):
