@@ -693,6 +693,11 @@ def _add_admin(
     )
     admin.setName("admin")
     admin.setServiceParent(top)
+    if scheme == "wss":
+        log.info(
+            "admin API: its ssl: certificate is read now only; SIGHUP and "
+            "tls-reload renew --tls-cert/--tls-key, not this one"
+        )
     reloads.append(tokens.reload)
 
 

@@ -665,7 +665,9 @@ class AdminAPI:
             _body(request).done()  # nothing to give; a field is a mistake
         if self.tls is None:
             raise _Answer(
-                409, "the chat port does not use TLS (no --tls-cert/--tls-key)"
+                409,
+                "this server has no --tls-cert/--tls-key to reload (an ssl: "
+                "--port endpoint is read once, at start)",
             )
 
         def reloaded(result: Any) -> tuple[int, dict]:

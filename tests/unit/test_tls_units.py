@@ -316,7 +316,7 @@ async def test_the_admin_endpoint_answers_200_409_and_refuses_input(pair, ca, lo
     try:
         reply = await admin.call("POST", "/v1/tls/reload")
         assert reply.status == 409
-        assert "does not use TLS" in reply.json["error"]
+        assert "no --tls-cert/--tls-key to reload" in reply.json["error"]
         admin.site.api.tls = served
 
         renewed = ca.issue(501)
