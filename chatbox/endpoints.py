@@ -194,7 +194,13 @@ def load_pair(cert_path: str, key_path: str) -> LoadedPair:
     if not _PEM_PRIVATE_KEY.search(key_pem):
         raise CertificateError(f"no PEM private key found in {key_path}")
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        # cryptography's RSA key check holds the GIL throughout (600 ms for
+        # a 4096-bit key, the reactor stalled as long: bench/tls_reload.py).
+        # The key is the operator's own file, and that it is the
+        # certificate's is checked below and again by OpenSSL.
+        key = serialization.load_pem_private_key(
+            key_pem, password=None, unsafe_skip_rsa_key_validation=True
+        )
     except TypeError:
         raise CertificateError(
             f"the TLS key {key_path} is encrypted: chatbox needs it without a "
