@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from OpenSSL import SSL
 from twisted.internet import endpoints, ssl
 from twisted.internet.defer import Deferred, DeferredLock
@@ -174,6 +175,28 @@ def _public(key: Any) -> bytes:
     )
 
 
+def _signs_for(key: Any, leaf: x509.Certificate) -> bool:
+    """Whether a signature by `key` verifies with the certificate's public
+    key: with cryptography's RSA check skipped (see load_pair), a key whose
+    public half matches but whose private half is damaged would otherwise
+    pass every other check and fail every handshake. Key types without a
+    plain sign/verify here pass."""
+    probe = b"chatbox TLS reload probe"
+    public = leaf.public_key()
+    try:
+        if isinstance(key, rsa.RSAPrivateKey):
+            signature = key.sign(probe, padding.PKCS1v15(), hashes.SHA256())
+            public.verify(signature, probe, padding.PKCS1v15(), hashes.SHA256())
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            signature = key.sign(probe, ec.ECDSA(hashes.SHA256()))
+            public.verify(signature, probe, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+            public.verify(key.sign(probe), probe)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
 def load_pair(cert_path: str, key_path: str) -> LoadedPair:
     """Read and check a certificate chain and its key, and build the TLS
     context from them (blocking: at start-up, or on a thread). Every refusal
@@ -222,6 +245,11 @@ def load_pair(cert_path: str, key_path: str) -> LoadedPair:
         raise CertificateError(
             f"TLS certificate {cert_path} and key {key_path} cannot be used: "
             f"the key does not match the certificate{hint}"
+        )
+    if not _signs_for(key, leaf):
+        raise CertificateError(
+            f"the TLS key {key_path} is damaged: what it signs, the certificate "
+            f"in {cert_path} does not verify"
         )
     try:
         options = ssl.CertificateOptions(

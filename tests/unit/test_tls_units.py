@@ -162,6 +162,33 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(pair):
     assert f"the TLS key {key} is not a regular file" in str(outcome[0])
 
 
+def test_a_damaged_key_whose_public_half_matches_is_refused(pair, ca):
+    """Bit rot in an RSA key's private half: OpenSSL's pair check compares
+    public halves only, so without a signature probe every handshake
+    would fail after the swap."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    cert, key = pair
+    good = rsa.generate_private_key(65537, 2048)
+    n = good.private_numbers()
+    damaged = rsa.RSAPrivateNumbers(
+        n.p, n.q, n.d + 2, n.dmp1 + 2, n.dmq1 + 2, n.iqmp, n.public_numbers
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    cert.write_bytes(ca.issue(606, key=good).cert_pem)
+    key.write_bytes(
+        damaged.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(CertificateError, match=f"the TLS key {key} is damaged"):
+        load_pair(str(cert), str(key))
+    key.write_bytes(key_pem(good))
+    assert load_pair(str(cert), str(key)).info.serial == 606
+
+
 def test_start_up_serves_an_expired_certificate_with_a_warning(pair, ca, logged):
     cert, key = pair
     install(ca.issue(303, days=10, start_days_ago=20), cert, key)
