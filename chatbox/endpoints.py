@@ -47,7 +47,6 @@ __all__ = [
     "ServedCertificate",
     "load_pair",
     "server_endpoint",
-    "tls_options",
     "tls_port",
 ]
 
@@ -261,11 +260,6 @@ def load_pair(cert_path: str, key_path: str) -> LoadedPair:
             f"TLS certificate {cert_path} and key {key_path} cannot be used: {e}"
         ) from None
     return LoadedPair(options, CertificateInfo.of(leaf))
-
-
-def tls_options(cert_path: str, key_path: str) -> ssl.CertificateOptions:
-    """The TLS options of a pair, read now (blocking)."""
-    return load_pair(cert_path, key_path).options
 
 
 @dataclass(frozen=True)
