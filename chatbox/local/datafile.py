@@ -835,6 +835,23 @@ class Journal:
                 raise
         self._size += len(data)
 
+    def append_all(self, writes: Sequence[bytes]) -> None:
+        """Write and fsync each of `writes` in turn (each no bigger than a
+        batch, so a crash tears only the last), or leave the file as it was
+        before the first and raise: one operator's import is stored whole
+        or refused whole."""
+        start = self._size
+        try:
+            for data in writes:
+                self.append(data)
+        except OSError:
+            if self._size != start:
+                self._size = start
+                self._dirty = True
+                with contextlib.suppress(OSError):  # Else cut before the next.
+                    self._cut_back()
+            raise
+
     def truncate(self) -> None:
         """Empty the journal once everything in it is in data.json."""
         with _about(self.path):

@@ -15,7 +15,15 @@ from zope.interface import implementer
 
 from chatbox.chat.arns import NameTaken, Registry
 from chatbox.chat.retention import KEEP_ALL, Retention
-from chatbox.chat.room import Deliver, IRoom, Page, Posted, RoomError, posted_from
+from chatbox.chat.room import (
+    Deliver,
+    Imported,
+    IRoom,
+    Page,
+    Posted,
+    RoomError,
+    posted_from,
+)
 from chatbox.chat.sends import RecentSends
 from chatbox.local import datafile
 from chatbox.local.store import DurableStore
@@ -40,6 +48,7 @@ class LocalRoom:
         self.where = store.path
         self.registry = Registry()
         self.sends = RecentSends(seconds)
+        self._seconds = seconds
         self._deliver: Deliver = _nobody
 
     @property
@@ -156,10 +165,27 @@ class LocalRoom:
         stored = codec.decode(entries[-1])
         return time_of(stored["timestamp"], stored.get("time"))
 
+    def _first_kept(self) -> int:
+        """How many of the oldest entries retention has expired now: every
+        read leaves them out, whether the purge has removed them yet or not."""
+        now_ms = int(self._seconds() * 1000)
+        return self.store.history.first_kept(self.retention, now_ms)
+
+    def entries(self, after: int, limit: int) -> "Deferred[list[tuple[int, bytes]]]":
+        history = self.store.history
+        return succeed(history.following(after, limit, self._first_kept()))
+
+    def import_entries(self, entries: list[Imported]) -> "Deferred[list[int]]":
+        return self.store.import_messages(entries)
+
+    def expire(self, now_ms: int) -> "Deferred[int]":
+        raise NotImplementedError
+
     def page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0
     ) -> "Deferred[Page]":
-        entries = self.store.history.page(limit, before, after, max_bytes)
+        history = self.store.history
+        entries = history.page(limit, before, after, max_bytes, self._first_kept())
         registry = self.registry
         return succeed(Page(entries, registry.online(), registry.verified_online()))
 

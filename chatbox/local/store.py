@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from chatbox.chat.arns import name_keys
-from chatbox.chat.room import RoomError
+from chatbox.chat.room import Imported, RoomError
 from chatbox.local import datafile
 from chatbox.local.history import History
 from chatbox.metrics import Metrics
@@ -83,10 +83,35 @@ class _Deletion:
         self.done: Deferred[list[int]] = Deferred()
 
 
+class _Import:
+    """Messages brought in by an operator (`chatbox-admin import`), on
+    their way to the disk: given ids together when their write is taken,
+    written alone (no message between them, so their ids follow on), and
+    acknowledged together once all of them are fsync'd."""
+
+    def __init__(self, messages: list[Imported]) -> None:
+        self.messages = messages
+        self.done: Deferred[list[int]] = Deferred()
+
+
 # A queued message: name, content, when, its mark (or None), its Deferred.
 _Message = tuple[str, str, Moment, str | None, "Deferred[int]"]
-# A batch's message: its id, its entry, its Deferred.
-_Item = tuple[int, bytes, "Deferred[int]"]
+# A batch's message: its id, its entry, its Deferred (None: an import's).
+_Item = tuple[int, bytes, "Deferred[int] | None"]
+
+
+def _check_imported(item: object) -> None:
+    """The caller validated every line; this only keeps a wrong shape from
+    reaching the files, where start-up would refuse it."""
+    if not (
+        isinstance(item, Imported)
+        and isinstance(item.name, str)
+        and isinstance(item.content, str)
+        and isinstance(item.timestamp, str)
+        and (item.millis is None or type(item.millis) is int)
+        and (item.mark is None or item.mark in messages.MARKS)
+    ):
+        raise StoreError(f"not a message to import: {item!r:.200}")
 
 
 def _matching(
@@ -147,7 +172,7 @@ class DurableStore:
         # Above every id ever handed out, deleted or not: never reused.
         self._next_id = 1
         self._array_bytes = 0
-        self._queue: deque[_Message | _Deletion] = deque()
+        self._queue: deque[_Message | _Deletion | _Import] = deque()
         self._writing = False
         self._folding: Deferred[None] | None = None
         # A retired journal is on disk, not yet folded into data.json: the
@@ -271,6 +296,23 @@ class DurableStore:
         self._write_next()
         return done
 
+    def import_messages(self, imported: list[Imported]) -> "Deferred[list[int]]":
+        """Store these messages after the history, in order, with new ids;
+        fires with the ids once all of them are durable (written and
+        fsync'd like a batch), or fails with StoreError and stores none.
+        Send_ids are not involved and nobody is told."""
+        try:
+            for item in imported:
+                _check_imported(item)
+        except StoreError as e:
+            return fail(e)
+        if not imported:
+            return succeed([])
+        item = _Import(list(imported))
+        self._queue.append(item)
+        self._write_next()
+        return item.done
+
     def delete(
         self, ids: Iterable[int], durable: Callable[[list[int]], None]
     ) -> "Deferred[list[int]]":
@@ -303,10 +345,14 @@ class DurableStore:
     def _in_thread(self, f: Callable[..., object], *args: object) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
 
-    def _refuse(self, item: "_Message | _Deletion", error: StoreError) -> None:
+    def _refuse(
+        self, item: "_Message | _Deletion | _Import", error: StoreError
+    ) -> None:
         if isinstance(item, _Deletion):
             self._unwritten_deletions -= 1
             self.history.restore(item.removed)
+            item.done.errback(error)
+        elif isinstance(item, _Import):
             item.done.errback(error)
         else:
             item[-1].errback(error)
@@ -324,22 +370,63 @@ class DurableStore:
             return
         self._writing = True
         first_id = self._next_id
-        batch, deletions, data = self._take_batch()
+        imported: _Import | None = None
+        if self._queue[0].__class__ is _Import:
+            imported = self._queue.popleft()  # type: ignore[assignment]
+            assert isinstance(imported, _Import)
+            deletions: list[_Deletion] = []
+            batch, writes = self._take_import(imported)
+        else:
+            batch, deletions, data = self._take_batch()
+            writes = [data]
         self.metrics.batch_size.observe(len(batch) + len(deletions))
         journal = self._journal
 
         def timed_append() -> float:
             started = time.perf_counter()
-            journal.append(data)
+            if len(writes) == 1:
+                journal.append(writes[0])
+            else:
+                journal.append_all(writes)
             return time.perf_counter() - started
 
         written = self._in_thread(timed_append)
-        written.addBoth(self._batch_done, batch, deletions, first_id)
+        written.addBoth(self._batch_done, batch, deletions, first_id, imported)
+
+    def _take_import(self, imported: _Import) -> tuple[list[_Item], list[bytes]]:
+        """An import's records, given ids, in writes of up to
+        MAX_BATCH_BYTES each (a crash tears only the last write, as with
+        messages); all of them before any other record."""
+        batch: list[_Item] = []
+        writes: list[bytes] = []
+        records: list[bytes] = []
+        size = 0
+        for message_id, item in enumerate(imported.messages, self._next_id):
+            entry = codec.encode_compact(
+                messages.history_entry(
+                    message_id,
+                    item.name,
+                    item.content,
+                    item.timestamp,
+                    item.millis,
+                    item.mark,
+                )
+            )
+            record = datafile.record(entry)
+            if records and size + len(record) > datafile.MAX_BATCH_BYTES:
+                writes.append(b"".join(records))
+                records, size = [], 0
+            records.append(record)
+            size += len(record)
+            batch.append((message_id, entry, None))
+        writes.append(b"".join(records))
+        self._next_id += len(batch)
+        return batch, writes
 
     def _take_batch(self) -> tuple[list[_Item], list[_Deletion], bytes]:
         """The next write: queued messages (given ids and encoded) and
         deletions, up to MAX_BATCH_BYTES (a single larger record goes
-        alone)."""
+        alone); it ends before an import, which is written alone."""
         batch: list[_Item] = []
         deletions: list[_Deletion] = []
         records: list[bytes] = []
@@ -347,6 +434,8 @@ class DurableStore:
         queue = self._queue
         while queue:
             item = queue[0]
+            if item.__class__ is _Import:
+                break
             if item.__class__ is _Deletion:
                 assert isinstance(item, _Deletion)
                 record = datafile.deletion_record(item.ids, self._next_id - 1)
@@ -379,6 +468,7 @@ class DurableStore:
         batch: list[_Item],
         deletions: list[_Deletion],
         first_id: int,
+        imported: _Import | None = None,
     ) -> None:
         """Settle the store's own state first and acknowledge last: an ack's
         callback may do anything, even close the store, and must find it
@@ -420,13 +510,19 @@ class DurableStore:
             error = StoreError(_short(result))
             for deletion in deletions:
                 self._refuse(deletion, error)
+            if imported is not None:
+                imported.done.errback(error)
             for _, _, done in batch:
-                done.errback(error)
+                if done is not None:
+                    done.errback(error)
         else:
             for deletion in deletions:
                 self._tell(deletion)
+            if imported is not None:
+                imported.done.callback([message_id for message_id, _, _ in batch])
             for message_id, _, done in batch:
-                done.callback(message_id)
+                if done is not None:
+                    done.callback(message_id)
         if not swapping:  # A swap resumes writing when it is done.
             self._write_next()
 
