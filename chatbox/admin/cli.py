@@ -448,7 +448,7 @@ BATCH_MESSAGES = 1000
 # export or a data.json comes near this, so a longer one is refused rather
 # than read into memory.
 MAX_ITEM = 1 << 20
-READ_CHUNK = 1 << 20
+READ_CHUNK = 1 << 18
 PROGRESS_EVERY = 1.0
 
 
@@ -508,6 +508,14 @@ def cmd_export(options: argparse.Namespace) -> Any:
                 os.fsync(out.fileno())
         if partial is not None:
             os.replace(partial, options.output)
+    except BrokenPipeError:
+        if partial is not None:
+            raise
+        # Its reader (`| head`) has what it wanted: stop as quietly as
+        # `cat` would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return {"exported": lines, "file": None}, []
     except OSError as e:
         raise Failed(
             REFUSED, f"cannot write {e.filename or 'the export'}: {e.strerror}"
@@ -730,20 +738,14 @@ def cmd_import(options: argparse.Namespace) -> Any:
         importer.send()
     except (Failed, KeyboardInterrupt) as e:
         stopped = e if isinstance(e, Failed) else Failed(REFUSED, "interrupted")
-        if importer.stored > options.skip or importer.batch:
-            resume = [
-                sys.argv[0] if sys.argv else "chatbox-admin",
-                "import",
-                options.file,
-            ]
+        if importer.stored > options.skip:
+            again = f"chatbox-admin import {options.file}"
             if options.room is not None:
-                resume += ["--room", options.room]
+                again += f" --room {options.room}"
             stopped.message += (
                 f"\nthe first {importer.stored} messages of {options.file} are "
-                "stored; once the cause is fixed, go on with: chatbox-admin "
-                f"import {options.file}"
-                + (f" --room {options.room}" if options.room is not None else "")
-                + f" --skip {importer.stored}"
+                f"stored; once the cause is fixed, go on with: {again} "
+                f"--skip {importer.stored}"
             )
         raise stopped from None
     print(f"imported {importer.stored - options.skip} messages", file=sys.stderr)
