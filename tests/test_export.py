@@ -389,7 +389,7 @@ async def test_a_v2_data_json_is_read_piece_by_piece(tmp_path):
         baseline = await peak_import(target.admin, small, "small")
         peak = await peak_import(target.admin, big, "old")
         print(
-            f"\nimport CLI peak: {baseline} KiB for 40 messages, {peak} KiB for 28 MB"
+            f"\nimport CLI peak: {baseline} KiB for 40 messages, {peak} KiB for 16 MB"
         )
         assert peak - baseline < 12_000, (baseline, peak)
         result = await cli(target.admin, "export", "--room", "old")

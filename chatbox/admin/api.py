@@ -1076,4 +1076,7 @@ class _Stream:
 
     def close(self) -> None:
         self._unstall()
-        self.request.unregisterProducer()
+        # A request whose connection was lost has no channel left to
+        # unregister from.
+        if self.request.producer is not None and self.request.channel is not None:
+            self.request.unregisterProducer()

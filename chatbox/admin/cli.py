@@ -779,6 +779,7 @@ class _BackupFolder:
         self.written: list[str] = []  # relative paths, temporaries included
         self.files: dict[str, str] = {}  # relative path -> sha256
         self.rooms: list[dict[str, Any]] = []
+        self.current = ""  # the file being written, for an error
         self._room: str | None = None
         self._file: IO[bytes] | None = None
         self._hash: Any = None
@@ -799,6 +800,7 @@ class _BackupFolder:
 
     def _create(self, relative: str) -> IO[bytes]:
         temporary = relative + ".tmp"
+        self.current = relative
         if os.sep in relative and not os.path.isdir(self._path(ROOMS_FOLDER)):
             os.mkdir(self._path(ROOMS_FOLDER))
             self.written.append(ROOMS_FOLDER)
@@ -945,7 +947,7 @@ def cmd_backup(options: argparse.Namespace) -> Any:
         manifest = folder.finish(done, time.monotonic() - started)
     except OSError as e:
         folder.discard()
-        where = e.filename or options.dir
+        where = e.filename or os.path.join(options.dir, folder.current)
         raise Failed(
             REFUSED,
             f"backup failed: cannot write {where}: {e.strerror}; nothing of it "
