@@ -123,6 +123,14 @@ async def test_backup_under_load_then_kill_wipe_restore(tmp_path):
         "data.rooms/maths.json",
     ]
     assert not [p for p in backup.rglob("*.tmp")]
+    # Each room is one consistent prefix: up to the newest id it had when
+    # its turn came, though people went on sending.
+    for room in rooms.values():
+        stored = json.loads((backup / room["file"]).read_bytes())
+        assert len(stored) == room["messages"]
+        assert stored[-1]["id"] == room["last_id"]
+    newer = [i for _, room, i, _ in load.acked if room == "" and i > rooms[""]["last_id"]]
+    assert newer  # sent during the backup, after the default room's turn
     print(
         f"\nbackup of {sum(r['messages'] for r in rooms.values())} messages under "
         f"load: {took:.2f} s (CLI start included)"

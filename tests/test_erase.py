@@ -58,6 +58,8 @@ async def test_erase_a_person_everywhere(tmp_path):
     workdir.mkdir()
     write_history(workdir / "data.json", secret_history(DEFAULT_COUNT))
     write_history(workdir / "data.rooms" / "maths.json", secret_history(MATHS_COUNT))
+    # Never loaded before the erasure (maths is, by the first one).
+    write_history(workdir / "data.rooms" / "art.json", secret_history(300))
     server = await Twistd.start(workdir, "--rooms=open")
     admin = server.admin
     try:
@@ -72,6 +74,7 @@ async def test_erase_a_person_everywhere(tmp_path):
         assert (await other.say("bob stays"))["status"] is True
         assert files_holding(workdir, SECRET) == [
             "data.json",
+            "data.rooms/art.json",
             "data.rooms/maths.json",
             "data.rooms/physics.json.journal",
         ]
@@ -101,8 +104,8 @@ async def test_erase_a_person_everywhere(tmp_path):
         assert done.returncode == 0, done.stderr
         answer = json.loads(done.stdout)
         assert answer == {
-            "erased": {"": 3333, "maths": 567, "physics": 20},
-            "total": 3920,
+            "erased": {"": 3333, "art": 100, "maths": 567, "physics": 20},
+            "total": 4020,
         }
         assert await count(admin, "--nickname", GOTHIC) == 0
         # Nothing of them in any file; everyone else's messages intact.
@@ -110,14 +113,14 @@ async def test_erase_a_person_everywhere(tmp_path):
         assert await count(admin, "--room", "/") == DEFAULT_COUNT - 3333
         assert await count(admin, "--room", "maths") == MATHS_COUNT - 667
         assert await count(admin, "--room", "physics") == 1
-        assert await count(admin, "--nickname", "bob") == 3333 + 666 + 1
+        assert await count(admin, "--nickname", "bob") == 3333 + 100 + 666 + 1
         # One audit line per erasure, with the counts per room.
         output = server.child.output.decode()
         audits = [
             line for line in output.splitlines() if "audit: operator erase" in line
         ]
         assert len(audits) == 2, audits
-        assert "3920 messages" in audits[1] and "/maths=567" in audits[1]
+        assert "4020 messages" in audits[1] and "/maths=567" in audits[1]
         assert "reason=GDPR art. 17" in audits[1]
 
         # What an operator may get wrong.
