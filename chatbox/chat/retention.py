@@ -33,6 +33,7 @@ __all__ = [
     "KEEP_ALL",
     "NO_RETENTION",
     "IPurger",
+    "PurgeFailed",
     "PurgeService",
     "Retention",
     "RetentionPolicy",
@@ -59,7 +60,8 @@ class Retention(NamedTuple):
         without an age limit."""
         if not self.days:
             return None
-        return now_ms - int(self.days * DAY_MS)
+        # min: `--retention-days inf` is a float too, and int(inf) raises.
+        return now_ms - int(min(self.days * DAY_MS, now_ms + 1))
 
     def describe(self) -> str:
         if self.keeps_all:
@@ -100,7 +102,8 @@ def _number(text: str, what: str, integer: bool) -> float:
     try:
         value = int(text) if integer else float(text)
     except ValueError:
-        raise ValueError(f"{what} must be a number, not {text!r}") from None
+        kind = "a whole number" if integer else "a number"
+        raise ValueError(f"{what} must be {kind}, not {text!r}") from None
     if not value >= 0 or value != value or value == float("inf"):
         raise ValueError(f"{what} must be 0 or more, not {text!r}")
     return value
@@ -166,6 +169,16 @@ class RetentionPolicy(NamedTuple):
     def keeps_all(self) -> bool:
         """Nothing ever expires: no purge needs to run."""
         return self.default.keeps_all and all(r.keeps_all for r in self.rooms.values())
+
+
+class PurgeFailed(Exception):
+    """A purge that could not finish (some rooms failed, the lease was
+    lost), whose causes the purger has logged already: one line here, no
+    traceback. `removed` is what it did remove ({room: count})."""
+
+    def __init__(self, message: str, removed: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.removed = removed or {}
 
 
 class IPurger(Interface):
@@ -235,6 +248,17 @@ class PurgeService(Service):
         now_ms = int(self._reactor.seconds() * 1000)
         try:
             removed = await self.purger.purge(self.policy, now_ms)
+        except PurgeFailed as e:
+            log.error(
+                "retention purge failed: {error}; trying again in {s} s",
+                error=str(e),
+                s=self.interval,
+            )
+            if self._metrics is not None:
+                self._metrics.retention_failures.inc()
+                # What a purge that failed in some rooms removed in others.
+                self._metrics.retention_purged.inc(sum(e.removed.values()))
+            return {}
         except Exception:
             log.failure(
                 "retention purge failed; trying again in {s} s", s=self.interval

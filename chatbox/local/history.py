@@ -105,6 +105,16 @@ class History:
         self._swap(keep_ids, keep_entries)
         return removed
 
+    def remove_prefix(self, count: int) -> list[tuple[int, bytes]]:
+        """Take the `count` oldest entries out (retention's cut); returns
+        them, oldest first. New lists replace the old ones, as in remove."""
+        count = max(0, min(count, len(self._ids)))
+        if not count:
+            return []
+        removed = list(zip(self._ids[:count], self._entries[:count], strict=True))
+        self._swap(self._ids[count:], self._entries[count:])
+        return removed
+
     def restore(self, removed: list[tuple[int, bytes]]) -> None:
         """Put back entries `remove` took (their deletion could not be made
         durable), each in its place by id."""

@@ -26,6 +26,7 @@ from chatbox.chat.room import (
 )
 from chatbox.chat.sends import RecentSends
 from chatbox.local import datafile
+from chatbox.local.history import time_in
 from chatbox.local.store import DurableStore
 from chatbox.wire import codec, messages
 from chatbox.wire.clock import Moment, time_of
@@ -179,7 +180,34 @@ class LocalRoom:
         return self.store.import_messages(entries)
 
     def expire(self, now_ms: int) -> "Deferred[int]":
-        raise NotImplementedError
+        return Deferred.fromCoroutine(self._expire(now_ms))
+
+    async def _expire(self, now_ms: int) -> int:
+        history = self.store.history
+        removed = await self.store.expire(history.first_kept(self.retention, now_ms))
+        if self.store.torn_files:
+            await self.store.forget_torn(self.oldest_kept_time())
+        return len(removed)
+
+    def oldest_kept_time(self) -> int | None:
+        """The time of the oldest message in the history (after a purge,
+        the oldest kept), None if there is none; 0 if it has no time."""
+        entries = self.store.history.entries
+        if not entries:
+            return None
+        return time_in(entries[0]) or 0
+
+    def due(self, now_ms: int) -> bool:
+        """Whether `expire(now_ms)` would remove anything: read now, off no
+        file, so the purger passes over a loaded room with nothing expired
+        without entering it."""
+        history = self.store.history
+        if history.first_kept(self.retention, now_ms):
+            return True
+        if not self.store.torn_files:
+            return False
+        oldest = self.oldest_kept_time()
+        return any(oldest is None or kept < oldest for _, kept in self.store.torn_files)
 
     def page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0

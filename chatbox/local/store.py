@@ -75,12 +75,23 @@ class _Deletion:
     who to tell once it is durable, and who waits for the purge."""
 
     def __init__(
-        self, removed: list[tuple[int, bytes]], durable: Callable[[list[int]], None]
+        self,
+        removed: list[tuple[int, bytes]],
+        durable: Callable[[list[int]], None],
+        upto: int | None = None,
     ) -> None:
         self.removed = removed
         self.ids = [message_id for message_id, _ in removed]
         self.durable = durable
+        # Retention's expiry of every message up to this id: written as one
+        # short record (datafile.expiry_record) instead of all its ids.
+        self.upto = upto
         self.done: Deferred[list[int]] = Deferred()
+
+    def record(self, last: int) -> bytes:
+        if self.upto is not None:
+            return datafile.expiry_record(self.upto, last)
+        return datafile.deletion_record(self.ids, last)
 
 
 class _Import:
@@ -193,6 +204,9 @@ class DurableStore:
         self._purge_now: list[_Deletion] = []
         # A deletion was written to the journal since it was started.
         self._deleted_since_retire = False
+        # Torn writes kept beside the history (path, kept at epoch ms), found
+        # at load: they may hold text that retention must remove too.
+        self.torn_files: list[tuple[str, int]] = []
         self.healthy = True
         self._failed_writes = 0  # since writing last worked
         self.metrics = metrics or Metrics()
@@ -237,6 +251,7 @@ class DurableStore:
                 path=tail.path,
                 kept=kept,
             )
+        self.torn_files = datafile.torn_files(self.path)
         self._journal = self._open_journal(self._journal_path)
         if loaded.needs_fold:
             if loaded.retired is not None:
@@ -322,12 +337,55 @@ class DurableStore:
         Fails with StoreError (the messages back in the history) if the
         deletion cannot be written. Ids that are not there are left out."""
         removed = self.history.remove(i for i in ids if type(i) is int)
-        if not removed:
+        return self._remove(_Deletion(removed, durable))
+
+    def expire(self, count: int) -> "Deferred[list[int]]":
+        """Retention's purge: take the `count` oldest messages out of the
+        history now and remove them from every file as a deletion is
+        (journal record, then the purge's retire and fold), but in one
+        short record whatever their number, and telling nobody (clients
+        stopped seeing them at once). Fires with their ids once purged."""
+        removed = self.history.remove_prefix(count)
+        upto = removed[-1][0] if removed else None
+        return self._remove(_Deletion(removed, lambda ids: None, upto))
+
+    def forget_torn(self, before_ms: int | None) -> "Deferred[int]":
+        """Remove the torn writes kept before `before_ms` (the time of the
+        oldest message retention keeps; None: the room keeps none, so all
+        of them), durably, on a pool thread: everything stored before them
+        has expired, so whatever text they hold has too. Fires with how
+        many were removed."""
+        doomed = [
+            (path, kept)
+            for path, kept in self.torn_files
+            if before_ms is None or kept < before_ms
+        ]
+        if not doomed:
+            return succeed(0)
+
+        def remove() -> int:
+            for path, _ in doomed:
+                datafile.remove_durably(path)
+            return len(doomed)
+
+        def removed(count: int) -> int:
+            gone = set(doomed)
+            self.torn_files = [t for t in self.torn_files if t not in gone]
+            self.log.info(
+                "retention removed {count} kept torn write(s) beside {path}",
+                count=count,
+                path=self.path,
+            )
+            return count
+
+        return self._in_thread(remove).addCallback(removed)
+
+    def _remove(self, deletion: _Deletion) -> "Deferred[list[int]]":
+        if not deletion.removed:
             return succeed([])
         if self._journal is None:
-            self.history.restore(removed)
+            self.history.restore(deletion.removed)
             return fail(StoreError("server shutting down"))
-        deletion = _Deletion(removed, durable)
         self._unwritten_deletions += 1
         self._queue.append(deletion)
         self._write_next()
@@ -438,7 +496,7 @@ class DurableStore:
                 break
             if item.__class__ is _Deletion:
                 assert isinstance(item, _Deletion)
-                record = datafile.deletion_record(item.ids, self._next_id - 1)
+                record = item.record(self._next_id - 1)
                 if records and size + len(record) > datafile.MAX_BATCH_BYTES:
                     break
                 queue.popleft()
