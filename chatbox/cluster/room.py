@@ -37,7 +37,15 @@ from zope.interface import implementer
 from chatbox.chat import sends
 from chatbox.chat.arns import NameTaken, name_keys
 from chatbox.chat.retention import KEEP_ALL, Retention
-from chatbox.chat.room import Deliver, IRoom, Page, Posted, RoomError, posted_from
+from chatbox.chat.room import (
+    Deliver,
+    Imported,
+    IRoom,
+    Page,
+    Posted,
+    RoomError,
+    posted_from,
+)
 from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress
 from chatbox.cluster.commands import Commands
@@ -61,6 +69,8 @@ DELETE_BATCH = 25
 SCAN_SLICE = 1000
 # Seconds an online count read from Redis is answered from.
 COUNT_FOR = 1.0
+# History entries one ENTRIES call returns at most (export, backup).
+ENTRIES_SLICE = 1000
 
 _NOT_READY = "not connected to the chat cluster yet"
 # What CLAIM and RENAME answer for a name held by another (or, renaming to
@@ -79,10 +89,23 @@ def entry_template(
 ) -> tuple[bytes, bytes]:
     """The history entry of chatbox.wire.messages, split around its id, which
     only Redis knows until the message is stored."""
-    entry = messages.history_entry(0, name, content, when.text, when.millis, mark)
+    return _split(name, content, when.text, when.millis, mark)
+
+
+def _split(
+    name: str, content: str, text: str, millis: int | None, mark: str | None
+) -> tuple[bytes, bytes]:
+    entry = messages.history_entry(0, name, content, text, millis, mark)
     encoded = codec.encode(entry)
     head, _, tail = encoded.partition(b'"id":0')
     return head + b'"id":', tail
+
+
+def retention_args(retention: Retention, now_ms: int) -> tuple[int, int | str]:
+    """A room's retention as PAGE, ENTRIES and EXPIRE take it: the most
+    messages kept (0: no limit) and the oldest time kept ("": none)."""
+    oldest = retention.oldest_kept_ms(now_ms)
+    return retention.messages, "" if oldest is None else oldest
 
 
 def _entry_id(entry: bytes) -> int:
@@ -522,8 +545,9 @@ class RedisRoom:
         matched: list[int] = []
         high = "+inf"
         while True:
+            # Expired messages too: erasing leaves none of them behind.
             entries, *_ = await self._commands.run(
-                scripts.PAGE, high, "-inf", SCAN_SLICE, 0, "0"
+                scripts.PAGE, high, "-inf", SCAN_SLICE, 0, "0", 0, ""
             )
             for encoded in entries:
                 entry = codec.decode(encoded)
@@ -596,11 +620,13 @@ class RedisRoom:
         names: list[str] = []
         verified: list[str] = []
         budget = max_bytes
+        # One instant for the whole page: its slices agree on what expired.
+        kept = retention_args(self.retention, self._now_ms())
         while len(found) < limit:
             want = min(PAGE_SLICE, limit - len(found))
             first = not found
             entries, cut, online, marked = await self._commands.run(
-                scripts.PAGE, high, low, want, budget, "1" if first else "0"
+                scripts.PAGE, high, low, want, budget, "1" if first else "0", *kept
             )
             if first:
                 names = [name.decode() for name in online]
@@ -615,6 +641,41 @@ class RedisRoom:
             high = f"({_entry_id(entries[-1])}"
         found.reverse()
         return Page(found, names, verified)
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def entries(self, after: int, limit: int) -> "Deferred[list[tuple[int, bytes]]]":
+        return Deferred.fromCoroutine(self._entries(after, limit))
+
+    async def _entries(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """ENTRIES slices of ENTRIES_SLICE, each read at one instant (and
+        retention applied as of then), oldest first."""
+        found: list[tuple[int, bytes]] = []
+        kept = retention_args(self.retention, self._now_ms())
+        while len(found) < limit:
+            want = min(ENTRIES_SLICE, limit - len(found))
+            flat = await self._commands.run(scripts.ENTRIES, after, want, *kept)
+            found += [
+                (int(float(score)), entry)
+                for entry, score in zip(flat[::2], flat[1::2], strict=True)
+            ]
+            if len(flat) < 2 * want:
+                break
+            after = found[-1][0]
+        return found
+
+    def import_entries(self, entries: list[Imported]) -> "Deferred[list[int]]":
+        """One IMPORT script for the whole list: all stored, with new ids
+        after every id handed out so far, or none (a batch the admin API
+        accepted is under its 64 KiB body cap)."""
+        if not entries:
+            return succeed([])
+        parts: list[bytes] = []
+        for one in entries:
+            parts += _split(one.name, one.content, one.timestamp, one.millis, one.mark)
+        imported = self._commands.run(scripts.IMPORT, self.room_name, *parts)
+        return imported.addCallback(lambda ids: [int(i) for i in ids])
 
     # -- the lease --
 

@@ -41,8 +41,10 @@ from chatbox.cluster.keys import BELL_LENGTH
 __all__ = [
     "CLAIM",
     "DELETE",
+    "ENTRIES",
     "FOLLOW",
     "HEARTBEAT",
+    "IMPORT",
     "MODERATION_LOAD",
     "MODERATION_POLL",
     "MODERATION_SUBMIT",
@@ -64,10 +66,10 @@ _PREAMBLE = (
     + """
 local owner, held, display, online, joinseq, nodes, msgid, history, events,
       sends, sendexp, holders, followers, rooms, following, named, bell,
-      moderation, orders, verified =
+      moderation, orders, verified, purge =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
   KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17],
-  KEYS[18], KEYS[19], KEYS[20]
+  KEYS[18], KEYS[19], KEYS[20], KEYS[21]
 
 -- Switch the room-level locals (and so every function below) to room
 -- `name`'s keys, built as chatbox.cluster.keys.Keys.for_room builds them; false
@@ -272,6 +274,77 @@ local function last_activity()
   end
   return -1
 end
+
+-- An encoded history entry's `time` (epoch ms), or nil when it has none
+-- (a v2 import whose timestamp could not be read) or cannot be decoded.
+local function time_of(entry)
+  local ok, decoded = pcall(cjson.decode, entry)
+  if ok and type(decoded) == 'table' and type(decoded['time']) == 'number' then
+    return decoded['time']
+  end
+  return nil
+end
+
+-- The lowest id the room's retention keeps in the history in use: at most
+-- the `most` newest messages (0: no such limit), none posted before
+-- `oldest` (epoch ms; '' for no age limit). Retention cuts a prefix
+-- (chatbox.chat.retention.first_kept, whose binary search this is): the
+-- count by ZCARD, the age by bisecting the entries by rank, decoding only
+-- the ~17 probed in a history of 100,000; an entry with no readable time
+-- counts as older than any limit. 0 when nothing is cut; above every id
+-- when nothing is kept.
+local function kept_from(most, oldest)
+  most = tonumber(most) or 0
+  oldest = tonumber(oldest)
+  if most <= 0 and not oldest then
+    return 0
+  end
+  local count = redis.call('ZCARD', history)
+  local low = 0
+  if most > 0 and count > most then
+    low = count - most
+  end
+  if oldest then
+    local high = count
+    while low < high do
+      local middle = math.floor((low + high) / 2)
+      local when = time_of(redis.call('ZRANGE', history, middle, middle)[1])
+      if when == nil or when < oldest then
+        low = middle + 1
+      else
+        high = middle
+      end
+    end
+  end
+  if low >= count then
+    local newest = redis.call('ZRANGE', history, -1, -1, 'WITHSCORES')
+    if #newest == 0 then
+      return 0
+    end
+    return tonumber(newest[2]) + 1
+  end
+  return tonumber(redis.call('ZRANGE', history, low, low, 'WITHSCORES')[2])
+end
+
+-- A ZRANGE BYSCORE lower bound ("-inf", "(N" or "N") raised to at least
+-- id `floor` (ids are integers, so "(N" is N + 1).
+local function at_least(bound, floor)
+  if floor <= 0 then
+    return bound
+  end
+  local from
+  if bound == '-inf' then
+    return string.format('%.0f', floor)
+  elseif string.sub(bound, 1, 1) == '(' then
+    from = tonumber(string.sub(bound, 2)) + 1
+  else
+    from = tonumber(bound)
+  end
+  if from >= floor then
+    return bound
+  end
+  return string.format('%.0f', floor)
+end
 """
 )
 
@@ -459,7 +532,10 @@ return redis.call('ZCARD', online)
 
 # ARGV: highest score, lowest score, limit (ZRANGE BYSCORE bounds, "(" for
 # exclusive), byte budget (0: none), "1" for a page's first slice, which
-# also lists who is online and keeps its newest entry whatever the budget.
+# also lists who is online and keeps its newest entry whatever the budget,
+# then the room's retention: most messages kept (0: no limit) and the
+# oldest time kept (epoch ms, "" for no age limit), so what it expired is
+# left out at once, whether or not a purge has removed it yet.
 # Returns {newest entries first, as many as fit the budget,
 # 1 if the budget cut them short else 0, online names in order or {},
 # the verified ones among them in the same order or {}}. A
@@ -468,8 +544,9 @@ return redis.call('ZCARD', online)
 PAGE = (
     _PREAMBLE
     + """
-local high, low, limit, budget, first = unpack(ARGV)
+local high, low, limit, budget, first, most, oldest = unpack(ARGV)
 budget = tonumber(budget)
+low = at_least(low, kept_from(most, oldest))
 local entries = redis.call('ZRANGE', history, high, low, 'BYSCORE', 'REV',
                            'LIMIT', 0, limit)
 local cut = 0
@@ -817,5 +894,44 @@ if added < seen or added - length > seen then
   return {0, added, length}
 end
 return {1, redis.call('XRANGE', orders, '(' .. after, '+', 'COUNT', most)}
+"""
+).encode()
+
+# ARGV: after (an id), most entries to return, then the room's retention as
+# PAGE takes it (most messages kept, oldest time kept or ""). Returns
+# {entry, id, entry, id, ...}: the oldest entries with id > after that the
+# retention keeps, in id order. A page of an unbounded read (export,
+# backup), which goes on from the last id it got.
+ENTRIES = (
+    _PREAMBLE
+    + """
+local after, limit, most, oldest = unpack(ARGV)
+local low = at_least('(' .. after, kept_from(most, oldest))
+return redis.call('ZRANGE', history, low, '+inf', 'BYSCORE', 'LIMIT', 0, limit,
+                  'WITHSCORES')
+"""
+).encode()
+
+# ARGV: room name ("" for the default room), then each message's entry
+# split around its id (head, tail; chatbox.cluster.room.entry_template).
+# Appends them after the history with new ids, in order, all in one step
+# (`msgid` only rises, so an id is never handed out twice), as durably as
+# POST. No event: clients see them at their next `get`; the stream carries
+# no `message` entry for them (DELETE and the purge find none, and need
+# none). A named room holding a message is one of the cluster's rooms.
+# Returns the ids.
+IMPORT = (
+    _PREAMBLE
+    + """
+local ids = {}
+for i = 2, #ARGV - 1, 2 do
+  local id = redis.call('INCR', msgid)
+  redis.call('ZADD', history, id, ARGV[i] .. id .. ARGV[i + 1])
+  ids[#ids + 1] = id
+end
+if ARGV[1] ~= '' and #ids > 0 then
+  redis.call('SADD', rooms, ARGV[1])
+end
+return ids
 """
 ).encode()
