@@ -56,7 +56,14 @@ from chatbox.cluster.reader import EventReader
 from chatbox.wire import codec, messages
 from chatbox.wire.clock import Moment, Timestamps, time_of
 
-__all__ = ["DEFAULT_PREFIX", "RedisRoom", "entry_template"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "PurgeLeaseLost",
+    "RedisRoom",
+    "entry_template",
+    "expire_history",
+    "retention_args",
+]
 
 # History entries one PAGE call returns at most: a bare `get` of 10,000
 # entries is a few dozen short calls, each leaving Redis free in between.
@@ -71,6 +78,10 @@ SCAN_SLICE = 1000
 COUNT_FOR = 1.0
 # History entries one ENTRIES call returns at most (export, backup).
 ENTRIES_SLICE = 1000
+# History entries one EXPIRE call removes at most, and stream entries it
+# reads at most: a few milliseconds of Redis' time each (bench/purge.py).
+EXPIRE_BATCH = 1000
+EXPIRE_SCAN = 4000
 
 _NOT_READY = "not connected to the chat cluster yet"
 # What CLAIM and RENAME answer for a name held by another (or, renaming to
@@ -99,6 +110,37 @@ def _split(
     encoded = codec.encode(entry)
     head, _, tail = encoded.partition(b'"id":0')
     return head + b'"id":', tail
+
+
+class PurgeLeaseLost(RoomError):
+    """Another node holds the purge lease now: this one stops purging."""
+
+
+async def expire_history(
+    commands: Commands, retention: Retention, now_ms: int, node: str = ""
+) -> tuple[int, int]:
+    """Remove from a room's history (the room of `commands`' keys) what
+    `retention` expired as of `now_ms`, and the `message` entries of the
+    removed ids from its stream, EXPIRE call by EXPIRE call. With `node`,
+    each call first checks that it holds the purge lease (PurgeLeaseLost if
+    not). Returns (history entries removed, stream entries removed)."""
+    if retention.keeps_all:
+        return 0, 0
+    kept = retention_args(retention, now_ms)
+    cursor: bytes | str = "-"
+    upto: bytes | int = 0
+    removed = dropped = 0
+    while True:
+        result = await commands.run(
+            scripts.EXPIRE, node, *kept, EXPIRE_BATCH, cursor, upto, EXPIRE_SCAN
+        )
+        if result == -1:
+            raise PurgeLeaseLost("the purge lease is another node's now")
+        gone, xdeled, cursor, upto, done = result
+        removed += int(gone)
+        dropped += int(xdeled)
+        if int(gone) < EXPIRE_BATCH and int(done):
+            return removed, dropped
 
 
 def retention_args(retention: Retention, now_ms: int) -> tuple[int, int | str]:
@@ -235,6 +277,11 @@ class RedisRoom:
         commands = self._commands.for_keys(self._keys.room(name))
         return RedisRoom(commands, self._reader, self._lease, self._clock, name)
 
+    @property
+    def lease_seconds(self) -> float:
+        """The node's lease (--redis-lease), which the purge lease matches."""
+        return self._lease.seconds
+
     def commands_for(self, name: str) -> Commands:
         """This node's command link, for room `name`'s keys."""
         return self._commands.for_keys(self._keys.room(name))
@@ -253,7 +300,7 @@ class RedisRoom:
                 raise RoomError(_NOT_READY)
             if result == 0:
                 return False
-            last, added, messages, newest = result  # type: ignore[misc]
+            last, added, messages, newest, trimmed = result  # type: ignore[misc]
             self._watcher = self._lease.watch(self._lease_renewed, self._lease_lost)
             self._messages = int(messages)
             self._last_activity = None if int(newest) < 0 else int(newest)
@@ -262,7 +309,7 @@ class RedisRoom:
                 self._on_event,
                 lambda: None,
                 self._missed_events,
-                at=(last, int(added)),
+                at=(last, int(added), int(trimmed)),
             )
             return True
 
@@ -676,6 +723,20 @@ class RedisRoom:
             parts += _split(one.name, one.content, one.timestamp, one.millis, one.mark)
         imported = self._commands.run(scripts.IMPORT, self.room_name, *parts)
         return imported.addCallback(lambda ids: [int(i) for i in ids])
+
+    def expire(self, now_ms: int) -> "Deferred[int]":
+        """EXPIRE on this room's keys (see expire_history), with no purge
+        lease: the cluster's purge (chatbox.cluster.purge) runs it under one,
+        on every room, loaded here or not. Nobody is told."""
+        expired = Deferred.fromCoroutine(
+            expire_history(self._commands, self.retention, now_ms)
+        )
+        return expired.addCallback(self._expired)
+
+    def _expired(self, result: tuple[int, int]) -> int:
+        removed = result[0]
+        self._messages = max(0, self._messages - removed)
+        return removed
 
     # -- the lease --
 

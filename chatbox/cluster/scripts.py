@@ -42,6 +42,7 @@ __all__ = [
     "CLAIM",
     "DELETE",
     "ENTRIES",
+    "EXPIRE",
     "FOLLOW",
     "HEARTBEAT",
     "IMPORT",
@@ -51,9 +52,11 @@ __all__ = [
     "ONLINE_COUNT",
     "PAGE",
     "POST",
+    "PURGE_LEASE",
     "RELEASE",
     "RENAME",
     "RETIRE",
+    "ROOM_NAMES",
     "ROOM_SUMMARY",
     "STREAM_STATE",
     "TYPING",
@@ -625,7 +628,8 @@ return reap(node, ts, ms, maxlen)
 # this node follows it. Returns -1 if the node holds no lease, 0 if the room
 # is new and the cluster has `most` rooms already, else {the stream's last
 # generated id, entries ever added to it, messages in history, the newest
-# message's time in epoch ms or -1}: where this node starts reading.
+# message's time in epoch ms or -1, entries trimmed from it so far}: where
+# this node starts reading (STREAM_STATE says how trimmed is counted).
 FOLLOW = (
     _PREAMBLE
     + """
@@ -639,7 +643,7 @@ if most > 0 and redis.call('SISMEMBER', rooms, name) == 0
   return 0
 end
 follow(node, name)
-local last, added = '0-0', 0
+local last, added, length = '0-0', 0, 0
 if redis.call('EXISTS', events) == 1 then
   local info = redis.call('XINFO', 'STREAM', events)
   for i = 1, #info, 2 do
@@ -647,10 +651,14 @@ if redis.call('EXISTS', events) == 1 then
       last = info[i + 1]
     elseif info[i] == 'entries-added' then
       added = info[i + 1]
+    elseif info[i] == 'length' then
+      length = info[i + 1]
     end
   end
 end
-return {last, added, redis.call('ZCARD', history), last_activity()}
+local xdels = tonumber(redis.call('GET', events .. ':deleted') or '0')
+local trimmed = added - length - xdels
+return {last, added, redis.call('ZCARD', history), last_activity(), trimmed}
 """
 ).encode()
 
@@ -679,8 +687,10 @@ return {redis.call('ZCARD', online), last_activity()}
 ).encode()
 
 # KEYS: event streams (any number). For each, the last generated id,
-# entries ever added, entries kept, the oldest entry's id and the newest id
-# removed by XDEL ({"0-0", 0, 0, "0-0", "0-0"} if it does not exist).
+# entries ever added, entries kept, the oldest entry's id, the newest id
+# removed by XDEL and how many entries XDEL removed (DELETE's and the
+# purge's count, `<stream>:deleted`) ({"0-0", 0, 0, "0-0", "0-0", 0} if it
+# does not exist): what was added and neither kept nor XDELed was trimmed.
 # A reader that has handled every entry up to an id knows how many were
 # added by then; the entries added since must all still be kept, or some
 # were trimmed before it read them; DELETE's XDEL removes some too, which
@@ -689,8 +699,9 @@ return {redis.call('ZCARD', online), last_activity()}
 STREAM_STATE = b"""
 local states = {}
 for i, stream in ipairs(KEYS) do
+  local xdels = tonumber(redis.call('GET', stream .. ':deleted') or '0')
   if redis.call('EXISTS', stream) == 0 then
-    states[i] = {'0-0', 0, 0, '0-0', '0-0'}
+    states[i] = {'0-0', 0, 0, '0-0', '0-0', xdels}
   else
     local info = redis.call('XINFO', 'STREAM', stream)
     local state = {}
@@ -699,7 +710,7 @@ for i, stream in ipairs(KEYS) do
     end
     local first = state['first-entry']
     states[i] = {state['last-generated-id'], state['entries-added'], state['length'],
-                 first and first[1] or '0-0', state['max-deleted-entry-id']}
+                 first and first[1] or '0-0', state['max-deleted-entry-id'], xdels}
   end
 end
 return states
@@ -808,6 +819,7 @@ for i = 4, #ARGV do
     local found = find(id, start)
     if found then
       redis.call('XDEL', events, found)
+      redis.call('INCR', events .. ':deleted')
       start = '(' .. found
     end
   end
@@ -933,5 +945,121 @@ if ARGV[1] ~= '' and #ids > 0 then
   redis.call('SADD', rooms, ARGV[1])
 end
 return ids
+"""
+).encode()
+
+# ARGV: the node purging ("" for none: no lease checked), the room's
+# retention as PAGE takes it (most messages kept, oldest time kept or ""),
+# most history entries to remove, where to go on reading the stream (an
+# XRANGE bound: "-" at first), the highest id removed by earlier calls of
+# this purge (0 at first), most stream entries to read.
+# The purge of expired messages (chatbox.cluster.purge), a batch at a time
+# so no call holds Redis long: the oldest expired entries leave `history`;
+# then the stream is read on from where the last call stopped, and every
+# `message` entry up to the highest id removed so far is XDELed (a room's
+# message entries are in id order, POST drawing the id and appending the
+# event in one step, so those of expired messages come first and the read
+# stops at the first kept one). No event: clients stopped seeing them at
+# once (PAGE). `msgid` is untouched, so ids are never handed out again.
+# With a node, it must hold the purge lease, or nothing is done: a node
+# whose lease ran out (paused, partitioned) cannot purge beside the one
+# that took it over. Returns -1 then; else {history entries removed,
+# stream entries removed, where to go on reading, the highest id removed
+# so far, 1 if the stream holds no message entry of an id removed so far
+# past that place}.
+EXPIRE = (
+    _PREAMBLE
+    + """
+local node, most, oldest, batch, cursor, upto, scan = unpack(ARGV)
+if node ~= '' and redis.call('GET', purge) ~= node then
+  return -1
+end
+upto = tonumber(upto)
+scan = tonumber(scan)
+local removed = 0
+local floor = kept_from(most, oldest)
+if floor > 0 then
+  local below = '(' .. string.format('%.0f', floor)
+  local gone = redis.call('ZRANGE', history, '-inf', below, 'BYSCORE',
+                          'LIMIT', 0, batch, 'WITHSCORES')
+  if #gone > 0 then
+    local last = tonumber(gone[#gone])
+    removed = redis.call('ZREMRANGEBYSCORE', history, '-inf', gone[#gone])
+    if last > upto then
+      upto = last
+    end
+  end
+end
+local xdeleted = 0
+local done = 0
+local read = 0
+while read < scan and done == 0 do
+  local chunk = redis.call('XRANGE', events, cursor, '+', 'COUNT', 256)
+  local doomed = {}
+  for _, entry in ipairs(chunk) do
+    local f = entry[2]
+    if f[1] == 'k' and f[2] == 'message' then
+      local id = 0
+      for j = 3, #f - 1, 2 do
+        if f[j] == 'id' then
+          id = tonumber(f[j + 1])
+          break
+        end
+      end
+      if id > upto then
+        done = 1
+        break
+      end
+      doomed[#doomed + 1] = entry[1]
+    end
+    cursor = '(' .. entry[1]
+    read = read + 1
+  end
+  if #doomed > 0 then
+    xdeleted = xdeleted + redis.call('XDEL', events, unpack(doomed))
+  end
+  if #chunk < 256 then
+    done = 1
+  end
+end
+if xdeleted > 0 then
+  redis.call('INCRBY', events .. ':deleted', xdeleted)
+end
+return {removed, xdeleted, cursor, string.format('%.0f', upto), done}
+"""
+).encode()
+
+# ARGV: node, what ("take", "renew" or "release"), lease ms. The purge
+# lease (`purge`, chatbox.cluster.purge): take sets it to the node if no
+# node holds it (or renews it if this one does); renew and release act
+# only if the node holds it. Returns 1 if the node holds it after "take"
+# or "renew" (or held it until "release"), else 0.
+PURGE_LEASE = (
+    _PREAMBLE
+    + """
+local node, what, ms = unpack(ARGV)
+local holder = redis.call('GET', purge)
+if what == 'take' and not holder then
+  redis.call('SET', purge, node, 'PX', ms)
+  return 1
+end
+if holder ~= node then
+  return 0
+end
+if what == 'release' then
+  redis.call('DEL', purge)
+else
+  redis.call('PEXPIRE', purge, ms)
+end
+return 1
+"""
+).encode()
+
+# The names of every named room of the cluster (`rooms`): what the purge
+# walks besides the default room, whatever node follows them.
+ROOM_NAMES = (
+    _PREAMBLE
+    + """
+return redis.call('SMEMBERS', rooms)
 """
 ).encode()
