@@ -1,0 +1,346 @@
+"""Retention on a cluster, against a real redis-server: what a room's
+retention expired is left out of every read at once (PAGE, ENTRIES), and
+the purge removes it from Redis (history, stream, and the append-only file
+after the rewrite it asks for), one node at a time under a lease, even when
+the node purging is killed half-way.
+
+Big histories are written straight into Redis with the scripts the nodes
+use (IMPORT, pipelined POST), not sent by clients: the tests are about what
+the nodes then do with them.
+"""
+
+import json
+import signal
+import time
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+
+from chatbox.chat.retention import DAY_MS, Retention, RetentionPolicy
+from chatbox.chat.room import Imported
+from chatbox.cluster import scripts
+from chatbox.cluster.address import parse_redis_url
+from chatbox.cluster.keys import STREAM_LENGTH
+from chatbox.cluster.purge import ClusterPurger
+from chatbox.cluster.room import RedisRoom, entry_template
+from chatbox.wire.clock import Moment
+from tests.http import fetch, metric
+from tests.test_cluster import (  # noqa: F401 (fixtures)
+    LEASE,
+    redis,
+    sleep,
+    start_node,
+    user,
+)
+from tests.test_cluster_moderation import redis_cli
+
+NOW = int(time.time() * 1000)
+
+
+def imported(count: int, first_ms: int, step_ms: int, tag: str) -> list[Imported]:
+    """`count` messages, the first posted at `first_ms`, each `step_ms`
+    after the one before; their text names `tag` and their number."""
+    return [
+        Imported(
+            "Ann",
+            f"{tag}-{i:06d}",
+            "Sun Dec 06 2026 10:00:00 GMT+0000",
+            first_ms + i * step_ms,
+        )
+        for i in range(count)
+    ]
+
+
+async def node_room(server, node: str = "reader") -> RedisRoom:
+    """A node's default room in this process (lease, links and all)."""
+    room = RedisRoom.from_address(
+        parse_redis_url(server.url), reactor, lease=LEASE, node=node
+    )
+    room.attach(lambda event, exclude: None, lambda owners: None)
+    room.start()
+    deadline = time.monotonic() + 15
+    while not room.ready:
+        assert time.monotonic() < deadline, "the node never joined"
+        await sleep(0.05)
+    return room
+
+
+async def load(room: RedisRoom, entries: list[Imported]) -> list[int]:
+    ids: list[int] = []
+    for start in range(0, len(entries), 2000):
+        ids += await room.import_entries(entries[start : start + 2000])
+    return ids
+
+
+def contents(encoded: list[bytes]) -> list[str]:
+    return [json.loads(entry)["content"] for entry in encoded]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_leave_out_what_retention_expired_at_once(redis):  # noqa: F811
+    """20,000 messages, 12,000 of them over a day old: with a day's
+    retention, get (PAGE) and entries (ENTRIES) see only the 8,000 newest
+    at once, with or without before/after; with a count limit, only that
+    many newest; imports get new ids after every id handed out."""
+    room = await node_room(redis)
+    try:
+        old = imported(12_000, NOW - 2 * DAY_MS, 1000, "old")
+        new = imported(8_000, NOW - DAY_MS // 2, 1000, "new")
+        ids = await load(room, old + new)
+        assert ids == list(range(1, 20_001))
+        first_new = ids[12_000]
+
+        room.retention = Retention(days=1)
+        page = await room.page(100_000, None, None, 0)
+        assert contents(page.entries) == [m.content for m in new]
+        # Paging back past the cut stops at it; paging after an expired id
+        # starts at the oldest kept.
+        page = await room.page(10, first_new + 5, None, 0)
+        assert contents(page.entries) == [m.content for m in new[:5]]
+        assert (await room.page(10, first_new, None, 0)).entries == []
+        page = await room.page(3, None, 100, 0)
+        assert len(page.entries) == 3
+        page = await room.page(100_000, None, 100, 0)
+        assert contents(page.entries) == [m.content for m in new]
+        got = await room.entries(0, 2_500)
+        assert [i for i, _ in got] == ids[12_000:14_500]
+        got = await room.entries(first_new + 10, 100_000)
+        assert [i for i, _ in got] == ids[12_011:]
+        assert contents([e for _, e in got]) == [m.content for m in new[11:]]
+
+        room.retention = Retention(messages=500)
+        page = await room.page(100_000, None, None, 0)
+        assert contents(page.entries) == [m.content for m in new[-500:]]
+        assert (await room.page(10, ids[-500], None, 0)).entries == []
+        assert [i for i, _ in await room.entries(0, 1000)] == ids[-500:]
+
+        # Both: the stricter wins.
+        room.retention = Retention(days=1, messages=10_000)
+        assert len((await room.page(100_000, None, None, 0)).entries) == 8_000
+        # Nothing kept.
+        room.retention = Retention(days=0.0001)
+        assert (await room.page(100, None, None, 0)).entries == []
+        assert await room.entries(0, 100) == []
+
+        # An import comes after every id, also those expired.
+        more = await room.import_entries(imported(3, NOW, 1, "more"))
+        assert more == [20_001, 20_002, 20_003]
+        room.retention = Retention()
+        assert len(await room.entries(0, 100_000)) == 20_003
+    finally:
+        await room.close()
+
+
+async def post(commands, messages: list[Imported]) -> None:
+    """Each message as a node's POST stores an announcement (history entry
+    and `message` event in the stream), pipelined 2,000 at a time."""
+    for start in range(0, len(messages), 2000):
+        sent = []
+        for m in messages[start : start + 2000]:
+            when = Moment(m.timestamp, m.millis)
+            head, tail = entry_template(m.name, m.content, when, "announcement")
+            sent.append(
+                commands.run(
+                    scripts.POST,
+                    "loader",
+                    "",
+                    m.name,
+                    m.content,
+                    *when,
+                    head,
+                    tail,
+                    STREAM_LENGTH,
+                    "",
+                    600_000,
+                    50_000,
+                    "1",
+                )
+            )
+        await gatherResults(sent)
+
+
+async def stream_contents(commands) -> list[str]:
+    """The content of every `message` entry in a room's stream."""
+    link = commands._link
+    found, start = [], "-"
+    while True:
+        chunk = await link.execute("XRANGE", commands.keys.events, start, "+",
+                                   "COUNT", 5000)  # fmt: skip
+        for _, flat in chunk:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            if fields[b"k"] == b"message":
+                found.append(fields[b"c"].decode())
+        if len(chunk) < 5000:
+            return found
+        start = b"(" + chunk[-1][0]
+
+
+class Nodes:
+    """What ClusterPurger needs of the registry: the node's default room."""
+
+    def __init__(self, default: RedisRoom) -> None:
+        self.default = default
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_purger_at_a_time_removes_history_and_stream(redis):  # noqa: F811
+    """The default room (age) and a room no node follows (count) hold
+    expired messages in history and stream: a node that does not hold the
+    purge lease removes nothing; the one that does removes exactly the
+    expired ones from both, in every room, sends no event, and new
+    messages still get higher ids."""
+    await redis_cli(redis, "CONFIG", "SET", "appendfsync", "no")  # loads faster
+    one, two = await node_room(redis, "one"), await node_room(redis, "two")
+    try:
+        here = one.commands_for("")
+        far = one.commands_for("far")
+        old = imported(15_000, NOW - 3 * DAY_MS, 1000, "old")
+        new = imported(5_000, NOW - DAY_MS // 2, 1000, "new")
+        await post(here, old + new)
+        await post(far, imported(10_000, NOW - DAY_MS // 2, 1, "far"))
+        await far.run(scripts.IMPORT, "far", b'{"id":', b',"name":"x"}')
+        policy = RetentionPolicy(Retention(days=1), {"far": Retention(messages=2_000)})
+        first, second = (
+            ClusterPurger(Nodes(one), reactor),
+            ClusterPurger(Nodes(two), reactor),
+        )
+        assert await first._lease("take") == 1
+        assert await second.purge(policy, NOW) == {}  # not its turn
+        assert len(await stream_contents(here)) == 20_000
+        assert await first._lease("release") == 1
+
+        events_before = await here._link.execute("XLEN", here.keys.events)
+        assert await first.purge(policy, NOW) == {"": 15_000, "far": 8_001}
+        assert await here._link.execute("EXISTS", here.keys.purge) == 0
+        assert await stream_contents(here) == [m.content for m in new]
+        far_left = await stream_contents(far)
+        assert far_left == [f"far-{i:06d}" for i in range(8_001, 10_000)]
+        # No event was added for the purge (nor by the import).
+        assert await here._link.execute("XLEN", here.keys.events) == (
+            events_before - 15_000
+        )
+        one.retention = Retention()
+        assert len(await one.entries(0, 100_000)) == 5_000
+        # Again: nothing more to remove.
+        assert await first.purge(policy, NOW) == {}
+        # Ids go on rising past the purged ones.
+        assert await far.run(scripts.IMPORT, "far", b'{"id":', b"}") == [10_002]
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def aof_holds(server, *texts: bytes) -> list[bool]:
+    """Whether Redis' append-only files (every file of appendonlydir) hold
+    each text, once any rewrite has finished."""
+    deadline = time.monotonic() + 20
+    while True:
+        info = (await redis_cli(server, "INFO", "persistence")).decode()
+        if "aof_rewrite_in_progress:0" in info and "aof_rewrite_scheduled:0" in info:
+            break
+        assert time.monotonic() < deadline, "redis never finished its rewrite"
+        await sleep(0.05)
+    files = list((server.workdir / "appendonlydir").iterdir())
+    data = b"".join(f.read_bytes() for f in files)
+    return [text in data for text in texts]
+
+
+async def purged_metric(node) -> float:
+    _, _, body = await fetch(node, "/metrics")
+    return metric(body.decode(), "chatbox_retention_purged_messages_total")
+
+
+async def lease_holder(link) -> bytes | None:
+    return await link.execute("GET", "chatbox:purge")
+
+
+async def v2_history(node) -> list[str]:
+    """A bare v2 get's messages, as a new client of `node` sees them."""
+    client = await user(node, f"Reader{time.monotonic_ns() % 10_000}")
+    try:
+        reply = await client.get()
+        assert reply["status"] is True, reply
+        return [m["content"] for m in reply["data"]["message"]]
+    finally:
+        client.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_purge_in_turn_and_a_killed_purger_is_taken_over(
+    tmp_path,
+    redis,  # noqa: F811
+):
+    """A big history, two real nodes. A get on either node shows only what
+    retention keeps before any purge ran; node A purges, is killed (-9)
+    half-way, and B carries on once A's purge lease ran out; then the
+    expired text is in neither history, stream nor the rewritten
+    append-only file, ids go on rising, and later purges are done by one
+    node only."""
+    await redis_cli(redis, "CONFIG", "SET", "aof-use-rdb-preamble", "no")
+    await redis_cli(redis, "CONFIG", "SET", "appendfsync", "no")  # loads faster
+    loader = await node_room(redis, "loader")
+    here, far = loader.commands_for(""), loader.commands_for("far")
+    link = here._link
+    old_bulk = imported(90_000, NOW - 3 * DAY_MS, 1, "bulk")
+    old = imported(8_000, NOW - 2 * DAY_MS, 1000, "old")
+    new = imported(2_000, NOW - DAY_MS // 2, 1000, "new")
+    await load(loader, old_bulk)
+    await post(here, old + new)
+    await far.run(
+        scripts.IMPORT, "far", *entry_template("x", "farfirst", Moment("t", NOW))
+    )
+    await post(far, imported(5_000, NOW, 1, "far"))
+    assert await aof_holds(redis, b"old-000001", b"bulk-000001") == [True, True]
+    kept = [m.content for m in new]
+
+    retention = ["--retention-days=1", "--room-retention=far:messages=1000"]
+    a = await start_node(tmp_path, redis, "a", *retention, "--purge-interval=3")
+    # Read-time: A's first purge is 3 s away, and A leaves out the expired.
+    assert await v2_history(a) == kept
+    assert await link.execute("ZCARD", here.keys.history) == 100_000
+    # Caught half-way through its purge, A is killed.
+    deadline = time.monotonic() + 15
+    while await link.execute("ZCARD", here.keys.history) == 100_000:
+        assert time.monotonic() < deadline, "node A never purged"
+        await sleep(0.002)
+    await a.kill()
+    left = await link.execute("ZCARD", here.keys.history)
+    assert 2_000 < left < 100_000, left
+    holder = await lease_holder(link)
+    assert holder is not None  # A's, running out
+
+    b = await start_node(tmp_path, redis, "b", *retention, "--purge-interval=1")
+    assert await v2_history(b) == kept  # what A left behind is expired too
+    await b.wait_for(rb"retention purge on node", timeout=15)
+    assert await lease_holder(link) is None
+    assert await link.execute("ZCARD", here.keys.history) == 2_000
+    assert await stream_contents(here) == kept
+    far_left = await stream_contents(far)
+    assert far_left == [f"far-{i:06d}" for i in range(4_000, 5_000)]
+    assert await aof_holds(
+        redis, b"old-000001", b"bulk-000001", b"far-000001", b"new-000001"
+    ) == [False, False, False, True]
+    assert b"retention purge on node" not in a.output
+
+    # Ids go on rising; a second node and a later purge: one node does it.
+    c = await start_node(tmp_path, redis, "c", *retention, "--purge-interval=1")
+    writer = await user(b, "Writer")
+    reply = await writer.say("after the purge")
+    assert reply["status"] is True
+    before = [await purged_metric(node) for node in (b, c)]
+    await post(far, imported(500, NOW, 1, "later"))
+    deadline = time.monotonic() + 15
+    while len(await stream_contents(far)) > 1000:
+        assert time.monotonic() < deadline, "the second purge never came"
+        await sleep(0.1)
+    await sleep(1.5)  # one more round of both timers: nothing more to purge
+    after = [await purged_metric(node) for node in (b, c)]
+    # Counted once, whichever node purged them.
+    assert sum(after) - sum(before) == 500
+    history = (await writer.get(after=1))["data"]["message"]
+    assert history[-1]["content"] == "after the purge"
+    assert history[-1]["id"] == 100_001
+    for node in (b, c):
+        await node.kill(signal.SIGTERM)
+    await loader.close()
