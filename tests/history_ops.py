@@ -3,6 +3,7 @@ histories written as files before a server starts (100k messages in a
 second, where sending them would take minutes), a real twistd with its
 admin API, and `chatbox-admin` run as the operator runs it."""
 
+import io
 import json
 import re
 import subprocess
@@ -10,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
 
 from chatbox.admin.tokens import append_line, hash_line
 from tests import process
@@ -135,3 +139,26 @@ def lines_of(path: Path) -> list[dict]:
 
 def without_ids(lines: list[dict]) -> list[dict]:
     return [{k: v for k, v in line.items() if k != "id"} for line in lines]
+
+
+async def api(
+    admin: str, method: str, path: str, body: Any = None
+) -> tuple[int, bytes]:
+    """One admin API request from this process (no CLI start-up: for the
+    steps around what a test is about)."""
+    headers = Headers({b"authorization": [f"Bearer {TOKEN}".encode()]})
+    producer = None
+    if body is not None:
+        producer = FileBodyProducer(io.BytesIO(json.dumps(body).encode()))
+        headers.addRawHeader(b"content-type", b"application/json")
+    response = await Agent(reactor).request(
+        method.encode(), (admin + path).encode(), headers, producer
+    )
+    return response.code, await readBody(response)
+
+
+async def exported(admin: str, query: str = "") -> list[dict]:
+    """GET /v1/export?QUERY's lines, parsed."""
+    status, body = await api(admin, "GET", "/v1/export" + query)
+    assert status == 200, body
+    return [json.loads(line) for line in body.splitlines()]

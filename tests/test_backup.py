@@ -21,10 +21,15 @@ from tests.history_ops import (
     GOTHIC,
     Twistd,
     admin_args,
+    api,
     cli,
+    exported,
+    lines_of,
     messages,
+    without_ids,
     write_history,
 )
+from tests.redis_server import RedisServer
 from tests.server import start_server
 
 DEFAULT_COUNT = 20_000
@@ -94,13 +99,16 @@ async def test_backup_under_load_then_kill_wipe_restore(tmp_path):
     build(workdir)
     server = await Twistd.start(workdir, "--rooms=open")
     admin = server.admin
-    for rule in (
-        ["ban", "name", "troll", "--reason", "spam"],
-        ["reserve", "staff*"],
-        ["slow-mode", "--room", "maths", "5"],
+    for path, rule in (
+        ("/v1/bans", {"name": "troll", "reason": "spam"}),
+        ("/v1/reserved", {"pattern": "staff*"}),
     ):
-        done = await cli(admin, *rule)
-        assert done.returncode == 0, done.stderr
+        status, body = await api(admin, "POST", path, rule)
+        assert status == 201, body
+    status, body = await api(
+        admin, "PUT", "/v1/slow-mode", {"room": "maths", "seconds": 5}
+    )
+    assert status == 200, body
     load = Load(server.url)
     await load.start()
     await deferLater(reactor, 0.3, lambda: None)
@@ -129,7 +137,9 @@ async def test_backup_under_load_then_kill_wipe_restore(tmp_path):
         stored = json.loads((backup / room["file"]).read_bytes())
         assert len(stored) == room["messages"]
         assert stored[-1]["id"] == room["last_id"]
-    newer = [i for _, room, i, _ in load.acked if room == "" and i > rooms[""]["last_id"]]
+    newer = [
+        i for _, room, i, _ in load.acked if room == "" and i > rooms[""]["last_id"]
+    ]
     assert newer  # sent during the backup, after the default room's turn
     print(
         f"\nbackup of {sum(r['messages'] for r in rooms.values())} messages under "
@@ -161,10 +171,7 @@ async def test_backup_under_load_then_kill_wipe_restore(tmp_path):
 
     again = await Twistd.start(workdir, "--rooms=open")
     try:
-        out = tmp_path / "after.jsonl"
-        assert (await cli(again.admin, "export", "-o", str(out))).returncode == 0
-        with open(out, "rb") as f:
-            after = [json.loads(line) for line in f]
+        after = await exported(again.admin)
         present = {(line["room"], line["content"]) for line in after}
         assert before <= present
         per_room = {"": 0, "maths": 0}
@@ -178,10 +185,12 @@ async def test_backup_under_load_then_kill_wipe_restore(tmp_path):
         assert reply["id"] > rooms["maths"]["last_id"]
         client.abort()
         # The rules are back.
-        bans = await cli(again.admin, "bans")
-        assert b"name:troll" in bans.stdout
-        assert b"staff*" in (await cli(again.admin, "reserved")).stdout
-        assert b"/maths\t5" in (await cli(again.admin, "slow-mode")).stdout
+        bans = json.loads((await api(again.admin, "GET", "/v1/bans"))[1])["bans"]
+        assert [(ban["target"], ban["value"]) for ban in bans] == [("name", "troll")]
+        reserved = json.loads((await api(again.admin, "GET", "/v1/reserved"))[1])
+        assert reserved == {"reserved": ["staff*"]}
+        slow = json.loads((await api(again.admin, "GET", "/v1/slow-mode"))[1])
+        assert slow == {"rooms": {"maths": 5}}
     finally:
         await again.child.kill(signal.SIGTERM)
 
@@ -253,3 +262,62 @@ async def test_an_unlucky_operator(tmp_path):
         "data.rooms",
     ]
     assert (target / "data.json").read_bytes() == (good / "data.json").read_bytes()
+
+
+@ensureDeferred
+async def test_a_cluster_exported_and_backed_up_into_one_process(tmp_path):
+    """Two nodes on one Redis: history imported through node A's admin API
+    (RedisRoom.import_entries), people sending on node B, then an export
+    and a backup from A; the backup restored as one process's files holds
+    the cluster's history, ids and all."""
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    nodes: list[Twistd] = []
+    try:
+        for name in ("a", "b"):
+            workdir = tmp_path / name
+            workdir.mkdir()
+            nodes.append(
+                await Twistd.start(workdir, f"--redis={redis.url}", "--rooms=open")
+            )
+        a, b = nodes
+        lines = tmp_path / "in.jsonl"
+        with open(lines, "w", encoding="utf-8") as f:
+            for room, count in (("", 4_000), ("maths", 1_000)):
+                for item in messages(count, ["alice", GOTHIC]):
+                    f.write(json.dumps({"room": room, **item}, ensure_ascii=False))
+                    f.write("\n")
+        done = await cli(a.admin, "import", str(lines))
+        assert done.returncode == 0, done.stderr
+        sender = await connect(f"{b.url}/maths")
+        assert (await sender.register("bob"))["status"] is True
+        for i in range(5):
+            assert (await sender.say(f"on node b {i}"))["status"] is True
+        sender.abort()
+
+        out = tmp_path / "cluster.jsonl"
+        assert (await cli(a.admin, "export", "-o", str(out))).returncode == 0
+        from_cluster = lines_of(out)
+        assert len(from_cluster) == 5_005
+        assert without_ids(from_cluster[:5_000]) == without_ids(lines_of(lines))
+        assert from_cluster[-1]["content"] == "on node b 4"
+
+        backup = tmp_path / "backup"
+        made = await cli(a.admin, "backup", str(backup))
+        assert made.returncode == 0, made.stderr
+    finally:
+        for node in nodes:
+            await node.child.kill(signal.SIGTERM)
+        await redis.kill(signal.SIGTERM)
+
+    single = tmp_path / "single"
+    single.mkdir()
+    restored = await cli(
+        None, "restore", str(backup), "--data", str(single / "data.json")
+    )
+    assert restored.returncode == 0, restored.stderr
+    alone = await Twistd.start(single, "--rooms=open")
+    try:
+        assert await exported(alone.admin) == from_cluster
+    finally:
+        await alone.child.kill(signal.SIGTERM)
