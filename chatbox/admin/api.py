@@ -695,15 +695,18 @@ class AdminAPI:
         checked = self.history.check_room(room)
 
         def lines(sink: _Stream) -> Deferred:
-            return self.history.export(sink, room, name, since, until)
+            return self.history.export(operator, sink, room, name, since, until)
 
         return checked.addCallback(lambda _: self._stream(request, lines))
 
     def backup(self, operator: str, request: server.Request) -> Deferred:
         _no_query(request)
         now_ms = int(self.reactor.seconds() * 1000)
-        self.moderator._audit(operator, "backup", "every room")
-        return self._stream(request, lambda sink: self.history.backup(sink, now_ms))
+
+        def lines(sink: _Stream) -> Deferred:
+            return self.history.backup(operator, sink, now_ms)
+
+        return self._stream(request, lines)
 
     def _stream(
         self, request: server.Request, produce: Callable[["_Stream"], Deferred]

@@ -157,13 +157,16 @@ class HistoryActions:
         return [checked]
 
     async def _each_room(
-        self, room: str | None, act: Callable[[str, IRoom], Any]
+        self,
+        room: str | None,
+        act: Callable[[str, IRoom], Any],
+        names: list[str] | None = None,
     ) -> None:
-        """`act(name, room)` on each room `_walk` names, entered for the
-        while. A room named by the operator that does not exist is 404;
-        while walking every room, one listed but never made is passed
-        over rather than made."""
-        for name in self._walk(room):
+        """`act(name, room)` on each room `_walk` names (or `names`),
+        entered for the while. A room named by the operator that does not
+        exist is 404; while walking every room, one listed but never made
+        (or gone since) is passed over rather than made."""
+        for name in self._walk(room) if names is None else names:
 
             def entered(r: IRoom, name: str = name) -> Deferred:
                 return Deferred.fromCoroutine(act(name, r))
@@ -179,6 +182,7 @@ class HistoryActions:
 
     def export(
         self,
+        operator: str,
         sink: ISink,
         room: str | None,
         name: str | None,
@@ -187,7 +191,14 @@ class HistoryActions:
     ) -> "Deferred[int]":
         """Stream every kept entry matching the filters into `sink`, room
         by room (the default room first), oldest first; fires with how many
-        lines were written."""
+        lines were written; audited as it starts."""
+        self.moderator._audit(
+            operator,
+            "export",
+            f"{'every room' if room is None else self.moderator._where(room)}"
+            f", messages of {'anyone' if name is None else repr(name)} from "
+            f"{_stamp(since)} to {_stamp(until)}",
+        )
         return Deferred.fromCoroutine(self._export(sink, room, name, since, until))
 
     def check_room(self, room: str | None) -> "Deferred[None]":
@@ -240,22 +251,33 @@ class HistoryActions:
 
     # -- backup --
 
-    def backup(self, sink: ISink, now_ms: int) -> "Deferred[dict[str, Any]]":
-        """Stream every room's history for `chatbox-admin backup`: for each
-        room `{"backup":"room","room":R}`, its stored entries one per line
-        (each room read up to the newest id it held when its turn came, so
-        each is one consistent prefix of its history), `{"backup":"end",
-        "room":R,"count":N,"last":L}`; then the rules
+    def backup(
+        self, operator: str, sink: ISink, now_ms: int
+    ) -> "Deferred[dict[str, Any]]":
+        """Stream every room's history for `chatbox-admin backup`. First
+        the newest id of every room is noted, so each room is read up to
+        the last id it had when the backup started, whatever is written
+        meanwhile: one consistent prefix of each. Then for each room
+        `{"backup":"room","room":R}`, its stored entries one per line, and
+        `{"backup":"end","room":R,"count":N,"last":L}`; then the rules
         (`{"backup":"moderation","rules":{...}}`), and last
         `{"backup":"done",...}`: a stream without it is incomplete."""
-        return Deferred.fromCoroutine(self._backup(sink, now_ms))
+        return Deferred.fromCoroutine(self._backup(operator, sink, now_ms))
 
-    async def _backup(self, sink: ISink, now_ms: int) -> dict[str, Any]:
+    async def _backup(self, operator: str, sink: ISink, now_ms: int) -> dict[str, Any]:
+        lasts: dict[str, int] = {}
+
+        async def note_last(room_name: str, entered: IRoom) -> None:
+            newest = await entered.page(1, None, None, 0)
+            lasts[room_name] = _id_of(newest.entries[-1]) if newest.entries else 0
+
+        await self._each_room(None, note_last)
+        rules = self.moderator.moderation.snapshot()
+        self.moderator._audit(operator, "backup", f"{len(lasts)} rooms and the rules")
         rooms: dict[str, dict[str, int]] = {}
 
         async def one_room(room_name: str, entered: IRoom) -> None:
-            newest = await entered.page(1, None, None, 0)
-            last = _id_of(newest.entries[-1]) if newest.entries else 0
+            last = lasts[room_name]
             sink.write(codec.encode({"backup": "room", "room": room_name}) + b"\n")
             count, after = 0, 0
             while after < last:
@@ -273,8 +295,7 @@ class HistoryActions:
             rooms[room_name] = {"count": count, "last": last}
             await sink.drained()
 
-        await self._each_room(None, one_room)
-        rules = self.moderator.moderation.snapshot()
+        await self._each_room(None, one_room, list(lasts))
         sink.write(codec.encode({"backup": "moderation", "rules": rules}) + b"\n")
         done = {
             "backup": "done",

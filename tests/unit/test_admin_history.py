@@ -198,8 +198,8 @@ class FakeHistory:
             return fail(ModerationError(404, "no room 'nosuch'"))
         return succeed(None)
 
-    def export(self, sink: Any, *args: Any) -> Any:
-        self.calls.append(("export", args))
+    def export(self, operator: str, sink: Any, *args: Any) -> Any:
+        self.calls.append(("export", (operator, *args)))
         sink.write(b'{"room":"","id":1}\n')
         return succeed(1)
 
@@ -230,7 +230,7 @@ async def test_an_export_streams_json_lines(admin):
     assert reply.headers["transfer-encoding"] == "chunked"
     assert b'{"room":"","id":1}\n' in reply.received
     assert reply.received.endswith(b"\r\n0\r\n\r\n")
-    assert admin.site.api.history.calls[-1] == ("export", ("", "Zoë", 1, 2))
+    assert admin.site.api.history.calls[-1] == ("export", ("alice", "", "Zoë", 1, 2))
 
 
 @pytest.mark.parametrize(
