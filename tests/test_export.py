@@ -122,6 +122,11 @@ async def test_every_room_then_each_filter(served, tmp_path):
         return len(result.stdout.splitlines())
 
     assert await count("--room", "/maths") == MATHS_COUNT
+    # --json adds nothing after an export on stdout.
+    result = await cli(served.admin, "--json", "export", "--room", "/maths")
+    assert [json.loads(line)["room"] for line in result.stdout.splitlines()] == [
+        "maths"
+    ] * MATHS_COUNT
     assert len(await exported(served.admin, "?room=")) == DEFAULT_COUNT
     # The same person by ARNS: a Cyrillic а in "alice" is alice.
     both = DEFAULT_COUNT // 4 + MATHS_COUNT // 2

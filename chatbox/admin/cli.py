@@ -481,6 +481,8 @@ def cmd_export(options: argparse.Namespace) -> Any:
     if "since" in params and "until" in params and params["since"] > params["until"]:
         raise Failed(USAGE, "--since is after --until")
     path = "/v1/export" + ("?" + urlencode(params) if params else "")
+    if options.output is None:
+        options.json = False  # stdout is the export's: nothing after it
     # A file is written beside its name and renamed once whole, so a
     # failed export never leaves a file that looks complete.
     partial = None if options.output is None else options.output + ".part"
