@@ -7,6 +7,7 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,22 @@ async def test_an_unlucky_operator(tmp_path):
         empty.mkdir()
         refused = await cli(admin, "backup", str(empty), preexec_fn=_limit_file_size)
         assert refused.returncode == 1 and os.listdir(empty) == []
+
+        # A disk that is really full, where this test may mount one.
+        small = tmp_path / "small-disk"
+        small.mkdir()
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+            capture_output=True,
+        )
+        if mounted.returncode == 0:
+            try:
+                refused = await cli(admin, "backup", str(small / "backup"))
+                assert refused.returncode == 1, refused.stderr
+                assert b"No space left on device; nothing of it" in refused.stderr
+                assert os.listdir(small) == []
+            finally:
+                subprocess.run(["umount", str(small)], check=True)
 
         good = tmp_path / "good"
         assert (await cli(admin, "backup", str(good))).returncode == 0
