@@ -475,3 +475,34 @@ async def test_bad_lines_are_named_and_a_refused_batch_stores_nothing(served, tm
     assert resumed.returncode == 0, resumed.stderr
     contents = [line["content"] for line in await exported(served.admin, "?room=late")]
     assert contents == [f"fine {i}" for i in range(1, 3001)]
+
+
+@ensureDeferred
+async def test_an_export_that_breaks_midway_is_not_taken_for_whole(
+    served, tmp_path, no_logged_failures
+):
+    """A room that fails after some pages: the server cuts the connection
+    (no last chunk, the failure logged); the CLI says so, exits 1, and
+    leaves no file, not even the part it had."""
+    room = await _loaded(served, "")
+    original = room.entries
+    pages = 0
+
+    def failing(after: int, limit: int) -> Deferred:
+        nonlocal pages
+        pages += 1
+        if pages > 3:
+            raise RuntimeError("the disk went away")
+        return original(after, limit)
+
+    room.entries = failing
+    out = tmp_path / "cut.jsonl"
+    result = await cli(served.admin, "export", "--room", "/", "-o", str(out))
+    assert result.returncode == 1
+    assert b"the export was cut short after" in result.stderr
+    assert not out.exists() and not (tmp_path / "cut.jsonl.part").exists()
+    room.entries = original
+    # The server logged why, once.
+    assert len(no_logged_failures) == 1
+    assert "the disk went away" in no_logged_failures[0]
+    no_logged_failures.clear()

@@ -14,8 +14,11 @@ goes nowhere but the URL given.
 carry it) on stdout only; it is in no log line.
 
 Output is one item per line, fields separated by tabs, for scripts; --json
-prints the API's JSON instead. Exit status: 0 done, 1 refused by the server
-(its reason on stderr), 2 a usage error, 3 the server could not be reached.
+prints the API's JSON instead. `export` writes JSON Lines (stdout or -o);
+`import`, `backup` and `erase` say what they did on stderr; `restore` is
+offline, like `new-token` (README "Operating chatbox"). Exit status: 0
+done, 1 refused by the server (its reason on stderr), 2 a usage error, 3
+the server could not be reached.
 
 Standard library only: it runs wherever Python does, without the server's
 dependencies.
@@ -1196,7 +1199,8 @@ def parser() -> argparse.ArgumentParser:
         parents=[common],
         description="Operate a chatbox server through its admin API: kick, ban, "
         "mute, delete messages, slow mode, announcements, reserved names, "
-        "tokens for verified nicknames.",
+        "tokens for verified nicknames; export, import, back up and restore "
+        "history, erase a person's messages.",
         epilog="Exit status: 0 done, 1 refused by the server, 2 usage error, "
         "3 server unreachable. Durations: 90, 30s, 10m, 2h, 7d. Times: ISO 8601 "
         "(local time unless a zone is given) or a duration ago (2h). Rooms: / "
