@@ -1020,6 +1020,26 @@ def _checked_backup(folder: str) -> dict[str, Any]:
     return manifest
 
 
+def _copy_durably(source: str, target: str, mode: int) -> None:
+    """`target` holds `source`'s bytes, all or nothing, surviving a power
+    cut (a temporary fsync'd and renamed, the folder fsync'd), copied in
+    pieces: a history of millions of messages is never held whole."""
+    temporary = target + ".tmp"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with open(source, "rb") as f, open(fd, "wb") as out:
+            for chunk in iter(lambda: f.read(READ_CHUNK), b""):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_folder(os.path.dirname(target))
+
+
 def cmd_restore(options: argparse.Namespace) -> Any:
     """Offline: writes the one-process files for --data. Imported here, not
     at the top: the history's own modules name every file a history has,
@@ -1072,10 +1092,10 @@ def cmd_restore(options: argparse.Namespace) -> Any:
                 rooms, relative.split("/")[1]
             )
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(os.path.join(options.dir, relative), "rb") as source:
-                body = source.read()
-            datafile.replace_durably(
-                target, body, 0o600 if relative == RULES_FILE else 0o644
+            _copy_durably(
+                os.path.join(options.dir, relative),
+                target,
+                0o600 if relative == RULES_FILE else 0o644,
             )
         if DEFAULT_FILE not in manifest["files"]:
             datafile.replace_durably(data, b"[]\n")
