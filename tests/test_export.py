@@ -7,7 +7,6 @@ The server runs in this process (tests/server.py) so a test can count the
 pages its rooms are asked for: that is how a reader that stops reading is
 shown to stop the reads (memory bounded), not by timing anything."""
 
-import contextlib
 import json
 import re
 import socket
@@ -159,7 +158,7 @@ async def _raw_export(port: int, query: str = "") -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
     sock.sendall(
-        f"GET /v1/export{query} HTTP/1.1\r\nHost: a\r\n"
+        f"GET /v1/export{query} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
         f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
     )
     return sock
@@ -234,21 +233,30 @@ async def test_a_flowing_export_outlives_the_request_deadline(served, monkeypatc
     STALL_DEADLINE is."""
     monkeypatch.setattr(api, "REQUEST_DEADLINE", 0.2)
     small_send_buffers(monkeypatch)
-    monkeypatch.setattr(api, "STALL_DEADLINE", 0.4)
+    monkeypatch.setattr(api, "STALL_DEADLINE", 0.5)
     sock = await _raw_export(served.admin_port, "?room=")
     sock.setblocking(False)
     received = bytearray()
     started = time.monotonic()
-    while not received.endswith(b"\r\n0\r\n\r\n") and time.monotonic() - started < 20:
-        with contextlib.suppress(BlockingIOError):
-            received += sock.recv(64 * 1024)  # slowly: ~1.5 s in all
+    while time.monotonic() - started < 20:
+        try:
+            chunk = sock.recv(32 * 1024)  # slowly: ~1.5 s in all
+        except BlockingIOError:
+            chunk = None
+        if chunk == b"":
+            break
+        if chunk:
+            received += chunk
         await deferLater(reactor, 0.005, lambda: None)
     sock.close()
-    assert time.monotonic() - started > 0.5
+    # Longer than both deadlines, and whole.
+    assert time.monotonic() - started > 0.7
+    assert received.endswith(b"\r\n0\r\n\r\n")
     assert received.count(b'{"room":""') == DEFAULT_COUNT
 
+    monkeypatch.setattr(api, "STALL_DEADLINE", 0.3)
     sock = await _raw_export(served.admin_port)
-    await deferLater(reactor, 0.8, lambda: None)
+    await deferLater(reactor, 1.0, lambda: None)
     sock.setblocking(False)
     got = bytearray()
     with_end = False
