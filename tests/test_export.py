@@ -253,6 +253,7 @@ async def test_a_flowing_export_outlives_the_request_deadline(served, monkeypatc
     assert time.monotonic() - started > 0.7
     assert received.endswith(b"\r\n0\r\n\r\n")
     assert received.count(b'{"room":""') == DEFAULT_COUNT
+    assert received.count(b"HTTP/1.1 ") == 1  # no 408 slipped in
 
     monkeypatch.setattr(api, "STALL_DEADLINE", 0.3)
     sock = await _raw_export(served.admin_port)
