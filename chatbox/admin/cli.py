@@ -35,7 +35,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, NoReturn
 from urllib.parse import quote, urlencode
@@ -1020,15 +1020,15 @@ def _checked_backup(folder: str) -> dict[str, Any]:
     return manifest
 
 
-def _copy_durably(source: str, target: str, mode: int) -> None:
-    """`target` holds `source`'s bytes, all or nothing, surviving a power
-    cut (a temporary fsync'd and renamed, the folder fsync'd), copied in
-    pieces: a history of millions of messages is never held whole."""
+def _write_durably(target: str, chunks: Iterable[bytes], mode: int) -> None:
+    """`target` holds these bytes, all or nothing, surviving a power cut (a
+    temporary fsync'd and renamed, the folder fsync'd), written in pieces:
+    a history of millions of messages is never held whole."""
     temporary = target + ".tmp"
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with open(source, "rb") as f, open(fd, "wb") as out:
-            for chunk in iter(lambda: f.read(READ_CHUNK), b""):
+        with open(fd, "wb") as out:
+            for chunk in chunks:
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
@@ -1040,35 +1040,59 @@ def _copy_durably(source: str, target: str, mode: int) -> None:
     _fsync_folder(os.path.dirname(target))
 
 
-def cmd_restore(options: argparse.Namespace) -> Any:
-    """Offline: writes the one-process files for --data. Imported here, not
-    at the top: the history's own modules name every file a history has,
-    and their lock says whether a server runs on them."""
-    from chatbox.local import datafile
-    from chatbox.local.moderation import moderation_path
-    from chatbox.local.rooms import rooms_folder
+def _pieces(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from iter(lambda: f.read(READ_CHUNK), b"")
 
+
+def history_layout(data: str) -> dict[str, Any]:
+    """The files of one process's history at --data `data`, as the server
+    names them (chatbox.local: datafile, rooms, moderation; the admin layer
+    may not import a backend, so tests/unit/test_admin_history.py checks
+    that the two agree): its rooms folder, its rules file, and the default
+    room's own files besides the lock."""
+    base = data[: -len(".json")] if data.endswith(".json") else data
+    return {
+        "rooms": base + ".rooms",
+        "rules": base + ".moderation.json",
+        "own": [data, data + ".journal", data + ".journal.old", data + ".sends"],
+        "lock": data + ".lock",
+    }
+
+
+def _hold_history(lock_path: str, data: str) -> int:
+    """The flock a running chatbox holds on its history (its HistoryLock):
+    taken here, so a restore never writes under a running server, and no
+    server starts on files half restored. Returns the descriptor."""
+    import fcntl  # Unix only, like the server's lock
+
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).strip().decode("ascii", "replace")
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise Failed(
+            REFUSED,
+            f"{data} is in use by another chatbox{who}; stop it before restoring",
+        ) from None
+    return fd
+
+
+def cmd_restore(options: argparse.Namespace) -> Any:
+    """Offline: writes the one-process files for --data."""
     manifest = _checked_backup(options.dir)
-    data = datafile.history_path(os.path.abspath(options.data))
+    data = os.path.abspath(options.data)
+    if os.path.islink(data):  # the server follows it too
+        data = os.path.realpath(data)
     if not os.path.isdir(os.path.dirname(data)):
         raise Failed(USAGE, f"no folder {os.path.dirname(data)} for --data")
+    layout = history_layout(data)
+    rooms, rules = layout["rooms"], layout["rules"]
+    lock = _hold_history(layout["lock"], data)
     try:
-        lock = datafile.HistoryLock(data, advice="stop it before restoring")
-    except datafile.HistoryFileError as e:
-        raise Failed(REFUSED, str(e)) from None
-    try:
-        rooms = rooms_folder(data)
-        rules = moderation_path(data)
-        present = [
-            path
-            for path in (
-                data,
-                *datafile.journal_paths(data),
-                datafile.sends_path(data),
-                rules,
-            )
-            if os.path.exists(path)
-        ]
+        present = [path for path in (*layout["own"], rules) if os.path.exists(path)]
         if os.path.isdir(rooms):
             present += [
                 os.path.join(rooms, name)
@@ -1092,19 +1116,19 @@ def cmd_restore(options: argparse.Namespace) -> Any:
                 rooms, relative.split("/")[1]
             )
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            _copy_durably(
-                os.path.join(options.dir, relative),
+            _write_durably(
                 target,
+                _pieces(os.path.join(options.dir, relative)),
                 0o600 if relative == RULES_FILE else 0o644,
             )
         if DEFAULT_FILE not in manifest["files"]:
-            datafile.replace_durably(data, b"[]\n")
+            _write_durably(data, [b"[]\n"], 0o644)
     except OSError as e:
         raise Failed(
             REFUSED, f"restore failed: {e}; start nothing on {data} until it is done"
         ) from None
     finally:
-        lock.release()
+        os.close(lock)
     total = sum(room.get("messages", 0) for room in manifest["rooms"])
     print(
         f"restored {total} messages in {len(manifest['rooms'])} rooms and the "

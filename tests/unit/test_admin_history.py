@@ -6,6 +6,7 @@ real socket, against a fake that records what reached it)."""
 
 import io
 import json
+import os
 from typing import Any
 
 import pytest
@@ -295,3 +296,33 @@ async def test_an_erasure_answers_counts_per_room(admin):
     ):
         reply = await admin.call("POST", "/v1/erase", bad)
         assert reply.status == 400 and said in reply.json["error"], reply.json
+
+
+@pytest.mark.parametrize("name", ["data.json", "history", "chat.v2.json"])
+def test_restore_names_the_files_the_server_does(tmp_path, name):
+    """The admin layer may not import a backend, so restore spells out one
+    process's layout itself: it must be the server's, or a restore would
+    write files the server never reads (or leave a journal it replays)."""
+    from chatbox.local import datafile
+    from chatbox.local.moderation import moderation_path
+    from chatbox.local.rooms import rooms_folder
+
+    data = str(tmp_path / name)
+    layout = cli.history_layout(data)
+    assert layout["rooms"] == rooms_folder(data)
+    assert layout["rules"] == moderation_path(data)
+    assert layout["own"] == [
+        data,
+        *datafile.journal_paths(data),
+        datafile.sends_path(data),
+    ]
+    # The lock is the server's own: held by it, restore is refused.
+    held = datafile.HistoryLock(data)
+    try:
+        held.claim()
+        with pytest.raises(cli.Failed) as raised:
+            cli._hold_history(layout["lock"], data)
+        assert "in use by another chatbox (pid " in raised.value.message
+    finally:
+        held.release()
+    os.close(cli._hold_history(layout["lock"], data))
