@@ -24,7 +24,7 @@ from chatbox.chat.retention import DAY_MS, Retention, RetentionPolicy
 from chatbox.chat.room import Imported
 from chatbox.cluster import scripts
 from chatbox.cluster.address import parse_redis_url
-from chatbox.cluster.keys import STREAM_LENGTH
+from chatbox.cluster.keys import STREAM_LENGTH, deleted_count_of
 from chatbox.cluster.purge import ClusterPurger
 from chatbox.cluster.room import (
     PurgeLeaseLost,
@@ -225,6 +225,9 @@ async def test_one_purger_at_a_time_removes_history_and_stream(redis):  # noqa: 
         assert await first.purge(policy, NOW) == {"": 13_000, "far": 1_001}
         assert await here._link.execute("EXISTS", here.keys.purge) == 0
         assert await stream_contents(here) == [m.content for m in new]
+        assert await here._link.execute("GET", deleted_count_of(here.keys.events)) == (
+            b"3000"
+        )
         far_left = await stream_contents(far)
         assert far_left == [f"far-{i:06d}" for i in range(1_001, 3_000)]
         # No event was added for the purge (nor by the import).
@@ -434,6 +437,11 @@ async def test_erase_reaches_a_room_no_node_follows(tmp_path, redis, rooms):  # 
         history = await keys._link.execute("ZRANGE", keys.keys.history, 0, -1)
         assert not any(b"Spammer" in entry for entry in history)
         assert len(history) == 301
+        # Counted, so no node's reader takes the XDELs for trimming.
+        assert (
+            await keys._link.execute("GET", deleted_count_of(keys.keys.events))
+            == b"200"
+        )
     finally:
         await node.kill(signal.SIGTERM)
     try:
