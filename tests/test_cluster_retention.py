@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.utils import getProcessOutputAndValue
 
 from chatbox.admin.tokens import append_line, hash_line
 from chatbox.chat.retention import DAY_MS, Retention, RetentionPolicy
@@ -37,6 +38,7 @@ from chatbox.wire.clock import Moment
 from tests import process
 from tests.http import fetch, metric
 from tests.test_cluster import (  # noqa: F401 (fixtures)
+    CHATBOX_REDIS,
     LEASE,
     redis,
     sleep,
@@ -465,3 +467,53 @@ async def test_the_maker_names_every_room_of_the_cluster(redis):  # noqa: F811
         assert await maker.exists("near") is False
     finally:
         await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backup_folder_moves_into_redis_and_back(tmp_path, redis):  # noqa: F811
+    """`chatbox-redis import --with-rooms` takes the single-process layout
+    (data.json, data.rooms/NAME.json: what `chatbox-admin backup` writes)
+    into Redis, every room, marks and ids kept; it refuses as a whole when
+    any room has a history already; `export --with-rooms` writes the same
+    layout back."""
+    backup = tmp_path / "backup"
+    (backup / "data.rooms").mkdir(parents=True)
+    stamp = "Sun Dec 06 2026 10:00:00 GMT+0000"
+    default = [
+        {"id": 1, "name": "An", "content": "hello", "timestamp": stamp, "time": NOW},
+        {"id": 4, "name": "chatbox", "content": "notice", "timestamp": stamp,
+         "time": NOW, "announcement": True},
+    ]  # fmt: skip
+    far = [
+        {"id": 2, "name": "Vy", "content": "xin chào", "timestamp": stamp,
+         "time": NOW, "verified": True},
+    ]  # fmt: skip
+    (backup / "data.json").write_text(json.dumps(default, ensure_ascii=False))
+    (backup / "data.rooms" / "far.json").write_text(json.dumps(far, ensure_ascii=False))
+    command = ["--redis", redis.url, "--with-rooms"]
+    out, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["import", *command, str(backup / "data.json")]
+    )
+    assert code == 0, err
+    assert b"imported 2 messages" in out and b"imported 1 messages" in out
+    assert await redis_cli(redis, "SMEMBERS", "chatbox:rooms") == b"far\n"
+    # Again, the default room emptied meanwhile: refused as a whole, because
+    # room far has a history; the default room is not filled either.
+    await redis_cli(redis, "RENAME", "chatbox:history", "kept")
+    await redis_cli(redis, "RENAME", "chatbox:msgid", "kept-id")
+    _, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["import", *command, str(backup / "data.json")]
+    )
+    assert code == 1 and b"(room far) already has a history" in err
+    assert await redis_cli(redis, "EXISTS", "chatbox:history") == b"0\n"
+    await redis_cli(redis, "RENAME", "kept", "chatbox:history")
+    await redis_cli(redis, "RENAME", "kept-id", "chatbox:msgid")
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out, err, code = await getProcessOutputAndValue(
+        CHATBOX_REDIS, ["export", *command, str(out_dir / "data.json")]
+    )
+    assert code == 0, err
+    assert json.loads((out_dir / "data.json").read_text()) == default
+    assert json.loads((out_dir / "data.rooms" / "far.json").read_text()) == far
