@@ -265,8 +265,18 @@ async def aof_holds(server, *texts: bytes) -> list[bool]:
             break
         assert time.monotonic() < deadline, "redis never finished its rewrite"
         await sleep(0.05)
-    files = list((server.workdir / "appendonlydir").iterdir())
-    data = b"".join(f.read_bytes() for f in files)
+    # Redis 7 keeps the AOF as the files its manifest lists (those a rewrite
+    # replaced are listed as history, "type h", until they are deleted).
+    folder = server.workdir / "appendonlydir"
+    while True:
+        manifest = next(folder.glob("*.manifest")).read_text().split("\n")
+        if not any(line.endswith(" type h") for line in manifest):
+            break
+        assert time.monotonic() < deadline, "redis kept its old AOF files"
+        await sleep(0.05)
+    files = [line.split()[1] for line in manifest if line.startswith("file ")]
+    assert files, manifest
+    data = b"".join((folder / name).read_bytes() for name in files)
     return [text in data for text in texts]
 
 
