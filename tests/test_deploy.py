@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -51,6 +52,8 @@ NGINX = shutil.which("nginx") or (
     "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
 )
 SITE = DEPLOY / "nginx" / "chatbox.conf"
+CADDY = shutil.which("caddy")
+CADDYFILE = DEPLOY / "Caddyfile"
 
 
 def tls_files(tmp_path: Path) -> tuple[trustme.CA, Path, Path]:
@@ -167,27 +170,45 @@ async def test_systemctl_reload_keeps_every_client(tmp_path):
         await child.kill(signal.SIGTERM)
 
 
-# -- nginx in front ------------------------------------------------------------
+# -- a reverse proxy in front: nginx and Caddy --------------------------------
 
 
-def require_nginx() -> str:
-    if NGINX is None:
-        if os.environ.get("CHATBOX_REQUIRE_NGINX"):
-            pytest.fail("nginx is not installed (scripts/test installs it)")
-        pytest.skip("nginx is not installed (scripts/test installs it)")
-    return NGINX
+def require(binary: str | None, name: str, package: str) -> str:
+    if binary is None:
+        if os.environ.get("CHATBOX_REQUIRE_PROXIES"):
+            pytest.fail(f"{name} is not installed (scripts/test installs {package})")
+        pytest.skip(f"{name} is not installed (scripts/test installs {package})")
+    return binary
 
 
-def replace_once(text: str, old: str, new: str) -> str:
+def replace_once(text: str, old: str, new: str, where: str) -> str:
     """The shipped file, changed only where a test must: each anchor there
-    exactly once, so a rewritten site file fails here, not silently."""
-    assert text.count(old) == 1, f"{old!r} is not in {SITE.name} exactly once"
+    exactly once, so a rewritten file fails here, not silently."""
+    assert text.count(old) == 1, f"{old!r} is not in {where} exactly once"
     return text.replace(old, new)
 
 
+async def until_listening(port: int, child: _Child, log: Any) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await fetch(SimpleNamespace(port=port), "/")
+            return
+        except Exception:  # refused: not listening yet
+            if time.monotonic() > deadline or child.ended.called:
+                raise AssertionError(f"the proxy did not start: {log()}") from None
+            await deferLater(reactor, 0.05, lambda: None)
+
+
 class Nginx:
+    """The shipped site file in a test-made nginx.conf, one process, ports
+    and certificate of the test's."""
+
+    name = "nginx"
+    read_timeout = 3  # scaled down with chatbox's 1 s pings
+
     def __init__(self, tmp_path: Path, upstream: int, cert: Path, key: Path) -> None:
-        self.binary = require_nginx()
+        self.binary = require(NGINX, "nginx", "nginx-light")
         self.prefix = tmp_path / "nginx"
         self.prefix.mkdir()
         self.http_port, self.https_port = free_port(), free_port()
@@ -201,12 +222,11 @@ class Nginx:
             ("/etc/letsencrypt/live/chat.example.org/fullchain.pem", str(cert)),
             ("/etc/letsencrypt/live/chat.example.org/privkey.pem", str(key)),
             ("/var/www/letsencrypt", str(self.prefix)),
-            # Scaled down with chatbox's pings (1 s in these tests), so a
-            # test need not sit through nginx's 60 s.
-            ("proxy_read_timeout 3600s;", "proxy_read_timeout 3s;"),
-            ("proxy_send_timeout 3600s;", "proxy_send_timeout 3s;"),
+            # A test need not sit through the real limits.
+            ("proxy_read_timeout 3600s;", f"proxy_read_timeout {self.read_timeout}s;"),
+            ("proxy_send_timeout 3600s;", f"proxy_send_timeout {self.read_timeout}s;"),
         ):
-            site = replace_once(site, old, new)
+            site = replace_once(site, old, new, SITE.name)
         (self.prefix / "site.conf").write_text(site)
         temp = "\n".join(
             f"  {kind}_temp_path {self.prefix}/{kind};"
@@ -225,10 +245,7 @@ http {{
 }}
 """
         )
-        self.child = _Child()
-
-    def start(self) -> None:
-        args = [
+        self.args = [
             self.binary,
             "-p",
             str(self.prefix),
@@ -237,21 +254,13 @@ http {{
             "-c",
             str(self.prefix / "nginx.conf"),
         ]
-        check = subprocess.run([*args, "-t"], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-        reactor.spawnProcess(self.child, self.binary, args, env={})
+        self.child = _Child()
 
-    async def ready(self) -> None:
-        """Listening: its plain-HTTP port answers."""
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                await fetch(SimpleNamespace(port=self.http_port), "/")
-                return
-            except Exception:  # refused: not listening yet
-                if time.monotonic() > deadline or self.child.ended.called:
-                    raise AssertionError("nginx did not start: " + self.log()) from None
-                await deferLater(reactor, 0.05, lambda: None)
+    async def start(self) -> None:
+        check = subprocess.run([*self.args, "-t"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        reactor.spawnProcess(self.child, self.binary, self.args, env={})
+        await until_listening(self.http_port, self.child, self.log)
 
     def log(self) -> str:
         path = self.prefix / "error.log"
@@ -262,17 +271,62 @@ http {{
             self.child.transport.signalProcess("TERM")
             await self.child.ended.addTimeout(10, reactor)
 
-    @property
-    def url(self) -> str:
-        return f"wss://127.0.0.1:{self.https_port}"
+
+class Caddy(Nginx):
+    """The shipped Caddyfile, its site address and certificate the test's
+    (no ACME), its admin endpoint off."""
+
+    name = "caddy"
+
+    def __init__(self, tmp_path: Path, upstream: int, cert: Path, key: Path) -> None:
+        self.binary = require(CADDY, "caddy", "caddy")
+        self.prefix = tmp_path / "caddy"
+        self.prefix.mkdir()
+        self.http_port, self.https_port = free_port(), free_port()
+        site = CADDYFILE.read_text()
+        for old, new in (
+            (
+                "chat.example.org {",
+                f"{{\n\tadmin off\n\tauto_https disable_redirects\n"
+                f"\thttp_port {self.http_port}\n}}\n"
+                f"http://127.0.0.1:{self.http_port} {{\n\trespond 404\n}}\n"
+                f"https://localhost:{self.https_port}, "
+                f"https://127.0.0.1:{self.https_port} {{\n"
+                f"\ttls {cert} {key}",
+            ),
+            ("reverse_proxy 127.0.0.1:9000", f"reverse_proxy 127.0.0.1:{upstream}"),
+        ):
+            site = replace_once(site, old, new, CADDYFILE.name)
+        (self.prefix / "Caddyfile").write_text(site)
+        self.args = [
+            self.binary,
+            "run",
+            "--adapter",
+            "caddyfile",
+            "--config",
+            str(self.prefix / "Caddyfile"),
+        ]
+        self.env = {
+            "HOME": str(self.prefix),
+            "XDG_DATA_HOME": str(self.prefix / "data"),
+            "XDG_CONFIG_HOME": str(self.prefix / "config"),
+        }
+        self.child = _Child()
+
+    async def start(self) -> None:
+        reactor.spawnProcess(self.child, self.binary, self.args, env=self.env)
+        await until_listening(self.http_port, self.child, self.log)
+
+    def log(self) -> str:
+        return self.child.output.decode(errors="replace")
 
 
-@pytest_twisted.async_yield_fixture
-async def proxied(tmp_path):
-    """chatbox as the unit runs it behind nginx (--trusted-proxies 1), with
-    WebSocket pings every second and its admin API; nginx with the shipped
-    site file and a certificate the clients trust."""
-    require_nginx()
+@pytest_twisted.async_yield_fixture(params=[Nginx, Caddy], ids=["nginx", "caddy"])
+async def proxied(request, tmp_path):
+    """chatbox as the unit runs it behind a proxy (--trusted-proxies 1),
+    with WebSocket pings every second and its admin API; the proxy with the
+    shipped file and a certificate the clients trust."""
+    ca, cert, key = tls_files(tmp_path)
     tokens = tmp_path / "admin-tokens"
     append_line(str(tokens), hash_line("alice", TOKEN))
     server = await start_server(
@@ -281,36 +335,43 @@ async def proxied(tmp_path):
         "--ws-ping-interval=1",
         "--ws-ping-timeout=5",
     )
-    operator = Operator(server, tokens)
-    ca, cert, key = tls_files(tmp_path)
-    nginx = Nginx(tmp_path, server.port, cert, key)
-    nginx.start()
-    await nginx.ready()
-    yield SimpleNamespace(server=server, operator=operator, nginx=nginx, ca=ca)
-    await nginx.stop()
-    await operator.stop()
-    await server.stop()
+    proxy = operator = None
+    try:
+        proxy = request.param(tmp_path, server.port, cert, key)
+        operator = Operator(server, tokens)
+        await proxy.start()
+        yield SimpleNamespace(
+            server=server,
+            operator=operator,
+            proxy=proxy,
+            ca=ca,
+            url=f"wss://127.0.0.1:{proxy.https_port}",
+        )
+    finally:
+        if proxy is not None:
+            await proxy.stop()
+        if operator is not None:
+            await operator.stop()
+        await server.stop()
 
 
 @ensureDeferred
-async def test_a_v2_session_through_nginx_with_tls_at_the_proxy(proxied):
+async def test_a_v2_session_through_the_proxy_with_tls_there(proxied):
     tls = client_tls(proxied.ca)
-    url = proxied.nginx.url
-    an = await connect(url, tls=tls)
+    an = await connect(proxied.url, tls=tls)
     assert (await an.register("an"))["status"] is True
-    bo = await connect(url, tls=tls)
+    bo = await connect(proxied.url, tls=tls)
     assert (await bo.register("bo"))["status"] is True
     await an.event()  # bo joined
-    assert (await an.say("hello through nginx"))["status"] is True
+    assert (await an.say("hello through the proxy"))["status"] is True
     event = await bo.event()
-    assert (event["datatype"], event["content"]) == ("message", "hello through nginx")
+    assert (event["datatype"], event["content"]) == (
+        "message",
+        "hello through the proxy",
+    )
     history = (await bo.get())["data"]
-    assert [m["content"] for m in history["message"]] == ["hello through nginx"]
+    assert [m["content"] for m in history["message"]] == ["hello through the proxy"]
     assert history["online"] == ["an", "bo"]
-    # Plain HTTP only redirects, except for certbot's challenges.
-    code, headers, _ = await fetch(SimpleNamespace(port=proxied.nginx.http_port), "/")
-    assert code == 301
-    assert headers["location"] == "https://127.0.0.1/"  # $host: no port
     # The page and /healthz over TLS, through the proxy.
     agent = Agent(
         reactor,
@@ -320,10 +381,17 @@ async def test_a_v2_session_through_nginx_with_tls_at_the_proxy(proxied):
     )
     for path in (b"/", b"/healthz"):
         response = await agent.request(
-            b"GET", b"https://localhost:%d%s" % (proxied.nginx.https_port, path)
+            b"GET", b"https://localhost:%d%s" % (proxied.proxy.https_port, path)
         )
         await readBody(response)
         assert response.code == 200, path
+    if proxied.proxy.name == "nginx":
+        # Plain HTTP only redirects, except for certbot's challenges.
+        code, headers, _ = await fetch(
+            SimpleNamespace(port=proxied.proxy.http_port), "/"
+        )
+        assert code == 301
+        assert headers["location"] == "https://127.0.0.1/"  # $host: no port
 
 
 async def users(operator: Operator) -> dict[str, str]:
@@ -334,21 +402,26 @@ async def users(operator: Operator) -> dict[str, str]:
 @ensureDeferred
 async def test_a_forged_x_forwarded_for_neither_dodges_nor_frames_a_ban(proxied):
     tls = client_tls(proxied.ca)
-    url = proxied.nginx.url
     await proxied.operator.ok("ban", "address", "127.0.0.3", "--reason", "spam")
     # The banned address, claiming to be someone else: still refused.
     for forged in ("10.1.2.3", "10.1.2.3, 127.0.0.2", "127.0.0.2"):
         with pytest.raises(ConnectionError):
             await connect(
-                url, tls=tls, source="127.0.0.3", headers={"X-Forwarded-For": forged}
+                proxied.url,
+                tls=tls,
+                source="127.0.0.3",
+                headers={"X-Forwarded-For": forged},
             )
     # Someone else, claiming to be the banned address: let in, and seen as
     # what they are.
     innocent = await connect(
-        url, tls=tls, source="127.0.0.2", headers={"X-Forwarded-For": "127.0.0.3"}
+        proxied.url,
+        tls=tls,
+        source="127.0.0.2",
+        headers={"X-Forwarded-For": "127.0.0.3"},
     )
     assert (await innocent.register("innocent"))["status"] is True
-    plain = await connect(url, tls=tls, source="127.0.0.4")
+    plain = await connect(proxied.url, tls=tls, source="127.0.0.4")
     assert (await plain.register("plain"))["status"] is True
     assert await users(proxied.operator) == {
         "innocent": "127.0.0.2",
@@ -356,15 +429,17 @@ async def test_a_forged_x_forwarded_for_neither_dodges_nor_frames_a_ban(proxied)
     }
 
 
+# Caddy's reverse_proxy has no read timeout on WebSockets to outlive.
+@pytest.mark.parametrize("proxied", [Nginx], ids=["nginx"], indirect=True)
 @ensureDeferred
 async def test_an_idle_socket_outlives_the_proxys_read_timeout(proxied):
     """nginx drops a proxied connection after proxy_read_timeout without a
     byte from chatbox (3 s here, scaled with 1 s pings); chatbox's
     WebSocket pings are those bytes."""
     tls = client_tls(proxied.ca)
-    idle = await connect(proxied.nginx.url, tls=tls)
+    idle = await connect(proxied.url, tls=tls)
     assert (await idle.register("idle"))["status"] is True
-    await deferLater(reactor, 5, lambda: None)  # well past 3 s
+    await deferLater(reactor, proxied.proxy.read_timeout + 2, lambda: None)
     assert not idle.closed.called
     assert (await idle.say("still here"))["status"] is True
     # The shipped limits are far above chatbox's default pings.
