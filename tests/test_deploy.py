@@ -385,6 +385,13 @@ async def test_a_v2_session_through_the_proxy_with_tls_there(proxied):
         )
         await readBody(response)
         assert response.code == 200, path
+    # /metrics is for Prometheus on chatbox's own port, not for the world.
+    response = await agent.request(
+        b"GET", b"https://localhost:%d/metrics" % proxied.proxy.https_port
+    )
+    await readBody(response)
+    assert response.code == 404
+    assert (await fetch(proxied.server, "/metrics"))[0] == 200
     if proxied.proxy.name == "nginx":
         # Plain HTTP only redirects, except for certbot's challenges.
         code, headers, _ = await fetch(
