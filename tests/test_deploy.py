@@ -715,3 +715,48 @@ async def test_twistd_log_rotation_loses_and_repeats_no_line(tmp_path):
     assert signals >= 3 and len(files) > signals
     # One file was cut by size, the others by signal.
     assert max(path.stat().st_size for path in files) >= 1_000_000
+
+
+TICKER = """
+from twisted.application import internet, service
+from twisted.logger import Logger
+
+log = Logger(namespace="chatbox.test")
+application = service.Application("ticker")
+internet.TimerService(0.01, lambda: log.info("tick")).setServiceParent(application)
+"""
+
+
+@ensureDeferred
+async def test_logrotate_renaming_leaves_twistd_writing_the_renamed_file(tmp_path):
+    """Why README "Log files and rotation" says not to use logrotate: after
+    its rename, SIGUSR1 (as a postrotate would send) rotates nothing, and
+    twistd goes on writing into the renamed file."""
+    (tmp_path / "ticker.tac").write_text(TICKER)
+    logfile = tmp_path / "chatbox.log"
+    ticker = _Writer()
+    reactor.spawnProcess(
+        ticker,
+        process.TWISTD,
+        [
+            process.TWISTD,
+            "--nodaemon",
+            "--pidfile=",
+            f"--logfile={logfile}",
+            "-y",
+            str(tmp_path / "ticker.tac"),
+        ],
+        env=process.child_env(),
+        path=str(tmp_path),
+    )
+    try:
+        await until(lambda: logfile.exists() and b"tick" in logfile.read_bytes())
+        renamed = tmp_path / "chatbox.log.1"
+        logfile.rename(renamed)
+        ticker.transport.signalProcess(signal.SIGUSR1)
+        size = renamed.stat().st_size
+        await until(lambda: renamed.stat().st_size > size + 1000)
+        assert not logfile.exists()
+    finally:
+        ticker.transport.signalProcess("TERM")
+        await ticker.ended.addTimeout(10, reactor)
