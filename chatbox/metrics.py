@@ -9,7 +9,13 @@ copy that could drift.
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["ADMIN_OUTCOMES", "Metrics"]
@@ -27,6 +33,9 @@ REQUEST_TYPES = frozenset(
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # process_open_fds against process_max_fds (connections are file
+        # descriptors), memory, CPU, start time: read from /proc when scraped.
+        ProcessCollector(registry=self.registry)
         self.connections = Gauge(
             "chatbox_connections", "Open connections.", registry=self.registry
         )
