@@ -760,3 +760,47 @@ async def test_logrotate_renaming_leaves_twistd_writing_the_renamed_file(tmp_pat
     finally:
         ticker.transport.signalProcess("TERM")
         await ticker.ended.addTimeout(10, reactor)
+
+
+@ensureDeferred
+async def test_chatbox_under_twistd_logfile_rotates_on_sigusr1(tmp_path):
+    """chatbox itself leaves SIGUSR1 to twistd: a line before the signal is
+    in the rotated file, one after it in the new one, and the shutdown's
+    last lines too."""
+    logfile = tmp_path / "chatbox.log"
+    child = _Child()  # its output goes to the file
+    argv = [
+        process.TWISTD,
+        "--nodaemon",
+        "--pidfile=",
+        f"--logfile={logfile}",
+        "chatbox",
+        "--port=tcp:0:interface=127.0.0.1",
+    ]
+    reactor.spawnProcess(
+        child, argv[0], argv, env=process.child_env(), path=str(tmp_path)
+    )
+    try:
+        await until(
+            lambda: (
+                logfile.exists()
+                and process.LISTENING.search(logfile.read_bytes()) is not None
+            )
+        )
+        url = process.LISTENING.search(logfile.read_bytes()).group(1).decode()
+        before = await user_at(url, "before")
+        child.transport.signalProcess(signal.SIGUSR1)
+        await until(lambda: (tmp_path / "chatbox.log.1").exists())
+        after = await user_at(url, "after")
+        assert (await after.say("hello"))["status"] is True
+        child.transport.signalProcess("TERM")
+        await child.ended.addTimeout(30, reactor)
+    finally:
+        if not child.ended.called:
+            child.transport.signalProcess("KILL")
+    rotated = (tmp_path / "chatbox.log.1").read_text()
+    current = logfile.read_text()
+    assert "registered as 'before'" in rotated and "'after'" not in rotated
+    assert "registered as 'after'" in current and "history saved" in current
+    assert child.exit_code == 0
+    before.transport.abortConnection()

@@ -87,6 +87,9 @@ def test_systemd_waits_longer_than_chatbox_takes_to_stop():
     assert settings["ProtectSystem"] == ["strict"]
     assert settings["CapabilityBoundingSet"] == [""]
     assert settings["StateDirectory"] == ["chatbox"]
+    # /metrics's process_* series need /proc/stat (ProcessCollector's boot
+    # time): ProcSubset=pid would silently drop them all.
+    assert "ProcSubset" not in settings
     assert argv[argv.index("--data") + 1].startswith("/var/lib/chatbox/")
 
 
