@@ -334,6 +334,9 @@ async def proxied(request, tmp_path):
         "--trusted-proxies=1",
         "--ws-ping-interval=1",
         "--ws-ping-timeout=5",
+        # Idle keep-alive connections are cut after this (5 s by default):
+        # short here, so a test can outwait it.
+        "--handshake-timeout=1",
     )
     proxy = operator = None
     try:
@@ -385,6 +388,14 @@ async def test_a_v2_session_through_the_proxy_with_tls_there(proxied):
         )
         await readBody(response)
         assert response.code == 200, path
+    # The proxy's idle connections to chatbox outlived chatbox's
+    # --handshake-timeout, which closes them: the next requests still work.
+    await deferLater(reactor, 1.3, lambda: None)
+    response = await agent.request(
+        b"GET", b"https://localhost:%d/healthz" % proxied.proxy.https_port
+    )
+    await readBody(response)
+    assert response.code == 200
     # /metrics is for Prometheus on chatbox's own port, not for the world.
     response = await agent.request(
         b"GET", b"https://localhost:%d/metrics" % proxied.proxy.https_port
