@@ -90,6 +90,9 @@ def test_systemd_waits_longer_than_chatbox_takes_to_stop():
     # /metrics's process_* series need /proc/stat (ProcessCollector's boot
     # time): ProcSubset=pid would silently drop them all.
     assert "ProcSubset" not in settings
+    # systemd makes a ConfigurationDirectory= root:root with its mode; at
+    # anything but 0755 the service's own user could not read its files.
+    assert "ConfigurationDirectory" not in settings
     assert argv[argv.index("--data") + 1].startswith("/var/lib/chatbox/")
 
 
