@@ -93,6 +93,9 @@ def test_systemd_waits_longer_than_chatbox_takes_to_stop():
     # systemd makes a ConfigurationDirectory= root:root with its mode; at
     # anything but 0755 the service's own user could not read its files.
     assert "ConfigurationDirectory" not in settings
+    # pyOpenSSL's cffi callbacks need write+execute memory: with it, a
+    # chatbox given --tls-cert cannot start.
+    assert "MemoryDenyWriteExecute" not in settings
     assert argv[argv.index("--data") + 1].startswith("/var/lib/chatbox/")
 
 
