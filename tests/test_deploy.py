@@ -36,6 +36,7 @@ from tests.http import fetch
 from tests.redis_server import RedisServer, free_port
 from tests.server import start_server
 from tests.test_admin import TOKEN, Operator
+from tests.test_faults import fill, tiny_disk  # noqa: F401 (a fixture, by name)
 from tests.unit.test_deploy_files import (
     ALERTS,
     DASHBOARD,
@@ -815,3 +816,64 @@ async def test_chatbox_under_twistd_logfile_rotates_on_sigusr1(tmp_path):
     assert "registered as 'after'" in current and "history saved" in current
     assert child.exit_code == 0
     before.transport.abortConnection()
+
+
+def gauge(scrape: str, name: str) -> float | None:
+    match = re.search(rf"^{name} (\S+)$", scrape, re.M)
+    return float(match.group(1)) if match else None
+
+
+@ensureDeferred
+async def test_the_health_series_fall_when_their_parts_fail(request, tmp_path):
+    """The alerts' inputs move: one process whose disk is full reports
+    chatbox_healthy 0 (ChatboxPersistenceFailing) and 1 once it has room;
+    a node whose Redis died reports chatbox_redis_up 0 (ChatboxRedisDown)."""
+    disk = request.getfixturevalue("tiny_disk")  # tests/test_faults.py's
+    one = await process.start(disk)
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    (tmp_path / "node").mkdir()
+    node = await process.start(tmp_path / "node", f"--redis={redis.url}")
+    await node.wait_for(rb"joined the chat cluster")
+    try:
+        an = await user_at(one.url, "an")
+        fill(disk, leave=0)
+        for i in range(200):
+            if not (await an.say(f"while full {i} " + "x" * 3900))["status"]:
+                break
+        else:
+            raise AssertionError("the disk never filled up")
+        scrape = (await fetch(one, "/metrics"))[2].decode()
+        assert gauge(scrape, "chatbox_healthy") == 0
+        os.unlink(disk / "filler")
+        assert (await an.say("room again"))["status"] is True
+        scrape = (await fetch(one, "/metrics"))[2].decode()
+        assert gauge(scrape, "chatbox_healthy") == 1
+
+        scrape = (await fetch(node, "/metrics"))[2].decode()
+        assert (
+            gauge(scrape, "chatbox_redis_up"),
+            gauge(scrape, "chatbox_healthy"),
+        ) == (
+            1,
+            1,
+        )
+        await redis.kill()
+        down: list[float | None] = []
+
+        async def scraped_down() -> bool:
+            scrape = (await fetch(node, "/metrics"))[2].decode()
+            down[:] = [
+                gauge(scrape, "chatbox_redis_up"),
+                gauge(scrape, "chatbox_healthy"),
+            ]
+            return down == [0, 0]
+
+        deadline = time.monotonic() + 10
+        while not await scraped_down():
+            assert time.monotonic() < deadline, down
+            await deferLater(reactor, 0.1, lambda: None)
+    finally:
+        await one.kill(signal.SIGTERM)
+        await node.kill(signal.SIGTERM)
+        await redis.kill()
