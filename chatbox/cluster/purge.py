@@ -62,7 +62,9 @@ class ClusterPurger:
         self._commands = node.commands_for(DEFAULT)
         self.lease_ms = int(node.lease_seconds * 1000)
 
-    def purge(self, policy: RetentionPolicy, now_ms: int) -> "Deferred[dict[str, int]]":
+    def purge(
+        self, policy: RetentionPolicy, now_ms: int
+    ) -> "Deferred[dict[str, int] | None]":
         return Deferred.fromCoroutine(self._purge(policy, now_ms))
 
     def _lease(self, what: str) -> "Deferred[object]":
@@ -70,9 +72,11 @@ class ClusterPurger:
             scripts.PURGE_LEASE, self._node.node, what, self.lease_ms
         )
 
-    async def _purge(self, policy: RetentionPolicy, now_ms: int) -> dict[str, int]:
+    async def _purge(
+        self, policy: RetentionPolicy, now_ms: int
+    ) -> dict[str, int] | None:
         if not await self._lease("take"):
-            return {}  # another node is purging
+            return None  # another node is purging
         renewing = LoopingCall(self._renew)
         renewing.clock = self._reactor
         renewing.start(self.lease_ms / 3000, now=False)
