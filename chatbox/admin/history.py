@@ -26,7 +26,6 @@ from chatbox.chat.arns import is_valid_name, name_keys
 from chatbox.chat.content import is_valid_content
 from chatbox.chat.moderation import ModerationError
 from chatbox.chat.room import Imported, IRoom, RoomError
-from chatbox.chat.roomnames import DEFAULT
 from chatbox.chat.rooms import RoomRefused
 from chatbox.wire import codec
 from chatbox.wire.clock import LAST_MILLIS, time_of
@@ -147,11 +146,12 @@ class HistoryActions:
     def rooms(self) -> Any:
         return self.moderator.rooms
 
-    def _walk(self, room: str | None) -> list[str]:
+    async def _walk(self, room: str | None) -> list[str]:
         """One room (checked: a name this server can have), or every room
-        that may hold history."""
+        that may hold history (on a cluster, those made on other nodes
+        too)."""
         if room is None:
-            return self.rooms.every_room()
+            return await self.rooms.all_rooms()
         checked = self.moderator._room(room)
         assert checked is not None
         return [checked]
@@ -166,7 +166,7 @@ class HistoryActions:
         entered for the while. A room named by the operator that does not
         exist is 404; while walking every room, one listed but never made
         (or gone since) is passed over rather than made."""
-        for name in self._walk(room) if names is None else names:
+        for name in await self._walk(room) if names is None else names:
 
             def entered(r: IRoom, name: str = name) -> Deferred:
                 return Deferred.fromCoroutine(act(name, r))
@@ -210,7 +210,7 @@ class HistoryActions:
                 return
             checked = self.moderator._room(room)
             assert checked is not None
-            if checked != DEFAULT and self.rooms.is_new(checked):
+            if not await self.rooms.exists(checked):
                 raise ModerationError(404, f"no room {checked!r}")
 
         return Deferred.fromCoroutine(check())
