@@ -596,7 +596,7 @@ class Moderator:
         a room that is not there is not made for it."""
         checked = self._room(room)
         assert checked is not None
-        if checked != DEFAULT and self.rooms.is_new(checked):
+        if not await self.rooms.exists(checked):
             raise ModerationError(404, f"no room {checked!r}")
         try:
             entered = await self.rooms.enter(checked)

@@ -33,6 +33,7 @@ __all__ = [
     "KEEP_ALL",
     "NO_RETENTION",
     "IPurger",
+    "PurgeFailed",
     "PurgeService",
     "Retention",
     "RetentionPolicy",
@@ -59,7 +60,8 @@ class Retention(NamedTuple):
         without an age limit."""
         if not self.days:
             return None
-        return now_ms - int(self.days * DAY_MS)
+        # min: `--retention-days inf` is a float too, and int(inf) raises.
+        return now_ms - int(min(self.days * DAY_MS, now_ms + 1))
 
     def describe(self) -> str:
         if self.keeps_all:
@@ -100,7 +102,8 @@ def _number(text: str, what: str, integer: bool) -> float:
     try:
         value = int(text) if integer else float(text)
     except ValueError:
-        raise ValueError(f"{what} must be a number, not {text!r}") from None
+        kind = "a whole number" if integer else "a number"
+        raise ValueError(f"{what} must be {kind}, not {text!r}") from None
     if not value >= 0 or value != value or value == float("inf"):
         raise ValueError(f"{what} must be 0 or more, not {text!r}")
     return value
@@ -168,17 +171,30 @@ class RetentionPolicy(NamedTuple):
         return self.default.keeps_all and all(r.keeps_all for r in self.rooms.values())
 
 
+class PurgeFailed(Exception):
+    """A purge that could not finish (some rooms failed, the lease was
+    lost), whose causes the purger has logged already: one line here, no
+    traceback. `removed` is what it did remove ({room: count})."""
+
+    def __init__(self, message: str, removed: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.removed = removed or {}
+
+
 class IPurger(Interface):
     """A backend's removal of expired messages from storage."""
 
-    def purge(policy: RetentionPolicy, now_ms: int) -> "Deferred[dict[str, int]]":
+    def purge(
+        policy: RetentionPolicy, now_ms: int
+    ) -> "Deferred[dict[str, int] | None]":
         """Remove every expired message from every stored room, loaded in
         this process or not, from all of its storage (files and journal;
         Redis history and stream), without telling clients (they stopped
         seeing them at once). Fires with the number removed per room name
         (rooms with none may be left out). A cluster node that does not
-        hold the purge lease removes nothing and fires with {}. Never
-        blocks the reactor."""
+        hold the purge lease removes nothing and fires with None, so it
+        does not report a purge it did not make. Never blocks the
+        reactor."""
 
 
 class PurgeService(Service):
@@ -216,11 +232,11 @@ class PurgeService(Service):
         if self.running and self._call is None:
             self._call = self._reactor.callLater(self.interval, self._tick)
 
-    def run_now(self) -> "Deferred[dict[str, int]]":
+    def run_now(self) -> "Deferred[dict[str, int] | None]":
         """One purge now (or the one already running); tests and the admin
         API call this too."""
         if self._running is not None:
-            waiting: Deferred[dict[str, int]] = Deferred()
+            waiting: Deferred[dict[str, int] | None] = Deferred()
             self._running.addBoth(lambda result: waiting.callback(result) or result)
             return waiting
         self._running = ensureDeferred(self._purge())
@@ -231,10 +247,21 @@ class PurgeService(Service):
         self._running = None
         return result
 
-    async def _purge(self) -> dict[str, int]:
+    async def _purge(self) -> dict[str, int] | None:
         now_ms = int(self._reactor.seconds() * 1000)
         try:
             removed = await self.purger.purge(self.policy, now_ms)
+        except PurgeFailed as e:
+            log.error(
+                "retention purge failed: {error}; trying again in {s} s",
+                error=str(e),
+                s=self.interval,
+            )
+            if self._metrics is not None:
+                self._metrics.retention_failures.inc()
+                # What a purge that failed in some rooms removed in others.
+                self._metrics.retention_purged.inc(sum(e.removed.values()))
+            return {}
         except Exception:
             log.failure(
                 "retention purge failed; trying again in {s} s", s=self.interval
@@ -242,6 +269,8 @@ class PurgeService(Service):
             if self._metrics is not None:
                 self._metrics.retention_failures.inc()
             return {}
+        if removed is None:
+            return None  # another node's turn: nothing to report here
         total = sum(removed.values())
         if self._metrics is not None:
             self._metrics.retention_purged.inc(total)

@@ -154,6 +154,11 @@ class IRoomMaker(Interface):
     def summary(name: str) -> "Deferred[tuple[int, int | None]]":
         """(online count, last activity) of a room not loaded here."""
 
+    def names() -> "Deferred[list[str]]":
+        """Named rooms the backend holds now that this process may never
+        have seen (a cluster's rooms made on other nodes); a process that
+        keeps its rooms to itself answers [] (its registry knows them)."""
+
 
 class _Slot:
     """One room's place in the registry, loaded or on its way in or out."""
@@ -399,6 +404,20 @@ class Rooms:
         named = set(self._known) | set(self.policy.names)
         named.update(name for name in self._slots if name != DEFAULT)
         return [DEFAULT, *sorted(named)]
+
+    async def all_rooms(self) -> list[str]:
+        """`every_room`, plus the rooms the backend holds that this process
+        has never seen (on a cluster, those made on other nodes)."""
+        known = self.every_room()
+        more = set(await self._maker.names()) - set(known)
+        return [*known, *sorted(more)]
+
+    async def exists(self, name: str) -> bool:
+        """Whether room `name` is there to act on without making it: the
+        default room, one this process knows, or one the backend holds."""
+        if name == DEFAULT or not self.is_new(name):
+            return True
+        return name in await self._maker.names()
 
     def loaded(self) -> Iterable[tuple[str, IRoom]]:
         return [(s.name, s.room) for s in self._now() if s.room is not None]

@@ -15,6 +15,10 @@ Layout, for a history file `data.json`:
   - a deletion: `{"deleted":[ids],"last":L}`, an operator's removal of
     those messages, `L` the highest id handed out when it was written. It
     holds no content, so it may outlive the messages it removes;
+  - an expiry: `{"expired_to":E,"last":L}`, retention's removal of every
+    message with an id up to E (the oldest ones: retention only ever cuts
+    a prefix), so a purge of 100,000 messages is one short record; `L` as
+    in a deletion;
   - a mark, only ever a journal's first record: `{"follows":A,"last":L}`,
     written when the journal was started after a history whose newest kept
     message is `A` while ids up to `L` (> A) had been handed out: the newest
@@ -51,6 +55,7 @@ import gc
 import os
 import time
 import zlib
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +72,7 @@ __all__ = [
     "Loaded",
     "TornTail",
     "deletion_record",
+    "expiry_record",
     "fold",
     "history_path",
     "journal_paths",
@@ -75,6 +81,7 @@ __all__ = [
     "mark_record",
     "record",
     "remove_leftovers",
+    "torn_files",
     "write_array",
 ]
 
@@ -116,6 +123,12 @@ def deletion_record(ids: Sequence[int], last: int) -> bytes:
     """The journal line of an operator's deletion of `ids` (ids only: no
     content), written when ids up to `last` had been handed out."""
     return record(codec.encode_compact({"deleted": list(ids), "last": last}))
+
+
+def expiry_record(upto: int, last: int) -> bytes:
+    """The journal line of retention's removal of every message with an id
+    up to `upto`, written when ids up to `last` had been handed out."""
+    return record(codec.encode_compact({"expired_to": upto, "last": last}))
 
 
 def mark_record(kept: int, last: int) -> bytes:
@@ -303,6 +316,9 @@ class _Replay:
         self.previous: int | None = None  # the last journal record's id or `last`
         self.taken = False  # a message was taken from a journal
         self.deleted: set[int] = set()
+        # Every message up to this id expired (an expiry record), besides
+        # the deleted ones: a prefix, kept as one number.
+        self.expired_to = 0
         self.current = False  # reading the current journal (not the old one)
         self.first = True  # the next record is its journal's first
         self.marked = False  # the last journal read began with a mark
@@ -336,20 +352,27 @@ class _Replay:
             self._folded_or_damaged(self.high)
         loaded = self.loaded
         loaded.high = max(self.high, loaded.ids[-1] if loaded.ids else 0)
-        if self.deleted:
+        if self.deleted or self.expired_to:
             loaded.ids, loaded.entries = self._kept()
 
     def _kept(self) -> tuple[list[int], list[bytes]]:
         ids, entries, deleted = self.loaded.ids, self.loaded.entries, self.deleted
+        start = bisect_right(ids, self.expired_to)
         if not deleted:
-            return list(ids), list(entries)
-        pairs = [(i, e) for i, e in zip(ids, entries, strict=True) if i not in deleted]
+            return ids[start:], entries[start:]
+        pairs = [
+            (i, e)
+            for i, e in zip(ids[start:], entries[start:], strict=True)
+            if i not in deleted
+        ]
         return [i for i, _ in pairs], [e for _, e in pairs]
 
     def _survivor(self) -> int:
         """The newest message replayed so far that was not deleted."""
         ids = self.loaded.ids
         for index in range(len(ids) - 1, -1, -1):
+            if ids[index] <= self.expired_to:
+                break
             if ids[index] not in self.deleted:
                 return ids[index]
         return 0
@@ -409,6 +432,9 @@ class _Replay:
             if "deleted" in record:
                 self._deletion(where, record, first)
                 return
+            if "expired_to" in record:
+                self._expiry(where, record, first)
+                return
             if "follows" in record:
                 self._mark(where, record, first)
                 return
@@ -455,6 +481,20 @@ class _Replay:
             type(i) is int and 0 < i <= last for i in ids
         ):
             raise _damaged(where, f"'deleted' must be ids up to {last}")
+        self._removal(where, last, first, "a deletion")
+        self.deleted.update(ids)
+
+    def _expiry(self, where: str, record: dict[str, Any], first: bool) -> None:
+        last = self._last(where, record)
+        upto = record.get("expired_to")
+        if type(upto) is not int or not 0 < upto <= last:
+            raise _damaged(where, f"'expired_to' must be an id up to {last}")
+        self._removal(where, last, first, "an expiry")
+        self.expired_to = max(self.expired_to, upto)
+
+    def _removal(self, where: str, last: int, first: bool, what: str) -> None:
+        """What a deletion and an expiry must both follow: the record
+        before them, by its id or its `last`."""
         if first and self.current and self.unless_folded is not None:
             self._folded_or_damaged(self.high)
         base = self.high if self.previous is None else self.previous
@@ -462,20 +502,19 @@ class _Replay:
             if self.previous is not None or self.taken:
                 raise _damaged(
                     where,
-                    f"a deletion made when ids had reached {last} follows a "
+                    f"{what} made when ids had reached {last} follows a "
                     f"record of id {base}",
                 )
             if last > self.array_last:  # else: data.json was folded past it
                 self._doubt(
                     _damaged(
                         where,
-                        f"a deletion made when ids had reached {last}, but "
+                        f"{what} made when ids had reached {last}, but "
                         f"{self.array_path} ends at id {self.array_last} "
                         f"({self.array_path} may have been emptied or replaced "
                         "by an older copy)",
                     )
                 )
-        self.deleted.update(ids)
         self.previous = last
         self.high = max(self.high, last)
 
@@ -686,6 +725,20 @@ def fold(
     remove_durably(journal_paths(path)[1], fsync=fsync)
 
 
+def torn_files(history_path: str) -> list[tuple[str, int]]:
+    """The torn writes kept beside a history (keep_torn), each with when it
+    was kept (epoch ms, its mtime): what retention's purge must remove too
+    once every message stored before it has expired."""
+    folder, base = os.path.split(history_path)
+    prefix = base + ".torn-"
+    found = []
+    with _about(folder or "."), os.scandir(folder or ".") as listing:
+        for entry in listing:
+            if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                found.append((entry.path, entry.stat().st_mtime_ns // 1_000_000))
+    return sorted(found)
+
+
 def keep_torn(history_path: str, tail: TornTail) -> str:
     """Keep a torn write's bytes beside the history, durably, before the
     fold that drops it: evidence is never erased. Returns the new file."""
@@ -834,6 +887,23 @@ class Journal:
                     self._cut_back()
                 raise
         self._size += len(data)
+
+    def append_all(self, writes: Sequence[bytes]) -> None:
+        """Write and fsync each of `writes` in turn (each no bigger than a
+        batch, so a crash tears only the last), or leave the file as it was
+        before the first and raise: one operator's import is stored whole
+        or refused whole."""
+        start = self._size
+        try:
+            for data in writes:
+                self.append(data)
+        except OSError:
+            if self._size != start:
+                self._size = start
+                self._dirty = True
+                with contextlib.suppress(OSError):  # Else cut before the next.
+                    self._cut_back()
+            raise
 
     def truncate(self) -> None:
         """Empty the journal once everything in it is in data.json."""

@@ -12,6 +12,13 @@ grow with the length of the messages people happened to write.
 Ids have gaps once messages are deleted; every lookup bisects the ids, so
 none of them assumes an entry's index from its id.
 
+Retention is applied by the reader, not here: `first_kept` finds the index
+of the oldest entry a room's retention keeps (a binary search that decodes
+only the entries it probes, chatbox.chat.retention.first_kept), and every
+read takes that index as `first`, so expired entries leave `get` at once,
+long before the purge removes them. Nothing about it is cached: the answer
+moves with the clock and with every append.
+
 The fold thread reads a prefix of `entries` while the reactor appends:
 appends only ever extend the list, and a removal builds new lists and swaps
 them in (copy-on-write), so a list the fold holds never changes under it.
@@ -22,7 +29,21 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from itertools import accumulate
 
-__all__ = ["History"]
+from chatbox.chat.retention import Retention, first_kept
+from chatbox.wire import codec
+
+__all__ = ["History", "time_in"]
+
+
+def time_in(entry: bytes) -> int | None:
+    """The `time` (epoch ms) an encoded history entry carries, if any: the
+    store gives every entry whose time it can read one, so an entry without
+    it counts as older than any age limit."""
+    try:
+        when = codec.decode(entry).get("time")
+    except (codec.DecodeError, AttributeError):
+        return None
+    return when if type(when) is int else None
 
 
 class History:
@@ -84,6 +105,16 @@ class History:
         self._swap(keep_ids, keep_entries)
         return removed
 
+    def remove_prefix(self, count: int) -> list[tuple[int, bytes]]:
+        """Take the `count` oldest entries out (retention's cut); returns
+        them, oldest first. New lists replace the old ones, as in remove."""
+        count = max(0, min(count, len(self._ids)))
+        if not count:
+            return []
+        removed = list(zip(self._ids[:count], self._entries[:count], strict=True))
+        self._swap(self._ids[count:], self._entries[count:])
+        return removed
+
     def restore(self, removed: list[tuple[int, bytes]]) -> None:
         """Put back entries `remove` took (their deletion could not be made
         durable), each in its place by id."""
@@ -95,18 +126,44 @@ class History:
         self._offsets = array("q", accumulate(map(len, entries), initial=0))
         self._entries = entries
 
+    def first_kept(self, retention: Retention, now_ms: int) -> int:
+        """The index of the oldest entry `retention` keeps as of `now_ms`
+        (len(self) when it keeps none): entries before it are expired."""
+        if retention.keeps_all:
+            return 0
+        entries = self._entries
+        count = len(entries)
+        return first_kept(count, lambda i: time_in(entries[i]), retention, now_ms)
+
+    def following(
+        self, after: int, limit: int, first: int = 0
+    ) -> list[tuple[int, bytes]]:
+        """Up to `limit` (id, entry) pairs with id > `after`, oldest first,
+        none of the `first` oldest entries (the expired ones)."""
+        ids, entries = self._ids, self._entries
+        low = max(bisect_right(ids, after), first)
+        high = min(len(entries), low + max(0, limit))
+        return list(zip(ids[low:high], entries[low:high], strict=True))
+
+    def ids_before(self, index: int) -> list[int]:
+        """The ids of the `index` oldest entries."""
+        return list(self._ids[:index])
+
     def page(
         self,
         limit: int,
         before: int | None = None,
         after: int | None = None,
         max_bytes: int = 0,
+        first: int = 0,
     ) -> list[bytes]:
         """The newest `limit` entries with after < id < before, oldest first,
-        no more of them than fit in `max_bytes` (0: no byte bound). The
+        no more of them than fit in `max_bytes` (0: no byte bound), and none
+        of the `first` oldest entries (the ones retention expired). The
         newest entry is always included, whatever its size."""
         ids, offsets, entries = self._ids, self._offsets, self._entries
         low = 0 if after is None else bisect_right(ids, after)
+        low = max(low, first)
         high = len(ids) if before is None else bisect_left(ids, before)
         low = max(low, high - limit)
         if low >= high:

@@ -15,9 +15,18 @@ from zope.interface import implementer
 
 from chatbox.chat.arns import NameTaken, Registry
 from chatbox.chat.retention import KEEP_ALL, Retention
-from chatbox.chat.room import Deliver, IRoom, Page, Posted, RoomError, posted_from
+from chatbox.chat.room import (
+    Deliver,
+    Imported,
+    IRoom,
+    Page,
+    Posted,
+    RoomError,
+    posted_from,
+)
 from chatbox.chat.sends import RecentSends
 from chatbox.local import datafile
+from chatbox.local.history import time_in
 from chatbox.local.store import DurableStore
 from chatbox.wire import codec, messages
 from chatbox.wire.clock import Moment, time_of
@@ -40,6 +49,7 @@ class LocalRoom:
         self.where = store.path
         self.registry = Registry()
         self.sends = RecentSends(seconds)
+        self._seconds = seconds
         self._deliver: Deliver = _nobody
 
     @property
@@ -156,10 +166,54 @@ class LocalRoom:
         stored = codec.decode(entries[-1])
         return time_of(stored["timestamp"], stored.get("time"))
 
+    def _first_kept(self) -> int:
+        """How many of the oldest entries retention has expired now: every
+        read leaves them out, whether the purge has removed them yet or not."""
+        now_ms = int(self._seconds() * 1000)
+        return self.store.history.first_kept(self.retention, now_ms)
+
+    def entries(self, after: int, limit: int) -> "Deferred[list[tuple[int, bytes]]]":
+        history = self.store.history
+        return succeed(history.following(after, limit, self._first_kept()))
+
+    def import_entries(self, entries: list[Imported]) -> "Deferred[list[int]]":
+        return self.store.import_messages(entries)
+
+    def expire(self, now_ms: int) -> "Deferred[int]":
+        return Deferred.fromCoroutine(self._expire(now_ms))
+
+    async def _expire(self, now_ms: int) -> int:
+        history = self.store.history
+        removed = await self.store.expire(history.first_kept(self.retention, now_ms))
+        if self.store.torn_files:
+            await self.store.forget_torn(self.oldest_kept_time())
+        return len(removed)
+
+    def oldest_kept_time(self) -> int | None:
+        """The time of the oldest message in the history (after a purge,
+        the oldest kept), None if there is none; 0 if it has no time."""
+        entries = self.store.history.entries
+        if not entries:
+            return None
+        return time_in(entries[0]) or 0
+
+    def due(self, now_ms: int) -> bool:
+        """Whether `expire(now_ms)` would remove anything: read now, off no
+        file, so the purger passes over a loaded room with nothing expired
+        without entering it."""
+        history = self.store.history
+        if history.first_kept(self.retention, now_ms):
+            return True
+        if not self.store.torn_files:
+            return False
+        oldest = self.oldest_kept_time()
+        return any(oldest is None or kept < oldest for _, kept in self.store.torn_files)
+
     def page(
         self, limit: int, before: int | None, after: int | None, max_bytes: int = 0
     ) -> "Deferred[Page]":
-        entries = self.store.history.page(limit, before, after, max_bytes)
+        history = self.store.history
+        entries = history.page(limit, before, after, max_bytes, self._first_kept())
         registry = self.registry
         return succeed(Page(entries, registry.online(), registry.verified_online()))
 

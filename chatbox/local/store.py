@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from chatbox.chat.arns import name_keys
-from chatbox.chat.room import RoomError
+from chatbox.chat.room import Imported, RoomError
 from chatbox.local import datafile
 from chatbox.local.history import History
 from chatbox.metrics import Metrics
@@ -75,18 +75,54 @@ class _Deletion:
     who to tell once it is durable, and who waits for the purge."""
 
     def __init__(
-        self, removed: list[tuple[int, bytes]], durable: Callable[[list[int]], None]
+        self,
+        removed: list[tuple[int, bytes]],
+        durable: Callable[[list[int]], None],
+        upto: int | None = None,
     ) -> None:
         self.removed = removed
         self.ids = [message_id for message_id, _ in removed]
         self.durable = durable
+        # Retention's expiry of every message up to this id: written as one
+        # short record (datafile.expiry_record) instead of all its ids.
+        self.upto = upto
+        self.done: Deferred[list[int]] = Deferred()
+
+    def record(self, last: int) -> bytes:
+        if self.upto is not None:
+            return datafile.expiry_record(self.upto, last)
+        return datafile.deletion_record(self.ids, last)
+
+
+class _Import:
+    """Messages brought in by an operator (`chatbox-admin import`), on
+    their way to the disk: given ids together when their write is taken,
+    written alone (no message between them, so their ids follow on), and
+    acknowledged together once all of them are fsync'd."""
+
+    def __init__(self, messages: list[Imported]) -> None:
+        self.messages = messages
         self.done: Deferred[list[int]] = Deferred()
 
 
 # A queued message: name, content, when, its mark (or None), its Deferred.
 _Message = tuple[str, str, Moment, str | None, "Deferred[int]"]
-# A batch's message: its id, its entry, its Deferred.
-_Item = tuple[int, bytes, "Deferred[int]"]
+# A batch's message: its id, its entry, its Deferred (None: an import's).
+_Item = tuple[int, bytes, "Deferred[int] | None"]
+
+
+def _check_imported(item: object) -> None:
+    """The caller validated every line; this only keeps a wrong shape from
+    reaching the files, where start-up would refuse it."""
+    if not (
+        isinstance(item, Imported)
+        and isinstance(item.name, str)
+        and isinstance(item.content, str)
+        and isinstance(item.timestamp, str)
+        and (item.millis is None or type(item.millis) is int)
+        and (item.mark is None or item.mark in messages.MARKS)
+    ):
+        raise StoreError(f"not a message to import: {item!r:.200}")
 
 
 def _matching(
@@ -147,7 +183,7 @@ class DurableStore:
         # Above every id ever handed out, deleted or not: never reused.
         self._next_id = 1
         self._array_bytes = 0
-        self._queue: deque[_Message | _Deletion] = deque()
+        self._queue: deque[_Message | _Deletion | _Import] = deque()
         self._writing = False
         self._folding: Deferred[None] | None = None
         # A retired journal is on disk, not yet folded into data.json: the
@@ -168,6 +204,9 @@ class DurableStore:
         self._purge_now: list[_Deletion] = []
         # A deletion was written to the journal since it was started.
         self._deleted_since_retire = False
+        # Torn writes kept beside the history (path, kept at epoch ms), found
+        # at load: they may hold text that retention must remove too.
+        self.torn_files: list[tuple[str, int]] = []
         self.healthy = True
         self._failed_writes = 0  # since writing last worked
         self.metrics = metrics or Metrics()
@@ -212,6 +251,7 @@ class DurableStore:
                 path=tail.path,
                 kept=kept,
             )
+        self.torn_files = datafile.torn_files(self.path)
         self._journal = self._open_journal(self._journal_path)
         if loaded.needs_fold:
             if loaded.retired is not None:
@@ -271,6 +311,23 @@ class DurableStore:
         self._write_next()
         return done
 
+    def import_messages(self, imported: list[Imported]) -> "Deferred[list[int]]":
+        """Store these messages after the history, in order, with new ids;
+        fires with the ids once all of them are durable (written and
+        fsync'd like a batch), or fails with StoreError and stores none.
+        Send_ids are not involved and nobody is told."""
+        try:
+            for item in imported:
+                _check_imported(item)
+        except StoreError as e:
+            return fail(e)
+        if not imported:
+            return succeed([])
+        item = _Import(list(imported))
+        self._queue.append(item)
+        self._write_next()
+        return item.done
+
     def delete(
         self, ids: Iterable[int], durable: Callable[[list[int]], None]
     ) -> "Deferred[list[int]]":
@@ -280,12 +337,55 @@ class DurableStore:
         Fails with StoreError (the messages back in the history) if the
         deletion cannot be written. Ids that are not there are left out."""
         removed = self.history.remove(i for i in ids if type(i) is int)
-        if not removed:
+        return self._remove(_Deletion(removed, durable))
+
+    def expire(self, count: int) -> "Deferred[list[int]]":
+        """Retention's purge: take the `count` oldest messages out of the
+        history now and remove them from every file as a deletion is
+        (journal record, then the purge's retire and fold), but in one
+        short record whatever their number, and telling nobody (clients
+        stopped seeing them at once). Fires with their ids once purged."""
+        removed = self.history.remove_prefix(count)
+        upto = removed[-1][0] if removed else None
+        return self._remove(_Deletion(removed, lambda ids: None, upto))
+
+    def forget_torn(self, before_ms: int | None) -> "Deferred[int]":
+        """Remove the torn writes kept before `before_ms` (the time of the
+        oldest message retention keeps; None: the room keeps none, so all
+        of them), durably, on a pool thread: everything stored before them
+        has expired, so whatever text they hold has too. Fires with how
+        many were removed."""
+        doomed = [
+            (path, kept)
+            for path, kept in self.torn_files
+            if before_ms is None or kept < before_ms
+        ]
+        if not doomed:
+            return succeed(0)
+
+        def remove() -> int:
+            for path, _ in doomed:
+                datafile.remove_durably(path)
+            return len(doomed)
+
+        def removed(count: int) -> int:
+            gone = set(doomed)
+            self.torn_files = [t for t in self.torn_files if t not in gone]
+            self.log.info(
+                "retention removed {count} kept torn write(s) beside {path}",
+                count=count,
+                path=self.path,
+            )
+            return count
+
+        return self._in_thread(remove).addCallback(removed)
+
+    def _remove(self, deletion: _Deletion) -> "Deferred[list[int]]":
+        if not deletion.removed:
             return succeed([])
         if self._journal is None:
-            self.history.restore(removed)
+            self.history.restore(deletion.removed)
             return fail(StoreError("server shutting down"))
-        deletion = _Deletion(removed, durable)
         self._unwritten_deletions += 1
         self._queue.append(deletion)
         self._write_next()
@@ -303,10 +403,14 @@ class DurableStore:
     def _in_thread(self, f: Callable[..., object], *args: object) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
 
-    def _refuse(self, item: "_Message | _Deletion", error: StoreError) -> None:
+    def _refuse(
+        self, item: "_Message | _Deletion | _Import", error: StoreError
+    ) -> None:
         if isinstance(item, _Deletion):
             self._unwritten_deletions -= 1
             self.history.restore(item.removed)
+            item.done.errback(error)
+        elif isinstance(item, _Import):
             item.done.errback(error)
         else:
             item[-1].errback(error)
@@ -324,22 +428,63 @@ class DurableStore:
             return
         self._writing = True
         first_id = self._next_id
-        batch, deletions, data = self._take_batch()
+        imported: _Import | None = None
+        if self._queue[0].__class__ is _Import:
+            imported = self._queue.popleft()  # type: ignore[assignment]
+            assert isinstance(imported, _Import)
+            deletions: list[_Deletion] = []
+            batch, writes = self._take_import(imported)
+        else:
+            batch, deletions, data = self._take_batch()
+            writes = [data]
         self.metrics.batch_size.observe(len(batch) + len(deletions))
         journal = self._journal
 
         def timed_append() -> float:
             started = time.perf_counter()
-            journal.append(data)
+            if len(writes) == 1:
+                journal.append(writes[0])
+            else:
+                journal.append_all(writes)
             return time.perf_counter() - started
 
         written = self._in_thread(timed_append)
-        written.addBoth(self._batch_done, batch, deletions, first_id)
+        written.addBoth(self._batch_done, batch, deletions, first_id, imported)
+
+    def _take_import(self, imported: _Import) -> tuple[list[_Item], list[bytes]]:
+        """An import's records, given ids, in writes of up to
+        MAX_BATCH_BYTES each (a crash tears only the last write, as with
+        messages); all of them before any other record."""
+        batch: list[_Item] = []
+        writes: list[bytes] = []
+        records: list[bytes] = []
+        size = 0
+        for message_id, item in enumerate(imported.messages, self._next_id):
+            entry = codec.encode_compact(
+                messages.history_entry(
+                    message_id,
+                    item.name,
+                    item.content,
+                    item.timestamp,
+                    item.millis,
+                    item.mark,
+                )
+            )
+            record = datafile.record(entry)
+            if records and size + len(record) > datafile.MAX_BATCH_BYTES:
+                writes.append(b"".join(records))
+                records, size = [], 0
+            records.append(record)
+            size += len(record)
+            batch.append((message_id, entry, None))
+        writes.append(b"".join(records))
+        self._next_id += len(batch)
+        return batch, writes
 
     def _take_batch(self) -> tuple[list[_Item], list[_Deletion], bytes]:
         """The next write: queued messages (given ids and encoded) and
         deletions, up to MAX_BATCH_BYTES (a single larger record goes
-        alone)."""
+        alone); it ends before an import, which is written alone."""
         batch: list[_Item] = []
         deletions: list[_Deletion] = []
         records: list[bytes] = []
@@ -347,9 +492,11 @@ class DurableStore:
         queue = self._queue
         while queue:
             item = queue[0]
+            if item.__class__ is _Import:
+                break
             if item.__class__ is _Deletion:
                 assert isinstance(item, _Deletion)
-                record = datafile.deletion_record(item.ids, self._next_id - 1)
+                record = item.record(self._next_id - 1)
                 if records and size + len(record) > datafile.MAX_BATCH_BYTES:
                     break
                 queue.popleft()
@@ -379,6 +526,7 @@ class DurableStore:
         batch: list[_Item],
         deletions: list[_Deletion],
         first_id: int,
+        imported: _Import | None = None,
     ) -> None:
         """Settle the store's own state first and acknowledge last: an ack's
         callback may do anything, even close the store, and must find it
@@ -420,13 +568,19 @@ class DurableStore:
             error = StoreError(_short(result))
             for deletion in deletions:
                 self._refuse(deletion, error)
+            if imported is not None:
+                imported.done.errback(error)
             for _, _, done in batch:
-                done.errback(error)
+                if done is not None:
+                    done.errback(error)
         else:
             for deletion in deletions:
                 self._tell(deletion)
+            if imported is not None:
+                imported.done.callback([message_id for message_id, _, _ in batch])
             for message_id, _, done in batch:
-                done.callback(message_id)
+                if done is not None:
+                    done.callback(message_id)
         if not swapping:  # A swap resumes writing when it is done.
             self._write_next()
 
