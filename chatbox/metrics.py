@@ -121,14 +121,6 @@ class Metrics:
             "first, and on a cluster node that does not hold the purge lease.",
             registry=self.registry,
         )
-        # notAfter of the leaf the chat port serves, read when scraped from
-        # chatbox.endpoints.ServedCertificate (which a reload changes).
-        self.tls_expiry = Gauge(
-            "chatbox_tls_certificate_expiry_timestamp_seconds",
-            "When the TLS certificate served now on the chat port expires "
-            "(its notAfter, Unix time); 0 without --tls-cert.",
-            registry=self.registry,
-        )
         self.slow_consumers = Counter(
             "chatbox_slow_consumer_disconnects",
             "Clients cut off because they stopped reading.",
@@ -163,9 +155,12 @@ class Metrics:
             self.registry.register(_ListedRooms(rooms))
 
     def observe_tls(self, expiry: Callable[[], float]) -> None:
-        """The served certificate's notAfter, read when scraped: a reload
-        shows at the next scrape, with no copy to keep in step."""
-        self.tls_expiry.set_function(expiry)
+        """The served certificate's notAfter, read when scraped from
+        chatbox.endpoints.ServedCertificate (a reload shows at the next
+        scrape, with no copy to keep in step). Without --tls-cert the series
+        is absent, as chatbox_redis_up is off a cluster: a 0 would read as
+        a certificate expired in 1970 to an alert."""
+        self.registry.register(_TLSExpiry(expiry))
 
     def request(self, kind: object, outcome: str) -> None:
         known = kind if kind in REQUEST_TYPES else "other"
@@ -203,6 +198,19 @@ class _RoomChanges:
             "chatbox_room_unloads",
             "Idle rooms closed and dropped from memory since start.",
             value=0 if rooms is None else rooms.unloads,
+        )
+
+
+class _TLSExpiry:
+    def __init__(self, expiry: Callable[[], float]) -> None:
+        self.expiry = expiry
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "chatbox_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate the chat port serves now (--tls-cert) "
+            "expires: its notAfter, Unix time.",
+            value=self.expiry(),
         )
 
 

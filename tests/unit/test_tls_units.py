@@ -270,6 +270,12 @@ async def test_new_handshakes_get_the_new_pair_and_open_ones_keep_theirs(
             "chatbox_tls_certificate_expiry_timestamp_seconds"
         )
         assert gauge == pytest.approx(renewed.not_after)
+        assert (
+            Metrics().registry.get_sample_value(
+                "chatbox_tls_certificate_expiry_timestamp_seconds"
+            )
+            is None
+        ), "without --tls-cert the series is absent"
         assert lines(logged, "TLS certificate reloaded (test): subject CN=localhost")
 
         # A bad pair: refused, the served one stays, one line says why.
