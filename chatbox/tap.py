@@ -861,10 +861,11 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     _add_admin(top, config, moderator, reactor, metrics, reloads, tls)
     if verifier is not None:
         reloads.append(verifier.reload)
-    if reloads:
-        reload = ReloadService(reactor, *reloads)
-        reload.setName("reload")
-        reload.setServiceParent(top)
+    # Always: without a handler SIGHUP would end the process, and
+    # `systemctl reload` (deploy/chatbox.service) would stop the chat.
+    reload = ReloadService(reactor, *reloads)
+    reload.setName("reload")
+    reload.setServiceParent(top)
     chat.moderation_store = store
     retention = config["retention"]
     if not retention.keeps_all:

@@ -184,7 +184,9 @@ class ReloadService(Service):
     callable that reads on a thread, logs its own outcome and never fails
     (a bad file keeps what is in force). One handler for all,
     since a process has one SIGHUP; it only schedules the reloads on the
-    reactor thread, the one safe thing to do in a signal handler."""
+    reactor thread, the one safe thing to do in a signal handler. tap
+    installs it even with nothing to reload: SIGHUP's default is to end
+    the process, and `systemctl reload` must never stop the chat."""
 
     def __init__(self, reactor: Any, *reloads: Callable[[], Any]) -> None:
         self.reactor = reactor
@@ -198,6 +200,14 @@ class ReloadService(Service):
     def _hangup(self, signum: int, frame: object) -> None:
         for reload in self.reloads:
             self.reactor.callFromThread(reload)
+        if not self.reloads:
+            self.reactor.callFromThread(self._nothing)
+
+    def _nothing(self) -> None:
+        log.info(
+            "SIGHUP: nothing to reload (no --admin-tokens, auth keys or "
+            "--tls-cert); still running"
+        )
 
     def stopService(self) -> None:
         super().stopService()
