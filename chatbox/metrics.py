@@ -9,7 +9,13 @@ copy that could drift.
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["ADMIN_OUTCOMES", "Metrics"]
@@ -27,6 +33,9 @@ REQUEST_TYPES = frozenset(
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # process_open_fds against process_max_fds (connections are file
+        # descriptors), memory, CPU, start time: read from /proc when scraped.
+        ProcessCollector(registry=self.registry)
         self.connections = Gauge(
             "chatbox_connections", "Open connections.", registry=self.registry
         )
@@ -139,6 +148,7 @@ class Metrics:
         then only for listed rooms: a thousand rooms would be a thousand
         series, and an unlisted room's name is an invitation."""
         self._rooms = rooms
+        self.registry.register(_Health(rooms))
         self.rooms_open.set_function(rooms.open_count)
         self.rooms_loaded.set_function(rooms.loaded_count)
         if per_room:
@@ -181,6 +191,32 @@ class _RoomChanges:
             "Idle rooms closed and dropped from memory since start.",
             value=0 if rooms is None else rooms.unloads,
         )
+
+
+class _Health:
+    """What /healthz says, for alerts: chatbox_healthy (1 up, 0 failing:
+    one process, history writes failing; a node, Redis or its lease), and
+    on a cluster node chatbox_redis_up (its link to Redis). Read when
+    scraped from the rooms themselves, as /healthz reads them."""
+
+    def __init__(self, rooms: Any) -> None:
+        self.rooms = rooms
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        default = self.rooms.default
+        failing = sum(1 for _, room in self.rooms.loaded() if not room.healthy)
+        yield GaugeMetricFamily(
+            "chatbox_healthy",
+            "1 while /healthz answers 200, 0 while it answers 503.",
+            value=1 if default.healthy and not failing else 0,
+        )
+        redis = default.health().get("redis")
+        if redis is not None:
+            yield GaugeMetricFamily(
+                "chatbox_redis_up",
+                "1 while this node reaches Redis (commands and events), else 0.",
+                value=1 if redis == "ok" else 0,
+            )
 
 
 class _ListedRooms:

@@ -156,13 +156,18 @@ async def no_events_before(
 
 
 async def connect(
-    url: str, tls: Any = None, source: str | None = None, **protocol_fields: Any
+    url: str,
+    tls: Any = None,
+    source: str | None = None,
+    headers: dict[str, str] | None = None,
+    **protocol_fields: Any,
 ) -> ChatClientProtocol:
     """Open a WebSocket to `url`; `tls` is the client TLS options for wss://,
     `source` a loopback address to connect from (127.0.0.2, ...), so one
-    test can be several client addresses."""
+    test can be several client addresses; `headers` go in the handshake
+    (a forged X-Forwarded-For, say)."""
     parsed = urlparse(url)
-    factory = WebSocketClientFactory(url)
+    factory = WebSocketClientFactory(url, headers=headers)
     factory.protocol = ChatClientProtocol
     factory.setProtocolOptions(autoPingInterval=0)
     endpoint = HostnameEndpoint(

@@ -184,14 +184,17 @@ class PurgeFailed(Exception):
 class IPurger(Interface):
     """A backend's removal of expired messages from storage."""
 
-    def purge(policy: RetentionPolicy, now_ms: int) -> "Deferred[dict[str, int]]":
+    def purge(
+        policy: RetentionPolicy, now_ms: int
+    ) -> "Deferred[dict[str, int] | None]":
         """Remove every expired message from every stored room, loaded in
         this process or not, from all of its storage (files and journal;
         Redis history and stream), without telling clients (they stopped
         seeing them at once). Fires with the number removed per room name
         (rooms with none may be left out). A cluster node that does not
-        hold the purge lease removes nothing and fires with {}. Never
-        blocks the reactor."""
+        hold the purge lease removes nothing and fires with None, so it
+        does not report a purge it did not make. Never blocks the
+        reactor."""
 
 
 class PurgeService(Service):
@@ -229,11 +232,11 @@ class PurgeService(Service):
         if self.running and self._call is None:
             self._call = self._reactor.callLater(self.interval, self._tick)
 
-    def run_now(self) -> "Deferred[dict[str, int]]":
+    def run_now(self) -> "Deferred[dict[str, int] | None]":
         """One purge now (or the one already running); tests and the admin
         API call this too."""
         if self._running is not None:
-            waiting: Deferred[dict[str, int]] = Deferred()
+            waiting: Deferred[dict[str, int] | None] = Deferred()
             self._running.addBoth(lambda result: waiting.callback(result) or result)
             return waiting
         self._running = ensureDeferred(self._purge())
@@ -244,7 +247,7 @@ class PurgeService(Service):
         self._running = None
         return result
 
-    async def _purge(self) -> dict[str, int]:
+    async def _purge(self) -> dict[str, int] | None:
         now_ms = int(self._reactor.seconds() * 1000)
         try:
             removed = await self.purger.purge(self.policy, now_ms)
@@ -266,6 +269,8 @@ class PurgeService(Service):
             if self._metrics is not None:
                 self._metrics.retention_failures.inc()
             return {}
+        if removed is None:
+            return None  # another node's turn: nothing to report here
         total = sum(removed.values())
         if self._metrics is not None:
             self._metrics.retention_purged.inc(total)

@@ -61,6 +61,11 @@ class Commands:
 
         return running.addBoth(settled)
 
+    def execute(self, *args: Any) -> Deferred:
+        """One plain command, for what no script may do (CONFIG,
+        BGREWRITEAOF); not tracked for flush()."""
+        return self._link.execute(*args)
+
     def flush(self) -> "Deferred[None]":
         """Fires when every script sent so far has settled, however."""
         if not self._in_flight:

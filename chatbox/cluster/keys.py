@@ -50,6 +50,15 @@ The cluster's, the same in every room's Keys:
                  (chatbox.cluster.moderation)
 - orders   STREAM  every moderation order, in the one order every node
                  applies them (capped at ORDERS_LENGTH, approximately)
+- purge    STRING  the retention purge's lease: the id of the node purging
+                 now, set with NX and a time to live (chatbox.cluster.purge);
+                 every removal the purge makes checks it, so two nodes never
+                 purge at once
+
+A stream's XDEL count (`<events>:deleted`, a STRING: entries removed by
+DELETE and by the purge, never by trimming) lets a reader tell removed
+entries from trimmed ones (chatbox.cluster.reader); `deleted_count_of`
+names it, and the scripts build the same name.
 
 The default room (`/`, name "") keeps exactly the keys a cluster had before
 rooms: `<prefix><field>`, with its holder sets at `<prefix>nodes:<node id>`,
@@ -69,6 +78,7 @@ __all__ = [
     "ROOM_FIELDS",
     "STREAM_LENGTH",
     "Keys",
+    "deleted_count_of",
 ]
 
 DEFAULT_PREFIX = "chatbox:"
@@ -128,6 +138,8 @@ class Keys(NamedTuple):
     orders: str
     # A room's own, but last: the other fields keep their places in KEYS.
     verified: str
+    # The cluster's, after it for the same reason.
+    purge: str
 
     @classmethod
     def under(cls, prefix: str = DEFAULT_PREFIX) -> "Keys":
@@ -149,6 +161,7 @@ class Keys(NamedTuple):
             bell=f"{prefix}bell",
             moderation=f"{prefix}moderation",
             orders=f"{prefix}moderation:orders",
+            purge=f"{prefix}purge",
         )
         return cls(**fields)
 
@@ -158,3 +171,9 @@ class Keys(NamedTuple):
 
     def bell_of(self, node: str) -> str:
         return f"{self.bell}:{node}"
+
+
+def deleted_count_of(stream: str | bytes) -> str | bytes:
+    """The key counting the entries XDEL removed from `stream` (DELETE's
+    and the purge's), which the scripts name `<events>:deleted` too."""
+    return stream + (b":deleted" if isinstance(stream, bytes) else ":deleted")

@@ -52,6 +52,7 @@ class Lease:
         self, commands: Commands, clock: Any, node: str, seconds: float = 15.0
     ) -> None:
         self.node = node
+        self.seconds = seconds
         self.held = False
         self._commands = commands
         self._clock = clock

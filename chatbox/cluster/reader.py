@@ -88,22 +88,36 @@ def _trimmed_past(
     kept: int,
     oldest: bytes,
     deleted: bytes,
+    xdels: int = 0,
 ) -> bool:
     """Whether entries of a stream that `followed` had not read were trimmed.
 
+    Trimming alone removes entries neither kept nor XDELed: the count of
+    entries trimmed ever is `added - kept - xdels`, the scripts counting
+    every entry they XDEL (an operator's DELETE, the retention purge). If it
+    has not grown since the reader last looked, nothing it had not read was
+    trimmed, however many entries the purge removed meanwhile.
     Trimming takes the oldest entries: while one at or before where the
     reader is still stands, nothing after it was trimmed. Otherwise count:
-    the entries added since must all be kept. An operator's deletion
-    (XDEL, chatbox.cluster.scripts.DELETE) removes entries without trimming,
-    so the count no longer tells when one came after the reader's place:
-    then the reader assumes the worst (its clients register again).
+    the entries added since must all be kept. Entries removed by XDEL after
+    the reader's place (the count of them is not known) keep the count from
+    telling: then the reader assumes the worst (its clients register again).
     """
+    trimmed = added - kept - xdels
+    if followed.trimmed is not None and trimmed <= followed.trimmed:
+        return False
     read_from = followed.read_from or b"0-0"
     if kept and _stream_id(oldest) <= _stream_id(read_from):
         return False
     if _stream_id(deleted) > _stream_id(read_from):
         return added > followed.entries_read
     return added - followed.entries_read > kept
+
+
+def _trimmed_count(state: list) -> int | None:
+    """Entries trimmed from a stream ever, from its STREAM_STATE."""
+    _, added, kept, _, _, *xdels = state
+    return int(added) - int(kept) - int(xdels[0]) if xdels else None
 
 
 def _ignore(entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
@@ -121,6 +135,7 @@ class _Stream:
         "on_news",
         "positioned",
         "read_from",
+        "trimmed",
     )
 
     def __init__(
@@ -138,6 +153,9 @@ class _Stream:
         self.on_news = on_news  # read when the bell says so, not blocked on
         self.read_from: bytes | None = None  # the last entry received
         self.entries_read = 0  # the stream's entries-added at read_from
+        # Entries trimmed from the stream ever, when the reader last looked
+        # (None: not known, so no help deciding what trimming took).
+        self.trimmed: int | None = None
 
 
 class EventReader:
@@ -179,22 +197,23 @@ class EventReader:
         handle: Handler,
         positioned: Callable[[], None],
         missed: Callable[[], None],
-        at: tuple[bytes, int] | None = None,
+        at: tuple[bytes, int] | tuple[bytes, int, int] | None = None,
     ) -> None:
         """Hand `handle` each event of `stream` in order. Without `at` (the
         default room): blocked on, from its end as the reader first finds
-        it. With `at` (a named room: its stream's last id and entries-added,
-        read in the same step as the node became a follower): read on news,
-        from there. `positioned` is called once the reader knows where it
-        starts; `missed` when events it had not read were trimmed while it
-        was away."""
+        it. With `at` (a named room: its stream's last id, entries-added and
+        perhaps entries trimmed so far, read in the same step as the node
+        became a follower): read on news, from there. `positioned` is called
+        once the reader knows where it starts; `missed` when events it had
+        not read were trimmed while it was away."""
         key = stream.encode()
         on_news = at is not None
         followed = self._streams[key] = _Stream(
             key, handle, positioned, missed, on_news
         )
         if at is not None:
-            followed.read_from, followed.entries_read = at
+            followed.read_from, followed.entries_read = at[0], at[1]
+            followed.trimmed = at[2] if len(at) > 2 else None  # type: ignore[misc]
             positioned()
             self._to_read.add(key)
 
@@ -326,9 +345,10 @@ class EventReader:
     async def _place(self, streams: list[_Stream]) -> None:
         """Start reading these streams from their end."""
         states = await self._stream_state(streams)
-        for followed, (newest, added, *_) in zip(streams, states, strict=True):
+        for followed, state in zip(streams, states, strict=True):
             if self._streams.get(followed.key) is followed:
-                followed.read_from, followed.entries_read = newest, added
+                followed.read_from, followed.entries_read = state[0], state[1]
+                followed.trimmed = _trimmed_count(state)
                 followed.positioned()
 
     def _reconnected(self) -> None:
@@ -347,6 +367,7 @@ class EventReader:
         for followed, state in zip(streams, states, strict=True):
             if _trimmed_past(followed, *state):
                 followed.missed()
+            followed.trimmed = _trimmed_count(state)
 
     def _dispatch(self) -> None:
         backlog = self._backlog

@@ -37,7 +37,15 @@ from zope.interface import implementer
 from chatbox.chat import sends
 from chatbox.chat.arns import NameTaken, name_keys
 from chatbox.chat.retention import KEEP_ALL, Retention
-from chatbox.chat.room import Deliver, IRoom, Page, Posted, RoomError, posted_from
+from chatbox.chat.room import (
+    Deliver,
+    Imported,
+    IRoom,
+    Page,
+    Posted,
+    RoomError,
+    posted_from,
+)
 from chatbox.cluster import scripts
 from chatbox.cluster.address import RedisAddress
 from chatbox.cluster.commands import Commands
@@ -48,7 +56,14 @@ from chatbox.cluster.reader import EventReader
 from chatbox.wire import codec, messages
 from chatbox.wire.clock import Moment, Timestamps, time_of
 
-__all__ = ["DEFAULT_PREFIX", "RedisRoom", "entry_template"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "PurgeLeaseLost",
+    "RedisRoom",
+    "entry_template",
+    "expire_history",
+    "retention_args",
+]
 
 # History entries one PAGE call returns at most: a bare `get` of 10,000
 # entries is a few dozen short calls, each leaving Redis free in between.
@@ -61,6 +76,12 @@ DELETE_BATCH = 25
 SCAN_SLICE = 1000
 # Seconds an online count read from Redis is answered from.
 COUNT_FOR = 1.0
+# History entries one ENTRIES call returns at most (export, backup).
+ENTRIES_SLICE = 1000
+# History entries one EXPIRE call removes at most, and stream entries it
+# reads at most: a few milliseconds of Redis' time each (bench/purge.py).
+EXPIRE_BATCH = 1000
+EXPIRE_SCAN = 4000
 
 _NOT_READY = "not connected to the chat cluster yet"
 # What CLAIM and RENAME answer for a name held by another (or, renaming to
@@ -79,10 +100,54 @@ def entry_template(
 ) -> tuple[bytes, bytes]:
     """The history entry of chatbox.wire.messages, split around its id, which
     only Redis knows until the message is stored."""
-    entry = messages.history_entry(0, name, content, when.text, when.millis, mark)
+    return _split(name, content, when.text, when.millis, mark)
+
+
+def _split(
+    name: str, content: str, text: str, millis: int | None, mark: str | None
+) -> tuple[bytes, bytes]:
+    entry = messages.history_entry(0, name, content, text, millis, mark)
     encoded = codec.encode(entry)
     head, _, tail = encoded.partition(b'"id":0')
     return head + b'"id":', tail
+
+
+class PurgeLeaseLost(RoomError):
+    """Another node holds the purge lease now: this one stops purging."""
+
+
+async def expire_history(
+    commands: Commands, retention: Retention, now_ms: int, node: str = ""
+) -> tuple[int, int]:
+    """Remove from a room's history (the room of `commands`' keys) what
+    `retention` expired as of `now_ms`, and the `message` entries of the
+    removed ids from its stream, EXPIRE call by EXPIRE call. With `node`,
+    each call first checks that it holds the purge lease (PurgeLeaseLost if
+    not). Returns (history entries removed, stream entries removed)."""
+    if retention.keeps_all:
+        return 0, 0
+    kept = retention_args(retention, now_ms)
+    cursor: bytes | str = "-"
+    upto: bytes | int = 0
+    removed = dropped = 0
+    while True:
+        result = await commands.run(
+            scripts.EXPIRE, node, *kept, EXPIRE_BATCH, cursor, upto, EXPIRE_SCAN
+        )
+        if result == -1:
+            raise PurgeLeaseLost("the purge lease is another node's now")
+        gone, xdeled, cursor, upto, done = result
+        removed += int(gone)
+        dropped += int(xdeled)
+        if int(gone) < EXPIRE_BATCH and int(done):
+            return removed, dropped
+
+
+def retention_args(retention: Retention, now_ms: int) -> tuple[int, int | str]:
+    """A room's retention as PAGE, ENTRIES and EXPIRE take it: the most
+    messages kept (0: no limit) and the oldest time kept ("": none)."""
+    oldest = retention.oldest_kept_ms(now_ms)
+    return retention.messages, "" if oldest is None else oldest
 
 
 def _entry_id(entry: bytes) -> int:
@@ -212,6 +277,11 @@ class RedisRoom:
         commands = self._commands.for_keys(self._keys.room(name))
         return RedisRoom(commands, self._reader, self._lease, self._clock, name)
 
+    @property
+    def lease_seconds(self) -> float:
+        """The node's lease (--redis-lease), which the purge lease matches."""
+        return self._lease.seconds
+
     def commands_for(self, name: str) -> Commands:
         """This node's command link, for room `name`'s keys."""
         return self._commands.for_keys(self._keys.room(name))
@@ -230,7 +300,7 @@ class RedisRoom:
                 raise RoomError(_NOT_READY)
             if result == 0:
                 return False
-            last, added, messages, newest = result  # type: ignore[misc]
+            last, added, messages, newest, trimmed = result  # type: ignore[misc]
             self._watcher = self._lease.watch(self._lease_renewed, self._lease_lost)
             self._messages = int(messages)
             self._last_activity = None if int(newest) < 0 else int(newest)
@@ -239,7 +309,7 @@ class RedisRoom:
                 self._on_event,
                 lambda: None,
                 self._missed_events,
-                at=(last, int(added)),
+                at=(last, int(added), int(trimmed)),
             )
             return True
 
@@ -522,8 +592,9 @@ class RedisRoom:
         matched: list[int] = []
         high = "+inf"
         while True:
+            # Expired messages too: erasing leaves none of them behind.
             entries, *_ = await self._commands.run(
-                scripts.PAGE, high, "-inf", SCAN_SLICE, 0, "0"
+                scripts.PAGE, high, "-inf", SCAN_SLICE, 0, "0", 0, ""
             )
             for encoded in entries:
                 entry = codec.decode(encoded)
@@ -596,11 +667,13 @@ class RedisRoom:
         names: list[str] = []
         verified: list[str] = []
         budget = max_bytes
+        # One instant for the whole page: its slices agree on what expired.
+        kept = retention_args(self.retention, self._now_ms())
         while len(found) < limit:
             want = min(PAGE_SLICE, limit - len(found))
             first = not found
             entries, cut, online, marked = await self._commands.run(
-                scripts.PAGE, high, low, want, budget, "1" if first else "0"
+                scripts.PAGE, high, low, want, budget, "1" if first else "0", *kept
             )
             if first:
                 names = [name.decode() for name in online]
@@ -615,6 +688,55 @@ class RedisRoom:
             high = f"({_entry_id(entries[-1])}"
         found.reverse()
         return Page(found, names, verified)
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def entries(self, after: int, limit: int) -> "Deferred[list[tuple[int, bytes]]]":
+        return Deferred.fromCoroutine(self._entries(after, limit))
+
+    async def _entries(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """ENTRIES slices of ENTRIES_SLICE, each read at one instant (and
+        retention applied as of then), oldest first."""
+        found: list[tuple[int, bytes]] = []
+        kept = retention_args(self.retention, self._now_ms())
+        while len(found) < limit:
+            want = min(ENTRIES_SLICE, limit - len(found))
+            flat = await self._commands.run(scripts.ENTRIES, after, want, *kept)
+            found += [
+                (int(float(score)), entry)
+                for entry, score in zip(flat[::2], flat[1::2], strict=True)
+            ]
+            if len(flat) < 2 * want:
+                break
+            after = found[-1][0]
+        return found
+
+    def import_entries(self, entries: list[Imported]) -> "Deferred[list[int]]":
+        """One IMPORT script for the whole list: all stored, with new ids
+        after every id handed out so far, or none (a batch the admin API
+        accepted is under its 64 KiB body cap)."""
+        if not entries:
+            return succeed([])
+        parts: list[bytes] = []
+        for one in entries:
+            parts += _split(one.name, one.content, one.timestamp, one.millis, one.mark)
+        imported = self._commands.run(scripts.IMPORT, self.room_name, *parts)
+        return imported.addCallback(lambda ids: [int(i) for i in ids])
+
+    def expire(self, now_ms: int) -> "Deferred[int]":
+        """EXPIRE on this room's keys (see expire_history), with no purge
+        lease: the cluster's purge (chatbox.cluster.purge) runs it under one,
+        on every room, loaded here or not. Nobody is told."""
+        expired = Deferred.fromCoroutine(
+            expire_history(self._commands, self.retention, now_ms)
+        )
+        return expired.addCallback(self._expired)
+
+    def _expired(self, result: tuple[int, int]) -> int:
+        removed = result[0]
+        self._messages = max(0, self._messages - removed)
+        return removed
 
     # -- the lease --
 

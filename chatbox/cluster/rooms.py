@@ -63,6 +63,19 @@ class RedisRooms:
     def stored(self) -> dict[str, int | None]:
         return {}
 
+    def names(self) -> "Deferred[list[str]]":
+        """Every named room of the cluster (Redis' `rooms` set: followed by
+        some node, or holding a message), loaded here or not, by name: what
+        a whole-server operator action walks on a cluster, where `stored`
+        knows none."""
+        asked = self._node.commands_for("").run(scripts.ROOM_NAMES)
+        return asked.addCallback(lambda names: sorted(n.decode() for n in names))
+
+    def exists(self, name: str) -> "Deferred[bool]":
+        """Whether room `name` exists in the cluster, whichever node made it
+        (so an operator may act on it without making it)."""
+        return self.names().addCallback(lambda names: name in names)
+
     def make(self, name: str) -> "Deferred[IRoom]":
         return Deferred.fromCoroutine(self._make(name))
 

@@ -41,17 +41,22 @@ from chatbox.cluster.keys import BELL_LENGTH
 __all__ = [
     "CLAIM",
     "DELETE",
+    "ENTRIES",
+    "EXPIRE",
     "FOLLOW",
     "HEARTBEAT",
+    "IMPORT",
     "MODERATION_LOAD",
     "MODERATION_POLL",
     "MODERATION_SUBMIT",
     "ONLINE_COUNT",
     "PAGE",
     "POST",
+    "PURGE_LEASE",
     "RELEASE",
     "RENAME",
     "RETIRE",
+    "ROOM_NAMES",
     "ROOM_SUMMARY",
     "STREAM_STATE",
     "TYPING",
@@ -64,10 +69,10 @@ _PREAMBLE = (
     + """
 local owner, held, display, online, joinseq, nodes, msgid, history, events,
       sends, sendexp, holders, followers, rooms, following, named, bell,
-      moderation, orders, verified =
+      moderation, orders, verified, purge =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
   KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17],
-  KEYS[18], KEYS[19], KEYS[20]
+  KEYS[18], KEYS[19], KEYS[20], KEYS[21]
 
 -- Switch the room-level locals (and so every function below) to room
 -- `name`'s keys, built as chatbox.cluster.keys.Keys.for_room builds them; false
@@ -272,6 +277,77 @@ local function last_activity()
   end
   return -1
 end
+
+-- An encoded history entry's `time` (epoch ms), or nil when it has none
+-- (a v2 import whose timestamp could not be read) or cannot be decoded.
+local function time_of(entry)
+  local ok, decoded = pcall(cjson.decode, entry)
+  if ok and type(decoded) == 'table' and type(decoded['time']) == 'number' then
+    return decoded['time']
+  end
+  return nil
+end
+
+-- The lowest id the room's retention keeps in the history in use: at most
+-- the `most` newest messages (0: no such limit), none posted before
+-- `oldest` (epoch ms; '' for no age limit). Retention cuts a prefix
+-- (chatbox.chat.retention.first_kept, whose binary search this is): the
+-- count by ZCARD, the age by bisecting the entries by rank, decoding only
+-- the ~17 probed in a history of 100,000; an entry with no readable time
+-- counts as older than any limit. 0 when nothing is cut; above every id
+-- when nothing is kept.
+local function kept_from(most, oldest)
+  most = tonumber(most) or 0
+  oldest = tonumber(oldest)
+  if most <= 0 and not oldest then
+    return 0
+  end
+  local count = redis.call('ZCARD', history)
+  local low = 0
+  if most > 0 and count > most then
+    low = count - most
+  end
+  if oldest then
+    local high = count
+    while low < high do
+      local middle = math.floor((low + high) / 2)
+      local when = time_of(redis.call('ZRANGE', history, middle, middle)[1])
+      if when == nil or when < oldest then
+        low = middle + 1
+      else
+        high = middle
+      end
+    end
+  end
+  if low >= count then
+    local newest = redis.call('ZRANGE', history, -1, -1, 'WITHSCORES')
+    if #newest == 0 then
+      return 0
+    end
+    return tonumber(newest[2]) + 1
+  end
+  return tonumber(redis.call('ZRANGE', history, low, low, 'WITHSCORES')[2])
+end
+
+-- A ZRANGE BYSCORE lower bound ("-inf", "(N" or "N") raised to at least
+-- id `floor` (ids are integers, so "(N" is N + 1).
+local function at_least(bound, floor)
+  if floor <= 0 then
+    return bound
+  end
+  local from
+  if bound == '-inf' then
+    return string.format('%.0f', floor)
+  elseif string.sub(bound, 1, 1) == '(' then
+    from = tonumber(string.sub(bound, 2)) + 1
+  else
+    from = tonumber(bound)
+  end
+  if from >= floor then
+    return bound
+  end
+  return string.format('%.0f', floor)
+end
 """
 )
 
@@ -459,7 +535,10 @@ return redis.call('ZCARD', online)
 
 # ARGV: highest score, lowest score, limit (ZRANGE BYSCORE bounds, "(" for
 # exclusive), byte budget (0: none), "1" for a page's first slice, which
-# also lists who is online and keeps its newest entry whatever the budget.
+# also lists who is online and keeps its newest entry whatever the budget,
+# then the room's retention: most messages kept (0: no limit) and the
+# oldest time kept (epoch ms, "" for no age limit), so what it expired is
+# left out at once, whether or not a purge has removed it yet.
 # Returns {newest entries first, as many as fit the budget,
 # 1 if the budget cut them short else 0, online names in order or {},
 # the verified ones among them in the same order or {}}. A
@@ -468,8 +547,9 @@ return redis.call('ZCARD', online)
 PAGE = (
     _PREAMBLE
     + """
-local high, low, limit, budget, first = unpack(ARGV)
+local high, low, limit, budget, first, most, oldest = unpack(ARGV)
 budget = tonumber(budget)
+low = at_least(low, kept_from(most, oldest))
 local entries = redis.call('ZRANGE', history, high, low, 'BYSCORE', 'REV',
                            'LIMIT', 0, limit)
 local cut = 0
@@ -548,7 +628,8 @@ return reap(node, ts, ms, maxlen)
 # this node follows it. Returns -1 if the node holds no lease, 0 if the room
 # is new and the cluster has `most` rooms already, else {the stream's last
 # generated id, entries ever added to it, messages in history, the newest
-# message's time in epoch ms or -1}: where this node starts reading.
+# message's time in epoch ms or -1, entries trimmed from it so far}: where
+# this node starts reading (STREAM_STATE says how trimmed is counted).
 FOLLOW = (
     _PREAMBLE
     + """
@@ -562,7 +643,7 @@ if most > 0 and redis.call('SISMEMBER', rooms, name) == 0
   return 0
 end
 follow(node, name)
-local last, added = '0-0', 0
+local last, added, length = '0-0', 0, 0
 if redis.call('EXISTS', events) == 1 then
   local info = redis.call('XINFO', 'STREAM', events)
   for i = 1, #info, 2 do
@@ -570,10 +651,14 @@ if redis.call('EXISTS', events) == 1 then
       last = info[i + 1]
     elseif info[i] == 'entries-added' then
       added = info[i + 1]
+    elseif info[i] == 'length' then
+      length = info[i + 1]
     end
   end
 end
-return {last, added, redis.call('ZCARD', history), last_activity()}
+local xdels = tonumber(redis.call('GET', events .. ':deleted') or '0')
+local trimmed = added - length - xdels
+return {last, added, redis.call('ZCARD', history), last_activity(), trimmed}
 """
 ).encode()
 
@@ -602,8 +687,10 @@ return {redis.call('ZCARD', online), last_activity()}
 ).encode()
 
 # KEYS: event streams (any number). For each, the last generated id,
-# entries ever added, entries kept, the oldest entry's id and the newest id
-# removed by XDEL ({"0-0", 0, 0, "0-0", "0-0"} if it does not exist).
+# entries ever added, entries kept, the oldest entry's id, the newest id
+# removed by XDEL and how many entries XDEL removed (DELETE's and the
+# purge's count, `<stream>:deleted`) ({"0-0", 0, 0, "0-0", "0-0", 0} if it
+# does not exist): what was added and neither kept nor XDELed was trimmed.
 # A reader that has handled every entry up to an id knows how many were
 # added by then; the entries added since must all still be kept, or some
 # were trimmed before it read them; DELETE's XDEL removes some too, which
@@ -612,8 +699,9 @@ return {redis.call('ZCARD', online), last_activity()}
 STREAM_STATE = b"""
 local states = {}
 for i, stream in ipairs(KEYS) do
+  local xdels = tonumber(redis.call('GET', stream .. ':deleted') or '0')
   if redis.call('EXISTS', stream) == 0 then
-    states[i] = {'0-0', 0, 0, '0-0', '0-0'}
+    states[i] = {'0-0', 0, 0, '0-0', '0-0', xdels}
   else
     local info = redis.call('XINFO', 'STREAM', stream)
     local state = {}
@@ -622,7 +710,7 @@ for i, stream in ipairs(KEYS) do
     end
     local first = state['first-entry']
     states[i] = {state['last-generated-id'], state['entries-added'], state['length'],
-                 first and first[1] or '0-0', state['max-deleted-entry-id']}
+                 first and first[1] or '0-0', state['max-deleted-entry-id'], xdels}
   end
 end
 return states
@@ -731,6 +819,7 @@ for i = 4, #ARGV do
     local found = find(id, start)
     if found then
       redis.call('XDEL', events, found)
+      redis.call('INCR', events .. ':deleted')
       start = '(' .. found
     end
   end
@@ -817,5 +906,160 @@ if added < seen or added - length > seen then
   return {0, added, length}
 end
 return {1, redis.call('XRANGE', orders, '(' .. after, '+', 'COUNT', most)}
+"""
+).encode()
+
+# ARGV: after (an id), most entries to return, then the room's retention as
+# PAGE takes it (most messages kept, oldest time kept or ""). Returns
+# {entry, id, entry, id, ...}: the oldest entries with id > after that the
+# retention keeps, in id order. A page of an unbounded read (export,
+# backup), which goes on from the last id it got.
+ENTRIES = (
+    _PREAMBLE
+    + """
+local after, limit, most, oldest = unpack(ARGV)
+local low = at_least('(' .. after, kept_from(most, oldest))
+return redis.call('ZRANGE', history, low, '+inf', 'BYSCORE', 'LIMIT', 0, limit,
+                  'WITHSCORES')
+"""
+).encode()
+
+# ARGV: room name ("" for the default room), then each message's entry
+# split around its id (head, tail; chatbox.cluster.room.entry_template).
+# Appends them after the history with new ids, in order, all in one step
+# (`msgid` only rises, so an id is never handed out twice), as durably as
+# POST. No event: clients see them at their next `get`; the stream carries
+# no `message` entry for them (DELETE and the purge find none, and need
+# none). A named room holding a message is one of the cluster's rooms.
+# Returns the ids.
+IMPORT = (
+    _PREAMBLE
+    + """
+local ids = {}
+for i = 2, #ARGV - 1, 2 do
+  local id = redis.call('INCR', msgid)
+  redis.call('ZADD', history, id, ARGV[i] .. id .. ARGV[i + 1])
+  ids[#ids + 1] = id
+end
+if ARGV[1] ~= '' and #ids > 0 then
+  redis.call('SADD', rooms, ARGV[1])
+end
+return ids
+"""
+).encode()
+
+# ARGV: the node purging ("" for none: no lease checked), the room's
+# retention as PAGE takes it (most messages kept, oldest time kept or ""),
+# most history entries to remove, where to go on reading the stream (an
+# XRANGE bound: "-" at first), the highest id removed by earlier calls of
+# this purge (0 at first), most stream entries to read.
+# The purge of expired messages (chatbox.cluster.purge), a batch at a time
+# so no call holds Redis long: the oldest expired entries leave `history`;
+# then the stream is read on from where the last call stopped, and every
+# `message` entry up to the highest id removed so far is XDELed (a room's
+# message entries are in id order, POST drawing the id and appending the
+# event in one step, so those of expired messages come first and the read
+# stops at the first kept one). No event: clients stopped seeing them at
+# once (PAGE). `msgid` is untouched, so ids are never handed out again.
+# With a node, it must hold the purge lease, or nothing is done: a node
+# whose lease ran out (paused, partitioned) cannot purge beside the one
+# that took it over. Returns -1 then; else {history entries removed,
+# stream entries removed, where to go on reading, the highest id removed
+# so far, 1 if the stream holds no message entry of an id removed so far
+# past that place}.
+EXPIRE = (
+    _PREAMBLE
+    + """
+local node, most, oldest, batch, cursor, upto, scan = unpack(ARGV)
+if node ~= '' and redis.call('GET', purge) ~= node then
+  return -1
+end
+upto = tonumber(upto)
+scan = tonumber(scan)
+local removed = 0
+local floor = kept_from(most, oldest)
+if floor > 0 then
+  local below = '(' .. string.format('%.0f', floor)
+  local gone = redis.call('ZRANGE', history, '-inf', below, 'BYSCORE',
+                          'LIMIT', 0, batch, 'WITHSCORES')
+  if #gone > 0 then
+    local last = tonumber(gone[#gone])
+    removed = redis.call('ZREMRANGEBYSCORE', history, '-inf', gone[#gone])
+    if last > upto then
+      upto = last
+    end
+  end
+end
+local xdeleted = 0
+local done = 0
+local read = 0
+while read < scan and done == 0 do
+  local chunk = redis.call('XRANGE', events, cursor, '+', 'COUNT', 256)
+  local doomed = {}
+  for _, entry in ipairs(chunk) do
+    local f = entry[2]
+    if f[1] == 'k' and f[2] == 'message' then
+      local id = 0
+      for j = 3, #f - 1, 2 do
+        if f[j] == 'id' then
+          id = tonumber(f[j + 1])
+          break
+        end
+      end
+      if id > upto then
+        done = 1
+        break
+      end
+      doomed[#doomed + 1] = entry[1]
+    end
+    cursor = '(' .. entry[1]
+    read = read + 1
+  end
+  if #doomed > 0 then
+    xdeleted = xdeleted + redis.call('XDEL', events, unpack(doomed))
+  end
+  if #chunk < 256 then
+    done = 1
+  end
+end
+if xdeleted > 0 then
+  redis.call('INCRBY', events .. ':deleted', xdeleted)
+end
+return {removed, xdeleted, cursor, string.format('%.0f', upto), done}
+"""
+).encode()
+
+# ARGV: node, what ("take", "renew" or "release"), lease ms. The purge
+# lease (`purge`, chatbox.cluster.purge): take sets it to the node if no
+# node holds it (or renews it if this one does); renew and release act
+# only if the node holds it. Returns 1 if the node holds it after "take"
+# or "renew" (or held it until "release"), else 0.
+PURGE_LEASE = (
+    _PREAMBLE
+    + """
+local node, what, ms = unpack(ARGV)
+local holder = redis.call('GET', purge)
+if what == 'take' and not holder then
+  redis.call('SET', purge, node, 'PX', ms)
+  return 1
+end
+if holder ~= node then
+  return 0
+end
+if what == 'release' then
+  redis.call('DEL', purge)
+else
+  redis.call('PEXPIRE', purge, ms)
+end
+return 1
+"""
+).encode()
+
+# The names of every named room of the cluster (`rooms`): what the purge
+# walks besides the default room, whatever node follows them.
+ROOM_NAMES = (
+    _PREAMBLE
+    + """
+return redis.call('SMEMBERS', rooms)
 """
 ).encode()

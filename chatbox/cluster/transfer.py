@@ -2,11 +2,19 @@
 
     chatbox-redis import --redis redis://HOST:PORT/DB data.json [--room NAME]
     chatbox-redis export --redis redis://HOST:PORT/DB data.json [--room NAME] [--force]
+    chatbox-redis import|export --redis ... data.json --with-rooms [--force]
 
 Without --room, the default room (`/`); with it, room NAME (the name as in
 its URL, folded as the server folds it). A named room imported is counted
 among the cluster's rooms at once (even past --max-rooms: the operator
 asked for it), so it exists before anyone joins.
+
+--with-rooms moves every room at once, in the single-process layout (the
+one `chatbox-admin backup` writes): data.json is the default room and
+`data.rooms/NAME.json` room NAME. Import refuses before storing anything if
+any of those rooms already has a history in Redis; export writes every room
+of the cluster's `rooms` set. Messages keep their marks (announcement,
+verified) both ways: the entries are moved as stored.
 
 Import is for moving a single-process chat onto a cluster: it takes
 data.json (and any journal beside it, as start-up would) into an empty
@@ -144,6 +152,68 @@ def _write_export(path: str, entries: list[bytes], kept: int, handed: int) -> No
         datafile.fsync_directory(journal)
 
 
+def rooms_folder(path: str) -> str:
+    """Where the single-process server keeps the named rooms of history file
+    `path` (chatbox.local.rooms.rooms_folder, which this layer may not
+    import)."""
+    base = path[: -len(".json")] if path.endswith(".json") else path
+    return base + ".rooms"
+
+
+def _room_files(path: str) -> list[tuple[str, str]]:
+    """(room, file) for every named room stored beside history file `path`."""
+    folder = rooms_folder(path)
+    try:
+        listed = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    found = []
+    for file in listed:
+        if not file.endswith(".json"):
+            continue  # journals, locks, sends
+        try:
+            name = check_name(file[: -len(".json")])
+        except NotARoom:
+            continue
+        found.append((name, os.path.join(folder, file)))
+    return found
+
+
+async def _import_all(link: RedisLink, work: list[tuple[str, Any]]) -> str:
+    """Every room of `work` ((room, Loaded)), or none if any has a history."""
+    for room, _ in work:
+        keys = Keys.for_room(room)
+        found = await link.execute("ZCARD", keys.history)
+        if found or await link.execute("EXISTS", keys.msgid):
+            raise TransferError(
+                f"{_where(link, room)} already has a history ({found} messages); "
+                "nothing imported"
+            )
+    said = [await _import(link, loaded, room) for room, loaded in work]
+    return "\n".join(said)
+
+
+async def _export_all(link: RedisLink, path: str, force: bool) -> str:
+    names = sorted(
+        n.decode() for n in await link.execute("SMEMBERS", Keys.under().rooms)
+    )
+    targets = [(DEFAULT, path)] + [
+        (name, os.path.join(rooms_folder(path), name + ".json")) for name in names
+    ]
+    await threads.deferToThread(_claim_all, [p for _, p in targets[1:]], force)
+    return "\n".join([await _export(link, p, room) for room, p in targets])
+
+
+def _claim_all(paths: list[str], force: bool) -> None:
+    """Lock each room file to be written (kept until exit), refusing one
+    that holds a history unless `force`."""
+    for path in paths:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        datafile.HistoryLock(path, advice="stop it first").claim()
+        if not force and _has_history(path):
+            raise TransferError(f"{path} already holds a history; use --force")
+
+
 def _has_history(path: str) -> bool:
     try:
         return bool(datafile.load(path).ids)
@@ -154,8 +224,12 @@ def _has_history(path: str) -> bool:
 async def _run(reactor: Any, args: argparse.Namespace, work: Any) -> None:
     link = await _connect(reactor, args.redis)
     try:
-        if args.command == "import":
+        if args.command == "import" and args.with_rooms:
+            said = await _import_all(link, work)
+        elif args.command == "import":
             said = await _import(link, work, args.room)
+        elif args.with_rooms:
+            said = await _export_all(link, args.file, args.force)
         else:
             said = await _export(link, args.file, args.room)
     except RoomError as e:
@@ -186,7 +260,15 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT,
         help="the room NAME (ws://HOST:PORT/NAME); default: the default room at /",
     )
+    parser.add_argument(
+        "--with-rooms",
+        action="store_true",
+        help="every room: FILE is the default room, FILE's .rooms folder "
+        "(data.rooms/NAME.json) the named ones",
+    )
     args = parser.parse_args(argv)
+    if args.with_rooms and args.room:
+        parser.error("--with-rooms moves every room: no --room with it")
     try:
         args.redis = parse_redis_url(args.redis)
     except ValueError as e:
@@ -203,7 +285,12 @@ def main(argv: list[str] | None = None) -> None:
         # through a fold nor replaced under it.
         args.file = datafile.history_path(args.file)
         datafile.HistoryLock(args.file, advice="stop it first").claim()
-        if args.command == "import":
+        if args.command == "import" and args.with_rooms:
+            work = [(DEFAULT, datafile.load(args.file))]
+            for room, path in _room_files(args.file):
+                datafile.HistoryLock(path, advice="stop it first").claim()
+                work.append((room, datafile.load(path)))
+        elif args.command == "import":
             work = datafile.load(args.file)  # Before the reactor: it blocks.
         elif not args.force and _has_history(args.file):
             raise TransferError(

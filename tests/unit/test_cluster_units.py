@@ -259,7 +259,7 @@ class Node:
         self.room.start()
         self.beat(held=True)
         _, state = self.reader_link.pending(scripts.STREAM_STATE)
-        state.callback([[b"0-0", 0, 0, b"0-0", b"0-0"]])
+        state.callback([[b"0-0", 0, 0, b"0-0", b"0-0", 0]])
         assert self.room.ready
 
     def beat(self, held: bool, messages: int = 0) -> None:
@@ -396,6 +396,20 @@ def test_deleted_entries_are_not_taken_for_trimmed_ones():
     assert len(_back_after_an_outage([b"9-0", 9, 2, b"5-0", b"8-0"]).lost) == 1
     # Deleted only before its place: the count tells, and says no hole.
     assert _back_after_an_outage([b"9-0", 9, 8, b"2-0", b"1-0"]).lost == []
+
+
+def test_entries_the_purge_removed_past_the_readers_place_are_no_hole():
+    """The retention purge XDELs every expired message entry, those the
+    reader had not read too (a burst past a count limit while the reader
+    was away). The scripts count what XDEL removed: if nothing was trimmed
+    since the reader last looked, its clients saw no hole."""
+    # 8 added since, 2 kept, none at or before its place: 6 XDELed (the
+    # counted total of 7 includes one from before), none trimmed.
+    assert _back_after_an_outage([b"9-0", 9, 2, b"5-0", b"8-0", 7]).lost == []
+    # One more added than kept or XDELed: trimmed, and maybe unread.
+    assert len(_back_after_an_outage([b"9-0", 9, 2, b"5-0", b"8-0", 6]).lost) == 1
+    # Trimmed since, but only entries it had read: the old rule still tells.
+    assert _back_after_an_outage([b"9-0", 9, 3, b"1-0", b"8-0", 0]).lost == []
 
 
 def test_an_event_of_unknown_kind_is_skipped_not_taken_for_a_leave():
@@ -560,7 +574,7 @@ class Named:
         args, reply = node.commands_link.pending(scripts.FOLLOW)
         assert args == ["n1", name, 0]
         assert node.commands_link.eval_keys[-1] == list(Keys.for_room(name))
-        reply.callback([last, 5, 3, 1795964709000])
+        reply.callback([last, 5, 3, 1795964709000, 0])
         assert followed == [True]
         assert self.room.ready and self.room.message_count() == 3
         assert self.room.last_activity() == 1795964709000
@@ -707,7 +721,7 @@ def test_a_lost_lease_closes_every_rooms_clients_and_rooms_follow_again():
     node.reader_link.stream()  # the blocking read returns
     node.reader_link.stream()  # the first read of alpha
     assert _blocking(node.reader_link)
-    reply.callback([b"9-0", 9, 3, -1])
+    reply.callback([b"9-0", 9, 3, -1, 0])
     node.reader_link.stream()  # the blocking read returns (or times out)
     assert ALPHA.events.encode() in _reads_from(node.reader_link)
 
