@@ -705,3 +705,35 @@ def test_a_room_whose_purge_cannot_finish_holds_up_neither_the_walk_nor_shutdown
     assert rooms.inside == 0 and clock.getDelayedCalls() == []
     # The store's purge finishing later changes nothing.
     stuck.expiring.callback(7)
+
+
+@ensureDeferred
+async def test_a_crash_after_the_fold_before_the_old_journal_went_loads_the_kept(
+    tmp_path, monkeypatch
+):
+    """data.json already rewritten without the expired, the retired journal
+    (with messages and the expiry record) still there: replay takes the
+    kept ones from data.json and finds no damage."""
+    path = tmp_path / "data.json"
+    write_history(path, [NOW - 10 * DAY_MS] * 5 + [NOW] * 3)
+    room, _ = retained_room(path, Retention(days=1))
+    real = datafile.remove_durably
+    crashed = []
+
+    def crash_at_old_journal(file, **kwargs):
+        if file.endswith(".journal.old") and not crashed:
+            with open(file, "rb") as retired:
+                assert b'"expired_to":5' in retired.read()
+            crashed.append(datafile.load(str(path)))  # what a restart reads now
+        return real(file, **kwargs)
+
+    monkeypatch.setattr(datafile, "remove_durably", crash_at_old_journal)
+    try:
+        await room.post(object(), "An", "new", Moment("x", NOW))  # id 9
+        assert await room.expire(NOW) == 5
+    finally:
+        await room.close()
+    assert os.path.exists(datafile.journal_paths(str(path))[1]) is False
+    (loaded,) = crashed
+    assert [codec.decode(e)["id"] for e in loaded.entries] == [6, 7, 8, 9]
+    assert loaded.high == 9
