@@ -37,6 +37,18 @@ the default room. A body field this module does not know is refused.
                                  (null: every room), "roles", "expires" (ms)}
     GET    /v1/verified          {"verified": [{"name", "rooms", "by", "at"}]}
     DELETE /v1/verified/NAME     (percent-encoded) -> {"unverified": name}
+    GET    /v1/export[?room=R][&nickname=N][&since=MS][&until=MS]
+                                 200 application/x-ndjson: one stored entry
+                                 per line, {"room": R, ...entry} (no room:
+                                 every room); 404 for a room not there
+    GET    /v1/backup            200 application/x-ndjson: every room's
+                                 entries, the rules, and a last "done" line
+                                 (chatbox.admin.history.HistoryActions.backup)
+    POST   /v1/import?room=R     {"messages": [{"name", "content",
+                                 "timestamp", "time"?, "mark"?}...]}
+                                 -> {"imported": [N...]} (all or nothing)
+    POST   /v1/erase             {"name", "room"?, "since"?, "until"?,
+                                 "reason"} -> {"erased": {R: count}, "total"}
 
 A minted token is in its response body only: never in a log line, an
 audit line (which names the nickname and the token's jti) or an error.
@@ -72,13 +84,15 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote_to_bytes
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, ISSLTransport
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
+from chatbox.admin.history import HistoryActions, Stopped, checked_import
 from chatbox.admin.moderator import ModerationError
 from chatbox.admin.tokens import Tokens
 from chatbox.auth.minting import DEFAULT_DAYS, MAX_DAYS, ROLES, MintError
@@ -108,6 +122,10 @@ MAX_IDS = 10_000
 MAX_ID = 2**63 - 1
 MAX_DURATION = 10 * 365 * 86_400  # ten years, in seconds
 MAX_SLOW_MODE = 86_400
+# An export or backup whose reader has not taken a byte for this long is
+# cut off: it holds a room loaded and a page in memory for nobody.
+STALL_DEADLINE = 60.0
+MAX_IMPORT = 10_000
 
 BODY_TOO_LARGE = canned(413, f"request bodies are at most {MAX_BODY} bytes")
 TIMED_OUT = canned(408, "request not completed in time")
@@ -311,6 +329,7 @@ class AdminAPI:
         self.reactor = reactor
         self.metrics = metrics
         self.auth_log = LogBudget(reactor, log, AUTH_LOG_LINES, AUTH_LOG_PERIOD)
+        self.history = HistoryActions(moderator)
         # path (None: any one segment, handed to the handler) -> method -> handler
         self.routes: dict[tuple[str | None, ...], dict[bytes, Handler]] = {
             ("users",): {b"GET": self.users},
@@ -328,6 +347,7 @@ class AdminAPI:
             ("verified",): {b"GET": self.verified},
             ("verified", None): {b"DELETE": self.unverify},
         }
+        self.routes.update(self._history_routes())
 
     # -- one request --
 
@@ -343,13 +363,18 @@ class AdminAPI:
         finished: list[object] = []
         request.notifyFinish().addBoth(finished.append)
 
-        def answered(reply: tuple[int, dict[str, Any]]) -> None:
+        def answered(reply: tuple[int, dict[str, Any]] | object) -> None:
+            if reply is STREAMED:  # the handler wrote and finished it
+                return
             body = self._reply(request, *reply)
             if not finished:  # a client gone meanwhile reads nothing
                 request.write(body)
                 request.finish()
 
         def failed(failure: Failure) -> None:
+            if request.startedWriting:  # a stream that broke midway
+                _cut(request, failure)
+                return
             body = self._failure(request, failure)
             if not finished:
                 request.write(body)
@@ -646,6 +671,106 @@ class AdminAPI:
         done = maybeDeferred(self.moderator.unverify, operator, name)
         return done.addCallback(answered)
 
+    # -- history: export, backup, import, erasure (chatbox.admin.history) --
+
+    def _history_routes(self) -> dict[tuple[str | None, ...], dict[bytes, Handler]]:
+        return {
+            ("export",): {b"GET": self.export},
+            ("backup",): {b"GET": self.backup},
+            ("import",): {b"POST": self.import_},
+            ("erase",): {b"POST": self.erase},
+        }
+
+    def export(self, operator: str, request: server.Request) -> Deferred:
+        query = _query(request, ("room", "nickname", "since", "until"))
+        room = query.get("room")
+        name = query.get("nickname")
+        if name is not None and not is_valid_name(name):
+            raise _bad("nickname is not a nickname")
+        since = _millis(query, "since")
+        until = _millis(query, "until")
+        if since is not None and until is not None and since > until:
+            raise _bad("since is after until")
+        # A room that is not there is refused while a status can say so.
+        checked = self.history.check_room(room)
+
+        def lines(sink: _Stream) -> Deferred:
+            return self.history.export(operator, sink, room, name, since, until)
+
+        return checked.addCallback(lambda _: self._stream(request, lines))
+
+    def backup(self, operator: str, request: server.Request) -> Deferred:
+        _no_query(request)
+        now_ms = int(self.reactor.seconds() * 1000)
+
+        def lines(sink: _Stream) -> Deferred:
+            return self.history.backup(operator, sink, now_ms)
+
+        return self._stream(request, lines)
+
+    def _stream(
+        self, request: server.Request, produce: Callable[["_Stream"], Deferred]
+    ) -> Deferred:
+        """Answer 200 with JSON Lines written by `produce` as the client
+        reads them; once a line is sent a failure can only cut the
+        connection (the client sees no end of the chunked body)."""
+        self.metrics.admin_requests.labels(outcome="ok").inc()
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/x-ndjson")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        sink = _Stream(request, self.reactor)
+        done = produce(sink)
+
+        def finished(_: object) -> object:
+            sink.finish()
+            return STREAMED
+
+        def stopped(failure: Failure) -> object:
+            sink.close()
+            if failure.check(Stopped):
+                return STREAMED  # the reader left: nothing to say to it
+            return failure
+
+        return done.addCallbacks(finished, stopped)
+
+    def import_(self, operator: str, request: server.Request) -> Deferred:
+        room = _query(request, ("room",)).get("room", "")
+        body = _body(request)
+        given = body.get("messages")
+        body.done()
+        if not isinstance(given, list) or not given:
+            raise _bad("messages must be a non-empty list")
+        if len(given) > MAX_IMPORT:
+            raise _bad(f"at most {MAX_IMPORT} messages at once")
+        try:
+            checked = [
+                checked_import(fields, f"message #{index + 1}")
+                for index, fields in enumerate(given)
+            ]
+        except ModerationError as e:
+            raise _bad(e.message) from None
+        done = self.history.import_messages(operator, room, checked)
+        return done.addCallback(lambda ids: (200, {"imported": ids}))
+
+    def erase(self, operator: str, request: server.Request) -> Deferred:
+        _no_query(request)
+        body = _body(request)
+        name = body.string("name", limit=1000)
+        if not is_valid_name(name):
+            raise _bad("name is not a nickname")
+        room = body.room(None)
+        since = body.integer("since")
+        until = body.integer("until")
+        if since is not None and until is not None and since > until:
+            raise _bad("since is after until")
+        reason = body.reason()
+        body.done()
+        done = self.history.erase(operator, name, room, since, until, reason)
+        return done.addCallback(
+            lambda counts: (200, {"erased": counts, "total": sum(counts.values())})
+        )
+
 
 MAX_TOKEN_ROOMS = 100
 
@@ -851,3 +976,110 @@ def make_admin_site(
 ) -> AdminSite:
     """The admin listener's factory, for a ListenerService on --admin-port."""
     return AdminSite(AdminAPI(moderator, tokens, reactor, metrics))
+
+
+# -- streamed answers: export and backup --
+
+# What a streaming handler's Deferred fires with: it answered by itself.
+STREAMED = object()
+
+
+def _millis(query: dict[str, str], key: str) -> int | None:
+    value = query.get(key)
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 16:
+        raise _bad(f"{key} must be epoch milliseconds")
+    return int(value)
+
+
+def _cut(request: server.Request, failure: Failure) -> None:
+    """A stream failed after its first line: logged, and the connection
+    cut, so the client cannot take a part for the whole."""
+    log.failure(
+        "admin API: {path} failed while streaming",
+        failure,
+        path=printable(request.path, 100),
+    )
+    transport = getattr(request.channel, "transport", None)
+    if transport is not None:
+        transport.abortConnection()
+
+
+@implementer(IPushProducer)
+class _Stream:
+    """The response as chatbox.admin.history's sink: a streaming producer
+    registered with the request, paused and resumed by the connection as
+    the client reads (twisted.web's producer/consumer), so memory holds what
+    one page wrote, never the history. The request's deadline was disarmed
+    when its body arrived: a long export that flows is never cut; one whose
+    reader stalls for STALL_DEADLINE is."""
+
+    def __init__(self, request: server.Request, reactor: Any) -> None:
+        self.request = request
+        self.reactor = reactor
+        self.paused = False
+        self.gone = False
+        self._waiting: Deferred | None = None
+        self._stall: IDelayedCall | None = None
+        request.registerProducer(self, True)
+        request.notifyFinish().addErrback(lambda _: self.stopProducing())
+
+    def write(self, data: bytes) -> None:
+        if not self.gone:
+            self.request.write(data)
+
+    def drained(self) -> Deferred:
+        if self.gone:
+            return fail(Stopped())
+        if not self.paused:
+            return succeed(None)
+        self._waiting = Deferred()
+        return self._waiting
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self._stall is None:
+            self._stall = self.reactor.callLater(STALL_DEADLINE, self._stalled)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._unstall()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def stopProducing(self) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        self._unstall()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(Stopped())
+
+    def _unstall(self) -> None:
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        log.info("admin API: a stream's reader stalled; cut off")
+        self.stopProducing()
+        transport = getattr(self.request.channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    def finish(self) -> None:
+        self.close()
+        if not self.gone:
+            self.gone = True
+            self.request.finish()
+
+    def close(self) -> None:
+        self._unstall()
+        # A request whose connection was lost has no channel left to
+        # unregister from.
+        if self.request.producer is not None and self.request.channel is not None:
+            self.request.unregisterProducer()
