@@ -20,6 +20,7 @@ entered only if something in it has expired.
 """
 
 import os
+import weakref
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
@@ -84,8 +85,13 @@ class LocalPurger:
         self.visits = 0  # rooms entered to be purged, for tests and figures
         if hasattr(reactor, "addSystemEventTrigger"):
             # A pass over many rooms stops between two rooms at shutdown
-            # instead of holding it up until the last.
-            reactor.addSystemEventTrigger("before", "shutdown", self._stop)
+            # instead of holding it up until the last. Weakly: the trigger
+            # outlives a purger the tests' servers made and dropped, and
+            # must not keep its rooms' histories alive.
+            stop = weakref.WeakMethod(self._stop)
+            reactor.addSystemEventTrigger(
+                "before", "shutdown", lambda: (stop() or (lambda: None))()
+            )
 
     def _stop(self) -> None:
         self._stopping = True
