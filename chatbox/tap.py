@@ -58,15 +58,22 @@ RESERVED_FILES = 128
 FILES_PER_ROOM = 2
 
 
+def _whole(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
+
+
 def _positive_int(value: str) -> int:
-    number = int(value)
+    number = _whole(value)
     if number < 1:
         raise ValueError("must be at least 1")
     return number
 
 
 def _count(value: str) -> int:
-    number = int(value)
+    number = _whole(value)
     if number < 0:
         raise ValueError("must be 0 or more")
     return number

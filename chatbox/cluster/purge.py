@@ -7,7 +7,7 @@ purge must not depend on any one node staying up; and two nodes purging at
 once would only double Redis' work. So a purge first takes the purge lease
 (`Keys.purge`, SET NX with a time to live of the node's --redis-lease),
 renews it while it works, and gives it back when done; a node that finds it
-taken fires with {} and tries again at its next interval. A node killed
+taken fires with None and tries again at its next interval. A node killed
 while purging leaves its lease to run out, and the next node whose timer
 comes round carries on where it stopped (a purge is idempotent: whatever
 has expired and is still there goes). Every EXPIRE call checks the lease

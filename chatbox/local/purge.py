@@ -20,6 +20,7 @@ entered only if something in it has expired.
 """
 
 import os
+import weakref
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
@@ -36,6 +37,13 @@ from chatbox.local.rooms import SUFFIX, rooms_folder
 __all__ = ["LocalPurger", "PurgeIncomplete"]
 
 NEVER = float("inf")
+
+# How long one room's purge is waited for. The store retries a purge that
+# fails (a full disk) every 10 s for as long as it takes, and the expiry
+# is durable meanwhile; the walk goes on to the other rooms (this room
+# counts as a failure) instead of waiting with it, and a shutdown is never
+# held up by it.
+ROOM_WAIT_SECONDS = 120.0
 
 # A room's history files as they were: (size, mtime_ns) of NAME.json and
 # of its journal, None for one that is not there.
@@ -73,14 +81,55 @@ class LocalPurger:
         self._reactor = reactor
         self._visited: dict[str, _Visited] = {}
         self._stopping = False
+        self._waiting: Deferred[int] | None = None
         self.visits = 0  # rooms entered to be purged, for tests and figures
         if hasattr(reactor, "addSystemEventTrigger"):
             # A pass over many rooms stops between two rooms at shutdown
-            # instead of holding it up until the last.
-            reactor.addSystemEventTrigger("before", "shutdown", self._stop)
+            # instead of holding it up until the last. Weakly: the trigger
+            # outlives a purger the tests' servers made and dropped, and
+            # must not keep its rooms' histories alive.
+            stop = weakref.WeakMethod(self._stop)
+            reactor.addSystemEventTrigger(
+                "before", "shutdown", lambda: (stop() or (lambda: None))()
+            )
 
     def _stop(self) -> None:
         self._stopping = True
+        waiting = self._waiting
+        if waiting is not None and not waiting.called:
+            waiting.errback(PurgeFailed("server shutting down"))
+
+    def _bounded(self, expiring: "Deferred[int]") -> "Deferred[int]":
+        """`expiring`'s result, or a failure once ROOM_WAIT_SECONDS pass or
+        the server stops first; `expiring` itself is never cancelled (it is
+        the store's, which fires it once the files are purged)."""
+        waiter: Deferred[int] = Deferred()
+
+        def settle(result: object) -> None:
+            if not waiter.called:
+                waiter.callback(result)  # a Failure goes down the errback side
+
+        def too_slow() -> None:
+            if not waiter.called:
+                waiter.errback(
+                    PurgeFailed(
+                        f"still purging after {ROOM_WAIT_SECONDS:g} s (it goes "
+                        "on; a failing disk is retried every 10 s)"
+                    )
+                )
+
+        timer = self._reactor.callLater(ROOM_WAIT_SECONDS, too_slow)
+
+        def done(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            self._waiting = None
+            return result
+
+        waiter.addBoth(done)
+        self._waiting = waiter
+        expiring.addBoth(settle)
+        return waiter
 
     def _path_of(self, name: str) -> str:
         """Where LocalRooms keeps room `name` (beside the default room's
@@ -105,8 +154,12 @@ class LocalPurger:
             for n in names
             if n not in loaded and n != DEFAULT and not policy.for_room(n).keeps_all
         ]
-        stamps = await self._in_thread(
-            lambda: {n: _stamp(self._path_of(n)) for n in unloaded}
+        stamps = (
+            await self._in_thread(
+                lambda: {n: _stamp(self._path_of(n)) for n in unloaded}
+            )
+            if unloaded
+            else {}
         )
         removed: dict[str, int] = {}
         failed: list[str] = []
@@ -155,7 +208,7 @@ class LocalPurger:
         room = await self._rooms.enter(name)
         self.visits += 1
         try:
-            count = await room.expire(now_ms)
+            count = await self._bounded(room.expire(now_ms))
             oldest = room.oldest_kept_time()
             if oldest is None or not days:
                 due: float = NEVER

@@ -29,6 +29,11 @@ once the retired journal is removed no file holds the deleted content, and
 the deletion's Deferred fires. Deletions that arrive meanwhile share the
 next purge. A purge that fails is retried every FOLD_RETRY_SECONDS; the
 deletion stays durable and waits.
+
+Retention's purge (`expire`) is such a deletion of the oldest messages,
+written as one short record (every id up to one) and telling nobody.
+An operator's import (`import_messages`) goes through the queue as
+messages do, written alone so that its ids follow on.
 """
 
 import os

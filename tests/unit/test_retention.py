@@ -10,7 +10,7 @@ import zlib
 import pytest
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from chatbox.chat.retention import (
@@ -26,7 +26,7 @@ from chatbox.chat.room import Imported, RoomError
 from chatbox.chat.roomnames import DEFAULT
 from chatbox.local import datafile
 from chatbox.local.history import History
-from chatbox.local.purge import PurgeIncomplete
+from chatbox.local.purge import ROOM_WAIT_SECONDS, LocalPurger, PurgeIncomplete
 from chatbox.local.room import LocalRoom
 from chatbox.local.store import DurableStore
 from chatbox.wire import codec
@@ -641,3 +641,99 @@ async def test_torn_writes_go_once_everything_stored_before_them_expired(tmp_pat
         assert not newer.exists()
     finally:
         await room.close()
+
+
+# -- LocalPurger: a room whose purge cannot finish --
+
+
+class StuckRoom:
+    """A loaded room whose purge waits (a store retrying a full disk)."""
+
+    def __init__(self):
+        self.expiring = Deferred()
+
+    def due(self, now_ms):
+        return True
+
+    def expire(self, now_ms):
+        return self.expiring
+
+    def oldest_kept_time(self):
+        return None
+
+
+class FakeRooms:
+    def __init__(self, rooms):
+        self.rooms = rooms
+        self.inside = 0
+
+    def every_room(self):
+        return list(self.rooms)
+
+    def loaded(self):
+        return list(self.rooms.items())
+
+    def enter(self, name):
+        self.inside += 1
+        return succeed(self.rooms[name])
+
+    def leave(self, name):
+        self.inside -= 1
+
+
+def test_a_room_whose_purge_cannot_finish_holds_up_neither_the_walk_nor_shutdown():
+    clock = Clock()
+    stuck, other = StuckRoom(), StuckRoom()
+    other.expiring = succeed(4)
+    rooms = FakeRooms({"a": stuck, DEFAULT: other})  # walked in this order
+    purger = LocalPurger(rooms, clock)
+    policy = RetentionPolicy(Retention(days=1))
+    first = purger.purge(policy, NOW)
+    assert not first.called
+    clock.advance(ROOM_WAIT_SECONDS)
+    failure = getattr(first, "result", None)
+    assert isinstance(failure.value, PurgeIncomplete), failure
+    assert failure.value.removed == {DEFAULT: 4}  # the walk went on
+    first.addErrback(lambda _: None)
+    assert rooms.inside == 0
+    # At shutdown, a purge waiting for a room gives up at once.
+    stuck.expiring = Deferred()
+    second = purger.purge(policy, NOW)
+    purger._stop()
+    assert isinstance(second.result.value, PurgeIncomplete)
+    second.addErrback(lambda _: None)
+    assert rooms.inside == 0 and clock.getDelayedCalls() == []
+    # The store's purge finishing later changes nothing.
+    stuck.expiring.callback(7)
+
+
+@ensureDeferred
+async def test_a_crash_after_the_fold_before_the_old_journal_went_loads_the_kept(
+    tmp_path, monkeypatch
+):
+    """data.json already rewritten without the expired, the retired journal
+    (with messages and the expiry record) still there: replay takes the
+    kept ones from data.json and finds no damage."""
+    path = tmp_path / "data.json"
+    write_history(path, [NOW - 10 * DAY_MS] * 5 + [NOW] * 3)
+    room, _ = retained_room(path, Retention(days=1))
+    real = datafile.remove_durably
+    crashed = []
+
+    def crash_at_old_journal(file, **kwargs):
+        if file.endswith(".journal.old") and not crashed:
+            with open(file, "rb") as retired:
+                assert b'"expired_to":5' in retired.read()
+            crashed.append(datafile.load(str(path)))  # what a restart reads now
+        return real(file, **kwargs)
+
+    monkeypatch.setattr(datafile, "remove_durably", crash_at_old_journal)
+    try:
+        await room.post(object(), "An", "new", Moment("x", NOW))  # id 9
+        assert await room.expire(NOW) == 5
+    finally:
+        await room.close()
+    assert os.path.exists(datafile.journal_paths(str(path))[1]) is False
+    (loaded,) = crashed
+    assert [codec.decode(e)["id"] for e in loaded.entries] == [6, 7, 8, 9]
+    assert loaded.high == 9
