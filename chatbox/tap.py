@@ -532,6 +532,18 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(f"--room-retention: {e}") from None
+        policy = self["room-policy"]
+        strays = [
+            name
+            for name in self["retention"].rooms
+            if name and not policy.open and name not in policy.names
+        ]
+        if strays:
+            # A typo would otherwise leave the room under the server-wide
+            # limits without a word.
+            raise usage.UsageError(
+                f"--room-retention names rooms --rooms does not: {', '.join(strays)}"
+            )
         if not self["retention"].keeps_all and self["purge-interval"] < 1:
             raise usage.UsageError("--purge-interval must be at least 1 second")
         if not is_valid_name(self["announcer"]):

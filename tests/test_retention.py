@@ -334,6 +334,12 @@ async def test_wrong_retention_options_are_one_clear_line(tmp_path):
         (["--room-retention=news"], "'news' is not ROOM:days=N,messages=M"),
         (["--room-retention=a:forever", "--room-retention=A:days=1"], "twice"),
         (["--retention-days=1", "--purge-interval=0.5"], "at least 1 second"),
+        (["--retention-messages=1.5"], "'1.5' is not a whole number"),
+        (["--room-retention=news:days=1"], "names rooms --rooms does not: news"),
+        (
+            ["--rooms=news", "--room-retention=nwes:days=1"],
+            "names rooms --rooms does not: nwes",
+        ),
     ]:
         with pytest.raises(usage.UsageError) as refused:
             tap.Options().parseOptions([data, *args])
