@@ -324,7 +324,11 @@ async def test_two_nodes_purge_in_turn_and_a_killed_purger_is_taken_over(
     assert await aof_holds(redis, b"old-000001", b"bulk-000001") == [True, True]
     kept = [m.content for m in new]
 
-    retention = ["--retention-days=1", "--room-retention=far:messages=500"]
+    retention = [
+        "--retention-days=1",
+        "--rooms=far",
+        "--room-retention=far:messages=500",
+    ]
     a = await start_node(tmp_path, redis, "a", *retention, "--purge-interval=2")
     # Read-time: A's first purge is 2 s away, and A leaves out the expired.
     assert await v2_history(a) == kept

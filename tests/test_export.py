@@ -7,6 +7,7 @@ The server runs in this process (tests/server.py) so a test can count the
 pages its rooms are asked for: that is how a reader that stops reading is
 shown to stop the reads (memory bounded), not by timing anything."""
 
+import datetime
 import json
 import re
 import socket
@@ -355,12 +356,18 @@ async def test_round_trip_into_another_server(served, tmp_path):
         await target.server.stop()
 
 
+FIRST_V2 = datetime.datetime(2019, 2, 1, 10, 0, 0)
+
+
 def v2_file(path: Path, count: int) -> None:
     """A v2 data.json (no ids, no `time`): 4 KB a message."""
     with open(path, "w", encoding="utf-8") as f:
         f.write("[")
         for i in range(count):
-            stamp = f"{(i % 28) + 1:02d}/02/2019, 10:{i % 60:02d}:{i % 60:02d}"
+            # A minute apart, in order, as a v2 server wrote them.
+            stamp = (FIRST_V2 + datetime.timedelta(minutes=i)).strftime(
+                "%d/%m/%Y, %H:%M:%S"
+            )
             item = {
                 "name": f"user{i % 50}",
                 "content": f"{i} " + "ж" * 2000,
@@ -484,6 +491,42 @@ async def test_bad_lines_are_named_and_a_refused_batch_stores_nothing(served, tm
     assert resumed.returncode == 0, resumed.stderr
     contents = [line["content"] for line in await exported(served.admin, "?room=late")]
     assert contents == [f"fine {i}" for i in range(1, 3001)]
+
+
+@ensureDeferred
+async def test_an_import_keeps_a_room_in_time_order(served, tmp_path):
+    """Retention's cut is a binary search over times, so an import may not
+    put old messages after newer ones (beyond a day's slack for clocks and
+    time zones), nor date one in the future: refused whole, with the line."""
+    path = tmp_path / "in.jsonl"
+
+    async def attempt(*stamps: int) -> Any:
+        lines = [
+            json.dumps({"room": "ordered", **entry(i, "ann", f"m{i}", stamp)})
+            for i, stamp in enumerate(stamps, 1)
+        ]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return await cli(served.admin, "import", str(path))
+
+    hour, day = 3_600_000, 86_400_000
+    # An hour back (a clock set right, summer time ending) is history.
+    assert (await attempt(START_MS, START_MS + hour, START_MS)).returncode == 0
+    # Two days before what the room holds: refused, nothing stored.
+    refused = await attempt(START_MS + 2 * hour, START_MS - 2 * day)
+    assert refused.returncode == 1
+    assert b"line 2: dated 2026-05-26" in refused.stderr, refused.stderr
+    assert b"time order" in refused.stderr
+    # Within one import too.
+    refused = await attempt(START_MS + 3 * day, START_MS + day)
+    assert b"line 2: dated" in refused.stderr and b"time order" in refused.stderr
+    # A year ahead of the server's clock.
+    ahead = int(time.time() * 1000) + 365 * day
+    refused = await attempt(START_MS + hour, ahead)
+    assert b"line 2: dated" in refused.stderr and b"in the future" in refused.stderr
+    contents = [
+        line["content"] for line in await exported(served.admin, "?room=ordered")
+    ]
+    assert contents == ["m1", "m2", "m3"]
 
 
 @ensureDeferred
