@@ -216,6 +216,7 @@ class PurgeService(Service):
         self._metrics = metrics
         self._call: Any = None
         self._running: Deferred | None = None
+        self._waiters: list[Deferred] = []
 
     def startService(self) -> None:
         super().startService()
@@ -235,17 +236,21 @@ class PurgeService(Service):
     def run_now(self) -> "Deferred[dict[str, int] | None]":
         """One purge now (or the one already running); tests and the admin
         API call this too."""
-        if self._running is not None:
-            waiting: Deferred[dict[str, int] | None] = Deferred()
-            self._running.addBoth(lambda result: waiting.callback(result) or result)
-            return waiting
-        self._running = ensureDeferred(self._purge())
-        self._running.addBoth(self._done)
-        return self._running
+        # Each caller gets a Deferred of its own: a purge that finds nothing
+        # due finishes before this returns, and no caller's callbacks may
+        # change what another one gets.
+        waiting: Deferred[dict[str, int] | None] = Deferred()
+        self._waiters.append(waiting)
+        if self._running is None:
+            self._running = ensureDeferred(self._purge())
+            self._running.addBoth(self._done)
+        return waiting
 
-    def _done(self, result: object) -> object:
+    def _done(self, result: object) -> None:
         self._running = None
-        return result
+        waiters, self._waiters = self._waiters, []
+        for waiting in waiters:
+            waiting.callback(result)
 
     async def _purge(self) -> dict[str, int] | None:
         now_ms = int(self._reactor.seconds() * 1000)

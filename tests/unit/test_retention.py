@@ -289,9 +289,12 @@ class FakePurger:
     def __init__(self):
         self.calls = []
         self.pending = []
+        self.answer = None  # a dict: answered at once, as a purge with nothing due
 
     def purge(self, policy, now_ms):
         self.calls.append(now_ms)
+        if self.answer is not None:
+            return succeed(dict(self.answer))
         waiting = Deferred()
         self.pending.append(waiting)
         return waiting
@@ -346,6 +349,21 @@ def test_the_first_purge_comes_soon_after_start_then_every_interval():
     assert len(purger.calls) == 1
     clock.advance(0.1)
     assert len(purger.calls) == 2
+
+
+def test_a_purge_that_ends_at_once_keeps_the_timer_going():
+    """The usual case once history is trimmed: nothing is due, the purger
+    answers at once, and the next purge must still come an interval later
+    (the timer once died here, after the first such purge)."""
+    clock, purger, metrics, purge = service(interval=60)
+    purger.answer = {}
+    purge.startService()
+    for interval in range(5):
+        clock.advance(5 if interval == 0 else 60)
+        assert len(purger.calls) == interval + 1
+    assert metrics.retention_last_purge.value == clock.seconds()
+    assert purge.run_now().result == {}
+    purge.stopService()
 
 
 def test_run_now_while_one_runs_shares_it():
