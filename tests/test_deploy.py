@@ -394,12 +394,17 @@ async def test_a_v2_session_through_the_proxy_with_tls_there(proxied):
     )
     await readBody(response)
     assert response.code == 200
-    # /metrics is for Prometheus on chatbox's own port, not for the world.
-    response = await agent.request(
-        b"GET", b"https://localhost:%d/metrics" % proxied.proxy.https_port
-    )
-    await readBody(response)
-    assert response.code == 404
+    # /metrics is for Prometheus on chatbox's own port, not for the world,
+    # under any spelling of the path (the attacker review found /metrics/).
+    for path in (b"/metrics", b"/metrics/", b"/metrics/x", b"/metrics?x=1"):
+        response = await agent.request(
+            b"GET", b"https://localhost:%d%s" % (proxied.proxy.https_port, path)
+        )
+        body = await readBody(response)
+        assert response.code == 404, path
+        assert b"chatbox_" not in body, path
+        # Refused by the proxy itself, not passed on to chatbox's own 404.
+        assert body != b"not found\n", path
     assert (await fetch(proxied.server, "/metrics"))[0] == 200
     if proxied.proxy.name == "nginx":
         # Plain HTTP only redirects, except for certbot's challenges.

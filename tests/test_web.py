@@ -55,6 +55,18 @@ async def test_healthz_reports_and_turns_503_when_persistence_fails(server):
 
 
 @ensureDeferred
+async def test_metrics_and_health_answer_at_their_exact_paths_only(server):
+    """A proxy hides /metrics by its path; chatbox must not serve it again
+    one segment further down (its resources are leaves)."""
+    assert (await fetch(server, "/metrics"))[0] == 200
+    assert (await fetch(server, "/healthz"))[0] == 200
+    for path in ("/metrics/", "/metrics/x", "/metrics/x/y", "/healthz/", "/healthz/x"):
+        code, _, body = await fetch(server, path)
+        assert code == 404, path
+        assert b"chatbox_" not in body and b"persistence" not in body, path
+
+
+@ensureDeferred
 async def test_metrics_change_as_messages_flow(server):
     _, headers, before = await fetch(server, "/metrics")
     assert headers["content-type"].startswith("text/plain")

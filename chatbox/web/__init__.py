@@ -267,6 +267,11 @@ class Root(Resource):
         if _is_websocket(request):
             return self.socket  # in the room its path names
         if path in (b"healthz", b"metrics"):  # never refused: monitoring
+            if request.postpath:
+                # Exactly these paths: a proxy that hides /metrics from the
+                # internet must not find it again at /metrics/ or /metrics/x
+                # (both are leaves, which would answer any path below them).
+                return _Answer(404, b"not found\n")
             return super().getChildWithDefault(path, request)
         if path == b"" or path in self.children:
             banned = ban_refusal(

@@ -23,13 +23,14 @@ from typing import Any
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IProtocolNegotiationFactory,
     IReactorTime,
     ISSLTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import directlyProvidedBy, directlyProvides
+from zope.interface import directlyProvidedBy, directlyProvides, implementer
 
 from chatbox.httptext import canned
 from chatbox.limits import AddressBuckets, Limits, address_key, client_address
@@ -212,6 +213,7 @@ class Gate(ProtocolWrapper):
         super().connectionLost(reason)
 
 
+@implementer(IProtocolNegotiationFactory)
 class Admission(WrappingFactory):
     """Counts, caps and times every connection the Site gets (see module doc)."""
 
@@ -226,6 +228,13 @@ class Admission(WrappingFactory):
         self._pending: Counter[str] = Counter()  # per key, pending only
         self._rate = AddressBuckets(limits.connection_rate, limits.connection_burst)
         self.refusals = RefusalLog(reactor)
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """What ALPN may choose over TLS: HTTP/1.1 alone (the WebSocket
+        upgrade needs it; chatbox speaks no h2). Twisted's TLS asks the
+        factory it wraps, this one, and without an answer it aborted every
+        handshake of a client that offers ALPN, which is every browser."""
+        return [b"http/1.1"]
 
     # -- accept --
 
