@@ -117,8 +117,9 @@ class Metrics:
         )
         self.retention_last_purge = Gauge(
             "chatbox_retention_last_purge_timestamp_seconds",
-            "When the last retention purge finished (Unix time); 0 before the "
-            "first, and on a cluster node that does not hold the purge lease.",
+            "When this process last finished a retention purge (Unix time); 0 "
+            "before the first. Cluster nodes take turns under a lease: take the "
+            "newest over the nodes.",
             registry=self.registry,
         )
         self.slow_consumers = Counter(

@@ -280,6 +280,18 @@ async def test_an_unlucky_operator(tmp_path):
     ]
     assert (target / "data.json").read_bytes() == (good / "data.json").read_bytes()
 
+    # --force over history that holds text a restore must not keep (after
+    # an erasure, say): the kept bytes of a torn write go too.
+    torn = target / "data.json.torn-20261201T000000Z"
+    torn.write_text('{"content": "erased words"}\n')
+    (target / "data.json.journal").write_text("1 {}\n")
+    refused = await cli(None, "restore", str(good), "--data", data)
+    assert refused.returncode == 1 and b"data.json.torn-" in refused.stderr
+    forced = await cli(None, "restore", str(good), "--data", data, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert not torn.exists() and not (target / "data.json.journal").exists()
+    assert (target / "data.json").read_bytes() == (good / "data.json").read_bytes()
+
 
 @ensureDeferred
 async def test_a_cluster_exported_and_backed_up_into_one_process(tmp_path):

@@ -1104,6 +1104,14 @@ def cmd_restore(options: argparse.Namespace) -> Any:
     lock = _hold_history(layout["lock"], data)
     try:
         present = [path for path in (*layout["own"], rules) if os.path.exists(path)]
+        # The bytes a crash interrupted, kept beside the history: old text
+        # too, which a restore over it (after an erasure, say) must not keep.
+        folder, stem = os.path.split(data)
+        present += sorted(
+            os.path.join(folder, name)
+            for name in os.listdir(folder)
+            if name.startswith(stem + ".torn-")
+        )
         if os.path.isdir(rooms):
             present += [
                 os.path.join(rooms, name)

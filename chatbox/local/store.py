@@ -706,7 +706,7 @@ class DurableStore:
             self._purge_now = []
             if purged:
                 self.log.info(
-                    "purged {deleted} deleted message(s) from {path}",
+                    "purged {deleted} deleted or expired message(s) from {path}",
                     deleted=sum(len(d.ids) for d in purged),
                     path=self.path,
                 )
