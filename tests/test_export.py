@@ -41,6 +41,7 @@ from tests.history_ops import (
     without_ids,
     write_history,
 )
+from tests.history_ops import api as admin_request
 from tests.server import start_server
 
 DEFAULT_COUNT = 12_000
@@ -491,6 +492,44 @@ async def test_bad_lines_are_named_and_a_refused_batch_stores_nothing(served, tm
     assert resumed.returncode == 0, resumed.stderr
     contents = [line["content"] for line in await exported(served.admin, "?room=late")]
     assert contents == [f"fine {i}" for i in range(1, 3001)]
+
+
+@ensureDeferred
+async def test_unread_exports_cannot_lock_the_operator_out(served, monkeypatch):
+    """A stuck script's exports: past MAX_STREAMS the next one is 429, and
+    the connections left let the operator act (the attacker review filled
+    all 64 admin connections with unread exports, and a ban got 503)."""
+    monkeypatch.setattr(api, "MAX_STREAMS", 3)
+    room = await _loaded(served, "maths")
+    held: list[Deferred] = []
+    original = room.entries
+
+    def stuck(after: int, limit: int) -> Deferred:
+        held.append(Deferred())  # a reader that never takes the next page
+        return held[-1]
+
+    room.entries = stuck
+    try:
+        export = "/v1/export?room=maths"
+        streams = [
+            Deferred.fromCoroutine(admin_request(served.admin, "GET", export))
+            for _ in range(3)
+        ]
+        for _ in range(200):
+            if len(held) == 3:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        assert len(held) == 3
+        code, body = await admin_request(served.admin, "GET", export)
+        assert code == 429 and b"exports or backups are running" in body
+        assert (await admin_request(served.admin, "GET", "/v1/users"))[0] == 200
+        for waiting in held:
+            waiting.callback([])
+        assert [code for code, _ in [await s for s in streams]] == [200] * 3
+    finally:
+        room.entries = original
+    # Their places are back.
+    assert len(await exported(served.admin, "?room=maths")) == MATHS_COUNT
 
 
 @ensureDeferred

@@ -132,6 +132,10 @@ MAX_SLOW_MODE = 86_400
 # cut off: it holds a room loaded and a page in memory for nobody.
 STALL_DEADLINE = 60.0
 MAX_IMPORT = 10_000
+# Exports and backups streaming at once: each holds a connection (of
+# MAX_CONNECTIONS), a room loaded and a page; past this a stuck script's
+# unread streams would leave no connection for the operator's next ban.
+MAX_STREAMS = 8
 
 BODY_TOO_LARGE = canned(413, f"request bodies are at most {MAX_BODY} bytes")
 TIMED_OUT = canned(408, "request not completed in time")
@@ -149,6 +153,7 @@ _OUTCOMES = {
     408: "bad_request",
     409: "conflict",
     413: "bad_request",
+    429: "conflict",
 }
 UNAUTHORIZED = "a valid bearer token is needed (Authorization: Bearer TOKEN)"
 
@@ -336,6 +341,7 @@ class AdminAPI:
         self.metrics = metrics
         self.auth_log = LogBudget(reactor, log, AUTH_LOG_LINES, AUTH_LOG_PERIOD)
         self.history = HistoryActions(moderator)
+        self.streams = 0  # exports and backups being streamed now
         # path (None: any one segment, handed to the handler) -> method -> handler
         self.routes: dict[tuple[str | None, ...], dict[bytes, Handler]] = {
             ("users",): {b"GET": self.users},
@@ -758,6 +764,13 @@ class AdminAPI:
         """Answer 200 with JSON Lines written by `produce` as the client
         reads them; once a line is sent a failure can only cut the
         connection (the client sees no end of the chunked body)."""
+        if self.streams >= MAX_STREAMS:
+            raise _Answer(
+                429,
+                f"{MAX_STREAMS} exports or backups are running; wait for one "
+                "to finish (or stop the one nobody reads)",
+            )
+        self.streams += 1
         self.metrics.admin_requests.labels(outcome="ok").inc()
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/x-ndjson")
@@ -767,10 +780,12 @@ class AdminAPI:
         done = produce(sink)
 
         def finished(_: object) -> object:
+            self.streams -= 1
             sink.finish()
             return STREAMED
 
         def stopped(failure: Failure) -> object:
+            self.streams -= 1
             sink.close()
             if failure.check(Stopped):
                 return STREAMED  # the reader left: nothing to say to it
