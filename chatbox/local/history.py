@@ -145,6 +145,13 @@ class History:
         high = min(len(entries), low + max(0, limit))
         return list(zip(ids[low:high], entries[low:high], strict=True))
 
+    def count_through(self, message_id: int) -> int:
+        """How many entries have an id up to `message_id`."""
+        return bisect_right(self._ids, message_id)
+
+    def id_at(self, index: int) -> int:
+        return self._ids[index]
+
     def ids_before(self, index: int) -> list[int]:
         """The ids of the `index` oldest entries."""
         return list(self._ids[:index])

@@ -51,6 +51,10 @@ class LocalRoom:
         self.sends = RecentSends(seconds)
         self._seconds = seconds
         self._deliver: Deliver = _nobody
+        # The newest id retention has cut, ever: what has expired stays
+        # expired, even if deleting newer messages (a spammer's, under a
+        # count limit) would leave room for it again before the purge.
+        self._expired_through = 0
 
     @property
     def healthy(self) -> bool:
@@ -166,11 +170,19 @@ class LocalRoom:
         stored = codec.decode(entries[-1])
         return time_of(stored["timestamp"], stored.get("time"))
 
-    def _first_kept(self) -> int:
+    def _first_kept(self, now_ms: int | None = None) -> int:
         """How many of the oldest entries retention has expired now: every
         read leaves them out, whether the purge has removed them yet or not."""
-        now_ms = int(self._seconds() * 1000)
-        return self.store.history.first_kept(self.retention, now_ms)
+        if now_ms is None:
+            now_ms = int(self._seconds() * 1000)
+        history = self.store.history
+        first = max(
+            history.first_kept(self.retention, now_ms),
+            history.count_through(self._expired_through),
+        )
+        if first:
+            self._expired_through = max(self._expired_through, history.id_at(first - 1))
+        return first
 
     def entries(self, after: int, limit: int) -> "Deferred[list[tuple[int, bytes]]]":
         history = self.store.history
@@ -183,8 +195,7 @@ class LocalRoom:
         return Deferred.fromCoroutine(self._expire(now_ms))
 
     async def _expire(self, now_ms: int) -> int:
-        history = self.store.history
-        removed = await self.store.expire(history.first_kept(self.retention, now_ms))
+        removed = await self.store.expire(self._first_kept(now_ms))
         if self.store.torn_files:
             await self.store.forget_torn(self.oldest_kept_time())
         return len(removed)
@@ -201,8 +212,7 @@ class LocalRoom:
         """Whether `expire(now_ms)` would remove anything: read now, off no
         file, so the purger passes over a loaded room with nothing expired
         without entering it."""
-        history = self.store.history
-        if history.first_kept(self.retention, now_ms):
+        if self._first_kept(now_ms):
             return True
         if not self.store.torn_files:
             return False

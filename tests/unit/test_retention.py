@@ -582,6 +582,27 @@ async def test_expire_removes_the_prefix_from_every_file_in_one_short_record(
 
 
 @ensureDeferred
+async def test_what_expired_stays_expired_when_newer_messages_are_deleted(tmp_path):
+    """Under a count limit a spammer's flood pushes the class's messages
+    out; the operator then deletes the flood. What had expired must not come
+    back before the purge (the attacker review saw it return)."""
+    path = tmp_path / "data.json"
+    write_history(path, [NOW - (10 - i) * 60_000 for i in range(10)])
+    room, _ = retained_room(path, Retention(messages=4))
+    try:
+        page = await room.page(100, None, None, 0)
+        assert page_ids(page.entries) == [7, 8, 9, 10]
+        await room.delete([8, 9, 10], T)
+        page = await room.page(100, None, None, 0)
+        assert page_ids(page.entries) == [7]
+        assert [i for i, _ in await room.entries(0, 100)] == [7]
+        assert await room.expire(NOW) == 6  # and the purge takes them for good
+        assert page_ids((await room.page(100, None, None, 0)).entries) == [7]
+    finally:
+        await room.close()
+
+
+@ensureDeferred
 async def test_expiring_everything_keeps_the_ids_from_coming_back(tmp_path):
     path = tmp_path / "data.json"
     write_history(path, [NOW - 10 * DAY_MS] * 5)
