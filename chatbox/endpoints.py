@@ -52,6 +52,10 @@ __all__ = [
 
 log = Logger()
 
+# Larger RSA keys are refused: a handshake's signature grows with the cube
+# of the size, and it runs on the reactor.
+MAX_RSA_BITS = 8192
+
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
 )
@@ -230,6 +234,15 @@ def load_pair(cert_path: str, key_path: str) -> LoadedPair:
         ) from None
     except (ValueError, UnsupportedAlgorithm) as e:
         raise CertificateError(f"the TLS key {key_path} cannot be read: {e}") from None
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size > MAX_RSA_BITS:
+        # Every handshake signs with it: a 16384-bit key costs some 0.5 s
+        # of the reactor per connection, so one client reconnecting in a
+        # loop stalls everyone (the attacker review).
+        raise CertificateError(
+            f"the TLS key {key_path} is RSA of {key.key_size} bits: each "
+            f"handshake would take the server most of a second; use {MAX_RSA_BITS} "
+            "bits or fewer (2048 or 3072 is usual), or an EC key"
+        )
     mine = _public(key.public_key())
     if _public(leaf.public_key()) != mine:
         matching = [

@@ -189,6 +189,24 @@ def test_a_damaged_key_whose_public_half_matches_is_refused(pair, ca):
     assert load_pair(str(cert), str(key)).info.serial == 606
 
 
+def test_an_oversized_rsa_key_is_refused(pair, ca, monkeypatch):
+    """Each handshake signs with the key on the reactor: a 16384-bit one
+    costs about half a second per connection. The cap is lowered here so
+    the test need not make such a key (minutes of CPU)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from chatbox import endpoints
+
+    cert, key = pair
+    big = rsa.generate_private_key(65537, 3072)
+    cert.write_bytes(ca.issue(707, key=big).cert_pem)
+    key.write_bytes(key_pem(big))
+    assert load_pair(str(cert), str(key)).info.serial == 707
+    monkeypatch.setattr(endpoints, "MAX_RSA_BITS", 2048)
+    with pytest.raises(CertificateError, match="is RSA of 3072 bits"):
+        load_pair(str(cert), str(key))
+
+
 def test_start_up_serves_an_expired_certificate_with_a_warning(pair, ca, logged):
     cert, key = pair
     install(ca.issue(303, days=10, start_days_ago=20), cert, key)
