@@ -340,17 +340,19 @@ async def test_round_trip_into_another_server(served, tmp_path):
         assert b"imported 15000 messages" in done.stderr
         again = await exported(target.admin)
         assert without_ids(again) == without_ids(lines_of(first))
-        # Into one room whatever the lines say; appended after what it has.
+        # Into one room whatever the lines say.
         maths = tmp_path / "maths.jsonl"
         done = await cli(served.admin, "export", "--room", "maths", "-o", str(maths))
         assert done.returncode == 0, done.stderr
         done = await cli(target.admin, "import", str(maths), "--room", "/physics")
         assert done.returncode == 0, done.stderr
+        # The same again would put old messages after newer ones: refused
+        # (retention's cut needs time order), nothing of it stored.
         done = await cli(target.admin, "import", str(maths), "--room", "physics")
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 1 and b"time order" in done.stderr
         moved = await exported(target.admin, "?room=physics")
-        assert [m["id"] for m in moved] == list(range(1, 2 * MATHS_COUNT + 1))
-        assert without_ids(moved) == 2 * [
+        assert [m["id"] for m in moved] == list(range(1, MATHS_COUNT + 1))
+        assert without_ids(moved) == [
             {**line, "room": "physics"} for line in without_ids(lines_of(maths))
         ]
     finally:
@@ -548,20 +550,30 @@ async def test_an_import_keeps_a_room_in_time_order(served, tmp_path):
         return await cli(served.admin, "import", str(path))
 
     hour, day = 3_600_000, 86_400_000
-    # An hour back (a clock set right, summer time ending) is history.
-    assert (await attempt(START_MS, START_MS + hour, START_MS)).returncode == 0
-    # Two days before what the room holds: refused, nothing stored.
-    refused = await attempt(START_MS + 2 * hour, START_MS - 2 * day)
+    # In order (the same second twice too): stored.
+    assert (await attempt(START_MS, START_MS + hour, START_MS + hour)).returncode == 0
+    # Before what the room holds, even by an hour: under --retention-days 0.5
+    # an import a day's slack let in cut a live message with it (the
+    # re-check review). Refused, nothing stored.
+    refused = await attempt(START_MS + 2 * hour, START_MS)
     assert refused.returncode == 1
-    assert b"line 2: dated 2026-05-26" in refused.stderr, refused.stderr
+    assert b"line 2: dated 2026-05-28" in refused.stderr, refused.stderr
     assert b"time order" in refused.stderr
     # Within one import too.
-    refused = await attempt(START_MS + 3 * day, START_MS + day)
+    refused = await attempt(START_MS + 3 * day, START_MS + 3 * day - 1)
     assert b"line 2: dated" in refused.stderr and b"time order" in refused.stderr
     # A year ahead of the server's clock.
     ahead = int(time.time() * 1000) + 365 * day
-    refused = await attempt(START_MS + hour, ahead)
+    refused = await attempt(START_MS + 2 * hour, ahead)
     assert b"line 2: dated" in refused.stderr and b"in the future" in refused.stderr
+    # No time at all: an age limit's search would take it for the oldest.
+    path.write_text(
+        json.dumps({"room": "ordered", "name": "ann", "content": "x", "timestamp": "?"})
+        + "\n",
+        encoding="utf-8",
+    )
+    refused = await cli(served.admin, "import", str(path))
+    assert b"line 1: its timestamp is not one chatbox can read" in refused.stderr
     contents = [
         line["content"] for line in await exported(served.admin, "?room=ordered")
     ]

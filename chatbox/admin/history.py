@@ -35,12 +35,9 @@ __all__ = ["PAGE", "HistoryActions", "ISink", "Stopped", "checked_import"]
 
 PAGE = 500
 MAX_TIMESTAMP = 64
-# How far an imported message may be dated before the newest one already in
-# its room (or before an earlier one of the import), or after now: a
-# room's history must stay in time order for retention's cut (a binary
-# search over times), with slack for clock changes and time zones in old
-# v2 files.
-TIME_SLACK_MS = 86_400_000
+# How far ahead of the server's clock an imported message may be dated
+# (clocks a little off, time zones in old v2 files).
+FUTURE_SLACK_MS = 86_400_000
 
 
 class Stopped(Exception):
@@ -348,32 +345,38 @@ class HistoryActions:
         return ids
 
     async def _in_time_order(self, room: IRoom, messages: list[Imported]) -> None:
-        """Refuse (400) a batch that would put old messages after newer ones
-        or date one in the future: retention would then cut the room's
-        history in the wrong place (or never expire that message)."""
+        """Refuse (400) a batch that would put a message before a newer one
+        (already in the room, or earlier in the import), date one in the
+        future, or leave one without a time. Retention cuts a room's
+        oldest end by a binary search over times: any of these would make
+        it cut live messages with the old (or never expire one)."""
         newest = None
         page = await room.page(1, None, None, 0)
         if page.entries:
             stored = codec.decode(page.entries[-1])
             newest = time_of(stored["timestamp"], stored.get("time"))
-        latest = self.moderator._now() + TIME_SLACK_MS
+        latest = self.moderator._now() + FUTURE_SLACK_MS
         for number, message in enumerate(messages, 1):
             when = message.millis
             if when is None:
-                continue
+                raise ModerationError(
+                    400,
+                    f"message #{number}: its timestamp is not one chatbox can "
+                    "read, and it has no time (epoch ms): add one",
+                )
             if when > latest:
                 raise ModerationError(
                     400,
                     f"message #{number}: dated {_stamp(when)}, in the future",
                 )
-            if newest is not None and when < newest - TIME_SLACK_MS:
+            if newest is not None and when < newest:
                 raise ModerationError(
                     400,
-                    f"message #{number}: dated {_stamp(when)}, more than a day "
-                    f"before a message already in the room or the import "
-                    f"({_stamp(newest)}): history must stay in time order "
-                    "for retention; import old history into a room before "
-                    "it holds newer messages, or into a room of its own",
+                    f"message #{number}: dated {_stamp(when)}, before a message "
+                    f"already in the room or the import ({_stamp(newest)}): "
+                    "history must stay in time order for retention; import "
+                    "old history into a room before it holds newer messages, "
+                    "or into a room of its own",
                 )
             newest = when if newest is None else max(newest, when)
 

@@ -148,6 +148,19 @@ class LocalRoom:
         def tell(removed: list[int]) -> None:
             self._deliver(messages.deleted(removed, when), None)
 
+        first = self._first_kept()
+        if first:
+            # Under a count limit, deleting newer messages (a flood) frees
+            # places that what retention already cut would take back, after
+            # a restart too: it is purged first, in the same queue, durably.
+            expired = self.store.expire(first)
+            expired.addErrback(
+                lambda failure: self.log.failure(
+                    "expired messages not purged before a deletion; the next "
+                    "purge tries again",
+                    failure,
+                )
+            )
         return self.store.delete(ids, tell)
 
     def delete_by(

@@ -596,8 +596,37 @@ async def test_what_expired_stays_expired_when_newer_messages_are_deleted(tmp_pa
         page = await room.page(100, None, None, 0)
         assert page_ids(page.entries) == [7]
         assert [i for i, _ in await room.entries(0, 100)] == [7]
-        assert await room.expire(NOW) == 6  # and the purge takes them for good
+        assert await room.expire(NOW) == 0  # the deletion purged them already
         assert page_ids((await room.page(100, None, None, 0)).entries) == [7]
+    finally:
+        await room.close()
+    # And a restart (before any purge of its own) keeps them gone.
+    room, _ = retained_room(path, Retention(messages=4))
+    try:
+        assert page_ids((await room.page(100, None, None, 0)).entries) == [7]
+    finally:
+        await room.close()
+
+
+@ensureDeferred
+async def test_a_flood_deleted_before_anyone_read_does_not_bring_back_the_cut(
+    tmp_path,
+):
+    """The re-check review: nobody ran a get between the flood and its
+    deletion, so no read had noted the cut; the deletion must."""
+    path = tmp_path / "data.json"
+    write_history(path, [NOW - (10 - i) * 60_000 for i in range(5)])
+    room, _ = retained_room(path, Retention(messages=5))
+    try:
+        for i in range(5):
+            await room.post(object(), "Spam", f"flood {i}", T)
+        await room.delete([6, 7, 8, 9, 10], T)
+        assert page_ids((await room.page(100, None, None, 0)).entries) == []
+    finally:
+        await room.close()
+    room, _ = retained_room(path, Retention(messages=5))
+    try:
+        assert page_ids((await room.page(100, None, None, 0)).entries) == []
     finally:
         await room.close()
 
