@@ -888,6 +888,11 @@ def makeService(config: dict[str, Any], reactor: Any = None) -> IServiceCollecti
     chat.moderation_store = store
     retention = config["retention"]
     if not retention.keeps_all:
+        log.info(
+            "retention: {policy}; purged every {s:g} s",
+            policy=retention.describe(),
+            s=config["purge-interval"],
+        )
         purge = PurgeService(
             _make_purger(config, rooms, reactor),
             retention,

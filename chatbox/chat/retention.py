@@ -64,14 +64,15 @@ class Retention(NamedTuple):
         return now_ms - int(min(self.days * DAY_MS, now_ms + 1))
 
     def describe(self) -> str:
+        """For the start-up log: an operator sees what is kept where."""
         if self.keeps_all:
             return "kept forever"
         parts = []
         if self.days:
-            parts.append(f"{self.days:g} days")
+            parts.append(f"kept for {self.days:g} days")
         if self.messages:
-            parts.append(f"the newest {self.messages}")
-        return "kept for " + " and ".join(parts) if self.days else "only " + parts[0]
+            parts.append(f"only the newest {self.messages}")
+        return ", ".join(parts)
 
 
 KEEP_ALL = Retention()
@@ -164,6 +165,17 @@ class RetentionPolicy(NamedTuple):
 
     def for_room(self, name: str) -> Retention:
         return self.rooms.get(name, self.default)
+
+    def describe(self) -> str:
+        """One line for the start-up log."""
+        rooms = "; ".join(
+            f"room {name}: {retention.describe()}"
+            for name, retention in sorted(self.rooms.items())
+            if name
+        )
+        default = self.rooms.get("", self.default).describe()
+        text = f"the default room: {default}; other rooms: {self.default.describe()}"
+        return f"{text}; {rooms}" if rooms else text
 
     @property
     def keeps_all(self) -> bool:

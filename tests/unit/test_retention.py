@@ -175,6 +175,20 @@ async def test_an_import_of_a_wrong_shape_is_refused_whole(tmp_path):
 # -- chat/retention.py: options --
 
 
+def test_the_start_up_line_says_what_is_kept_where():
+    rooms = ["news:messages=1000", "staff:forever"]
+    policy = RetentionPolicy.from_options(365, 0, rooms)
+    assert policy.describe() == (
+        "the default room: kept for 365 days; other rooms: kept for 365 days; "
+        "room news: only the newest 1000; room staff: kept forever"
+    )
+    policy = RetentionPolicy.from_options(0.5, 500, ["-:forever"])
+    assert policy.describe() == (
+        "the default room: kept forever; other rooms: kept for 0.5 days, "
+        "only the newest 500"
+    )
+
+
 def test_room_retention_specs_parse():
     assert parse_room_retention("news:days=7,messages=500") == (
         "news",
