@@ -1176,25 +1176,22 @@ def cmd_erase(options: argparse.Namespace) -> Any:
 # -- the command line --
 
 
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a parser that raises ValueError, so its
+    message is what argparse prints."""
+
+    def parsed(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parsed
 
 
-def _moment(text: str) -> int:
-    try:
-        return parse_time(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _instant_type(text: str) -> int:
-    try:
-        return _instant(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_duration = _argument(parse_duration)
+_moment = _argument(parse_time)
+_instant_type = _argument(_instant)
 
 
 def _count(text: str) -> int:

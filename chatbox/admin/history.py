@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 
 from chatbox import __version__
-from chatbox.admin.moderator import Moderator, _ranges, _reason, _stamp
+from chatbox.admin.moderator import Moderator, _deferred, _ranges, _reason, _stamp
 from chatbox.chat.arns import is_valid_name, name_keys
 from chatbox.chat.content import is_valid_content
 from chatbox.chat.moderation import ModerationError
@@ -204,19 +204,16 @@ class HistoryActions:
         )
         return Deferred.fromCoroutine(self._export(sink, room, name, since, until))
 
-    def check_room(self, room: str | None) -> "Deferred[None]":
+    @_deferred
+    async def check_room(self, room: str | None) -> None:
         """Refuse (404) an export of a room that does not exist before any
         line is sent, while a status can still say so."""
-
-        async def check() -> None:
-            if room is None:
-                return
-            checked = self.moderator._room(room)
-            assert checked is not None
-            if not await self.rooms.exists(checked):
-                raise ModerationError(404, f"no room {checked!r}")
-
-        return Deferred.fromCoroutine(check())
+        if room is None:
+            return
+        checked = self.moderator._room(room)
+        assert checked is not None
+        if not await self.rooms.exists(checked):
+            raise ModerationError(404, f"no room {checked!r}")
 
     async def _export(
         self,
@@ -254,9 +251,8 @@ class HistoryActions:
 
     # -- backup --
 
-    def backup(
-        self, operator: str, sink: ISink, now_ms: int
-    ) -> "Deferred[dict[str, Any]]":
+    @_deferred
+    async def backup(self, operator: str, sink: ISink, now_ms: int) -> dict[str, Any]:
         """Stream every room's history for `chatbox-admin backup`. First
         the newest id of every room is noted, so each room is read up to
         the last id it had when the backup started, whatever is written
@@ -265,9 +261,6 @@ class HistoryActions:
         `{"backup":"end","room":R,"count":N,"last":L}`; then the rules
         (`{"backup":"moderation","rules":{...}}`), and last
         `{"backup":"done",...}`: a stream without it is incomplete."""
-        return Deferred.fromCoroutine(self._backup(operator, sink, now_ms))
-
-    async def _backup(self, operator: str, sink: ISink, now_ms: int) -> dict[str, Any]:
         lasts: dict[str, int] = {}
 
         async def note_last(room_name: str, entered: IRoom) -> None:
@@ -311,18 +304,14 @@ class HistoryActions:
 
     # -- import --
 
-    def import_messages(
+    @_deferred
+    async def import_messages(
         self, operator: str, room: str, messages: list[Imported]
-    ) -> "Deferred[list[int]]":
+    ) -> list[int]:
         """Append `messages` (already checked, `checked_import`) after the
         room's history with new ids. The room is made if this server may
         have it (importing into a new room is how a history moves), unlike
         other actions, which never make a room."""
-        return Deferred.fromCoroutine(self._import(operator, room, messages))
-
-    async def _import(
-        self, operator: str, room: str, messages: list[Imported]
-    ) -> list[int]:
         checked = self.moderator._room(room)
         assert checked is not None
         try:
@@ -382,25 +371,8 @@ class HistoryActions:
 
     # -- erasing a person --
 
-    def erase(
-        self,
-        operator: str,
-        name: str,
-        room: str | None,
-        since: int | None,
-        until: int | None,
-        reason: str,
-    ) -> "Deferred[dict[str, int]]":
-        """Delete every message of `name` (ARNS: every spelling of the same
-        person) within [since, until] in `room` or every room, loaded or
-        not, through the rooms' deletion (gone from every file or from
-        Redis before this fires); one audit line for the whole erasure.
-        Fires with the count per room that had any."""
-        return Deferred.fromCoroutine(
-            self._erase(operator, name, room, since, until, reason)
-        )
-
-    async def _erase(
+    @_deferred
+    async def erase(
         self,
         operator: str,
         name: str,
@@ -409,6 +381,11 @@ class HistoryActions:
         until: int | None,
         reason: str,
     ) -> dict[str, int]:
+        """Delete every message of `name` (ARNS: every spelling of the same
+        person) within [since, until] in `room` or every room, loaded or
+        not, through the rooms' deletion (gone from every file or from
+        Redis before this fires); one audit line for the whole erasure.
+        Fires with the count per room that had any."""
         if not is_valid_name(name):
             raise ModerationError(400, "not a nickname")
         reason = _reason(reason)
